@@ -1,0 +1,7 @@
+"""phantom-token: the phantom token pattern for API gateways.
+
+Clients hold opaque access tokens; APIs receive JWTs. The gateway introspects the opaque token (RFC 7662),
+caches the answer under a hash of the token, checks scopes, and forwards ``Authorization: Bearer <jwt>``.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Parse and validate the Kong-format configuration file into frozen settings."""

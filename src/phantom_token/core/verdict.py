@@ -1,0 +1,91 @@
+"""The engine's answer for one request, and the exact responses the gateway makes itself (contract section 8).
+
+Each ``Deny`` renders itself: status, JSON body and ``WWW-Authenticate`` challenge (RFC 6750 section 3).
+Front doors apply a verdict; they never decide one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from phantom_token.config.settings import Route
+
+
+@dataclass(frozen=True, slots=True)
+class Allow:
+    """Forward the request. ``authorization`` replaces the client's header; None leaves the request as it came
+    (a route without the plugin, or a preflight). ``expires_in`` is how many seconds the decision stays valid."""
+
+    route: Route
+    authorization: str | None = None  # the full header value: 'Bearer <jwt>'
+    expires_in: float = 0.0
+    claims: dict[str, object] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    """Answer the client directly, and send nothing upstream."""
+
+    status: int
+    code: str
+    message: str
+    challenge: str | None = None  # the WWW-Authenticate value, if any
+    route: Route | None = None
+
+    def body(self) -> bytes:
+        return json.dumps({"code": self.code, "message": self.message}, separators=(",", ":")).encode()
+
+    def headers(self) -> list[tuple[str, str]]:
+        headers = [("Content-Type", "application/json")]
+        if self.challenge is not None:
+            headers.append(("WWW-Authenticate", self.challenge))
+        return headers
+
+
+Verdict = Allow | Deny
+
+
+def _challenge(realm: str | None, *params: tuple[str, str]) -> str:
+    parts = []
+    if realm is not None:
+        parts.append(f'realm="{_quote(realm)}"')
+    parts.extend(f'{k}="{_quote(v)}"' for k, v in params)
+    return "Bearer " + ", ".join(parts) if parts else "Bearer"
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def malformed_request(realm: str | None = None, route: Route | None = None) -> Deny:
+    return Deny(400, "invalid_request", "Malformed authorization header",
+                _challenge(realm, ("error", "invalid_request")), route)
+
+
+def unauthorized(realm: str | None = None, *, token_sent: bool, route: Route | None = None) -> Deny:
+    params = (("error", "invalid_token"),) if token_sent else ()
+    return Deny(401, "unauthorized", "Missing, invalid or expired access token", _challenge(realm, *params), route)
+
+
+def forbidden(required: tuple[str, ...], realm: str | None = None, route: Route | None = None) -> Deny:
+    return Deny(403, "forbidden", "The token does not contain the required scope",
+                _challenge(realm, ("error", "insufficient_scope"), ("scope", " ".join(required))), route)
+
+
+def not_found() -> Deny:
+    return Deny(404, "not_found", "No route matches the request")
+
+
+def server_error(route: Route | None = None) -> Deny:
+    return Deny(502, "server_error", "Problem encountered authorizing the HTTP request", None, route)
+
+
+def bad_gateway(route: Route | None = None) -> Deny:
+    return Deny(502, "bad_gateway", "The upstream API could not be reached", None, route)
+
+
+def gateway_timeout(route: Route | None = None) -> Deny:
+    return Deny(504, "gateway_timeout", "The upstream API did not answer in time", None, route)
