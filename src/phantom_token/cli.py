@@ -1,0 +1,188 @@
+"""The ``phantom-token`` command (contract section 2).
+
+Exit codes: 0 success (and after a graceful SIGTERM), 1 invalid configuration, 2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import sys
+from collections.abc import Sequence
+
+from phantom_token import __version__
+from phantom_token.app import display, parse_listen
+from phantom_token.config.loader import format_problems
+from phantom_token.config.settings import Settings
+from phantom_token.core.errors import ConfigError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="phantom-token", description="The phantom token pattern for API gateways.")
+    parser.add_argument("--version", action="version", version=f"phantom-token {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("serve", "run the gateway (reverse proxy)"), ("authz", "run the decision service")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("-c", "--config", help="config file (default: $PHANTOM_TOKEN_CONFIG, phantom-token.yml)")
+        command.add_argument("--listen", help="HOST:PORT to listen on (default from the file, else 127.0.0.1:3000)")
+        command.add_argument("--workers", type=int, help="processes sharing the port (default: from the file, 1)")
+        command.add_argument("--admin-listen", help="HOST:PORT of the admin listener (off by default)")
+        command.add_argument("--log-format", choices=("text", "json"), help="log line format")
+        command.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="log level")
+    check = commands.add_parser("check", help="validate the configuration file")
+    check.add_argument("-c", "--config")
+    demo = commands.add_parser("demo", help="run a demo authorization server, an echo API and the gateway")
+    demo.add_argument("--port", type=int, default=3000, help="gateway port (the others use the next two)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check":
+        return _check(args.config)
+    if args.command == "demo":
+        from phantom_token.demo.runner import run_demo
+
+        return run_demo(args.port)
+    return _serve(args)
+
+
+def _load(config: str | None, *, require_upstream: bool) -> Settings:
+    from phantom_token.config.loader import load_settings, resolve_config_path
+
+    return load_settings(resolve_config_path(config, os.environ), require_upstream=require_upstream)
+
+
+def _check(config: str | None) -> int:
+    try:
+        settings = _load(config, require_upstream=False)
+    except ConfigError as err:
+        print(format_problems(err), file=sys.stderr)
+        return 1
+    print(f"{settings.source}: ok ({len(settings.routes)} routes)")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from phantom_token.log import setup_logging
+
+    try:
+        settings = _load(args.config, require_upstream=args.command == "serve")
+    except ConfigError as err:
+        print(format_problems(err), file=sys.stderr)
+        return 1
+    listen = args.listen or settings.listen
+    admin = args.admin_listen or settings.admin_listen
+    workers = args.workers or settings.workers
+    try:
+        for address in (listen, admin):
+            if address:
+                parse_listen(address)
+        if workers < 1 or (workers > 1 and parse_listen(listen)[1] == 0):
+            raise ValueError("--workers must be at least 1, and several workers need a fixed port")
+    except ValueError as exc:
+        print(f"phantom-token: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(args.log_format or settings.log_format, args.log_level or settings.log_level)
+    if workers == 1:
+        return _worker(settings, args.command, listen, admin, reuse_port=False, ready_fd=None)
+    return Supervisor(settings, args.command, listen, admin, workers).run()
+
+
+def _announce(command: str, urls: list[str]) -> None:
+    extra = f" (admin on {urls[1]})" if len(urls) > 1 else ""
+    print(f"phantom-token {command} listening on {urls[0]}{extra}", flush=True)
+
+
+def _worker(settings: Settings, command: str, listen: str, admin: str | None, *, reuse_port: bool,
+            ready_fd: int | None) -> int:
+    from phantom_token.app import Application, run, run_until_signalled
+
+    app = Application(settings, command)
+
+    def ready(urls: list[str]) -> None:
+        if ready_fd is None:
+            _announce(command, urls)
+        else:
+            os.write(ready_fd, b"1")
+            os.close(ready_fd)
+
+    async def main() -> None:
+        await run_until_signalled(lambda: app.start(listen, admin, reuse_port=reuse_port), app.stop, ready)
+
+    try:
+        run(main())
+    except OSError as exc:
+        print(f"phantom-token: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+class Supervisor:
+    """Runs ``workers`` processes on one port (SO_REUSEPORT); restarts one that dies; SIGTERM stops all.
+
+    Only the first worker runs the admin listener, so /metrics shows that worker's counters.
+    """
+
+    def __init__(self, settings: Settings, command: str, listen: str, admin: str | None, workers: int) -> None:
+        self.settings, self.command, self.listen, self.admin, self.workers = settings, command, listen, admin, workers
+        self.children: dict[int, int] = {}  # pid -> worker index
+        self.stopping = False
+
+    def _spawn(self, index: int, ready_fd: int | None) -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            admin = self.admin if index == 0 else None
+            os._exit(_worker(self.settings, self.command, self.listen, admin, reuse_port=True, ready_fd=ready_fd))
+        self.children[pid] = index
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        read_fd, write_fd = os.pipe()
+        for index in range(self.workers):
+            self._spawn(index, write_fd)
+        os.close(write_fd)
+        ready = 0
+        while ready < self.workers:
+            chunk = os.read(read_fd, self.workers)
+            if not chunk:
+                break
+            ready += len(chunk)
+        os.close(read_fd)
+        if ready < self.workers:
+            self._stop(signal.SIGTERM, None)
+            self._reap()
+            return 1
+        urls = [display(*parse_listen(self.listen))] + ([display(*parse_listen(self.admin))] if self.admin else [])
+        _announce(self.command, urls)
+        return self._reap()
+
+    def _reap(self) -> int:
+        status = 0
+        while self.children:
+            try:
+                pid, code = os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+                continue
+            index = self.children.pop(pid, None)
+            if index is None:
+                continue
+            if os.waitstatus_to_exitcode(code) != 0:
+                status = 1
+            if not self.stopping:
+                print(f"phantom-token: worker {index} (pid {pid}) exited; starting a new one", file=sys.stderr)
+                self._spawn(index, None)
+        return 0 if self.stopping else status
+
+    def _stop(self, _signum: int, _frame: object) -> None:
+        self.stopping = True
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)

@@ -1,0 +1,52 @@
+"""Reading the bearer token from the Authorization header (RFC 6750 section 2.1, contract section 4).
+
+Invariants: the returned token matches RFC 6750 ``b64token`` and is at most ``max_length`` bytes; nothing in
+this module logs, and a token only ever leaves it as itself or as its ``fingerprint``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from enum import Enum
+
+# Scheme in any case, one or more spaces/tabs, then the credentials; surrounding whitespace is ignored.
+_HEADER = re.compile(r"[ \t]*([A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*)(?:[ \t]+(.*?))?[ \t]*", re.DOTALL)
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+
+
+class Problem(Enum):
+    """Why no usable token was found."""
+
+    MISSING = "missing"  # no Authorization header, or another scheme: answer with a bare challenge
+    DUPLICATE = "duplicate"  # more than one Authorization header: 400 invalid_request
+    INVALID = "invalid"  # Bearer with credentials that are not a b64token, or too long: 401 invalid_token
+
+
+@dataclass(frozen=True, slots=True)
+class BearerToken:
+    value: str
+
+
+def extract(values: Sequence[str] | None, max_length: int) -> BearerToken | Problem:
+    """The bearer token carried by the ``Authorization`` header values of one request."""
+    if not values:
+        return Problem.MISSING
+    if len(values) > 1:
+        return Problem.DUPLICATE
+    match = _HEADER.fullmatch(values[0])
+    if match is None:
+        return Problem.INVALID if values[0].lstrip(" \t")[:6].lower() == "bearer" else Problem.MISSING
+    scheme, credentials = match.group(1), match.group(2)
+    if scheme.lower() != "bearer":
+        return Problem.MISSING
+    if not credentials or len(credentials) > max_length or not _B64TOKEN.fullmatch(credentials):
+        return Problem.INVALID
+    return BearerToken(credentials)
+
+
+def fingerprint(token: str) -> str:
+    """A short, non-reversible name for a token, safe to log: the first 8 hex digits of its SHA-256."""
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()[:8]

@@ -1,0 +1,109 @@
+"""Bearer extraction, cache lifetime rules, the LRU cache and single-flight."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from phantom_token.cache.memory import MemoryCache
+from phantom_token.cache.single_flight import SingleFlight
+from phantom_token.core.bearer import BearerToken, Problem, extract, fingerprint
+from phantom_token.core.ports import CacheEntry
+from phantom_token.core.ttl import CacheDirectives, cache_lifetime, parse_cache_control
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (None, Problem.MISSING),
+        ([], Problem.MISSING),
+        ([""], Problem.MISSING),
+        (["Basic abc"], Problem.MISSING),
+        (["Bearer"], Problem.INVALID),
+        (["Bearer   "], Problem.INVALID),
+        (["Bearer a b"], Problem.INVALID),
+        (["Bearer a,b"], Problem.INVALID),
+        (["a", "b"], Problem.DUPLICATE),
+        (["Bearer abc"], BearerToken("abc")),
+        (["bearer\tabc=="], BearerToken("abc==")),
+        ([" BEARER  a-b.c_d~e+f/g== "], BearerToken("a-b.c_d~e+f/g==")),
+    ],
+)
+def test_extract(values: list[str] | None, expected: object) -> None:
+    assert extract(values, 4096) == expected
+
+
+def test_extract_enforces_max_length() -> None:
+    assert extract(["Bearer " + "a" * 10], 10) == BearerToken("a" * 10)
+    assert extract(["Bearer " + "a" * 11], 10) is Problem.INVALID
+
+
+def test_fingerprint_is_short_and_stable() -> None:
+    assert fingerprint("abc") == "ba7816bf"
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ([], CacheDirectives(None, False)),
+        (["max-age=60"], CacheDirectives(60, False)),
+        (["private, MAX-AGE=30, must-revalidate"], CacheDirectives(30, False)),
+        (["max-age=60", "max-age=10"], CacheDirectives(10, False)),
+        (["no-store"], CacheDirectives(None, True)),
+        (["no-cache, max-age=60"], CacheDirectives(60, True)),
+        (["max-age=abc"], CacheDirectives(0, False)),
+        (["max-age=-5"], CacheDirectives(0, False)),
+    ],
+)
+def test_parse_cache_control(values: list[str], expected: CacheDirectives) -> None:
+    assert parse_cache_control(values) == expected
+
+
+def test_cache_lifetime_never_outlives_the_token() -> None:
+    assert cache_lifetime(300, CacheDirectives(), 1030, 1000) == 30
+    assert cache_lifetime(300, CacheDirectives(), 990, 1000) == 0
+    assert cache_lifetime(300, CacheDirectives(None, True), 5000, 1000) == 0
+
+
+def entry(expires_at: float) -> CacheEntry:
+    return CacheEntry("Bearer x", frozenset(), expires_at)
+
+
+def test_memory_cache_evicts_least_recently_used() -> None:
+    cache = MemoryCache(2)
+    cache.put_local(b"a", entry(100))
+    cache.put_local(b"b", entry(100))
+    assert cache.get_local(b"a", 0) is not None
+    cache.put_local(b"c", entry(100))
+    assert cache.get_local(b"b", 0) is None
+    assert cache.get_local(b"a", 0) is not None
+    assert len(cache) == 2
+
+
+def test_memory_cache_never_returns_expired_entries() -> None:
+    cache = MemoryCache(10)
+    cache.put_local(b"a", entry(100))
+    assert cache.get_local(b"a", 99.9) is not None
+    assert cache.get_local(b"a", 100) is None
+    assert len(cache) == 0
+
+
+async def test_single_flight_shares_results_and_errors() -> None:
+    flights: SingleFlight[int] = SingleFlight()
+    calls = 0
+    gate = asyncio.Event()
+
+    async def call() -> int:
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+        raise ValueError("boom")
+
+    waiters = [asyncio.ensure_future(flights.do(b"k", call)) for _ in range(5)]
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    assert calls == 1
+    assert all(isinstance(r, ValueError) for r in results)
+    assert len(flights) == 0

@@ -1,0 +1,228 @@
+"""The engine's rules with a fake clock and fake ports: no sockets, no sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from phantom_token.core.routes import Router
+
+from phantom_token.cache.memory import MemoryCache
+from phantom_token.config.settings import PluginConfig, Route, Upstream
+from phantom_token.core.bearer import fingerprint
+from phantom_token.core.engine import Engine, cache_key
+from phantom_token.core.errors import IntrospectionUnavailable
+from phantom_token.core.request import RequestInfo
+from phantom_token.core.verdict import Allow, Deny
+
+from .fakes import FakeClock, FakeIntrospector
+
+UPSTREAM = Upstream("http", "127.0.0.1", 3001, "/")
+PLUGIN = PluginConfig("http://as.test/introspect", "gateway", "secret", token_cache_seconds=300)
+
+
+Built = tuple[Engine, FakeIntrospector, FakeClock, MemoryCache]
+
+
+def build(plugin: PluginConfig = PLUGIN, *, max_entries: int = 100) -> Built:
+    routes = (
+        Route("open", "svc", UPSTREAM, paths=("/public",)),
+        Route("api", "svc", UPSTREAM, paths=("/api",), plugin=plugin),
+    )
+    clock, introspector, cache = FakeClock(), FakeIntrospector(), MemoryCache(max_entries)
+    return Engine(Router(routes), cache, introspector, clock=clock), introspector, clock, cache
+
+
+def req(path: str = "/api/x", *auth: str, method: str = "GET") -> RequestInfo:
+    headers = {"authorization": list(auth)} if auth else {}
+    return RequestInfo(method, "localhost", path, headers)
+
+
+def claims(clock: FakeClock, **extra: object) -> dict[str, object]:
+    return {"sub": "alice", "scope": "read write", "exp": clock.now + 3600, **extra}
+
+
+async def test_no_route_is_404() -> None:
+    engine, *_ = build()
+    verdict = await engine.authorize(req("/nowhere"))
+    assert isinstance(verdict, Deny)
+    assert (verdict.status, verdict.code) == (404, "not_found")
+
+
+async def test_route_without_plugin_passes_untouched() -> None:
+    engine, introspector, *_ = build()
+    verdict = await engine.authorize(req("/public/x", "Bearer whatever"))
+    assert isinstance(verdict, Allow)
+    assert verdict.authorization is None
+    assert introspector.calls == []
+
+
+async def test_preflight_passes_unless_run_on_preflight() -> None:
+    engine, *_ = build()
+    assert isinstance(await engine.authorize(req(method="OPTIONS")), Allow)
+    strict, *_ = build(PluginConfig("http://as.test/i", "gw", "s", run_on_preflight=True))
+    verdict = await strict.authorize(req(method="OPTIONS"))
+    assert isinstance(verdict, Deny)
+    assert verdict.status == 401
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "challenge"),
+    [
+        ((), 401, "Bearer"),
+        (("Basic dXNlcjpwYXNz",), 401, "Bearer"),
+        (("Bearer",), 401, 'Bearer error="invalid_token"'),
+        (("Bearer abc def",), 401, 'Bearer error="invalid_token"'),
+        (("Bearer tökén",), 401, 'Bearer error="invalid_token"'),
+        (("Bearer a&b",), 401, 'Bearer error="invalid_token"'),
+        (("Bearer " + "a" * 4097,), 401, 'Bearer error="invalid_token"'),
+        (("Bearer a", "Bearer b"), 400, 'Bearer error="invalid_request"'),
+    ],
+)
+async def test_bad_headers_never_reach_the_introspector(
+    headers: tuple[str, ...], status: int, challenge: str
+) -> None:
+    engine, introspector, *_ = build()
+    verdict = await engine.authorize(req("/api/x", *headers))
+    assert isinstance(verdict, Deny)
+    assert verdict.status == status
+    assert verdict.headers()[-1] == ("WWW-Authenticate", challenge)
+    assert introspector.calls == []
+
+
+@pytest.mark.parametrize("header", ["Bearer tok", "BEARER tok", "bEaReR \t  tok", "  Bearer tok  "])
+async def test_active_token_is_swapped_for_the_jwt(header: str) -> None:
+    engine, introspector, clock, _ = build()
+    jwt = introspector.activate("tok", claims(clock))
+    verdict = await engine.authorize(req("/api/x", header))
+    assert isinstance(verdict, Allow)
+    assert verdict.authorization == "Bearer " + jwt
+    assert introspector.calls == ["tok"]
+
+
+async def test_answer_is_cached_and_served_without_io() -> None:
+    engine, introspector, clock, _ = build()
+    introspector.activate("tok", claims(clock))
+    assert engine.try_authorize(req("/api/x", "Bearer tok")) is None
+    await engine.authorize(req("/api/x", "Bearer tok"))
+    hit = engine.try_authorize(req("/api/x", "Bearer tok"))
+    assert isinstance(hit, Allow)
+    assert hit.expires_in == 300
+    assert introspector.calls == ["tok"]
+    assert (engine.metrics.cache_hits, engine.metrics.cache_misses) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("configured", "max_age", "exp_in", "expected"),
+    [(300, None, 3600, 300), (300, 60, 3600, 60), (300, 600, 3600, 300), (300, 600, 30, 30), (0, None, 3600, 0)],
+)
+async def test_lifetime_is_the_smallest_of_config_max_age_and_exp(
+    configured: int, max_age: float | None, exp_in: float, expected: float
+) -> None:
+    engine, introspector, clock, _ = build(PluginConfig("http://as.test/i", "gw", "s", token_cache_seconds=configured))
+    introspector.activate("tok", claims(clock, exp=clock.now + exp_in), max_age=max_age)
+    first = await engine.authorize(req("/api/x", "Bearer tok"))
+    assert isinstance(first, Allow)
+    assert first.expires_in == expected
+    clock.now += expected - 0.5 if expected else 0
+    if expected:
+        assert isinstance(engine.try_authorize(req("/api/x", "Bearer tok")), Allow)
+    clock.now += 1
+    assert engine.try_authorize(req("/api/x", "Bearer tok")) is None
+
+
+@pytest.mark.parametrize(("max_age", "no_store"), [(0, False), (None, True)])
+async def test_no_store_and_max_age_zero_are_not_cached(max_age: float | None, no_store: bool) -> None:
+    engine, introspector, clock, cache = build()
+    introspector.activate("tok", claims(clock), max_age=max_age, no_store=no_store)
+    assert isinstance(await engine.authorize(req("/api/x", "Bearer tok")), Allow)
+    assert len(cache) == 0
+    await engine.authorize(req("/api/x", "Bearer tok"))
+    assert introspector.calls == ["tok", "tok"]
+
+
+async def test_jwt_already_expired_is_401() -> None:
+    engine, introspector, clock, cache = build()
+    introspector.activate("tok", claims(clock, exp=clock.now - 1))
+    verdict = await engine.authorize(req("/api/x", "Bearer tok"))
+    assert isinstance(verdict, Deny)
+    assert verdict.status == 401
+    assert len(cache) == 0
+
+
+async def test_inactive_is_401_and_not_cached() -> None:
+    engine, _, _, cache = build()
+    verdict = await engine.authorize(req("/api/x", "Bearer unknown"))
+    assert isinstance(verdict, Deny)
+    assert (verdict.status, verdict.code) == (401, "unauthorized")
+    assert verdict.headers()[-1] == ("WWW-Authenticate", 'Bearer error="invalid_token"')
+    assert len(cache) == 0
+
+
+async def test_authorization_server_fault_is_502_and_not_cached(caplog: pytest.LogCaptureFixture) -> None:
+    engine, introspector, *_ = build()
+    introspector.answers["tok"] = IntrospectionUnavailable("the endpoint answered HTTP 500")
+    verdict = await engine.authorize(req("/api/x", "Bearer tok"))
+    assert isinstance(verdict, Deny)
+    assert (verdict.status, verdict.code) == (502, "server_error")
+    await engine.authorize(req("/api/x", "Bearer tok"))
+    assert introspector.calls == ["tok", "tok"]
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 2
+    assert "HTTP 500" in errors[0].getMessage()
+    assert f"token={fingerprint('tok')} " in errors[0].getMessage()
+    assert "=tok " not in errors[0].getMessage()
+
+
+async def test_scopes_are_checked_on_every_request_including_hits() -> None:
+    plugin = PluginConfig("http://as.test/i", "gw", "s", scope=("read", "execute"), realm="api")
+    engine, introspector, clock, _ = build(plugin)
+    introspector.activate("tok", claims(clock))
+    for _ in range(2):
+        request = req("/api/x", "Bearer tok")
+        verdict = engine.try_authorize(request) or await engine.authorize(request)
+        assert isinstance(verdict, Deny)
+        assert verdict.status == 403
+        assert verdict.headers()[-1] == (
+            "WWW-Authenticate", 'Bearer realm="api", error="insufficient_scope", scope="read execute"'
+        )
+    assert introspector.calls == ["tok"]
+
+
+async def test_scp_array_grants_scopes() -> None:
+    engine, introspector, clock, _ = build(PluginConfig("http://as.test/i", "gw", "s", scope=("read", "write")))
+    introspector.activate("tok", {"sub": "a", "scp": ["read", "write"], "exp": clock.now + 60})
+    assert isinstance(await engine.authorize(req("/api/x", "Bearer tok")), Allow)
+
+
+async def test_concurrent_requests_for_one_token_make_one_call() -> None:
+    engine, introspector, clock, _ = build()
+    introspector.activate("tok", claims(clock))
+    introspector.gate = asyncio.Event()
+    waiting = [asyncio.ensure_future(engine.authorize(req("/api/x", "Bearer tok"))) for _ in range(50)]
+    await asyncio.sleep(0)
+    introspector.gate.set()
+    verdicts = await asyncio.wait_for(asyncio.gather(*waiting), 5)
+    assert all(isinstance(v, Allow) for v in verdicts)
+    assert introspector.calls == ["tok"]
+
+
+async def test_a_cancelled_waiter_does_not_cancel_the_others() -> None:
+    engine, introspector, clock, _ = build()
+    introspector.activate("tok", claims(clock))
+    introspector.gate = asyncio.Event()
+    first = asyncio.ensure_future(engine.authorize(req("/api/x", "Bearer tok")))
+    second = asyncio.ensure_future(engine.authorize(req("/api/x", "Bearer tok")))
+    await asyncio.sleep(0)
+    first.cancel()
+    introspector.gate.set()
+    assert isinstance(await asyncio.wait_for(second, 5), Allow)
+    assert introspector.calls == ["tok"]
+
+
+def test_cache_key_is_a_namespaced_hash_not_the_token() -> None:
+    key = cache_key(PLUGIN, "tok")
+    assert len(key) == 32
+    assert b"tok" not in key
+    other = PluginConfig(PLUGIN.introspection_endpoint, "another-client", "s")
+    assert cache_key(other, "tok") != key
