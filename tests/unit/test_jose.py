@@ -1,0 +1,260 @@
+"""Unit tests for phantom_token.jose: roundtrips, tampering, alg confusion, kid handling, strict parsing."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+from phantom_token import jose
+from phantom_token.jose import (
+    AlgorithmNotAllowed,
+    BadSignature,
+    JoseError,
+    MalformedToken,
+    SigningKey,
+    UnknownKey,
+    b64url_decode,
+    b64url_encode,
+    decode_unverified,
+    jwks,
+    verify,
+)
+
+ALGS = ["ES256", "ES384", "ES512", "RS256", "PS256", "PS512", "EdDSA"]
+CLAIMS = {"sub": "alice", "scope": "read write", "exp": 2_000_000_000, "name": "Zoë"}
+
+
+@pytest.fixture(scope="module")
+def keys() -> dict[str, SigningKey]:
+    return {alg: SigningKey.generate(alg) for alg in ALGS}
+
+
+def _b64json(value: Any) -> str:
+    return b64url_encode(json.dumps(value).encode())
+
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_roundtrip_with_keys_and_with_jwks(keys: dict[str, SigningKey], alg: str) -> None:
+    key = keys[alg]
+    token = key.sign(CLAIMS, {"typ": "at+jwt"})
+    header, claims = verify(token, [key], algorithms=[alg])
+    assert claims == CLAIMS
+    assert header == {"alg": alg, "typ": "at+jwt", "kid": key.kid}
+    # the same through a JSON-serialised JWK Set, as a peer would fetch it
+    published = json.loads(json.dumps(jwks(keys.values())))
+    assert verify(token, published, algorithms=[alg]) == (header, claims)
+    assert decode_unverified(token) == (header, claims)
+
+
+@pytest.mark.parametrize("alg", ALGS)
+def test_pem_roundtrip_keeps_kid(keys: dict[str, SigningKey], alg: str) -> None:
+    key = keys[alg]
+    loaded = SigningKey.from_pem(key.private_pem(), alg)
+    assert loaded.kid == key.kid  # RFC 7638 thumbprint is a function of the public key
+    assert verify(loaded.sign(CLAIMS), [key], algorithms=[alg])[1] == CLAIMS
+
+
+def test_pem_file_and_default_algorithm(tmp_path: Any, keys: dict[str, SigningKey]) -> None:
+    path = tmp_path / "key.pem"
+    path.write_bytes(keys["EdDSA"].private_pem())
+    assert SigningKey.from_pem_file(path).alg == "EdDSA"
+    path.write_bytes(keys["RS256"].private_pem())
+    assert SigningKey.from_pem_file(path, kid="k1").kid == "k1"
+    assert SigningKey.from_pem_file(path).alg == "RS256"
+    assert SigningKey.generate().alg == "ES256"
+
+
+def test_es256_signature_is_raw_r_s(keys: dict[str, SigningKey]) -> None:
+    key = keys["ES256"]
+    token = key.sign(CLAIMS)
+    signing_input, _, sig_part = token.rpartition(".")
+    signature = b64url_decode(sig_part)
+    assert len(signature) == 64
+    r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+    public = key.public_key()
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    public.verify(encode_dss_signature(r, s), signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+    # and a DER signature in its place is refused
+    der = ec.generate_private_key(ec.SECP256R1()).sign(b"x", ec.ECDSA(hashes.SHA256()))
+    decode_dss_signature(der)
+    with pytest.raises(BadSignature):
+        verify(f"{signing_input}.{b64url_encode(der)}", [key], algorithms=["ES256"])
+
+
+def test_public_jwk_members(keys: dict[str, SigningKey]) -> None:
+    ec_jwk = keys["ES256"].public_jwk()
+    assert (ec_jwk["kty"], ec_jwk["crv"], ec_jwk["use"], ec_jwk["alg"]) == ("EC", "P-256", "sig", "ES256")
+    assert [len(b64url_decode(ec_jwk[m])) for m in ("x", "y")] == [32, 32]
+    assert "d" not in ec_jwk
+    rsa_jwk = keys["RS256"].public_jwk()
+    assert rsa_jwk["e"] == "AQAB"
+    assert not {"d", "p", "q", "dp", "dq", "qi"} & set(rsa_jwk)
+    assert keys["EdDSA"].public_jwk()["crv"] == "Ed25519"
+
+
+def test_rfc7638_thumbprint_example() -> None:
+    # RFC 7638 section 3.1
+    jwk = {
+        "kty": "RSA",
+        "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECP"
+        "ebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQM"
+        "icAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3"
+        "XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
+        "e": "AQAB",
+    }
+    assert jose.thumbprint(jose.public_key_from_jwk(jwk)) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+
+
+@pytest.mark.parametrize("alg", ["ES256", "RS256", "EdDSA"])
+def test_tampering_is_detected(keys: dict[str, SigningKey], alg: str) -> None:
+    key = keys[alg]
+    header, payload, signature = key.sign(CLAIMS).split(".")
+    forged_payload = _b64json({**CLAIMS, "scope": "admin"})
+    with pytest.raises(BadSignature):
+        verify(f"{header}.{forged_payload}.{signature}", [key], algorithms=[alg])
+    flipped = bytearray(b64url_decode(signature))
+    flipped[0] ^= 1
+    with pytest.raises(BadSignature):
+        verify(f"{header}.{payload}.{b64url_encode(bytes(flipped))}", [key], algorithms=[alg])
+    with pytest.raises(BadSignature):
+        verify(f"{header}.{payload}.", [key], algorithms=[alg])
+
+
+def test_signature_from_another_key_with_same_kid(keys: dict[str, SigningKey]) -> None:
+    impostor = SigningKey.generate("ES256", kid=keys["ES256"].kid)
+    with pytest.raises(BadSignature):
+        verify(impostor.sign(CLAIMS), [keys["ES256"]], algorithms=["ES256"])
+
+
+@pytest.mark.parametrize("alg", ["none", "None", "NONE"])
+def test_alg_none_refused_even_if_allowed(keys: dict[str, SigningKey], alg: str) -> None:
+    token = f"{_b64json({'alg': alg})}.{_b64json(CLAIMS)}."
+    with pytest.raises(AlgorithmNotAllowed):
+        verify(token, [keys["ES256"]], algorithms=["ES256", alg])
+
+
+def test_wrong_algorithm_refused(keys: dict[str, SigningKey]) -> None:
+    with pytest.raises(AlgorithmNotAllowed):
+        verify(keys["RS256"].sign(CLAIMS), [keys["RS256"]], algorithms=["ES256"])
+    with pytest.raises(AlgorithmNotAllowed):
+        verify(f"{_b64json({'alg': 'HS256'})}.{_b64json(CLAIMS)}.AAAA", [keys["RS256"]], algorithms=["HS256"])
+
+
+def test_algorithm_confusion_between_key_types(keys: dict[str, SigningKey]) -> None:
+    # an RS256 header with the EC key's kid: the key does not fit the algorithm -> no candidate
+    header = _b64json({"alg": "RS256", "kid": keys["ES256"].kid})
+    with pytest.raises(UnknownKey):
+        verify(f"{header}.{_b64json(CLAIMS)}.AAAA", [keys["ES256"]], algorithms=["RS256", "ES256"])
+    # PS256 with a key whose JWK says RS256 -> not a candidate either
+    rs = keys["RS256"]
+    header = _b64json({"alg": "PS256", "kid": rs.kid})
+    with pytest.raises(UnknownKey):
+        verify(f"{header}.{_b64json(CLAIMS)}.AAAA", jwks([rs]), algorithms=["PS256"])
+
+
+def test_unknown_kid(keys: dict[str, SigningKey]) -> None:
+    token = SigningKey.generate("ES256", kid="other").sign(CLAIMS)
+    with pytest.raises(UnknownKey):
+        verify(token, jwks([keys["ES256"]]), algorithms=["ES256"])
+    header = _b64json({"alg": "ES256", "kid": 7})
+    with pytest.raises(MalformedToken):
+        verify(f"{header}.{_b64json(CLAIMS)}.AAAA", [keys["ES256"]], algorithms=["ES256"])
+
+
+def test_no_kid_tries_every_fitting_key() -> None:
+    private = Ed25519PrivateKey.generate()
+    key = SigningKey(private, kid="k")
+    signing_input = f"{_b64json({'alg': 'EdDSA'})}.{PAYLOAD}"
+    token = f"{signing_input}.{b64url_encode(private.sign(signing_input.encode()))}"
+    others = [SigningKey.generate("EdDSA"), SigningKey.generate("ES256")]
+    assert verify(token, [*others, key], algorithms=["EdDSA"])[1] == CLAIMS
+    with pytest.raises(BadSignature):
+        verify(token, others, algorithms=["EdDSA"])
+
+
+def test_crit_header_refused(keys: dict[str, SigningKey]) -> None:
+    token = keys["ES256"].sign(CLAIMS, {"crit": ["exp"]})
+    with pytest.raises(MalformedToken):
+        verify(token, [keys["ES256"]], algorithms=["ES256"])
+
+
+def test_jwks_ignores_unsupported_members(keys: dict[str, SigningKey]) -> None:
+    published = jwks([keys["ES256"]])
+    published["keys"].insert(0, {"kty": "oct", "k": "c2VjcmV0"})
+    assert verify(keys["ES256"].sign(CLAIMS), published, algorithms=["ES256"])[1] == CLAIMS
+    with pytest.raises(JoseError):
+        verify(keys["ES256"].sign(CLAIMS), {"nokeys": []}, algorithms=["ES256"])
+
+
+HEADER = _b64json({"alg": "ES256"})
+PAYLOAD = _b64json(CLAIMS)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        "",
+        "abc",
+        f"{HEADER}.{PAYLOAD}",
+        f"{HEADER}.{PAYLOAD}.sig.extra",
+        f"{HEADER}=.{PAYLOAD}.AAAA",  # padding
+        f"{HEADER}.{PAYLOAD}=.AAAA",
+        f"{HEADER}.{PAYLOAD}.AA+/",  # standard alphabet
+        f" {HEADER}.{PAYLOAD}.AAAA",
+        f"{HEADER}.{PAYLOAD}.A",  # impossible length
+        f"{_b64json(['alg', 'ES256'])}.{PAYLOAD}.AAAA",  # header not an object
+        f"{_b64json({'alg': 1})}.{PAYLOAD}.AAAA",  # alg not a string
+        f"{_b64json({'typ': 'JWT'})}.{PAYLOAD}.AAAA",  # no alg
+        f"{HEADER}.{_b64json([1, 2])}.AAAA",  # payload not an object
+        f"{HEADER}.{_b64json('claims')}.AAAA",
+        f"{HEADER}.{b64url_encode(b'not json')}.AAAA",
+        f"{HEADER}.{b64url_encode(bytes([0xFF, 0xFE]))}.AAAA",  # not UTF-8
+        HEADER + "." + b64url_encode(b'{"a":1,"a":2}') + ".AAAA",  # duplicate member
+        HEADER + "." + b64url_encode(b'{"a":NaN}') + ".AAAA",
+        b64url_encode(b'{"alg":"ES256","alg":"none"}') + "." + PAYLOAD + ".AAAA",
+    ],
+)
+def test_decode_unverified_is_strict(token: str) -> None:
+    with pytest.raises(MalformedToken):
+        decode_unverified(token)
+
+
+def test_decode_unverified_accepts_empty_signature() -> None:
+    header, claims = decode_unverified(f"{HEADER}.{PAYLOAD}.")
+    assert (header, claims) == ({"alg": "ES256"}, CLAIMS)
+
+
+def test_b64url_helpers() -> None:
+    for data in [b"", b"f", b"fo", b"foo", bytes(range(256))]:
+        encoded = b64url_encode(data)
+        assert not set("=+/") & set(encoded)
+        assert b64url_decode(encoded) == data
+        assert encoded == base64.urlsafe_b64encode(data).decode().rstrip("=")
+    with pytest.raises(MalformedToken):
+        b64url_decode("AB")  # non-canonical: trailing bits set ("AA" is canonical for b"\0")
+    with pytest.raises(MalformedToken):
+        b64url_decode("Zg==")
+
+
+def test_signing_key_refuses_mismatched_algorithm(keys: dict[str, SigningKey]) -> None:
+    with pytest.raises(JoseError):
+        SigningKey.from_pem(keys["ES256"].private_pem(), "RS256")
+    with pytest.raises(JoseError):
+        SigningKey.from_pem(keys["ES256"].private_pem(), "ES384")
+    with pytest.raises(AlgorithmNotAllowed):
+        SigningKey.generate("HS256")
+    with pytest.raises(JoseError):
+        SigningKey.from_pem(b"-----BEGIN PRIVATE KEY-----\nnope\n-----END PRIVATE KEY-----\n")
+
+
+def test_sign_cannot_override_alg_or_kid(keys: dict[str, SigningKey]) -> None:
+    key = keys["ES256"]
+    header, _ = decode_unverified(key.sign(CLAIMS, {"alg": "none", "kid": "evil"}))
+    assert (header["alg"], header["kid"]) == ("ES256", key.kid)
