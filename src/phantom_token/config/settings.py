@@ -67,6 +67,7 @@ class Route:
     strip_path: bool = True
     preserve_host: bool = False
     plugin: PluginConfig | None = None  # None: proxied without authentication
+    regex_priority: int = 0  # Kong: orders this route's regex paths against other regex paths (higher first)
 
 
 @dataclass(frozen=True, slots=True)
