@@ -90,6 +90,8 @@ def _regex(path: str) -> re.Pattern[str] | None:
 
 def _path_order(route: Route) -> list[str]:
     """A route's paths in the order the router tries them: regexes as written, then longest prefix first."""
+    if len(route.paths) < 2:
+        return list(route.paths)
     regexes = [p for p in route.paths if p.startswith("~")]
     prefixes = sorted((p for p in route.paths if not p.startswith("~")), key=len, reverse=True)
     return regexes + prefixes
