@@ -581,7 +581,7 @@ def _parse_route(
     methods = _methods(block)
     hosts = _hosts(block)
     headers = _headers(block)
-    if not (paths or methods or hosts or headers):
+    if not any(block.data.get(key) for key in ("paths", "methods", "hosts", "headers")):
         block.ctx.problem(where, "", "must set at least one of paths, methods, hosts, headers")
     service_name = service.name if service else ""
     route = Route(
