@@ -1,53 +1,79 @@
-"""A bounded in-memory LRU cache with absolute expiry.
+"""A bounded in-memory LRU cache with absolute expiry, with a separate bound for negative entries.
 
-Invariants: at most ``max_entries`` entries; an expired entry is never returned; keys are SHA-256 digests,
-never tokens; least recently used goes first when full.
+Invariants: at most ``max_entries`` active entries and at most ``negative_max_entries`` negative ones, each
+bound evicting its own least recently used first, so a flood of junk tokens never evicts an active entry; an
+expired entry is never returned; keys are SHA-256 digests, never tokens; a key is in at most one of the two.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 
-from phantom_token.core.ports import CacheEntry
+from phantom_token.core.ports import Cached, CacheEntry, NegativeEntry, Purged
 
 
-class MemoryCache:
+class _Lru:
     def __init__(self, max_entries: int) -> None:
-        if max_entries < 1:
-            raise ValueError("max_entries must be at least 1")
-        self._max = max_entries
-        self._entries: OrderedDict[bytes, CacheEntry] = OrderedDict()
+        self.max = max_entries
+        self.entries: OrderedDict[bytes, Cached] = OrderedDict()
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get_local(self, key: bytes, now: float) -> CacheEntry | None:
-        entry = self._entries.get(key)
+    def get(self, key: bytes, now: float) -> Cached | None:
+        entry = self.entries.get(key)
         if entry is None:
             return None
         if entry.expires_at <= now:
-            del self._entries[key]
+            del self.entries[key]
             return None
-        self._entries.move_to_end(key)
+        self.entries.move_to_end(key)
         return entry
 
-    async def get(self, key: bytes, now: float) -> CacheEntry | None:
+    def put(self, key: bytes, entry: Cached) -> None:
+        self.entries[key] = entry
+        self.entries.move_to_end(key)
+        while len(self.entries) > self.max:
+            self.entries.popitem(last=False)
+
+
+class MemoryCache:
+    def __init__(self, max_entries: int, negative_max_entries: int | None = None) -> None:
+        negatives = max(1, max_entries // 10) if negative_max_entries is None else negative_max_entries
+        if max_entries < 1 or negatives < 1:
+            raise ValueError("max_entries and negative_max_entries must be at least 1")
+        self._active = _Lru(max_entries)
+        self._negative = _Lru(negatives)
+
+    def __len__(self) -> int:
+        """Active entries held (negative ones are counted by ``negative_count``)."""
+        return len(self._active.entries)
+
+    @property
+    def negative_count(self) -> int:
+        return len(self._negative.entries)
+
+    def get_local(self, key: bytes, now: float) -> Cached | None:
+        return self._active.get(key, now) or self._negative.get(key, now)
+
+    async def get(self, key: bytes, now: float) -> Cached | None:
         return self.get_local(key, now)
 
-    def put_local(self, key: bytes, entry: CacheEntry) -> None:
-        self._entries[key] = entry
-        self._entries.move_to_end(key)
-        while len(self._entries) > self._max:
-            self._entries.popitem(last=False)
+    def put_local(self, key: bytes, entry: Cached) -> None:
+        if isinstance(entry, CacheEntry):
+            self._negative.entries.pop(key, None)
+            self._active.put(key, entry)
+        elif isinstance(entry, NegativeEntry):
+            self._active.entries.pop(key, None)
+            self._negative.put(key, entry)
 
-    async def put(self, key: bytes, entry: CacheEntry) -> None:
+    async def put(self, key: bytes, entry: Cached) -> None:
         self.put_local(key, entry)
 
     def purge_local(self, key: bytes) -> bool:
-        return self._entries.pop(key, None) is not None
+        active = self._active.entries.pop(key, None) is not None
+        return self._negative.entries.pop(key, None) is not None or active
 
-    async def purge(self, key: bytes) -> bool:
-        return self.purge_local(key)
+    async def purge(self, key: bytes) -> Purged:
+        return Purged(local=self.purge_local(key))
 
     def clear(self) -> None:
-        self._entries.clear()
+        self._active.entries.clear()
+        self._negative.entries.clear()

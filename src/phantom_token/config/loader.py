@@ -30,6 +30,7 @@ import yaml
 
 from phantom_token.config.settings import (
     DEFAULT_LISTEN,
+    MIN_ENCRYPTION_KEY_CHARS,
     CacheSettings,
     HeaderCondition,
     PluginConfig,
@@ -733,7 +734,7 @@ _PLUGIN_FIELDS = frozenset({"name", "id", "config", "enabled", "protocols", "tag
 _PLUGIN_CONFIG_FIELDS = frozenset(
     {
         "introspection_endpoint", "client_id", "client_secret", "token_cache_seconds", "scope", "verify_ssl",
-        "realm", "run_on_preflight", "max_token_length", "introspection_timeout_seconds",
+        "realm", "run_on_preflight", "max_token_length", "introspection_timeout_seconds", "negative_cache_seconds",
     }
 )  # fmt: skip
 _REALM = re.compile(r"[\x20-\x7e]*")
@@ -806,6 +807,7 @@ def _parse_plugin_config(ctx: _Context, where: str, raw: Mapping[Any, Any]) -> P
         run_on_preflight=block.flag("run_on_preflight", False),
         max_token_length=block.integer("max_token_length", 4096, 1, 65536),
         introspection_timeout_seconds=block.number("introspection_timeout_seconds", 5.0),
+        negative_cache_seconds=block.integer("negative_cache_seconds", 5, 0, 3600),
     )
     return config if len(ctx.problems) == before else None
 
@@ -922,8 +924,32 @@ def _cache(block: _Block) -> CacheSettings:
     raw = block.mapping("cache")
     if raw is None:
         return CacheSettings()
-    cache = _Block(block.ctx, block.where, raw, frozenset({"max_entries"}), prefix="cache.")
-    return CacheSettings(max_entries=cache.integer("max_entries", CacheSettings().max_entries, 1))
+    cache = _Block(block.ctx, block.where, raw, _CACHE_FIELDS, prefix="cache.")
+    default = CacheSettings()
+    redis_url = cache.text("redis_url", non_empty=True)
+    if redis_url is not None and urlsplit(redis_url).scheme not in _REDIS_SCHEMES:
+        schemes = ", ".join(f"{scheme}://" for scheme in _REDIS_SCHEMES)
+        cache.problem("redis_url", f"must be a URL with one of the schemes {schemes}")
+    encryption_key = cache.text("encryption_key", non_empty=True)
+    if encryption_key is not None and len(encryption_key) < MIN_ENCRYPTION_KEY_CHARS:
+        why = f"must be at least {MIN_ENCRYPTION_KEY_CHARS} characters (e.g. from openssl rand -base64 32)"
+        cache.problem("encryption_key", why)
+    if encryption_key is not None and redis_url is None:
+        cache.problem("encryption_key", "only applies to the shared store: set redis_url too")
+    return CacheSettings(
+        max_entries=cache.integer("max_entries", default.max_entries, 1),
+        negative_max_entries=cache.integer("negative_max_entries", default.negative_max_entries, 1),
+        redis_url=redis_url,
+        key_prefix=cache.text("key_prefix") or default.key_prefix,
+        encryption_key=encryption_key,
+        redis_timeout_seconds=cache.number("redis_timeout_seconds", default.redis_timeout_seconds),
+    )
+
+
+_CACHE_FIELDS = frozenset(
+    {"max_entries", "negative_max_entries", "redis_url", "key_prefix", "encryption_key", "redis_timeout_seconds"}
+)
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
 
 
 def _trusted_proxies(block: _Block) -> tuple[IPv4Network | IPv6Network, ...]:

@@ -27,6 +27,7 @@ class PluginConfig:
     run_on_preflight: bool = False
     max_token_length: int = 4096
     introspection_timeout_seconds: float = 5.0
+    negative_cache_seconds: int = 5  # how long an inactive answer is remembered; 0: not at all
 
     @property
     def cache_namespace(self) -> bytes:
@@ -70,9 +71,20 @@ class Route:
     regex_priority: int = 0  # Kong: orders this route's regex paths against other regex paths (higher first)
 
 
+DEFAULT_KEY_PREFIX = "phantom-token:"
+MIN_ENCRYPTION_KEY_CHARS = 32
+
+
 @dataclass(frozen=True, slots=True)
 class CacheSettings:
+    """``phantom_token.cache``: the in-process L1 bounds and the optional shared Redis L2 (docs/scaling.md)."""
+
     max_entries: int = 100_000
+    negative_max_entries: int = 10_000  # inactive tokens, bounded apart so junk cannot evict good entries
+    redis_url: str | None = field(default=None, repr=False)  # may carry a password
+    key_prefix: str = DEFAULT_KEY_PREFIX
+    encryption_key: str | None = field(default=None, repr=False)  # AES-256-GCM key material (>= 32 chars)
+    redis_timeout_seconds: float = 0.25  # per Redis command; a slower Redis is treated as down
 
 
 @dataclass(frozen=True, slots=True)

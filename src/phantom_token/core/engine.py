@@ -1,10 +1,15 @@
 """The engine: one request's facts in, one ``Verdict`` out. Every rule of the pattern lives here, once.
 
-Order of checks: route -> plugin present? -> preflight -> token syntax -> cache (L1, then shared) ->
-introspection (single-flight per token) -> claim checks (``exp``) -> scopes (on every request, hit or miss).
+Order of checks: route -> plugin present? -> preflight -> token syntax -> cache (L1, then shared; a negative
+entry is a 401) -> introspection (single-flight per token, through the coordinator; the flight looks in the cache
+again first) -> claim checks (``exp``) -> scopes (on every request, hit or miss).
 
-Invariants: no I/O but through the two ports; the raw token never leaves this module except to the
-introspector; the authorization server's faults are 502, never 401 and never 200; errors are never cached.
+Invariants: no I/O but through the ports; the raw token never leaves this module except to the introspector;
+the authorization server's faults are 502, never 401 and never 200; errors are never cached; an inactive
+answer is remembered for ``negative_cache_seconds`` only (0: not at all).
+
+Cache keys: ``sha256(namespace + sha256(token))``. Hashing the token first makes a key derivable from the
+token's SHA-256 alone, so an operator can purge a token knowing only its hash (``POST /cache/purge``).
 """
 
 from __future__ import annotations
@@ -21,7 +26,15 @@ from phantom_token.core import verdict as v
 from phantom_token.core.bearer import BearerToken, Problem, extract, fingerprint
 from phantom_token.core.errors import IntrospectionUnavailable
 from phantom_token.core.jwt import numeric_claim
-from phantom_token.core.ports import Active, CacheEntry, Introspector, TokenCache
+from phantom_token.core.ports import (
+    Active,
+    Cached,
+    CacheEntry,
+    IntrospectionCoordinator,
+    Introspector,
+    NegativeEntry,
+    TokenCache,
+)
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.routes import Router
 from phantom_token.core.scopes import granted_scopes, missing_scopes
@@ -33,9 +46,19 @@ log = logging.getLogger("phantom_token.engine")
 Clock = Callable[[], float]
 
 
+def token_digest(token: str) -> bytes:
+    """SHA-256 of the token (its hex form is what ``POST /cache/purge`` accepts as ``token_sha256``)."""
+    return hashlib.sha256(token.encode("ascii")).digest()
+
+
+def namespaced_key(namespace: bytes, digest: bytes) -> bytes:
+    """The cache key of a token whose SHA-256 is ``digest``, under one endpoint/client namespace."""
+    return hashlib.sha256(namespace + digest).digest()
+
+
 def cache_key(plugin: PluginConfig, token: str) -> bytes:
-    """SHA-256 of the token, namespaced by introspection endpoint and client: never the token itself."""
-    return hashlib.sha256(plugin.cache_namespace + token.encode("ascii")).digest()
+    """SHA-256 of the token's SHA-256, namespaced by introspection endpoint and client: never the token itself."""
+    return namespaced_key(plugin.cache_namespace, token_digest(token))
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,13 +80,16 @@ class Engine:
         *,
         clock: Clock = time.time,
         metrics: Metrics | None = None,
+        coordinator: IntrospectionCoordinator | None = None,
     ) -> None:
         self._router = router
         self._cache = cache
         self._introspector = introspector
         self._clock = clock
         self._metrics = metrics if metrics is not None else Metrics()
-        self._flights: SingleFlight[CacheEntry | None] = SingleFlight()
+        self._flights: IntrospectionCoordinator = (
+            coordinator if coordinator is not None else SingleFlight[CacheEntry | None]()
+        )
         self._pass: dict[str, v.Allow] = {}  # one reusable Allow per unauthenticated route
 
     @property
@@ -80,7 +106,7 @@ class Engine:
         if entry is None:
             return None
         self._metrics.cache_hits += 1
-        return self._decide(step.route, step.plugin, entry, now)
+        return self._decide(step, entry, now)
 
     async def authorize(self, request: RequestInfo) -> v.Verdict:
         """The verdict for a request, introspecting the token when no cache has an answer."""
@@ -88,18 +114,18 @@ class Engine:
         if not isinstance(step, _Pending):
             return step
         now = self._clock()
-        entry = await self._cache.get(step.key, now)
-        if entry is not None:
+        cached = await self._cache.get(step.key, now)
+        if cached is not None:
             self._metrics.cache_hits += 1
-            return self._decide(step.route, step.plugin, entry, now)
+            return self._decide(step, cached, now)
         self._metrics.cache_misses += 1
         try:
-            entry = await self._flights.do(step.key, lambda: self._introspect(step))
+            entry = await self._flights.do(step.key, lambda: self._resolve(step))
         except IntrospectionUnavailable:
             return v.server_error(step.route)
         if entry is None:
             return v.unauthorized(step.plugin.realm, token_sent=True, route=step.route)
-        return self._decide(step.route, step.plugin, entry, self._clock())
+        return self._decide(step, entry, self._clock())
 
     def _prepare(self, request: RequestInfo) -> v.Verdict | _Pending:
         route = self._router.match(request.method, request.host, request.path, request.headers)
@@ -118,12 +144,24 @@ class Engine:
             return v.malformed_request(plugin.realm, route)
         return v.unauthorized(plugin.realm, token_sent=token is Problem.INVALID, route=route)
 
-    def _decide(self, route: Route, plugin: PluginConfig, entry: CacheEntry, now: float) -> v.Verdict:
+    def _decide(self, step: _Pending, entry: Cached, now: float) -> v.Verdict:
+        route, plugin = step.route, step.plugin
+        if isinstance(entry, NegativeEntry):
+            return v.unauthorized(plugin.realm, token_sent=True, route=route)
         if plugin.scope:
             missing = missing_scopes(plugin.scope, entry.scopes)
             if missing:
                 return v.forbidden(plugin.scope, plugin.realm, route)
         return v.Allow(route, entry.authorization, max(entry.expires_at - now, 0.0))
+
+    async def _resolve(self, step: _Pending) -> CacheEntry | None:
+        """A miss, once per key: look again (a peer may have answered while we waited), else introspect."""
+        cached = await self._cache.get(step.key, self._clock())
+        if isinstance(cached, CacheEntry):
+            return cached
+        if isinstance(cached, NegativeEntry):
+            return None
+        return await self._introspect(step)
 
     async def _introspect(self, step: _Pending) -> CacheEntry | None:
         """One introspection call; the live entry it yields (cached when it may be), or None if inactive."""
@@ -139,6 +177,8 @@ class Engine:
         finally:
             self._metrics.observe_introspection(time.perf_counter() - started)
         if not isinstance(result, Active):
+            if step.plugin.negative_cache_seconds > 0:
+                await self._cache.put(step.key, NegativeEntry(self._clock() + step.plugin.negative_cache_seconds))
             return None
         now = self._clock()
         entry = self._entry_for(result, step.plugin, now)

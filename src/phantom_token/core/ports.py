@@ -1,11 +1,13 @@
 """The engine's two ports, and the values that cross them.
 
-The engine asks a ``TokenCache`` and an ``Introspector``; adapters (in-memory, Redis, HTTP) implement them and
-translate their own exceptions into ``core.errors`` before anything reaches the engine.
+The engine asks a ``TokenCache``, an ``Introspector`` and an ``IntrospectionCoordinator``; adapters (in-memory,
+Redis, HTTP) implement them and translate their own exceptions into ``core.errors`` before anything reaches the
+engine. A cache adapter whose store is down degrades to a miss (or to this process's memory); it never raises.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -26,6 +28,27 @@ class CacheEntry:
     authorization: str
     scopes: frozenset[str]
     expires_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NegativeEntry:
+    """The token was inactive when last asked; remembered until ``expires_at`` (``negative_cache_seconds``)."""
+
+    expires_at: float
+
+
+Cached = CacheEntry | NegativeEntry
+"""What a cache holds for a key: an active token's entry, or the memory of an inactive one."""
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """What ``TokenCache.purge`` removed. ``notified``: processes told to drop their copy (None: no shared store)."""
+
+    local: bool
+    shared: bool = False
+    notified: int | None = None
+    complete: bool = True  # False when a shared store is configured but could not be reached
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,16 +77,32 @@ class Introspector(Protocol):
 class TokenCache(Protocol):
     """Cache of introspection answers keyed by ``cache_key`` (a SHA-256 digest, never the token)."""
 
-    def get_local(self, key: bytes, now: float) -> CacheEntry | None:
+    def get_local(self, key: bytes, now: float) -> Cached | None:
         """A live entry from this process's memory, without I/O (the hot path)."""
         ...
 
-    async def get(self, key: bytes, now: float) -> CacheEntry | None:
+    async def get(self, key: bytes, now: float) -> Cached | None:
         """A live entry from any tier (memory, then a shared store)."""
         ...
 
-    async def put(self, key: bytes, entry: CacheEntry) -> None: ...
-
-    async def purge(self, key: bytes) -> bool:
-        """Remove an entry everywhere; True when something was removed."""
+    async def put(self, key: bytes, entry: Cached) -> None:
+        """Keep ``entry`` until its absolute ``expires_at``; negative entries live in their own, smaller bound."""
         ...
+
+    async def purge(self, key: bytes) -> Purged:
+        """Remove an entry everywhere (this process, the shared store, every other process's memory)."""
+        ...
+
+
+Flight = Callable[[], Awaitable[CacheEntry | None]]
+"""One resolution of a cache miss: look again, else introspect; the live entry, or None when inactive."""
+
+
+class IntrospectionCoordinator(Protocol):
+    """Makes concurrent misses for one key share one ``Flight``: within a process, or across a cluster.
+
+    Every caller gets the flight's result or runs it itself (e.g. when a cluster peer holding the lock died);
+    the flight looks in the cache again first, so a caller that waited finds what the holder stored.
+    """
+
+    async def do(self, key: bytes, call: Flight) -> CacheEntry | None: ...
