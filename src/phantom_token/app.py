@@ -1,6 +1,7 @@
 """The composition root: builds every object from the parsed settings and owns their lifespan.
 
-Start order: HTTP client -> cache -> engine -> front door -> admin listener; stop in reverse. A ready server
+Start order: HTTP client -> cache (and its Redis link, when configured) -> engine -> front door -> admin
+listener; stop in reverse. A ready server
 prints one line containing ``listening on http://HOST:PORT``. SIGTERM/SIGINT drain in-flight requests, exit 0.
 """
 
@@ -13,7 +14,8 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol
 
 from phantom_token.admin import admin_handler
-from phantom_token.cache.memory import MemoryCache
+from phantom_token.cache.purge import Purger, namespaces
+from phantom_token.cache.stack import build_cache
 from phantom_token.config.settings import Settings
 from phantom_token.core.engine import Engine
 from phantom_token.core.routes import Router
@@ -52,8 +54,10 @@ class Application:
         self.mode = mode
         self.metrics = Metrics()
         self.client = HttpClient()
-        self.cache = MemoryCache(settings.cache.max_entries)
-        self.engine = Engine(Router(settings.routes), self.cache, HttpIntrospector(self.client), metrics=self.metrics)
+        self.caches = build_cache(settings)
+        self.cache = self.caches.cache
+        self.engine = Engine(Router(settings.routes), self.cache, HttpIntrospector(self.client), metrics=self.metrics,
+                             coordinator=self.caches.coordinator)
         self._servers: list[Closable] = []
         self._ready = False
 
@@ -63,12 +67,15 @@ class Application:
                 log.warning("route %r: verify_ssl is false, TLS certificates of %s are not checked",
                             route.name, route.plugin.introspection_endpoint)
         host, port = parse_listen(listen)
+        await self.caches.start()
         front = await self._front_door(host, port, reuse_port)
         self._servers.append(front)
         urls = [display(host, _bound_port(front, port))]
         if admin_listen:
             admin_host, admin_port = parse_listen(admin_listen)
-            handler = admin_handler(self.metrics, admin_token=self.settings.admin_token, ready=lambda: self._ready)
+            purger = Purger(self.cache, namespaces(self.settings.routes))
+            handler = admin_handler(self.metrics, admin_token=self.settings.admin_token, ready=lambda: self._ready,
+                                    purge=purger.purge)
             admin = await serve_app(handler, admin_host, admin_port)
             self._servers.append(admin)
             urls.append(display(admin_host, _bound_port(admin, admin_port)))
@@ -92,6 +99,7 @@ class Application:
         except TimeoutError:
             log.warning("drain timed out after %.0fs; closing remaining connections", DRAIN_SECONDS)
         await self.client.aclose()
+        await self.caches.aclose()
 
 
 def _bound_port(server: object, requested: int) -> int:

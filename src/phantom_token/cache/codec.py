@@ -1,0 +1,92 @@
+"""How a cache entry is written to a shared store, optionally encrypted at rest (a JWT is a credential).
+
+Format: one version byte, then either ``0x00`` + JSON (plain) or ``0x01`` + 12-byte nonce + AES-256-GCM
+ciphertext and tag (encrypted). JSON is ``[expires_at, [scopes...], authorization]`` for an active entry and
+``[expires_at]`` for a negative one.
+
+Invariants: the AES key is derived with HKDF-SHA256 from the configured secret (never used raw); every value
+gets a fresh random nonce; the store key is the associated data, so a value copied under another key does not
+decrypt; with a key configured, a plain or undecryptable value is a miss, never trusted; ``decode`` never
+raises on bad data, it answers None.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from phantom_token.config.settings import MIN_ENCRYPTION_KEY_CHARS
+from phantom_token.core.ports import Cached, CacheEntry, NegativeEntry
+
+_PLAIN, _AES_GCM = b"\x00", b"\x01"
+_NONCE = 12
+_HKDF_INFO = b"phantom-token cache encryption v1"
+
+
+def derive_key(secret: str) -> bytes:
+    """A 256-bit AES key from the configured secret (which should itself be random, e.g. 32 bytes base64)."""
+    if len(secret) < MIN_ENCRYPTION_KEY_CHARS:
+        raise ValueError(f"encryption_key must be at least {MIN_ENCRYPTION_KEY_CHARS} characters")
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_HKDF_INFO)
+    return hkdf.derive(secret.encode("utf-8"))
+
+
+class EntryCodec:
+    def __init__(self, secret: str | None = None) -> None:
+        self._aead = AESGCM(derive_key(secret)) if secret is not None else None
+
+    @property
+    def encrypted(self) -> bool:
+        return self._aead is not None
+
+    def encode(self, entry: Cached, store_key: bytes) -> bytes:
+        document: list[object] = [entry.expires_at]
+        if isinstance(entry, CacheEntry):
+            document += [sorted(entry.scopes), entry.authorization]
+        plain = json.dumps(document, separators=(",", ":")).encode()
+        if self._aead is None:
+            return _PLAIN + plain
+        nonce = os.urandom(_NONCE)
+        return _AES_GCM + nonce + self._aead.encrypt(nonce, plain, store_key)
+
+    def decode(self, data: bytes, store_key: bytes) -> Cached | None:
+        plain = self._open(data, store_key)
+        if plain is None:
+            return None
+        try:
+            document = json.loads(plain)
+        except ValueError:
+            return None
+        return _entry(document)
+
+    def _open(self, data: bytes, store_key: bytes) -> bytes | None:
+        version, body = data[:1], data[1:]
+        if self._aead is None:
+            return body if version == _PLAIN else None
+        if version != _AES_GCM or len(body) < _NONCE + 16:
+            return None
+        try:
+            return self._aead.decrypt(body[:_NONCE], body[_NONCE:], store_key)
+        except InvalidTag:
+            return None
+
+
+def _entry(document: object) -> Cached | None:
+    if not isinstance(document, list) or not document or not isinstance(document[0], int | float):
+        return None
+    expires_at = float(document[0])
+    if len(document) == 1:
+        return NegativeEntry(expires_at)
+    if len(document) != 3:
+        return None
+    scopes, authorization = document[1], document[2]
+    if not isinstance(authorization, str) or not isinstance(scopes, list):
+        return None
+    if not all(isinstance(scope, str) for scope in scopes):
+        return None
+    return CacheEntry(authorization, frozenset(scopes), expires_at)

@@ -1,0 +1,61 @@
+"""Revocation: remove one token's entries from every cache, given the token or only its SHA-256.
+
+A token has one entry per introspection namespace (endpoint + client_id) it was seen under; the key of each is
+``namespaced_key(namespace, sha256(token))``, so the token's SHA-256 is enough and the raw token is not needed.
+
+Invariants: the raw token is hashed on arrival and never kept, logged or echoed (reports carry its fingerprint,
+the first 8 hex digits of its SHA-256); a purge tries every namespace of the configuration.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from phantom_token.config.settings import Route
+from phantom_token.core.engine import namespaced_key
+from phantom_token.core.ports import TokenCache
+
+log = logging.getLogger("phantom_token.cache")
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeReport:
+    fingerprint: str
+    memory: int  # entries removed from this process's memory
+    shared: int  # entries removed from the shared store
+    notified: int | None  # processes told to drop their copies (None: no shared store)
+    complete: bool  # False: a shared store is configured but was unreachable, other processes were not told
+
+    def document(self) -> dict[str, object]:
+        return {"fingerprint": self.fingerprint, "removed": {"memory": self.memory, "shared": self.shared},
+                "notified": self.notified, "complete": self.complete}
+
+
+def namespaces(routes: Iterable[Route]) -> tuple[bytes, ...]:
+    """Every distinct cache namespace of the configuration, in a stable order."""
+    return tuple(dict.fromkeys(r.plugin.cache_namespace for r in routes if r.plugin is not None))
+
+
+class Purger:
+    def __init__(self, cache: TokenCache, cache_namespaces: tuple[bytes, ...]) -> None:
+        self._cache = cache
+        self._namespaces = cache_namespaces
+
+    async def purge(self, digest: bytes) -> PurgeReport:
+        """Remove the token whose SHA-256 is ``digest`` (32 bytes) everywhere."""
+        memory = shared = 0
+        notified: int | None = None
+        complete = True
+        for namespace in self._namespaces:
+            result = await self._cache.purge(namespaced_key(namespace, digest))
+            memory += result.local
+            shared += result.shared
+            complete = complete and result.complete
+            if result.notified is not None:
+                notified = max(notified or 0, result.notified)
+        report = PurgeReport(digest.hex()[:8], memory, shared, notified, complete)
+        log.info("cache purge: token=%s memory=%d shared=%d notified=%s complete=%s",
+                 report.fingerprint, memory, shared, notified, complete)
+        return report
