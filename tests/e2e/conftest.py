@@ -336,14 +336,15 @@ GatewayFactory = Callable[..., Gateway]
 
 @pytest.fixture
 def gateway(tmp_path: Path, e2e_logs: Path) -> Iterator[GatewayFactory]:
-    """``gateway(config_yaml_text, env=None) -> Gateway``; all are stopped at teardown and must exit 0."""
+    """``gateway(config_yaml_text, env=None, args=()) -> Gateway``; all are stopped at teardown and must exit 0."""
     started: list[Gateway] = []
 
-    def start(config_text: str, env: Mapping[str, str] | None = None) -> Gateway:
+    def start(config_text: str, env: Mapping[str, str] | None = None, args: Sequence[str] = ()) -> Gateway:
         config = tmp_path / f"gateway-{len(started)}.yml"
         config.write_text(config_text, encoding="utf-8")
         port = free_port()
-        argv = [sys.executable, "-m", "phantom_token", "serve", "-c", str(config), "--listen", f"127.0.0.1:{port}"]
+        argv = [sys.executable, "-m", "phantom_token", "serve", "-c", str(config), "--listen", f"127.0.0.1:{port}",
+                *args]
         process = start_process("gateway", argv, port, e2e_logs, env)
         gw = Gateway(process.name, process.proc, process.stderr_path, process.host, port, process.stdout_lines)
         started.append(gw)
