@@ -88,6 +88,11 @@ class Application:
 
             return await start_proxy(self.engine, self.settings, host, port, reuse_port=reuse_port,
                                      observe=self.metrics.observe_response)
+        if self.mode == "authz":
+            from phantom_token.frontends.decisions import start_decisions
+
+            return await start_decisions(self.engine, self.settings, host, port, reuse_port=reuse_port,
+                                         observe=self.metrics.observe_response)
         raise ValueError(f"unknown mode {self.mode!r}")
 
     async def stop(self) -> None:

@@ -1,0 +1,272 @@
+"""The decision service front door (``phantom-token authz``): contract section 10.
+
+A gateway (nginx ``auth_request``, Traefik ForwardAuth, Caddy ``forward_auth``, Envoy ``ext_authz``) asks
+"may this request pass?"; the answer is the engine's ``Verdict``, rendered for the gateway:
+
+- ``/authz`` (any method): the original method, URI and host come from ``X-Original-Method``/``X-Original-URI``
+  (nginx; ingress-nginx sends the absolute ``X-Original-URL``) or ``X-Forwarded-Method``/``X-Forwarded-Uri``/
+  ``X-Forwarded-Host`` (Traefik, Caddy).
+- ``/authz/envoy/<original path>``: the path after the prefix is the original path; the method and the Host are the
+  request's own (Envoy's ``ext_authz`` ``http_service`` sends them unchanged, with no body).
+- Allowed: 200, ``Authorization: Bearer <jwt>`` (absent for a route without the plugin), then ``X-Accel-Expires``
+  and ``Cache-Control: private, max-age=<seconds>``, in that order (nginx 1.22 honours ``X-Accel-Expires`` only
+  when it comes before ``Cache-Control``). Denied: the section 8 status, body and challenge, ``Cache-Control:
+  no-store``.
+
+Invariants:
+- The forwarding headers are believed only from a socket peer inside ``settings.trusted_proxies`` (empty: loopback,
+  127.0.0.0/8 and ::1). From any other peer they are ignored and the request is matched on its own method, path and
+  host, so a forged ``X-Forwarded-Uri`` cannot choose a laxer route.
+- A trusted ``/authz`` request without an original URI is answered 400 ``{"code": "invalid_request", "message":
+  "The decision request has no X-Original-URI, X-Original-URL or X-Forwarded-Uri header"}``; two values of one
+  of these headers, or a URI that is neither a path nor an http(s) URL, are a 400 ``invalid_request`` too: the
+  gateway is misconfigured, and guessing would authorize the wrong thing.
+- No rule of the pattern lives here: the engine decides, this module only translates. The request body is never
+  read into memory (it is discarded), and header values are never logged.
+- The hot path (``try_authorize`` answers: a cache hit or a cheap denial) runs in protocol callbacks only: no task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable, Mapping, Sequence
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from urllib.parse import urlsplit
+
+from phantom_token.config.settings import Settings
+from phantom_token.core.request import RequestInfo
+from phantom_token.core.verdict import Deny, Verdict, server_error
+from phantom_token.frontends import Authorizer
+from phantom_token.http.server import (
+    HttpServer,
+    HttpServerProtocol,
+    RequestHead,
+    ServerLimits,
+    ServerState,
+    start_server,
+)
+
+logger = logging.getLogger("phantom_token.http")
+
+AUTHZ_PATH = "/authz"
+ENVOY_PREFIX = "/authz/envoy"
+
+Network = IPv4Network | IPv6Network
+DEFAULT_TRUSTED: tuple[Network, ...] = (ip_network("127.0.0.0/8"), ip_network("::1/128"))
+
+Observe = Callable[[int, float], None]
+"""Called once per decision with the status answered and the seconds it took."""
+
+PAUSE_DECISION = 8  # waiting for the engine: no more of this connection is read until the answer is written
+
+_NO_STORE = ("Cache-Control", "no-store")
+
+
+class BadDecisionRequest(Exception):
+    """The gateway sent a decision request we cannot interpret: answered 400, never guessed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def deny(self) -> Deny:
+        return Deny(400, "invalid_request", self.message)
+
+
+_NO_ORIGINAL_URI = "The decision request has no X-Original-URI, X-Original-URL or X-Forwarded-Uri header"
+
+
+def is_trusted(peer_ip: str, networks: Sequence[Network]) -> bool:
+    """Whether the socket peer ``peer_ip`` may tell us the original request (IPv4-mapped IPv6 counts as IPv4)."""
+    try:
+        address: IPv4Address | IPv6Address = ip_address(peer_ip.partition("%")[0])
+    except ValueError:
+        return False  # not an IP peer (a Unix socket): nothing to trust
+    if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in (networks or DEFAULT_TRUSTED))
+
+
+def _single(headers: Mapping[str, Sequence[str]], name: str) -> str | None:
+    values = headers.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise BadDecisionRequest(f"The decision request has more than one {name} header")
+    return values[0].strip()
+
+
+def _host_of(authority: str) -> str:
+    """What the router expects of a Host value: no port, lower case (an IPv6 literal keeps its brackets)."""
+    if authority.startswith("["):
+        return authority[: authority.find("]") + 1].lower()
+    return authority.partition(":")[0].lower()
+
+
+def _split_uri(uri: str) -> tuple[str, str | None]:
+    """(raw path without the query, authority or None) of an origin-form (``/p?q``) or absolute-form
+    (``https://h/p?q``) URI; raises ``BadDecisionRequest`` for anything else."""
+    if uri.startswith("/"):
+        return uri.partition("?")[0].partition("#")[0], None
+    if uri[:8].lower().startswith(("http://", "https://")):
+        parts = urlsplit(uri)
+        return parts.path or "/", parts.netloc.rpartition("@")[2] or None
+    raise BadDecisionRequest("The original URI of the decision request is not a path or an http(s) URL")
+
+
+def original_request(method: str, path: str, host: str, headers: Mapping[str, Sequence[str]], *,
+                     trusted: bool) -> RequestInfo | None:
+    """The request the gateway asks about, or None when ``path`` is not a decision endpoint.
+
+    ``method``/``path``/``host`` are the decision request's own (``host`` already without port, lower case).
+    The original URI is the first of ``X-Original-URI`` (nginx), ``X-Original-URL`` (ingress-nginx, absolute form)
+    and ``X-Forwarded-Uri`` (Traefik, Caddy); the host is ``X-Forwarded-Host``, else the authority of an absolute
+    URI, else the request's own. Raises ``BadDecisionRequest`` for a trusted ``/authz`` request whose forwarding
+    headers are missing or broken.
+    """
+    if path == AUTHZ_PATH:
+        if not trusted:
+            return RequestInfo(method, host, path, headers)
+        uri = None
+        for name in ("x-original-uri", "x-original-url", "x-forwarded-uri"):
+            uri = _single(headers, name)
+            if uri is not None:
+                break
+        if not uri:
+            raise BadDecisionRequest(_NO_ORIGINAL_URI)
+        original_path, authority = _split_uri(uri)
+        original_method = _single(headers, "x-original-method") or _single(headers, "x-forwarded-method") or method
+        forwarded_host = _single(headers, "x-forwarded-host")
+        if forwarded_host:
+            authority = forwarded_host.split(",")[0].strip()
+        original_host = _host_of(authority) if authority else host
+        return RequestInfo(original_method.upper(), original_host, original_path, headers)
+    if path.startswith(ENVOY_PREFIX) and (len(path) == len(ENVOY_PREFIX) or path[len(ENVOY_PREFIX)] == "/"):
+        return RequestInfo(method, host, path[len(ENVOY_PREFIX):] or "/", headers)
+    return None
+
+
+def _not_a_decision_endpoint() -> Deny:
+    return Deny(404, "not_found", "The decision service answers on /authz and /authz/envoy/<path>")
+
+
+def decision_response(verdict: Verdict) -> tuple[int, list[tuple[str, str]], bytes]:
+    """Status, headers and body of the answer to the gateway for ``verdict``."""
+    if isinstance(verdict, Deny):
+        headers = verdict.headers()
+        headers.append(_NO_STORE)
+        return verdict.status, headers, verdict.body()
+    seconds = max(math.floor(verdict.expires_in), 0)
+    allowed = [("Authorization", verdict.authorization)] if verdict.authorization is not None else []
+    # X-Accel-Expires first: nginx 1.22 ignores it after a Cache-Control that says 'private'.
+    allowed.append(("X-Accel-Expires", str(seconds)))
+    allowed.append(("Cache-Control", f"private, max-age={seconds}"))
+    return 200, allowed, b""
+
+
+class _Shared:
+    def __init__(self, engine: Authorizer, settings: Settings, observe: Observe | None) -> None:
+        self.engine = engine
+        self.trusted_proxies: tuple[Network, ...] = settings.trusted_proxies or DEFAULT_TRUSTED
+        self.observe = observe
+        self._trust: dict[str, bool] = {}
+
+    def trusts(self, peer_ip: str) -> bool:
+        trusted = self._trust.get(peer_ip)
+        if trusted is None:
+            if len(self._trust) > 4096:  # peers are few in practice; never let this grow without bound
+                self._trust.clear()
+            trusted = self._trust[peer_ip] = is_trusted(peer_ip, self.trusted_proxies)
+        return trusted
+
+
+class DecisionProtocol(HttpServerProtocol):
+    """One connection from a gateway. The request body, if any, is read and discarded."""
+
+    def __init__(self, state: ServerState, shared: _Shared) -> None:
+        super().__init__(state)
+        self._shared = shared
+        self._engine = shared.engine
+        self._trusted = False
+        self._task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._trusted = self._shared.trusts(self.client_ip)
+
+    def handle_request(self, head: RequestHead) -> None:
+        try:
+            info = original_request(head.method, head.path, head.host, head.headers, trusted=self._trusted)
+        except BadDecisionRequest as exc:
+            self._reply(head, exc.deny())
+            return
+        if info is None:
+            self._reply(head, _not_a_decision_endpoint())
+            return
+        verdict = self._engine.try_authorize(info)
+        if verdict is None:
+            self.pause_reading(PAUSE_DECISION)
+            self._task = self.loop.create_task(self._authorize(head, info))
+            return
+        self._reply(head, verdict)
+
+    def handle_body(self, data: bytes) -> None:
+        pass  # gateways send no body (nginx: proxy_pass_request_body off); anything sent is discarded
+
+    def handle_body_end(self) -> None:
+        pass
+
+    def handle_abort(self) -> bool:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        return False
+
+    async def _authorize(self, head: RequestHead, info: RequestInfo) -> None:
+        try:
+            verdict = await self._engine.authorize(info)
+        except Exception as exc:
+            logger.error("authorization failed: %s", type(exc).__name__)
+            verdict = server_error()
+        self._task = None
+        if self.active is head and not self.responded and not self.closed:
+            self.resume_reading(PAUSE_DECISION)
+            self._reply(head, verdict)
+
+    def _reply(self, head: RequestHead, verdict: Verdict) -> None:
+        status, headers, body = decision_response(verdict)
+        if status == 200 and not _header_safe(headers):
+            status, headers, body = decision_response(server_error(verdict.route))
+        observe = self._shared.observe
+        if observe is not None:
+            observe(status, self.loop.time() - head.started)
+        self.send_response(status, headers, body)
+
+
+def _header_safe(headers: list[tuple[str, str]]) -> bool:
+    """A JWT with CR or LF in it would split the response: the authorization server's fault, answered 502."""
+    return not any("\r" in value or "\n" in value for _, value in headers)
+
+
+async def start_decisions(engine: Authorizer, settings: Settings, host: str, port: int, *, reuse_port: bool = False,
+                          observe: Observe | None = None, limits: ServerLimits | None = None) -> HttpServer:
+    """Listen on ``host:port`` and answer decision requests (contract section 10)."""
+    shared = _Shared(engine, settings, observe)
+    return await start_server(lambda state: DecisionProtocol(state, shared), host, port,
+                              limits=limits or ServerLimits(max_header_bytes=settings.max_header_bytes),
+                              reuse_port=reuse_port)
+
+
+__all__ = [
+    "AUTHZ_PATH",
+    "DEFAULT_TRUSTED",
+    "ENVOY_PREFIX",
+    "BadDecisionRequest",
+    "DecisionProtocol",
+    "decision_response",
+    "is_trusted",
+    "original_request",
+    "start_decisions",
+]

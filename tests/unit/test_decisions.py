@@ -1,0 +1,252 @@
+"""The decision service front door: which request it asks the engine about, and how it renders the verdict.
+
+The socket tests run the real protocol on 127.0.0.1 with a fake engine, so trust is decided by the real peer
+address against ``trusted_proxies`` (loopback trusted by default; a list without loopback makes the test client an
+untrusted peer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from ipaddress import ip_network
+
+import pytest
+
+from phantom_token.config.settings import PluginConfig, Route, Settings
+from phantom_token.core import verdict as v
+from phantom_token.core.request import RequestInfo
+from phantom_token.frontends.decisions import (
+    BadDecisionRequest,
+    decision_response,
+    is_trusted,
+    original_request,
+    start_decisions,
+)
+from phantom_token.http.server import HttpServer
+
+PLUGIN = PluginConfig("http://127.0.0.1:1/introspect", "client", "secret", scope=("admin",))
+ROUTE = Route("api", "svc", None, paths=("/api",), plugin=PLUGIN)
+FORGED = [("X-Forwarded-Uri", "/public/anything"), ("X-Forwarded-Method", "GET"), ("X-Forwarded-Host", "evil")]
+
+
+def _headers(*pairs: tuple[str, str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, value in pairs:
+        out.setdefault(name.lower(), []).append(value)
+    return out
+
+
+# --- which request is asked about -----------------------------------------------------------------------------
+
+
+def test_nginx_headers_from_a_trusted_peer_give_the_original_request() -> None:
+    headers = _headers(("X-Original-URI", "/api/orders?id=1"), ("X-Original-Method", "post"),
+                       ("X-Forwarded-Host", "API.example.com:8443"))
+    info = original_request("GET", "/authz", "authz", headers, trusted=True)
+    assert info == RequestInfo("POST", "api.example.com", "/api/orders", headers)
+
+
+def test_traefik_and_caddy_headers_from_a_trusted_peer() -> None:
+    headers = _headers(("X-Forwarded-Uri", "/api/x?q"), ("X-Forwarded-Method", "DELETE"),
+                       ("X-Forwarded-Host", "shop.example"))
+    assert original_request("GET", "/authz", "authz", headers, trusted=True) == RequestInfo(
+        "DELETE", "shop.example", "/api/x", headers)
+
+
+def test_ingress_nginx_absolute_original_url_gives_path_and_host() -> None:
+    headers = _headers(("X-Original-URL", "https://api.example.com/api/x?y=1"), ("X-Original-Method", "GET"))
+    info = original_request("GET", "/authz", "authz", headers, trusted=True)
+    assert info is not None
+    assert (info.host, info.path) == ("api.example.com", "/api/x")
+
+
+def test_nginx_header_wins_over_traefik_header_and_own_method_is_the_default() -> None:
+    headers = _headers(("X-Original-URI", "/api/a"), ("X-Forwarded-Uri", "/public/b"))
+    info = original_request("PUT", "/authz", "own", headers, trusted=True)
+    assert info == RequestInfo("PUT", "own", "/api/a", headers)
+
+
+def test_untrusted_peer_is_matched_on_its_own_request_not_the_forged_one() -> None:
+    headers = _headers(*FORGED)
+    info = original_request("GET", "/authz", "authz.local", headers, trusted=False)
+    assert info == RequestInfo("GET", "authz.local", "/authz", headers)
+
+
+@pytest.mark.parametrize(
+    "pairs",
+    [
+        (),
+        (("X-Original-Method", "GET"),),
+        (("X-Original-URI", ""),),
+        (("X-Original-URI", "/a"), ("X-Original-URI", "/b")),
+        (("X-Original-URI", "api/no-leading-slash"),),
+        (("X-Forwarded-Uri", "ftp://host/x"),),
+    ],
+)
+def test_trusted_request_without_a_usable_original_uri_is_a_400(pairs: tuple[tuple[str, str], ...]) -> None:
+    with pytest.raises(BadDecisionRequest) as caught:
+        original_request("GET", "/authz", "authz", _headers(*pairs), trusted=True)
+    deny = caught.value.deny()
+    assert (deny.status, deny.code, deny.challenge) == (400, "invalid_request", None)
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [("/authz/envoy/api/x", "/api/x"), ("/authz/envoy", "/"), ("/authz/envoy/", "/"), ("/authz/envoyx", None),
+     ("/other", None), ("/authz/", None)],
+)
+def test_envoy_prefix_gives_the_original_path_with_own_method_and_host(path: str, expected: str | None) -> None:
+    headers = _headers(*FORGED)  # ignored on the Envoy endpoint, trusted or not
+    info = original_request("PATCH", path, "api.example.com", headers, trusted=True)
+    if expected is None:
+        assert info is None
+    else:
+        assert info == RequestInfo("PATCH", "api.example.com", expected, headers)
+
+
+@pytest.mark.parametrize(
+    ("peer", "networks", "trusted"),
+    [
+        ("127.0.0.1", (), True),
+        ("127.3.2.1", (), True),
+        ("::1", (), True),
+        ("::ffff:127.0.0.1", (), True),
+        ("10.1.2.3", (), False),
+        ("10.1.2.3", (ip_network("10.0.0.0/8"),), True),
+        ("127.0.0.1", (ip_network("10.0.0.0/8"),), False),
+        ("", (), False),
+    ],
+)
+def test_trust_is_decided_by_the_peer_address(peer: str, networks: tuple[object, ...], trusted: bool) -> None:
+    assert is_trusted(peer, networks) is trusted  # type: ignore[arg-type]
+
+
+# --- how a verdict is rendered --------------------------------------------------------------------------------
+
+
+def test_allow_carries_the_jwt_and_x_accel_expires_before_cache_control() -> None:
+    status, headers, body = decision_response(v.Allow(ROUTE, "Bearer a.b.c", 299.7))
+    assert (status, body) == (200, b"")
+    assert headers == [("Authorization", "Bearer a.b.c"), ("X-Accel-Expires", "299"),
+                       ("Cache-Control", "private, max-age=299")]
+
+
+def test_allow_without_plugin_has_no_authorization_and_is_not_cacheable() -> None:
+    _, headers, _ = decision_response(v.Allow(ROUTE))
+    assert headers == [("X-Accel-Expires", "0"), ("Cache-Control", "private, max-age=0")]
+
+
+@pytest.mark.parametrize(
+    "deny",
+    [v.unauthorized(token_sent=True), v.forbidden(("admin",)), v.malformed_request(), v.server_error(), v.not_found()],
+)
+def test_denials_are_the_section_8_responses_with_no_store(deny: v.Deny) -> None:
+    status, headers, body = decision_response(deny)
+    assert (status, body) == (deny.status, deny.body())
+    assert headers == [*deny.headers(), ("Cache-Control", "no-store")]
+
+
+# --- over a socket, with a fake engine ------------------------------------------------------------------------
+
+
+class FakeEngine:
+    """Records what it is asked; answers synchronously unless ``slow`` (then only ``authorize`` answers)."""
+
+    def __init__(self, answer: Callable[[RequestInfo], v.Verdict], *, slow: bool = False) -> None:
+        self.answer = answer
+        self.slow = slow
+        self.asked: list[RequestInfo] = []
+
+    def try_authorize(self, request: RequestInfo) -> v.Verdict | None:
+        if self.slow:
+            return None
+        self.asked.append(request)
+        return self.answer(request)
+
+    async def authorize(self, request: RequestInfo) -> v.Verdict:
+        await asyncio.sleep(0)
+        self.asked.append(request)
+        return self.answer(request)
+
+
+def _by_path(request: RequestInfo) -> v.Verdict:
+    if request.path.startswith("/api"):
+        return v.Allow(ROUTE, "Bearer h.p.s", 60.0)
+    return v.not_found()
+
+
+async def _exchange(server: HttpServer, raw: bytes) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(65536), 5)
+    finally:
+        writer.close()
+
+
+Serve = Callable[[FakeEngine, Settings], Awaitable[HttpServer]]
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Serve]:
+    servers: list[HttpServer] = []
+
+    async def start(engine: FakeEngine, settings: Settings) -> HttpServer:
+        server = await start_decisions(engine, settings, "127.0.0.1", 0)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+def _request(path: str, *extra: tuple[str, str], method: str = "GET") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "Host: authz.local", "Connection: close", *(f"{n}: {v}" for n, v in extra)]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize("slow", [False, True])
+async def test_untrusted_peer_with_forged_forwarded_uri_is_matched_on_its_own_path(serve: Serve, slow: bool) -> None:
+    engine = FakeEngine(_by_path, slow=slow)
+    settings = Settings((ROUTE,), trusted_proxies=(ip_network("192.0.2.0/24"),))  # the test client is not in it
+    server = await serve(engine, settings)
+    answer = await _exchange(server, _request("/authz", ("X-Forwarded-Uri", "/api/secret")))
+    assert answer.startswith(b"HTTP/1.1 404 ")
+    assert [(r.method, r.host, r.path) for r in engine.asked] == [("GET", "authz.local", "/authz")]
+
+
+@pytest.mark.parametrize("slow", [False, True])
+async def test_trusted_loopback_peer_is_matched_on_the_forwarded_request(serve: Serve, slow: bool) -> None:
+    engine = FakeEngine(_by_path, slow=slow)
+    server = await serve(engine, Settings((ROUTE,)))  # empty: loopback trusted
+    answer = await _exchange(server, _request("/authz", ("X-Forwarded-Uri", "/api/x"), ("X-Forwarded-Host", "h")))
+    head = answer.split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert head[0] == b"HTTP/1.1 200 OK"
+    assert head[1:4] == [b"Authorization: Bearer h.p.s", b"X-Accel-Expires: 60", b"Cache-Control: private, max-age=60"]
+    assert [(r.host, r.path) for r in engine.asked] == [("h", "/api/x")]
+
+
+async def test_missing_original_uri_is_a_clear_400_and_the_engine_is_not_asked(serve: Serve) -> None:
+    engine = FakeEngine(_by_path)
+    server = await serve(engine, Settings((ROUTE,)))
+    answer = await _exchange(server, _request("/authz"))
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert b"Cache-Control: no-store" in answer
+    assert answer.endswith(b'{"code":"invalid_request","message":"The decision request has no X-Original-URI, '
+                           b'X-Original-URL or X-Forwarded-Uri header"}')
+    assert engine.asked == []
+
+
+async def test_head_gets_headers_only_and_a_body_is_discarded(serve: Serve) -> None:
+    engine = FakeEngine(lambda _r: v.unauthorized(token_sent=False))
+    server = await serve(engine, Settings((ROUTE,)))
+    head_answer = await _exchange(server, _request("/authz/envoy/api", method="HEAD"))
+    assert head_answer.startswith(b"HTTP/1.1 401 ")
+    assert head_answer.endswith(b"\r\n\r\n")
+    body_request = _request("/authz/envoy/api", ("Content-Length", "5"), method="POST") + b"hello"
+    post_answer = await _exchange(server, body_request)
+    assert post_answer.endswith(b'"Missing, invalid or expired access token"}')
