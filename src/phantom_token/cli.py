@@ -33,6 +33,12 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="log level")
     check = commands.add_parser("check", help="validate the configuration file")
     check.add_argument("-c", "--config")
+    purge = commands.add_parser("purge", help="remove a token from every cache (calls POST /cache/purge)")
+    purge.add_argument("-c", "--config", help="config file: where the admin listener is, and its admin_token")
+    which = purge.add_mutually_exclusive_group(required=True)
+    which.add_argument("--token-stdin", action="store_true", help="read the token from stdin (never an argument)")
+    which.add_argument("--token-sha256", metavar="HEX", help="the SHA-256 of the token, 64 hex digits")
+    purge.add_argument("--admin-url", help="admin listener URL (default: from phantom_token.admin_listen)")
     demo = commands.add_parser("demo", help="run a demo authorization server, an echo API and the gateway")
     demo.add_argument("--port", type=int, default=3000, help="gateway port (the others use the next two)")
     return parser
@@ -46,6 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from phantom_token.demo.runner import run_demo
 
         return run_demo(args.port)
+    if args.command == "purge":
+        return _purge(args)
     return _serve(args)
 
 
@@ -63,6 +71,38 @@ def _check(config: str | None) -> int:
         return 1
     print(f"{settings.source}: ok ({len(settings.routes)} routes)")
     return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    """Exit 0 when every cache dropped the token, 1 when the admin listener refused or failed, 2 on usage."""
+    import json
+
+    from phantom_token.admin_client import admin_url_from, post_purge
+
+    try:
+        settings = _load(args.config, require_upstream=False)
+    except ConfigError as err:
+        print(format_problems(err), file=sys.stderr)
+        return 1
+    admin_url = args.admin_url or (admin_url_from(settings.admin_listen) if settings.admin_listen else None)
+    if admin_url is None:
+        print("phantom-token: no admin listener: set phantom_token.admin_listen or pass --admin-url", file=sys.stderr)
+        return 2
+    if args.token_stdin:
+        token = sys.stdin.readline().strip()
+        if not token:
+            print("phantom-token: no token on stdin", file=sys.stderr)
+            return 2
+        document = {"token": token}
+    else:
+        document = {"token_sha256": args.token_sha256}
+    try:
+        status, answer = post_purge(admin_url, settings.admin_token, document)
+    except (OSError, ValueError) as exc:
+        print(f"phantom-token: cannot reach the admin listener at {admin_url}: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(answer), file=sys.stdout if status == 200 else sys.stderr)
+    return 0 if status == 200 else 1
 
 
 def _serve(args: argparse.Namespace) -> int:
