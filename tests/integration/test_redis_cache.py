@@ -23,7 +23,7 @@ from phantom_token.core.routes import Router
 from phantom_token.core.verdict import Allow, Deny, Verdict
 
 from ..unit.fakes import FakeIntrospector
-from .conftest import RedisServer
+from .redis_server import RedisServer
 
 PLUGIN = PluginConfig("http://as.test/introspect", "gateway", "secret", introspection_timeout_seconds=2.0)
 ROUTES = (Route("api", "svc", Upstream("http", "127.0.0.1", 1, "/"), paths=("/api",), plugin=PLUGIN),)
