@@ -28,11 +28,43 @@ class PluginConfig:
     max_token_length: int = 4096
     introspection_timeout_seconds: float = 5.0
     negative_cache_seconds: int = 5  # how long an inactive answer is remembered; 0: not at all
+    # Standards-based authorization servers (docs/authorization-servers/):
+    introspection_response: str = "jwt"  # 'jwt' (Curity), 'json' (RFC 7662) or 'signed' (RFC 9701)
+    issuer: str | None = None  # the AS issuer: discovery (RFC 8414) and the `iss` of signed responses
+    jwks_uri: str | None = None  # the AS's JWKS (signed mode); discovered from `issuer` when omitted
+    audience: str | None = None  # the token's `aud` must contain it
+    issuer_allowed: tuple[str, ...] = ()  # the token's `iss` must be one of them; empty: any
+    clock_skew_seconds: int = 60
+    honor_cache_control: bool = True  # false: ignore the answer's Cache-Control (servers that always say no-store)
+    client_auth_method: str = "client_secret_basic"  # or client_secret_post, private_key_jwt, tls_client_auth
+    client_private_key_file: str | None = None  # private_key_jwt (RFC 7523)
+    client_private_key_id: str | None = None  # its `kid`; default: the key's RFC 7638 thumbprint
+    client_assertion_audience: str | None = None  # default: `issuer`, else the introspection endpoint
+    client_cert_file: str | None = None  # tls_client_auth (RFC 8705)
+    client_key_file: str | None = None
+    ca_file: str | None = None  # trust store for the AS (default: the system's)
+
+    @property
+    def mints_jwt(self) -> bool:
+        """True when the gateway signs the JWT that goes upstream (the AS answers claims, not a JWT)."""
+        return self.introspection_response != "jwt"
+
+    @property
+    def endpoint_label(self) -> str:
+        """The introspection endpoint for log lines (a discovered one is named by its issuer)."""
+        return self.introspection_endpoint or f"<discovered from {self.issuer}>"
 
     @property
     def cache_namespace(self) -> bytes:
-        """What namespaces cache keys: the same token at two endpoints or clients is two entries."""
-        return f"{self.introspection_endpoint}\x00{self.client_id}\x00".encode()
+        """What namespaces cache keys: the same token at two endpoints or clients is two entries.
+
+        Options that change the cached answer (mode, audience, issuers) join the namespace when set, so two
+        routes that share an endpoint and client but check different claims never share an entry.
+        """
+        base = f"{self.introspection_endpoint or self.issuer}\x00{self.client_id}\x00"
+        if self.mints_jwt or self.audience is not None or self.issuer_allowed:
+            base += f"{self.introspection_response}\x00{self.audience}\x00{' '.join(self.issuer_allowed)}\x00"
+        return base.encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +120,19 @@ class CacheSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class JwtSettings:
+    """``phantom_token.jwt``: how the gateway signs the JWTs it mints (``json`` and ``signed`` modes; RFC 9068)."""
+
+    issuer: str | None = None  # `iss` of minted JWTs; required when a route mints
+    key_file: str | None = None  # PEM private key; None: generated at start (replicas do not share it)
+    alg: str | None = None  # default from the key: ES256 (P-256), RS256, EdDSA
+    kid: str | None = None  # default: the key's RFC 7638 thumbprint
+    previous_key_file: str | None = None  # rotation: still published in the JWKS, never signs
+    previous_kid: str | None = None
+    max_lifetime_seconds: int = 3600  # a minted JWT also never outlives the token's own exp
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The process-wide ``phantom_token:`` section plus the parsed routes."""
 
@@ -104,3 +149,4 @@ class Settings:
     upstream_timeout_seconds: float = 60.0
     upstream_connect_timeout_seconds: float = 5.0
     max_header_bytes: int = 65536
+    jwt: JwtSettings = JwtSettings()

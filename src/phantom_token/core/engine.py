@@ -2,7 +2,9 @@
 
 Order of checks: route -> plugin present? -> preflight -> token syntax -> cache (L1, then shared; a negative
 entry is a 401) -> introspection (single-flight per token, through the coordinator; the flight looks in the cache
-again first) -> claim checks (``exp``) -> scopes (on every request, hit or miss).
+again first) -> claim checks (``exp``, ``nbf``, ``audience``, ``issuer_allowed``: ``core.claims``, once per answer)
+-> minting (``json``/``signed`` modes: the JWT that goes upstream is signed here, once per answer, and cached) ->
+scopes (on every request, hit or miss).
 
 Invariants: no I/O but through the ports; the raw token never leaves this module except to the introspector;
 the authorization server's faults are 502, never 401 and never 200; errors are never cached; an inactive
@@ -16,12 +18,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from phantom_token.cache.single_flight import SingleFlight
 from phantom_token.config.settings import PluginConfig, Route
+from phantom_token.core import claims as token_claims
 from phantom_token.core import verdict as v
 from phantom_token.core.bearer import BearerToken, Problem, extract, fingerprint
 from phantom_token.core.errors import IntrospectionUnavailable
@@ -34,11 +38,12 @@ from phantom_token.core.ports import (
     Introspector,
     NegativeEntry,
     TokenCache,
+    TokenMinter,
 )
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.routes import Router
 from phantom_token.core.scopes import granted_scopes, missing_scopes
-from phantom_token.core.ttl import cache_lifetime
+from phantom_token.core.ttl import CacheDirectives, cache_lifetime
 from phantom_token.metrics import Metrics
 
 log = logging.getLogger("phantom_token.engine")
@@ -81,8 +86,10 @@ class Engine:
         clock: Clock = time.time,
         metrics: Metrics | None = None,
         coordinator: IntrospectionCoordinator | None = None,
+        minter: TokenMinter | None = None,
     ) -> None:
         self._router = router
+        self._minter = minter
         self._cache = cache
         self._introspector = introspector
         self._clock = clock
@@ -172,7 +179,7 @@ class Engine:
         except IntrospectionUnavailable as exc:
             self._metrics.introspection_errors += 1
             log.error("introspection failed: endpoint=%s token=%s reason=%s",
-                      step.plugin.introspection_endpoint, fingerprint(step.token), exc)
+                      step.plugin.endpoint_label, fingerprint(step.token), exc)
             raise
         finally:
             self._metrics.observe_introspection(time.perf_counter() - started)
@@ -181,15 +188,32 @@ class Engine:
                 await self._cache.put(step.key, NegativeEntry(self._clock() + step.plugin.negative_cache_seconds))
             return None
         now = self._clock()
+        refused = token_claims.refusal(result.claims, step.plugin, now)
+        if refused is not None:
+            log.info("token refused: endpoint=%s token=%s reason=%s",
+                     step.plugin.endpoint_label, fingerprint(step.token), refused)
+            return None
         entry = self._entry_for(result, step.plugin, now)
-        if entry is not None and entry.expires_at > now:
+        if entry.expires_at > now:
             await self._cache.put(step.key, entry)
         return entry
 
-    def _entry_for(self, result: Active, plugin: PluginConfig, now: float) -> CacheEntry | None:
-        """The entry for an active answer, or None when its JWT has already expired."""
-        expires = numeric_claim(result.claims, "exp")
-        if expires is not None and expires <= now:
-            return None
-        lifetime = cache_lifetime(plugin.token_cache_seconds, result.directives, expires, now)
-        return CacheEntry("Bearer " + result.jwt, granted_scopes(result.claims), now + lifetime)
+    def _entry_for(self, result: Active, plugin: PluginConfig, now: float) -> CacheEntry:
+        """The entry for an active answer whose claims passed the checks (minting its JWT when the AS sent none)."""
+        jwt, claims = result.jwt, result.claims
+        if jwt is None:
+            jwt, claims = self._mint(claims, plugin, now)
+        expires = numeric_claim(claims, "exp")
+        directives = result.directives if plugin.honor_cache_control else CacheDirectives()
+        lifetime = cache_lifetime(plugin.token_cache_seconds, directives, expires, now)
+        return CacheEntry("Bearer " + jwt, granted_scopes(claims), now + lifetime)
+
+    def _mint(self, introspected: dict[str, object], plugin: PluginConfig, now: float) -> tuple[str, dict[str, object]]:
+        """The RFC 9068 JWT (and its claims) the gateway sends upstream for an answer that carried no JWT."""
+        if self._minter is None:
+            raise IntrospectionUnavailable("the answer carries no JWT and no JWT signer is configured")
+        claims = token_claims.access_token_claims(
+            introspected, issuer=self._minter.issuer, audience=plugin.audience, now=now,
+            max_lifetime_seconds=self._minter.max_lifetime_seconds, jti=secrets.token_urlsafe(18),
+        )
+        return self._minter.sign(claims), claims

@@ -1,8 +1,9 @@
 """The engine's two ports, and the values that cross them.
 
-The engine asks a ``TokenCache``, an ``Introspector`` and an ``IntrospectionCoordinator``; adapters (in-memory,
-Redis, HTTP) implement them and translate their own exceptions into ``core.errors`` before anything reaches the
-engine. A cache adapter whose store is down degrades to a miss (or to this process's memory); it never raises.
+The engine asks a ``TokenCache``, an ``Introspector``, an ``IntrospectionCoordinator`` and (for the JWTs it
+mints) a ``TokenMinter``; adapters (in-memory, Redis, HTTP) implement them and translate their own exceptions
+into ``core.errors`` before anything reaches the engine. A cache adapter whose store is down degrades to a miss
+(or to this process's memory); it never raises.
 """
 
 from __future__ import annotations
@@ -53,9 +54,13 @@ class Purged:
 
 @dataclass(frozen=True, slots=True)
 class Active:
-    """The token is active. ``jwt`` goes upstream; ``claims`` are its (unverified or verified) claims."""
+    """The token is active. ``jwt`` goes upstream; ``claims`` are its (unverified or verified) claims.
 
-    jwt: str
+    ``jwt`` is None when the server answered claims, not a JWT (RFC 7662 JSON, RFC 9701): the engine then checks
+    those claims and has a ``TokenMinter`` sign the JWT that goes upstream.
+    """
+
+    jwt: str | None
     claims: dict[str, object]
     directives: CacheDirectives = field(default_factory=CacheDirectives)
 
@@ -71,6 +76,20 @@ IntrospectionResult = Active | Inactive
 class Introspector(Protocol):
     async def introspect(self, token: str, plugin: PluginConfig) -> IntrospectionResult:
         """Ask the authorization server; raise ``IntrospectionUnavailable`` when it gives no usable answer."""
+        ...
+
+
+class TokenMinter(Protocol):
+    """Signs the JWTs the gateway mints (RFC 9068 access tokens); the claim set itself is the engine's rule."""
+
+    @property
+    def issuer(self) -> str: ...
+
+    @property
+    def max_lifetime_seconds(self) -> int: ...
+
+    def sign(self, claims: dict[str, object]) -> str:
+        """A compact JWS of ``claims`` with header ``typ: at+jwt`` and the signing key's ``kid``."""
         ...
 
 

@@ -1,0 +1,84 @@
+"""Claim rules for an introspection answer, and the access token the gateway mints from one. Pure: no I/O.
+
+Checks (every mode, applied once when an answer arrives; a refusal is a 401 ``invalid_token``):
+- ``exp`` must be a number later than now. No clock skew here: the JWT sent upstream never outlives ``exp``,
+  so a token past its ``exp`` by our clock would reach the API already expired.
+- ``nbf``, when present, must be a number no later than now + ``clock_skew_seconds``.
+- ``audience`` (plugin option): the token's ``aud`` (string or array) must contain it.
+- ``issuer_allowed`` (plugin option): the token's ``iss`` must be one of them.
+
+Minting (``json`` and ``signed`` modes; RFC 9068): the introspection claims, minus the members that describe the
+introspection rather than the token (``active``, ``token_type``) and those the gateway re-issues (``iss``,
+``iat``, ``nbf``, ``exp``, ``jti``); plus ``iss`` (the gateway), ``iat`` (now), a fresh ``jti``, ``exp`` never later
+than the token's own (nor than ``max_lifetime_seconds`` from now), ``sub`` (the client for client-credentials
+tokens, RFC 9068 section 2.2) and ``aud`` (the token's, else the plugin's ``audience``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from phantom_token.core.jwt import numeric_claim
+
+if TYPE_CHECKING:
+    from phantom_token.config.settings import PluginConfig
+
+REISSUED = frozenset({"active", "token_type", "iss", "iat", "nbf", "exp", "jti"})
+"""Introspection members never copied into a minted token."""
+
+
+def audiences(claims: Mapping[str, object]) -> list[str]:
+    """The ``aud`` claim as a list of strings (RFC 7519 section 4.1.3: a string or an array of strings)."""
+    aud = claims.get("aud")
+    if isinstance(aud, str):
+        return [aud]
+    if isinstance(aud, list):
+        return [item for item in aud if isinstance(item, str)]
+    return []
+
+
+def refusal(claims: Mapping[str, object], plugin: PluginConfig, now: float) -> str | None:
+    """Why the token must be refused (a reason fit for one log line, never containing the token), or None."""
+    if "exp" in claims:
+        expires = numeric_claim(dict(claims), "exp")
+        if expires is None:
+            return "exp is not a number"
+        if expires <= now:
+            return "the token has expired (exp)"
+    if "nbf" in claims:
+        not_before = numeric_claim(dict(claims), "nbf")
+        if not_before is None:
+            return "nbf is not a number"
+        if not_before > now + plugin.clock_skew_seconds:
+            return "the token is not valid yet (nbf)"
+    if plugin.audience is not None and plugin.audience not in audiences(claims):
+        return "aud does not contain the configured audience"
+    if plugin.issuer_allowed and claims.get("iss") not in plugin.issuer_allowed:
+        return "iss is not one of issuer_allowed"
+    return None
+
+
+def access_token_claims(
+    introspected: Mapping[str, object],
+    *,
+    issuer: str,
+    audience: str | None,
+    now: float,
+    max_lifetime_seconds: int,
+    jti: str,
+) -> dict[str, object]:
+    """The RFC 9068 claim set of the JWT the gateway mints for an active token (see the module docstring)."""
+    claims = {name: value for name, value in introspected.items() if name not in REISSUED}
+    client_id = introspected.get("client_id")
+    if "sub" not in claims and isinstance(client_id, str):
+        claims["sub"] = client_id
+    if "aud" not in claims and audience is not None:
+        claims["aud"] = audience
+    issued_at = int(now)
+    expires = issued_at + max_lifetime_seconds
+    token_expires = numeric_claim(dict(introspected), "exp")
+    if token_expires is not None:
+        expires = min(expires, int(token_expires))
+    claims.update(iss=issuer, iat=issued_at, exp=expires, jti=jti)
+    return claims
