@@ -1,50 +1,237 @@
-"""The introspection adapter: sends the RFC 7662 request over the pooled HTTP client.
+"""The introspection adapter: sends the RFC 7662 request over the pooled HTTP client, and owns every other call to
+the authorization server (metadata discovery, its JWKS) and the material to authenticate to it.
 
 Foreign errors (connect, timeout, TLS, protocol, oversized body) become ``IntrospectionUnavailable`` here, at
-the boundary, so the engine sees one vocabulary.
+the boundary, so the engine sees one vocabulary. Reading the answers is pure and lives in ``rfc7662`` (Curity JWT,
+RFC 7662 JSON), ``rfc9701`` (signed), ``discovery`` (RFC 8414) and ``client_auth`` (how the gateway authenticates).
+
+Lifespan: ``start`` (called once by the composition root) loads client keys and TLS material and fetches the
+metadata of every issuer whose endpoints are to be discovered; a failure there stops start-up with a clear
+message (``MetadataError``), because a gateway that cannot know its endpoint can answer nothing but 502.
+Afterwards metadata is refreshed every ``metadata_refresh_seconds`` on use; a failed refresh keeps the last good
+metadata (with a warning).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import secrets
 import ssl
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from phantom_token.config.settings import PluginConfig
 from phantom_token.core.errors import IntrospectionUnavailable
 from phantom_token.core.ports import IntrospectionResult
-from phantom_token.http.client import ClientError, HttpClient
-from phantom_token.introspection.rfc7662 import build_request, read_jwt_response
+from phantom_token.http.client import ClientError, ClientResponse, HttpClient
+from phantom_token.introspection.client_auth import client_authentication
+from phantom_token.introspection.discovery import MetadataError, ServerMetadata, metadata_urls, read_metadata
+from phantom_token.introspection.jwks import JwksCache
+from phantom_token.introspection.rfc7662 import (
+    ACCEPT_JSON,
+    ACCEPT_JWT,
+    build_authenticated_request,
+    check_status,
+    read_json_response,
+    read_jwt_response,
+)
+from phantom_token.introspection.rfc9701 import ACCEPT_SIGNED, UnknownSigningKey, read_signed_response
+from phantom_token.jose import JoseError, SigningKey
 
 log = logging.getLogger("phantom_token.introspection")
 
 MAX_RESPONSE_BYTES = 1 << 20
+ACCEPT = {"jwt": ACCEPT_JWT, "json": ACCEPT_JSON, "signed": ACCEPT_SIGNED}
 
 
-def ssl_context(verify: bool) -> ssl.SSLContext:
-    context = ssl.create_default_context()
+def ssl_context(verify: bool, ca_file: str | None = None, cert_file: str | None = None,
+                key_file: str | None = None) -> ssl.SSLContext:
+    """Trust ``ca_file`` (else the system store); present ``cert_file``/``key_file`` (RFC 8705) when given."""
+    context = ssl.create_default_context(cafile=ca_file)
     if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
+    if cert_file is not None:
+        context.load_cert_chain(cert_file, key_file)
     return context
 
 
+def needs_discovery(plugin: PluginConfig) -> bool:
+    """True when an endpoint this plugin needs is to come from the issuer's metadata."""
+    if plugin.issuer is None:
+        return False
+    return not plugin.introspection_endpoint or (plugin.introspection_response == "signed" and not plugin.jwks_uri)
+
+
+@dataclass(slots=True)
+class _Discovered:
+    metadata: ServerMetadata
+    fetched_at: float
+
+
 class HttpIntrospector:
-    def __init__(self, client: HttpClient) -> None:
+    def __init__(self, client: HttpClient, *, clock: Callable[[], float] = time.time,
+                 metadata_refresh_seconds: float = 3600.0) -> None:
         self._client = client
-        self._verified = ssl_context(True)
-        self._unverified = ssl_context(False)
+        self._clock = clock
+        self._refresh_after = metadata_refresh_seconds
+        self._contexts: dict[tuple[bool, str | None, str | None, str | None], ssl.SSLContext] = {}
+        self._assertion_keys: dict[tuple[str, str | None], SigningKey] = {}
+        self._discovered: dict[str, _Discovered] = {}
+        self._discovery_locks: dict[str, asyncio.Lock] = {}
+        self._jwks: dict[str, JwksCache] = {}
+
+    async def start(self, plugins: Iterable[PluginConfig]) -> None:
+        """Load keys and TLS material, discover endpoints; raises ``MetadataError`` naming what failed."""
+        for plugin in plugins:
+            self._context(plugin)
+            if plugin.client_auth_method == "private_key_jwt":
+                self._assertion_key(plugin)
+            if needs_discovery(plugin):
+                known = self._discovered.get(plugin.issuer or "")
+                self._check_discovered(plugin, known.metadata if known else await self._discover(plugin))
 
     async def introspect(self, token: str, plugin: PluginConfig) -> IntrospectionResult:
-        request = build_request(token, plugin.client_id, plugin.client_secret)
-        secure = plugin.introspection_endpoint.startswith("https:")
-        context = (self._verified if plugin.verify_ssl else self._unverified) if secure else None
+        endpoint = await self._introspection_endpoint(plugin)
+        auth = client_authentication(plugin, endpoint=endpoint, key=self._assertion_key(plugin),
+                                     now=self._clock(), jti=secrets.token_urlsafe(18))
+        request = build_authenticated_request(token, ACCEPT[plugin.introspection_response], auth.headers, auth.params)
+        response = await self._request("POST", endpoint, request.headers, request.body, plugin)
+        if plugin.introspection_response == "json":
+            return read_json_response(response.status, response.headers, response.body)
+        if plugin.introspection_response == "signed":
+            return await self._read_signed(response, plugin)
+        return read_jwt_response(response.status, response.headers, response.body)
+
+    # --- signed answers ------------------------------------------------------------------------------------
+
+    async def _read_signed(self, response: ClientResponse, plugin: PluginConfig) -> IntrospectionResult:
+        check_status(response.status)
+        jwks = await self._jwks_cache(plugin)
+
+        def read(keys: dict[str, object]) -> IntrospectionResult:
+            return read_signed_response(
+                response.status, response.headers, response.body, keys=keys, issuer=plugin.issuer or "",
+                client_id=plugin.client_id, now=self._clock(), clock_skew_seconds=plugin.clock_skew_seconds,
+            )
+
         try:
-            response = await self._client.request(
-                "POST", plugin.introspection_endpoint, request.headers, request.body,
+            return read(await jwks.keys())
+        except UnknownSigningKey as exc:
+            fresh = await jwks.refresh()
+            if fresh is None:
+                raise UnknownSigningKey(f"{exc}; the JWKS was fetched too recently to fetch it again") from None
+            return read(fresh)
+
+    async def _jwks_cache(self, plugin: PluginConfig) -> JwksCache:
+        uri = plugin.jwks_uri or (await self._metadata(plugin)).jwks_uri
+        if uri is None:
+            raise IntrospectionUnavailable("the issuer's metadata has no jwks_uri")
+        cache = self._jwks.get(uri)
+        if cache is None:
+            cache = self._jwks[uri] = JwksCache(uri, lambda: self._get(uri, plugin))
+        return cache
+
+    # --- discovery -----------------------------------------------------------------------------------------
+
+    async def _introspection_endpoint(self, plugin: PluginConfig) -> str:
+        if plugin.introspection_endpoint:
+            return plugin.introspection_endpoint
+        endpoint = (await self._metadata(plugin)).introspection_endpoint
+        if endpoint is None:
+            raise IntrospectionUnavailable("the issuer's metadata has no introspection_endpoint")
+        return endpoint
+
+    async def _metadata(self, plugin: PluginConfig) -> ServerMetadata:
+        """The issuer's metadata, refreshed when older than ``metadata_refresh_seconds`` (failures keep the last)."""
+        issuer = plugin.issuer or ""
+        known = self._discovered.get(issuer)
+        if known is not None and self._clock() - known.fetched_at < self._refresh_after:
+            return known.metadata
+        lock = self._discovery_locks.setdefault(issuer, asyncio.Lock())
+        async with lock:
+            known = self._discovered.get(issuer)
+            if known is not None and self._clock() - known.fetched_at < self._refresh_after:
+                return known.metadata
+            try:
+                metadata = await self._discover(plugin)
+                self._check_discovered(plugin, metadata)
+            except MetadataError as exc:
+                if known is None:
+                    raise IntrospectionUnavailable(str(exc)) from exc
+                log.warning("metadata refresh failed, keeping the last good metadata: %s", exc)
+                known.fetched_at = self._clock()  # retry after another period, not on every request
+                return known.metadata
+            return metadata
+
+    async def _discover(self, plugin: PluginConfig) -> ServerMetadata:
+        issuer = plugin.issuer or ""
+        tried = []
+        for url in metadata_urls(issuer):
+            try:
+                response = await self._request("GET", url, [("Accept", "application/json")], b"", plugin)
+            except IntrospectionUnavailable as exc:
+                raise MetadataError(f"discovery for issuer {issuer} failed: {url}: {exc}") from exc
+            if response.status == 200:
+                try:
+                    return read_metadata(response.body, issuer)
+                except MetadataError as exc:
+                    raise MetadataError(f"discovery for issuer {issuer} failed: {url}: {exc}") from exc
+            tried.append(f"{url} answered HTTP {response.status}")
+        raise MetadataError(f"discovery for issuer {issuer} failed: {'; '.join(tried)}")
+
+    def _check_discovered(self, plugin: PluginConfig, metadata: ServerMetadata) -> None:
+        issuer = plugin.issuer or ""
+        if not plugin.introspection_endpoint and metadata.introspection_endpoint is None:
+            raise MetadataError(f"the metadata of issuer {issuer} has no introspection_endpoint")
+        if plugin.introspection_response == "signed" and not plugin.jwks_uri and metadata.jwks_uri is None:
+            raise MetadataError(f"the metadata of issuer {issuer} has no jwks_uri")
+        self._discovered[issuer] = _Discovered(metadata, self._clock())
+
+    # --- authentication material and transport ------------------------------------------------------------
+
+    def _assertion_key(self, plugin: PluginConfig) -> SigningKey | None:
+        path = plugin.client_private_key_file
+        if plugin.client_auth_method != "private_key_jwt" or path is None:
+            return None
+        cache_key = (path, plugin.client_private_key_id)
+        key = self._assertion_keys.get(cache_key)
+        if key is None:
+            try:
+                key = SigningKey.from_pem_file(path, kid=plugin.client_private_key_id)
+            except (OSError, JoseError) as exc:
+                raise IntrospectionUnavailable(f"cannot load client_private_key_file: {exc}") from exc
+            self._assertion_keys[cache_key] = key
+        return key
+
+    def _context(self, plugin: PluginConfig) -> ssl.SSLContext:
+        key = (plugin.verify_ssl, plugin.ca_file, plugin.client_cert_file, plugin.client_key_file)
+        context = self._contexts.get(key)
+        if context is None:
+            try:
+                context = ssl_context(*key)
+            except (OSError, ssl.SSLError) as exc:
+                raise IntrospectionUnavailable(f"cannot load the TLS files (ca_file, client_cert_file): {exc}") from exc
+            self._contexts[key] = context
+        return context
+
+    async def _get(self, url: str, plugin: PluginConfig) -> bytes:
+        response = await self._request("GET", url, [("Accept", "application/json")], b"", plugin)
+        if response.status != 200:
+            raise IntrospectionUnavailable(f"{url} answered HTTP {response.status}")
+        return response.body
+
+    async def _request(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes,
+                       plugin: PluginConfig) -> ClientResponse:
+        context = self._context(plugin) if url.startswith("https:") else None
+        try:
+            return await self._client.request(
+                method, url, headers, body,
                 timeout=plugin.introspection_timeout_seconds, ssl=context, max_body=MAX_RESPONSE_BYTES,
             )
         except ClientError as exc:
             raise IntrospectionUnavailable(f"{type(exc).__name__}: {exc}") from exc
         except (OSError, ssl.SSLError) as exc:
             raise IntrospectionUnavailable(f"{type(exc).__name__}: {exc}") from exc
-        return read_jwt_response(response.status, response.headers, response.body)

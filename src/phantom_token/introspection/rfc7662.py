@@ -1,4 +1,5 @@
-"""Building an RFC 7662 introspection request and reading Curity's ``application/jwt`` answer (contract section 5).
+"""Building an RFC 7662 introspection request; reading Curity's ``application/jwt`` answer (contract section 5)
+and the standard JSON answer (``introspection_response: json``, RFC 7662 section 2.2).
 
 Pure functions: no I/O. The request percent-encodes the token in the form body and form-encodes the client
 credentials before Basic encoding (RFC 6749 section 2.3.1) -- two things the Lua original does not do.
@@ -19,6 +20,8 @@ from phantom_token.core.ports import Active, Inactive, IntrospectionResult
 from phantom_token.core.ttl import parse_cache_control
 
 FORM = "application/x-www-form-urlencoded"
+ACCEPT_JWT = "application/jwt"
+ACCEPT_JSON = "application/json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,14 +37,20 @@ def basic_credentials(client_id: str, client_secret: str) -> str:
 
 
 def build_request(
-    token: str, client_id: str, client_secret: str, accept: str = "application/jwt"
+    token: str, client_id: str, client_secret: str, accept: str = ACCEPT_JWT
 ) -> IntrospectionRequest:
-    body = ("token=" + quote(token, safe="")).encode("ascii")
-    headers = [
-        ("Authorization", basic_credentials(client_id, client_secret)),
-        ("Content-Type", FORM),
-        ("Accept", accept),
-    ]
+    """The request with ``client_secret_basic`` authentication."""
+    return build_authenticated_request(token, accept, [("Authorization", basic_credentials(client_id, client_secret))])
+
+
+def build_authenticated_request(
+    token: str, accept: str, auth_headers: list[tuple[str, str]], auth_params: list[tuple[str, str]] | None = None
+) -> IntrospectionRequest:
+    """The request with whatever client authentication adds: headers (Basic) and/or form parameters (RFC 6749
+    section 2.3.1 ``client_secret_post``, RFC 7523 assertions, RFC 8705 ``client_id``)."""
+    fields = [("token", token), *(auth_params or [])]
+    body = "&".join(f"{name}={quote(value, safe='')}" for name, value in fields).encode("ascii")
+    headers = [*auth_headers, ("Content-Type", FORM), ("Accept", accept)]
     return IntrospectionRequest(headers, body)
 
 
@@ -82,3 +91,62 @@ def _read_json_in_jwt_mode(text: bytes) -> IntrospectionResult:
     raise IntrospectionUnavailable(
         "the endpoint answered JSON instead of a JWT: it does not support Accept: application/jwt"
     )
+
+
+def read_json_response(status: int, headers: list[tuple[str, str]], body: bytes) -> IntrospectionResult:
+    """Interpret the answer to an ``Accept: application/json`` request (RFC 7662 section 2.2).
+
+    ``active`` must be the JSON boolean ``true`` for the token to be active: ``"true"``, ``1`` or a missing member
+    is the server's fault (502), never a pass. The body must be one JSON object with unique member names.
+    """
+    if status == 204:
+        return Inactive()
+    check_status(status)
+    document = _strict_json(body.strip())
+    if not isinstance(document, dict):
+        raise IntrospectionUnavailable("the JSON body is not an object")
+    active = document.get("active")
+    if active is False:
+        return Inactive()
+    if active is not True:
+        why = "has no 'active' member" if "active" not in document else "has an 'active' that is not a JSON boolean"
+        raise IntrospectionUnavailable(f"the JSON body {why}")
+    return Active(None, document, parse_cache_control(header_values(headers, "cache-control")))
+
+
+def check_status(status: int) -> None:
+    if status in (401, 403):
+        raise IntrospectionUnavailable(
+            f"the endpoint rejected the gateway's client credentials (HTTP {status}): check client_id and the "
+            "client authentication settings"
+        )
+    if status != 200:
+        raise IntrospectionUnavailable(f"the endpoint answered HTTP {status}")
+
+
+def _unique_members(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    document: dict[str, object] = {}
+    for name, value in pairs:
+        if name in document:
+            raise ValueError("duplicate member")
+        document[name] = value
+    return document
+
+
+def _no_constants(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _strict_json(text: bytes) -> object:
+    """RFC 8259 JSON: no duplicate member names (RFC 7662 answers are claim sets), no NaN/Infinity."""
+    try:
+        return json.loads(text.decode("utf-8"), object_pairs_hook=_unique_members, parse_constant=_no_constants)
+    except UnicodeDecodeError:
+        raise IntrospectionUnavailable("the 200 body is not UTF-8 JSON") from None
+    except RecursionError:
+        raise IntrospectionUnavailable("the 200 body is JSON nested too deeply") from None
+    except json.JSONDecodeError:
+        hint = " (it looks like a JWT: does the server ignore Accept?)" if text.count(b".") == 2 else ""
+        raise IntrospectionUnavailable(f"the 200 body is not JSON{hint}") from None
+    except ValueError as exc:
+        raise IntrospectionUnavailable(f"the 200 body is not acceptable JSON: {exc}") from None
