@@ -23,6 +23,7 @@ from phantom_token.http.client import HttpClient
 from phantom_token.http.server import serve_app
 from phantom_token.introspection.client import HttpIntrospector
 from phantom_token.metrics import Metrics
+from phantom_token.minting import build_minter
 
 log = logging.getLogger("phantom_token")
 
@@ -56,8 +57,10 @@ class Application:
         self.client = HttpClient()
         self.caches = build_cache(settings)
         self.cache = self.caches.cache
-        self.engine = Engine(Router(settings.routes), self.cache, HttpIntrospector(self.client), metrics=self.metrics,
-                             coordinator=self.caches.coordinator)
+        self.introspector = HttpIntrospector(self.client)
+        self.minter = build_minter(settings)  # None unless a route mints JWTs (json/signed) or a key is configured
+        self.engine = Engine(Router(settings.routes), self.cache, self.introspector, metrics=self.metrics,
+                             coordinator=self.caches.coordinator, minter=self.minter)
         self._servers: list[Closable] = []
         self._ready = False
 
@@ -65,9 +68,10 @@ class Application:
         for route in self.settings.routes:
             if route.plugin is not None and not route.plugin.verify_ssl:
                 log.warning("route %r: verify_ssl is false, TLS certificates of %s are not checked",
-                            route.name, route.plugin.introspection_endpoint)
+                            route.name, route.plugin.endpoint_label)
         host, port = parse_listen(listen)
         await self.caches.start()
+        await self.introspector.start(route.plugin for route in self.settings.routes if route.plugin is not None)
         front = await self._front_door(host, port, reuse_port)
         self._servers.append(front)
         urls = [display(host, _bound_port(front, port))]
@@ -75,7 +79,7 @@ class Application:
             admin_host, admin_port = parse_listen(admin_listen)
             purger = Purger(self.cache, namespaces(self.settings.routes))
             handler = admin_handler(self.metrics, admin_token=self.settings.admin_token, ready=lambda: self._ready,
-                                    purge=purger.purge)
+                                    purge=purger.purge, jwks=self.minter.jwks if self.minter else None)
             admin = await serve_app(handler, admin_host, admin_port)
             self._servers.append(admin)
             urls.append(display(admin_host, _bound_port(admin, admin_port)))

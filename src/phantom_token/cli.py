@@ -16,7 +16,7 @@ from phantom_token import __version__
 from phantom_token.app import display, parse_listen
 from phantom_token.config.loader import format_problems
 from phantom_token.config.settings import Settings
-from phantom_token.core.errors import ConfigError
+from phantom_token.core.errors import ConfigError, PhantomTokenError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     which.add_argument("--token-stdin", action="store_true", help="read the token from stdin (never an argument)")
     which.add_argument("--token-sha256", metavar="HEX", help="the SHA-256 of the token, 64 hex digits")
     purge.add_argument("--admin-url", help="admin listener URL (default: from phantom_token.admin_listen)")
+    jwks = commands.add_parser("jwks", help="print the JWKS of the keys the gateway signs minted JWTs with")
+    jwks.add_argument("-c", "--config")
     demo = commands.add_parser("demo", help="run a demo authorization server, an echo API and the gateway")
     demo.add_argument("--port", type=int, default=3000, help="gateway port (the others use the next two)")
     return parser
@@ -54,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo(args.port)
     if args.command == "purge":
         return _purge(args)
+    if args.command == "jwks":
+        return _jwks(args.config)
     return _serve(args)
 
 
@@ -70,6 +74,30 @@ def _check(config: str | None) -> int:
         print(format_problems(err), file=sys.stderr)
         return 1
     print(f"{settings.source}: ok ({len(settings.routes)} routes)")
+    return 0
+
+
+def _jwks(config: str | None) -> int:
+    """Print the public JWKS of ``phantom_token.jwt`` (key_file and previous_key_file); 1 without a key file."""
+    import json
+
+    from phantom_token.minting import JwtMinter, signing_keys
+
+    try:
+        settings = _load(config, require_upstream=False)
+    except ConfigError as err:
+        print(format_problems(err), file=sys.stderr)
+        return 1
+    if settings.jwt.key_file is None:
+        print("phantom-token: phantom_token.jwt.key_file is not set: the gateway generates a key at start, whose "
+              "JWKS only its admin listener serves (/.well-known/jwks.json)", file=sys.stderr)
+        return 1
+    try:
+        key, previous = signing_keys(settings)
+    except ConfigError as err:
+        print(format_problems(err), file=sys.stderr)
+        return 1
+    print(json.dumps(JwtMinter(key, settings.jwt.issuer or "", 0, previous).jwks(), indent=2))
     return 0
 
 
@@ -126,9 +154,21 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"phantom-token: {exc}", file=sys.stderr)
         return 2
     setup_logging(args.log_format or settings.log_format, args.log_level or settings.log_level)
+    try:
+        _load_signing_keys(settings)  # before --workers fork, so that every worker signs with the same key
+    except ConfigError as err:
+        print(format_problems(err), file=sys.stderr)
+        return 1
     if workers == 1:
         return _worker(settings, args.command, listen, admin, reuse_port=False, ready_fd=None)
     return Supervisor(settings, args.command, listen, admin, workers).run()
+
+
+def _load_signing_keys(settings: Settings) -> None:
+    from phantom_token.minting import needs_minter, signing_keys
+
+    if needs_minter(settings):
+        signing_keys(settings)
 
 
 def _announce(command: str, urls: list[str]) -> None:
@@ -156,6 +196,9 @@ def _worker(settings: Settings, command: str, listen: str, admin: str | None, *,
         run(main())
     except OSError as exc:
         print(f"phantom-token: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    except PhantomTokenError as exc:  # e.g. discovery failed, a key file vanished since the check
+        print(f"phantom-token: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
 

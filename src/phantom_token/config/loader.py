@@ -20,6 +20,7 @@ import logging
 import math
 import os
 import re
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
@@ -33,6 +34,7 @@ from phantom_token.config.settings import (
     MIN_ENCRYPTION_KEY_CHARS,
     CacheSettings,
     HeaderCondition,
+    JwtSettings,
     PluginConfig,
     Route,
     Settings,
@@ -735,6 +737,9 @@ _PLUGIN_CONFIG_FIELDS = frozenset(
     {
         "introspection_endpoint", "client_id", "client_secret", "token_cache_seconds", "scope", "verify_ssl",
         "realm", "run_on_preflight", "max_token_length", "introspection_timeout_seconds", "negative_cache_seconds",
+        "introspection_response", "issuer", "jwks_uri", "audience", "issuer_allowed", "clock_skew_seconds",
+        "honor_cache_control", "client_auth_method", "client_private_key_file", "client_private_key_id",
+        "client_assertion_audience", "client_cert_file", "client_key_file", "ca_file",
     }
 )  # fmt: skip
 _REALM = re.compile(r"[\x20-\x7e]*")
@@ -788,11 +793,12 @@ def _ref_name(ref: object) -> str | None:
 def _parse_plugin_config(ctx: _Context, where: str, raw: Mapping[Any, Any]) -> PluginConfig | None:
     block = _Block(ctx, where, raw, _PLUGIN_CONFIG_FIELDS, prefix="config.")
     before = len(ctx.problems)
-    endpoint = block.text("introspection_endpoint", required=True)
+    endpoint = block.text("introspection_endpoint", required=not block.present("issuer"))
     if endpoint is not None:
         _check_http_url(block, "introspection_endpoint", endpoint)
     client_id = block.text("client_id", required=True, non_empty=True)
-    client_secret = block.text("client_secret", required=True, non_empty=True)
+    method = block.text("client_auth_method") or "client_secret_basic"
+    client_secret = block.text("client_secret", required=method in _SECRET_METHODS, non_empty=True)
     realm = block.text("realm")
     if realm is not None and (not _REALM.fullmatch(realm) or '"' in realm or "\\" in realm):
         block.problem("realm", "must be printable ASCII without '\"' or '\\'")
@@ -808,6 +814,7 @@ def _parse_plugin_config(ctx: _Context, where: str, raw: Mapping[Any, Any]) -> P
         max_token_length=block.integer("max_token_length", 4096, 1, 65536),
         introspection_timeout_seconds=block.number("introspection_timeout_seconds", 5.0),
         negative_cache_seconds=block.integer("negative_cache_seconds", 5, 0, 3600),
+        **_standards_options(block, method),
     )
     return config if len(ctx.problems) == before else None
 
@@ -870,6 +877,7 @@ _SECTION_FIELDS = frozenset(
     {
         "listen", "admin_listen", "admin_token", "workers", "log_format", "log_level", "cache",
         "trusted_proxies", "upstream_timeout_seconds", "upstream_connect_timeout_seconds", "max_header_bytes",
+        "jwt",
     }
 )  # fmt: skip
 _LISTEN = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})")
@@ -899,6 +907,7 @@ def _parse_section(ctx: _Context, raw: Mapping[Any, Any], routes: tuple[Route, .
         upstream_timeout_seconds=block.number("upstream_timeout_seconds", 60.0),
         upstream_connect_timeout_seconds=block.number("upstream_connect_timeout_seconds", 5.0),
         max_header_bytes=block.integer("max_header_bytes", 65536, 1024, 16 * 1024 * 1024),
+        jwt=_jwt(block, routes),
     )
 
 
@@ -963,3 +972,131 @@ def _trusted_proxies(block: _Block) -> tuple[IPv4Network | IPv6Network, ...]:
         except ValueError:
             block.problem(f"trusted_proxies[{i}]", "must be an IP address or a CIDR block")
     return tuple(out)
+
+
+# ------------------------------------------------------------- standards-based authorization servers (issue 3)
+
+RESPONSE_MODES = ("jwt", "json", "signed")
+_CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth")
+_SECRET_METHODS = frozenset({"client_secret_basic", "client_secret_post"})
+_JWT_FIELDS = frozenset(
+    {"issuer", "key_file", "alg", "kid", "previous_key_file", "previous_kid", "max_lifetime_seconds"}
+)
+
+
+def _standards_options(block: _Block, method: str) -> dict[str, Any]:
+    """The plugin options for RFC 7662 / RFC 9701 servers: mode, discovery, claim checks, client authentication."""
+    mode = block.text("introspection_response") or "jwt"
+    if mode not in RESPONSE_MODES:
+        block.problem("introspection_response", "must be jwt, json or signed")
+    urls = {key: block.text(key, non_empty=True) for key in ("issuer", "jwks_uri", "client_assertion_audience")}
+    for key, value in urls.items():
+        if value is not None:
+            _check_http_url(block, key, value)
+    issuer = urls["issuer"]
+    if mode == "signed" and issuer is None:
+        block.problem("issuer", "is required when introspection_response is signed (the answer's iss must equal it)")
+    if method not in _CLIENT_AUTH_METHODS:
+        block.problem("client_auth_method", "must be one of " + ", ".join(_CLIENT_AUTH_METHODS))
+    return {
+        "introspection_response": mode,
+        "issuer": issuer,
+        "jwks_uri": urls["jwks_uri"],
+        "audience": block.text("audience", non_empty=True),
+        "issuer_allowed": _issuer_allowed(block),
+        "clock_skew_seconds": block.integer("clock_skew_seconds", 60, 0, 3600),
+        "honor_cache_control": block.flag("honor_cache_control", True),
+        "client_auth_method": method,
+        "client_private_key_file": _private_key_file(block, method),
+        "client_private_key_id": block.text("client_private_key_id", non_empty=True),
+        "client_assertion_audience": urls["client_assertion_audience"],
+        **_tls_files(block, method),
+    }
+
+
+def _issuer_allowed(block: _Block) -> tuple[str, ...]:
+    if isinstance(block.data.get("issuer_allowed"), list):
+        return tuple(block.texts("issuer_allowed") or ())
+    one = block.text("issuer_allowed", non_empty=True)
+    return (one,) if one is not None else ()
+
+
+def _only_for(block: _Block, key: str, method: str, wanted: str) -> str | None:
+    value = block.text(key, non_empty=True)
+    if value is not None and method != wanted:
+        block.problem(key, f"is only used with client_auth_method {wanted}")
+    if value is None and method == wanted:
+        block.problem(key, f"is required with client_auth_method {wanted}")
+    return value
+
+
+def _private_key_file(block: _Block, method: str) -> str | None:
+    path = _only_for(block, "client_private_key_file", method, "private_key_jwt")
+    if path is not None and method == "private_key_jwt":
+        why = _unusable_private_key(path, None)
+        if why is not None:
+            block.problem("client_private_key_file", why)
+    return path
+
+
+def _unusable_private_key(path: str, alg: str | None) -> str | None:
+    from phantom_token.jose import JoseError, SigningKey
+
+    try:
+        SigningKey.from_pem_file(path, alg)
+    except OSError as exc:
+        return f"cannot read the file: {exc.strerror}"
+    except JoseError:
+        return "is not a PEM private key (EC P-256/384/521, RSA >= 2048 bits or Ed25519) that fits the algorithm"
+    return None
+
+
+def _tls_files(block: _Block, method: str) -> dict[str, str | None]:
+    cert = _only_for(block, "client_cert_file", method, "tls_client_auth")
+    key = _only_for(block, "client_key_file", method, "tls_client_auth")
+    ca_file = block.text("ca_file", non_empty=True)
+    if ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            block.problem("ca_file", f"is not a readable PEM file of CA certificates ({type(exc).__name__})")
+    if cert is not None and key is not None and method == "tls_client_auth":
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            why = f"with client_key_file, is not a readable PEM certificate and matching key ({type(exc).__name__})"
+            block.problem("client_cert_file", why)
+    return {"client_cert_file": cert, "client_key_file": key, "ca_file": ca_file}
+
+
+def _jwt(block: _Block, routes: tuple[Route, ...]) -> JwtSettings:
+    """``phantom_token.jwt``: the keys the gateway signs minted JWTs with; ``issuer`` is required if a route mints."""
+    mints = any(route.plugin is not None and route.plugin.mints_jwt for route in routes)
+    raw = block.mapping("jwt")
+    if raw is None:
+        if mints:
+            block.problem("jwt.issuer", "is required when a route sets introspection_response json or signed")
+        return JwtSettings()
+    jwt = _Block(block.ctx, block.where, raw, _JWT_FIELDS, prefix="jwt.")
+    issuer = jwt.text("issuer", required=mints, non_empty=True)
+    from phantom_token.jose import SUPPORTED_ALGORITHMS
+
+    alg = jwt.text("alg", non_empty=True)
+    if alg is not None and alg not in SUPPORTED_ALGORITHMS:
+        jwt.problem("alg", "must be one of " + ", ".join(sorted(SUPPORTED_ALGORITHMS)))
+        alg = None
+    files = {}
+    for key, key_alg in (("key_file", alg), ("previous_key_file", None)):
+        path = files[key] = jwt.text(key, non_empty=True)
+        why = _unusable_private_key(path, key_alg) if path is not None else None
+        if why is not None:
+            jwt.problem(key, why)
+    return JwtSettings(
+        issuer=issuer,
+        key_file=files["key_file"],
+        alg=alg,
+        kid=jwt.text("kid", non_empty=True),
+        previous_key_file=files["previous_key_file"],
+        previous_kid=jwt.text("previous_kid", non_empty=True),
+        max_lifetime_seconds=jwt.integer("max_lifetime_seconds", 3600, 1, 86400),
+    )
