@@ -39,6 +39,7 @@ log = logging.getLogger("phantom_token.cache")
 T = TypeVar("T")
 MIN_BACKOFF = 0.25
 MAX_BACKOFF = 5.0
+MAX_CONNECTIONS = 64  # per process; more concurrent commands queue (within their timeout) instead of failing
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 Handler = Callable[[bytes], None]
 
@@ -66,6 +67,7 @@ def connect(url: str, timeout: float | None) -> Redis:
     options: dict[str, Any] = {
         "socket_timeout": timeout, "socket_connect_timeout": timeout or 5.0, "socket_keepalive": True,
         "retry": Retry(NoBackoff(), 0), "retry_on_error": [], "retry_on_timeout": False,
+        "max_connections": MAX_CONNECTIONS,
     }
     parts = urlsplit(url)
     if parts.scheme not in SENTINEL_SCHEMES:
@@ -97,6 +99,7 @@ class RedisLink:
         self._url = url
         self._timeout = timeout
         self._client = connect(url, timeout)
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         self._handlers: dict[bytes, Handler] = {}
         self._on_resubscribed: list[Callable[[], None]] = []
         self._on_lost: list[Callable[[], None]] = []
@@ -138,18 +141,29 @@ class RedisLink:
             await self._client.aclose()
 
     async def call(self, operation: Callable[[Redis], Awaitable[T]]) -> T:
-        """Run one command under the timeout; raise ``SharedStoreUnavailable`` instead of anything foreign."""
+        """Run one command under the timeout; raise ``SharedStoreUnavailable`` instead of anything foreign.
+
+        Waiting for one of the ``MAX_CONNECTIONS`` slots counts against the timeout; running out of time there
+        is this process being busy, not Redis being down, so it skips Redis for this request only.
+        """
         if self._failing and (self._probing or time.monotonic() < self._retry_at):
             raise SharedStoreUnavailable("backing off")
+        deadline = asyncio.get_running_loop().time() + self._timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise SharedStoreUnavailable("busy") from None
         self._probing = self._failing
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout_at(deadline):
                 result = await operation(self._client)
         except (RedisError, OSError, TimeoutError) as exc:
             self._failed(exc)
             raise SharedStoreUnavailable(type(exc).__name__) from exc
         finally:
             self._probing = False
+            self._slots.release()
         self._succeeded()
         return result
 
@@ -164,7 +178,7 @@ class RedisLink:
         if not self._failing:
             self._failing = True
             log.warning("redis unavailable (%s: %s): serving from memory and introspection until it is back",
-                        type(exc).__name__, exc or "timeout")
+                        type(exc).__name__, str(exc) or "no answer in time")
 
     def _succeeded(self) -> None:
         self._backoff = MIN_BACKOFF
