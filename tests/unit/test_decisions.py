@@ -250,3 +250,27 @@ async def test_head_gets_headers_only_and_a_body_is_discarded(serve: Serve) -> N
     body_request = _request("/authz/envoy/api", ("Content-Length", "5"), method="POST") + b"hello"
     post_answer = await _exchange(server, body_request)
     assert post_answer.endswith(b'"Missing, invalid or expired access token"}')
+
+
+async def test_keep_alive_allows_are_rendered_once_and_stay_correct(serve: Serve) -> None:
+    engine = FakeEngine(_by_path)
+    server = await serve(engine, Settings((ROUTE,)))
+    one = b"GET /authz/envoy/api/x HTTP/1.1\r\nHost: h\r\n\r\n"
+    last = b"GET /authz/envoy/api/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+    answer = await _exchange(server, one + one + last)
+    responses = answer.split(b"HTTP/1.1 ")[1:]
+    assert len(responses) == 3
+    expected = (b"200 OK\r\nAuthorization: Bearer h.p.s\r\nX-Accel-Expires: 60\r\n"
+                b"Cache-Control: private, max-age=60\r\nContent-Length: 0\r\n")
+    assert responses[0] == responses[1] == expected + b"\r\n"
+    assert responses[2] == expected + b"Connection: close\r\n\r\n"
+
+
+@pytest.mark.parametrize("keep_alive", [True, False])
+async def test_a_jwt_that_would_split_the_response_is_a_502(serve: Serve, keep_alive: bool) -> None:
+    engine = FakeEngine(lambda _r: v.Allow(ROUTE, "Bearer a\r\nX-Evil: 1", 60.0))
+    server = await serve(engine, Settings((ROUTE,)))
+    request = _request("/authz/envoy/api")
+    answer = await _exchange(server, request.replace(b"Connection: close", b"X-A: b") if keep_alive else request)
+    assert answer.startswith(b"HTTP/1.1 502 ")
+    assert b"X-Evil" not in answer
