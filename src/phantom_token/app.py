@@ -70,8 +70,7 @@ class Application:
                 log.warning("route %r: verify_ssl is false, TLS certificates of %s are not checked",
                             route.name, route.plugin.endpoint_label)
         host, port = parse_listen(listen)
-        await self.caches.start()
-        await self.introspector.start(route.plugin for route in self.settings.routes if route.plugin is not None)
+        await self.open()
         front = await self._front_door(host, port, reuse_port)
         self._servers.append(front)
         urls = [display(host, _bound_port(front, port))]
@@ -107,6 +106,16 @@ class Application:
             await asyncio.wait_for(asyncio.gather(*(s.wait_closed() for s in self._servers)), DRAIN_SECONDS)
         except TimeoutError:
             log.warning("drain timed out after %.0fs; closing remaining connections", DRAIN_SECONDS)
+        await self.close()
+
+    async def open(self) -> None:
+        """Open what the engine needs before the first request (the cache's shared store, introspection
+        discovery). The front doors' listeners call it from ``start``; the ASGI middleware from its lifespan."""
+        await self.caches.start()
+        await self.introspector.start(route.plugin for route in self.settings.routes if route.plugin is not None)
+
+    async def close(self) -> None:
+        """Close the HTTP client and the cache (the counterpart of ``open``)."""
         await self.client.aclose()
         await self.caches.aclose()
 
