@@ -5,7 +5,7 @@ Invariants:
   it has, with a warning: a JWKS outage must not stop signed answers that verify with known keys).
 - An answer signed with an unknown ``kid`` (key rotation) triggers a refetch, at most once per
   ``min_refresh_interval`` seconds whatever the traffic, so forged ``kid`` values cannot make the gateway
-  hammer the JWKS endpoint.
+  hammer the JWKS endpoint (the regular fetches do not count: a kid that appeared just after one is still found).
 - Concurrent callers share one fetch. No I/O here but through the injected ``fetch``.
 """
 
@@ -57,6 +57,7 @@ class JwksCache:
         self._keys: JwkSet | None = None
         self._fetched_at = -float("inf")  # last successful fetch
         self._tried_at = -float("inf")  # last attempt, successful or not
+        self._refreshed_at = -float("inf")  # last refetch for an unknown kid (the rate-limited kind)
         self._lock = asyncio.Lock()
 
     async def keys(self) -> JwkSet:
@@ -80,8 +81,9 @@ class JwksCache:
         async with self._lock:
             if self._tried_at != tried_at:  # someone fetched while we waited: use what they got
                 return self._keys
-            if self._clock() - self._tried_at < self._min_interval:
+            if self._clock() - self._refreshed_at < self._min_interval:
                 return None
+            self._refreshed_at = self._clock()
             return await self._load()
 
     async def _load(self) -> JwkSet:
