@@ -1,0 +1,208 @@
+"""ASGI middleware: the phantom token pattern inside a Python API (Starlette, FastAPI, any ASGI 3 app).
+
+    app = PhantomTokenMiddleware(app, introspection_endpoint=..., client_id=..., client_secret=..., scope="read")
+    app = PhantomTokenMiddleware.from_config(app, "phantom-token.yml")
+
+The keyword options are the plugin's ``config`` block (README), validated by the same loader as a file: a
+mistake raises ``ConfigError`` when the middleware is built, never a 500 per request. With options, one route
+covers every path; with a file, its routes apply and a request no route matches is answered 404.
+
+Invariants:
+- Pure ASGI: this module imports no framework. Non-HTTP scopes (websocket) pass through untouched.
+- Allowed: the app sees exactly one ``Authorization: Bearer <jwt>`` (the opaque token is gone) and the JWT's claims
+  in ``scope["state"]["phantom_token_claims"]`` (Starlette: ``request.state.phantom_token_claims``). These are the
+  claims the authorization server returned, NOT signature-verified here (the introspection channel is
+  authenticated; verify the JWT yourself, or use the plugin's signed-response modes, when that is not enough).
+  A route without the plugin (or a preflight) passes unchanged, with ``phantom_token_claims`` None.
+- Denied: the contract's section 8 response (JSON, challenge); the app is not called.
+- Lifespan: ``lifespan.startup`` opens the HTTP client and cache (before the app's own startup), and they close
+  after the app's shutdown completes. A server that sends no lifespan events gets them opened on first use.
+- The engine decides; no rule of the pattern is implemented here. Tokens are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
+
+from phantom_token.config.settings import Settings
+from phantom_token.core.jwt import MalformedJwt, read_claims
+from phantom_token.core.request import RequestInfo
+from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
+
+log = logging.getLogger("phantom_token.asgi")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+CLAIMS_KEY = "phantom_token_claims"
+
+
+def settings_from_options(plugin_options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
+    """Settings with one route for every path whose plugin ``config`` is ``plugin_options`` (validated as a file
+    would be; raises ``ConfigError``)."""
+    from phantom_token.config.loader import parse_settings
+
+    document = {
+        "_format_version": "2.1",
+        "services": [{
+            "name": "asgi-app",
+            "routes": [{"name": "asgi-app", "paths": ["/"]}],
+            "plugins": [{"name": "phantom-token", "config": dict(plugin_options)}],
+        }],
+    }
+    return parse_settings(document, source="<PhantomTokenMiddleware>", environ=environ, require_upstream=False)
+
+
+class PhantomTokenMiddleware:
+    """Swap the opaque bearer token for the JWT before the wrapped ASGI app sees the request."""
+
+    def __init__(self, app: ASGIApp, **plugin_options: Any) -> None:
+        self._setup(app, settings_from_options(plugin_options))
+
+    @classmethod
+    def from_config(cls, app: ASGIApp, path: str | os.PathLike[str]) -> PhantomTokenMiddleware:
+        """The middleware for the routes of a Kong-format file (services need no ``url``)."""
+        from phantom_token.config.loader import load_settings
+
+        return cls.from_settings(app, load_settings(path, require_upstream=False))
+
+    @classmethod
+    def from_settings(cls, app: ASGIApp, settings: Settings) -> PhantomTokenMiddleware:
+        middleware = cls.__new__(cls)
+        middleware._setup(app, settings)
+        return middleware
+
+    def _setup(self, app: ASGIApp, settings: Settings) -> None:
+        from phantom_token.app import Application
+
+        self.app = app
+        self.application = Application(settings, "asgi")
+        self.engine = self.application.engine
+        self.is_open = False
+        self._opening: asyncio.Lock | None = None
+
+    # -- lifespan ------------------------------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the HTTP client and cache (idempotent)."""
+        if self.is_open:
+            return
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:
+            if not self.is_open:
+                await self.application.open()
+                self.is_open = True
+
+    async def close(self) -> None:
+        if self.is_open:
+            self.is_open = False
+            await self.application.close()
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def receive_opening() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await self.open()
+            return message
+
+        async def send_closing(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await self.close()
+            await send(message)
+
+        await self.app(scope, receive_opening, send_closing)
+
+    # -- requests ------------------------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        if kind != "http":
+            await self.app(scope, receive, send)
+            return
+        info = request_info(scope)
+        verdict = self.engine.try_authorize(info)
+        if verdict is None:
+            verdict = await self._authorize(info)
+        if isinstance(verdict, Deny):
+            await _send_deny(verdict, scope["method"] == "HEAD", send)
+            return
+        await self.app(allowed_scope(scope, verdict), receive, send)
+
+    async def _authorize(self, info: RequestInfo) -> Verdict:
+        if not self.is_open:
+            await self.open()
+        try:
+            return await self.engine.authorize(info)
+        except Exception as exc:  # the engine answers its known faults itself; anything else is still a 502
+            log.error("authorization failed: %s", type(exc).__name__)
+            return server_error()
+
+
+def request_info(scope: Scope) -> RequestInfo:
+    """The engine's view of an ASGI HTTP scope: lower-case header names -> every value, raw path, bare host."""
+    headers: dict[str, list[str]] = {}
+    for raw_name, raw_value in scope.get("headers", ()):
+        name = raw_name.decode("latin-1").lower()
+        value = raw_value.decode("latin-1")
+        values = headers.get(name)
+        if values is None:
+            headers[name] = [value]
+        else:
+            values.append(value)
+    raw_path = scope.get("raw_path")
+    path = raw_path.decode("latin-1").partition("?")[0] if raw_path else scope.get("path", "/")
+    hosts = headers.get("host")
+    if hosts:
+        authority = hosts[0]
+        host = authority[: authority.find("]") + 1] if authority.startswith("[") else authority.partition(":")[0]
+    else:
+        server = scope.get("server")
+        host = str(server[0]) if server else ""
+    return RequestInfo(scope["method"], host.lower(), path, headers)
+
+
+def allowed_scope(scope: Scope, allow: Allow) -> Scope:
+    """The scope the app sees: the JWT instead of the client's Authorization, and its claims in the state."""
+    state = dict(scope.get("state") or {})
+    new_scope = dict(scope)
+    new_scope["state"] = state
+    if allow.authorization is None:
+        state[CLAIMS_KEY] = None
+        return new_scope
+    new_scope["headers"] = [(name, value) for name, value in scope.get("headers", ())
+                            if name.lower() != b"authorization"]
+    new_scope["headers"].append((b"authorization", allow.authorization.encode("latin-1")))
+    state[CLAIMS_KEY] = _claims(allow)
+    return new_scope
+
+
+def _claims(allow: Allow) -> dict[str, object] | None:
+    if allow.claims is not None:
+        return allow.claims
+    scheme, _, jwt = (allow.authorization or "").partition(" ")
+    try:
+        return read_claims(jwt)[1] if scheme == "Bearer" else None
+    except MalformedJwt:
+        return None  # the engine only lets a well-formed JWT through; this is a belt for a minted header
+
+
+async def _send_deny(deny: Deny, head: bool, send: Send) -> None:
+    body = deny.body()
+    headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in deny.headers()]
+    headers.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": deny.status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else body})
+
+
+__all__ = ["CLAIMS_KEY", "PhantomTokenMiddleware", "allowed_scope", "request_info", "settings_from_options"]
