@@ -27,6 +27,7 @@ from phantom_token.http.server import HttpServer
 
 PLUGIN = PluginConfig("http://127.0.0.1:1/introspect", "client", "secret", scope=("admin",))
 ROUTE = Route("api", "svc", None, paths=("/api",), plugin=PLUGIN)
+LOOPBACK = Settings(()).trusted_proxies  # the default
 FORGED = [("X-Forwarded-Uri", "/public/anything"), ("X-Forwarded-Method", "GET"), ("X-Forwarded-Host", "evil")]
 
 
@@ -108,14 +109,15 @@ def test_envoy_prefix_gives_the_original_path_with_own_method_and_host(path: str
 @pytest.mark.parametrize(
     ("peer", "networks", "trusted"),
     [
-        ("127.0.0.1", (), True),
-        ("127.3.2.1", (), True),
-        ("::1", (), True),
-        ("::ffff:127.0.0.1", (), True),
-        ("10.1.2.3", (), False),
+        ("127.0.0.1", LOOPBACK, True),
+        ("127.3.2.1", LOOPBACK, True),
+        ("::1", LOOPBACK, True),
+        ("::ffff:127.0.0.1", LOOPBACK, True),
+        ("10.1.2.3", LOOPBACK, False),
+        ("127.0.0.1", (), False),
         ("10.1.2.3", (ip_network("10.0.0.0/8"),), True),
         ("127.0.0.1", (ip_network("10.0.0.0/8"),), False),
-        ("", (), False),
+        ("", LOOPBACK, False),
     ],
 )
 def test_trust_is_decided_by_the_peer_address(peer: str, networks: tuple[object, ...], trusted: bool) -> None:
@@ -222,7 +224,7 @@ async def test_untrusted_peer_with_forged_forwarded_uri_is_matched_on_its_own_pa
 @pytest.mark.parametrize("slow", [False, True])
 async def test_trusted_loopback_peer_is_matched_on_the_forwarded_request(serve: Serve, slow: bool) -> None:
     engine = FakeEngine(_by_path, slow=slow)
-    server = await serve(engine, Settings((ROUTE,)))  # empty: loopback trusted
+    server = await serve(engine, Settings((ROUTE,)))  # the default trusts loopback
     answer = await _exchange(server, _request("/authz", ("X-Forwarded-Uri", "/api/x"), ("X-Forwarded-Host", "h")))
     head = answer.split(b"\r\n\r\n")[0].split(b"\r\n")
     assert head[0] == b"HTTP/1.1 200 OK"

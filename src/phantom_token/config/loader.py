@@ -31,6 +31,7 @@ import yaml
 
 from phantom_token.config.settings import (
     DEFAULT_LISTEN,
+    DEFAULT_TRUSTED_PROXIES,
     MIN_ENCRYPTION_KEY_CHARS,
     CacheSettings,
     HeaderCondition,
@@ -50,10 +51,6 @@ DEFAULT_CONFIG_FILE = "phantom-token.yml"
 CONFIG_ENV = "PHANTOM_TOKEN_CONFIG"
 PLUGIN_NAME = "phantom-token"
 FORMAT_VERSIONS = frozenset({"1.1", "2.1", "3.0"})
-DEFAULT_TRUSTED_PROXIES: tuple[IPv4Network | IPv6Network, ...] = (
-    ip_network("127.0.0.0/8"),
-    ip_network("::1/128"),
-)
 LOG_LEVELS = frozenset({"debug", "info", "warning", "error", "critical"})
 
 T = TypeVar("T")

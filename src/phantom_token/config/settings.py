@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 
 DEFAULT_LISTEN = "127.0.0.1:3000"
+# Who may tell `authz` the original request (X-Original-*/X-Forwarded-*) when the file does not say: loopback.
+DEFAULT_TRUSTED_PROXIES: tuple[IPv4Network | IPv6Network, ...] = (IPv4Network("127.0.0.0/8"), IPv6Network("::1/128"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,7 +147,7 @@ class Settings:
     log_format: str = "text"  # 'text' or 'json'
     log_level: str = "info"
     cache: CacheSettings = CacheSettings()
-    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = ()
+    trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = DEFAULT_TRUSTED_PROXIES  # (): trust nobody
     upstream_timeout_seconds: float = 60.0
     upstream_connect_timeout_seconds: float = 5.0
     max_header_bytes: int = 65536

@@ -14,9 +14,9 @@ A gateway (nginx ``auth_request``, Traefik ForwardAuth, Caddy ``forward_auth``, 
   no-store``.
 
 Invariants:
-- The forwarding headers are believed only from a socket peer inside ``settings.trusted_proxies`` (empty: loopback,
-  127.0.0.0/8 and ::1). From any other peer they are ignored and the request is matched on its own method, path and
-  host, so a forged ``X-Forwarded-Uri`` cannot choose a laxer route.
+- The forwarding headers are believed only from a socket peer inside ``settings.trusted_proxies`` (default:
+  loopback, 127.0.0.0/8 and ::1; an empty list trusts nobody). From any other peer they are ignored and the request
+  is matched on its own method, path and host, so a forged ``X-Forwarded-Uri`` cannot choose a laxer route.
 - A trusted ``/authz`` request without an original URI is answered 400 ``{"code": "invalid_request", "message":
   "The decision request has no X-Original-URI, X-Original-URL or X-Forwarded-Uri header"}``; two values of one
   of these headers, or a URI that is neither a path nor an http(s) URL, are a 400 ``invalid_request`` too: the
@@ -32,7 +32,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
-from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from urllib.parse import urlsplit
 
 from phantom_token.config.settings import Settings
@@ -56,7 +56,6 @@ AUTHZ_PATH = "/authz"
 ENVOY_PREFIX = "/authz/envoy"
 
 Network = IPv4Network | IPv6Network
-DEFAULT_TRUSTED: tuple[Network, ...] = (ip_network("127.0.0.0/8"), ip_network("::1/128"))
 
 Observe = Callable[[int, float], None]
 """Called once per decision with the status answered and the seconds it took."""
@@ -89,7 +88,7 @@ def is_trusted(peer_ip: str, networks: Sequence[Network]) -> bool:
         return False  # not an IP peer (a Unix socket): nothing to trust
     if isinstance(address, IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
-    return any(address in network for network in (networks or DEFAULT_TRUSTED))
+    return any(address in network for network in networks)
 
 
 def _single(headers: Mapping[str, Sequence[str]], name: str) -> str | None:
@@ -172,7 +171,7 @@ def decision_response(verdict: Verdict) -> tuple[int, list[tuple[str, str]], byt
 class _Shared:
     def __init__(self, engine: Authorizer, settings: Settings, observe: Observe | None) -> None:
         self.engine = engine
-        self.trusted_proxies: tuple[Network, ...] = settings.trusted_proxies or DEFAULT_TRUSTED
+        self.trusted_proxies: tuple[Network, ...] = settings.trusted_proxies
         self.observe = observe
         self._trust: dict[str, bool] = {}
         # authorization header value -> (whole seconds left, the rendered keep-alive 200): the hot path renders an
@@ -290,7 +289,6 @@ async def start_decisions(engine: Authorizer, settings: Settings, host: str, por
 
 __all__ = [
     "AUTHZ_PATH",
-    "DEFAULT_TRUSTED",
     "ENVOY_PREFIX",
     "BadDecisionRequest",
     "DecisionProtocol",
