@@ -8,10 +8,10 @@ Every server gets one worker process, on 127.0.0.1:
 plus the demo authorization server and ``phantom-token authz -c examples/phantom-token-authz.yml``.
 
 One real token is issued, so after the first request the decision service answers from its own cache (the hot
-path). Each configuration is measured with ``wrk -t1 -c50 -d10s`` and reported as requests/s and as a ratio to
-plain nginx. Nothing is asserted: numbers go to docs/gateways/nginx.md.
+path). Each configuration is measured with ``wrk -t1 -c50 -d10s``, in turn, ``--rounds`` times; the median of each is
+reported as requests/s and as a ratio to plain nginx. Nothing is asserted: numbers go to docs/gateways/nginx.md.
 
-    python bench/authz_ratio.py [--duration 10] [--connections 50]
+    python bench/authz_ratio.py [--duration 10] [--connections 50] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -137,6 +138,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="measure the three configurations in turn this many times; report each one's median")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed (scripts/setup installs it)", file=sys.stderr)
@@ -167,17 +170,22 @@ def main() -> int:
         auth = {"Authorization": f"Bearer {token}"}
         for name in ("plain", "nginx_authz", "nginx_cached"):
             wait_until(name, f"http://127.0.0.1:{ports[name]}/api/bench", auth)
-        results = {name: wrk(ports[name], token, args.duration, args.connections)
-                   for name in ("plain", "nginx_authz", "nginx_cached")}
+        samples: dict[str, list[float]] = {"plain": [], "nginx_authz": [], "nginx_cached": []}
+        for _ in range(args.rounds):  # interleaved, so a burst of load elsewhere hits every configuration alike
+            for name, runs in samples.items():
+                runs.append(wrk(ports[name], token, args.duration, args.connections))
+        results = {name: statistics.median(runs) for name, runs in samples.items()}
     finally:
         procs.stop()
         shutil.rmtree(directory, ignore_errors=True)
     base = results["plain"]
-    print(f"wrk -t1 -c{args.connections} -d{args.duration}s, one worker each, upstream nginx 'return 200'")
+    print(f"wrk -t1 -c{args.connections} -d{args.duration}s, one worker each, upstream nginx 'return 200'; "
+          f"median of {args.rounds} interleaved rounds; load average {os.getloadavg()[0]:.2f}")
     labels = {"plain": "nginx proxy_pass (baseline)", "nginx_authz": "nginx + phantom-token authz",
               "nginx_cached": "nginx + authz + nginx decision cache"}
     for name, rps in results.items():
-        print(f"  {labels[name]:<40} {rps:>10.0f} req/s  {rps / base:5.2f}x")
+        each = " ".join(f"{r:.0f}" for r in samples[name])
+        print(f"  {labels[name]:<40} {rps:>10.0f} req/s  {rps / base:5.2f}x   ({each})")
     return 0
 
 
