@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from phantom_token.jose import verify
 
@@ -240,3 +241,25 @@ def test_allowed_decision_headers_for_nginx_caching(authz: Authz, auth_server: A
     seconds = int(result.header("X-Accel-Expires") or "0")
     assert 0 < seconds <= 300
     assert result.header("Cache-Control") == f"private, max-age={seconds}"
+
+
+# --- the examples themselves ----------------------------------------------------------------------------------------
+
+
+def test_kubernetes_example_is_valid_yaml_with_the_auth_annotations() -> None:
+    documents = list(yaml.safe_load_all((EXAMPLES / "kubernetes" / "ingress-nginx.yaml").read_text("utf-8")))
+    kinds = [doc["kind"] for doc in documents]
+    assert kinds == ["ConfigMap", "Deployment", "Service", "Ingress"]
+    annotations = documents[-1]["metadata"]["annotations"]
+    assert annotations["nginx.ingress.kubernetes.io/auth-url"].endswith("/authz")
+    assert annotations["nginx.ingress.kubernetes.io/auth-response-headers"] == "Authorization"
+    embedded = yaml.safe_load(documents[0]["data"]["phantom-token.yml"])
+    assert embedded["services"][0]["plugins"][0]["name"] == "phantom-token"
+
+
+def test_every_placeholder_of_the_examples_is_documented() -> None:
+    readme = (EXAMPLES / "README.md").read_text("utf-8")
+    for path in EXAMPLES.rglob("*"):
+        if path.is_file() and path.name != "README.md":
+            for name in set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)\}", path.read_text("utf-8"))):
+                assert f"`${{{name}}}`" in readme, f"{path.name}: ${{{name}}} is not in examples/README.md"
