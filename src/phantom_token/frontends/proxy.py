@@ -1,0 +1,420 @@
+"""The reverse-proxy front door (``phantom-token serve``): contract section 9.
+
+Each request becomes a ``RequestInfo``; the engine's ``Verdict`` is applied as it is: a ``Deny`` is answered
+here, an ``Allow`` is forwarded to ``allow.route.upstream`` over a pooled keep-alive connection.
+
+Invariants:
+- Nothing is written upstream before the engine allowed the request. On a denial the request body is read and
+  discarded, or the connection is closed when the rest is large or the client still waits for 100-continue.
+- The upstream sees exactly one ``Authorization`` header when the verdict carries one (every client one removed).
+  Hop-by-hop headers (RFC 9110 7.6.1) and those named in ``Connection`` are removed in both directions;
+  ``X-Forwarded-For`` gets the client address appended, ``X-Forwarded-Proto``/``-Host`` are replaced.
+- Bodies stream both ways and at most one socket read is held per side: the client is not read while the upstream's
+  write buffer is high (or while the verdict or a connection is awaited), the upstream is not read while the
+  client's write buffer is high.
+- A failure before any byte of the response reached the client answers 502 ``bad_gateway`` or 504
+  ``gateway_timeout``; after that the client connection is dropped, so a cut-short response never looks complete.
+- The fast path (``try_authorize`` answers, a pooled connection is free) runs in protocol callbacks only: no
+  await, no task. Header values are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+
+from phantom_token.config.settings import Route, Settings, Upstream
+from phantom_token.core.request import RequestInfo
+from phantom_token.core.routes import upstream_path
+from phantom_token.core.verdict import Allow, Deny, Verdict, bad_gateway, gateway_timeout, server_error
+from phantom_token.frontends import Authorizer
+from phantom_token.http.client import (
+    ClientError,
+    Connection,
+    ConnectionPool,
+    PoolKey,
+    RequestTimeout,
+    StaleConnection,
+)
+from phantom_token.http.messages import RawHeaders
+from phantom_token.http.server import (
+    HttpServer,
+    HttpServerProtocol,
+    RequestHead,
+    ServerLimits,
+    ServerState,
+    start_server,
+    status_line,
+)
+
+logger = logging.getLogger("phantom_token.http")
+
+Observe = Callable[[int, float], None]
+"""Called once per request with the response status and the seconds from request head to response end."""
+
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"})
+_HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
+# Request headers that need more than copying; everything else is copied byte for byte. Expect is answered here.
+_SPECIAL = HOP_BY_HOP | {"host", "authorization", "expect", "x-forwarded-for", "x-forwarded-proto",
+                         "x-forwarded-host"}
+
+_LENGTH, _CONNECTION, _OTHER_HOP = range(3)
+_RESPONSE_NOTABLE = {name: _OTHER_HOP for name in _HOP_BY_HOP_BYTES} | {b"connection": _CONNECTION,
+                                                                        b"content-length": _LENGTH}
+
+PAUSE_VERDICT = 8  # waiting for the engine or for an upstream connection
+PAUSE_UPSTREAM = 16  # the upstream's write buffer is full
+
+
+class _Origin:
+    """What is constant per upstream: the pool key and the Host header value."""
+
+    __slots__ = ("host_header", "key", "upstream")
+
+    def __init__(self, upstream: Upstream, context: ssl.SSLContext | None) -> None:
+        self.upstream = upstream
+        self.key: PoolKey = (upstream.scheme, upstream.host, upstream.port, context)
+        default = 443 if upstream.scheme == "https" else 80
+        host = f"[{upstream.host}]" if ":" in upstream.host else upstream.host
+        self.host_header = (host if upstream.port == default else f"{host}:{upstream.port}").encode("idna")
+
+
+class _Shared:
+    """Per-listener state shared by all client connections."""
+
+    def __init__(self, engine: Authorizer, settings: Settings, observe: Observe | None) -> None:
+        self.engine = engine
+        self.observe = observe
+        self.timeout = settings.upstream_timeout_seconds
+        self.connect_timeout = settings.upstream_connect_timeout_seconds
+        self.pool = ConnectionPool(max_idle_per_origin=256, idle_timeout=30.0)
+        self.origins: dict[int, _Origin] = {}
+        self._tls: ssl.SSLContext | None = None
+
+    def origin(self, upstream: Upstream) -> _Origin:
+        # Keyed by identity: upstreams are frozen objects built once at start-up, and hashing them per request
+        # would cost more than the lookup saves. The stored reference keeps the id from being reused.
+        origin = self.origins.get(id(upstream))
+        if origin is None or origin.upstream is not upstream:
+            context = None
+            if upstream.scheme == "https":
+                if self._tls is None:
+                    self._tls = ssl.create_default_context()
+                context = self._tls
+            origin = self.origins[id(upstream)] = _Origin(upstream, context)
+        return origin
+
+
+class ProxyProtocol(HttpServerProtocol):
+    """One client connection of the proxy; also the sink of its upstream responses."""
+
+    def __init__(self, state: ServerState, shared: _Shared) -> None:
+        super().__init__(state)
+        self._shared = shared
+        self._engine = shared.engine
+        self._origins = shared.origins
+        self._ip = b""
+        self._route: Route | None = None
+        self._upstream: Connection | None = None
+        self._pending: list[bytes] | None = None  # body received before the upstream was ready
+        self._task: asyncio.Task[None] | None = None
+        self._status = 0
+        self._out_head: bytes | None = None  # response head, held back to leave in one write with the body
+        self._head_written = False
+        self._chunk_out = False
+        self._keep_alive = True
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._ip = self.client_ip.encode("ascii")
+
+    # -- requests from the client --------------------------------------------------------------------------------
+
+    def handle_request(self, head: RequestHead) -> None:
+        self._status = 0
+        self._head_written = False
+        self._out_head = None
+        self._pending = None
+        self._route = None
+        info = RequestInfo(head.method, head.host, head.path, head.headers)
+        verdict = self._engine.try_authorize(info)
+        if verdict is None:
+            self._pending = []
+            self.pause_reading(PAUSE_VERDICT)
+            self._task = self.loop.create_task(self._authorize(head, info))
+            return
+        self._apply(head, verdict)
+
+    def handle_body(self, data: bytes) -> None:
+        conn = self._upstream
+        if conn is not None:
+            conn.send_body(data)
+        elif self._pending is not None:
+            self._pending.append(data)  # bounded: reading is paused until the upstream is ready
+
+    def handle_body_end(self) -> None:
+        if self._upstream is not None:
+            self._upstream.end_body()
+
+    def handle_abort(self) -> bool:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if self._upstream is not None:
+            self._upstream.abort()
+            self._upstream = None
+        return self._head_written
+
+    def handle_write_paused(self) -> None:
+        if self._upstream is not None:
+            self._upstream.pause_reading()
+
+    def handle_write_resumed(self) -> None:
+        if self._upstream is not None:
+            self._upstream.resume_reading()
+
+    async def _authorize(self, head: RequestHead, info: RequestInfo) -> None:
+        try:
+            verdict = await self._engine.authorize(info)
+        except Exception as exc:
+            logger.error("authorization failed: %s", type(exc).__name__)
+            verdict = server_error()
+        self._task = None
+        if self.active is head and not self.responded and not self.closed:
+            self._apply(head, verdict)
+
+    def _apply(self, head: RequestHead, verdict: Verdict) -> None:
+        if isinstance(verdict, Deny):
+            self._deny(head, verdict)
+            return
+        route = self._route = verdict.route
+        upstream = route.upstream
+        authorization = verdict.authorization
+        if upstream is None or (authorization is not None and ("\r" in authorization or "\n" in authorization)):
+            self._deny(head, server_error(route))
+            return
+        origin = self._origins.get(id(upstream))
+        if origin is None or origin.upstream is not upstream:
+            origin = self._shared.origin(upstream)
+        request_head = self._request_head(head, verdict, origin)
+        conn = self._shared.pool.acquire(origin.key)
+        if conn is None:
+            self._connect_later(head, origin, request_head)
+        else:
+            self._forward(head, conn, request_head, origin, fresh=False)
+
+    def _connect_later(self, head: RequestHead, origin: _Origin, request_head: bytes) -> None:
+        if self._pending is None:
+            self._pending = []
+        self.pause_reading(PAUSE_VERDICT)
+        self._task = self.loop.create_task(self._connect(head, origin, request_head))
+
+    async def _connect(self, head: RequestHead, origin: _Origin, request_head: bytes) -> None:
+        try:
+            conn = await self._shared.pool.connect(origin.key, self._shared.connect_timeout)
+        except ClientError as exc:
+            self._task = None
+            if self.active is head and not self.responded:
+                self.upstream_failed(exc)
+            return
+        self._task = None
+        if self.active is not head or self.responded or self.closed:
+            self._shared.pool.release(conn)
+            return
+        self._forward(head, conn, request_head, origin, fresh=True)
+
+    def _forward(self, head: RequestHead, conn: Connection, request_head: bytes, origin: _Origin, *,
+                 fresh: bool) -> None:
+        try:
+            conn.begin(self, request_head, head_request=head.method == "HEAD", timeout=self._shared.timeout,
+                       chunked=head.chunked)
+        except StaleConnection:
+            if fresh:
+                self.upstream_failed(ClientError("the new connection closed at once"))
+            else:
+                self._connect_later(head, origin, request_head)  # nothing was sent: safe to try a new one
+            return
+        self._upstream = conn
+        pending = self._pending
+        if pending:
+            for chunk in pending:
+                conn.send_body(chunk)
+        self._pending = None
+        if head.complete:
+            conn.end_body()
+        else:
+            self.send_continue(head)
+        self.resume_reading(PAUSE_VERDICT)
+
+    def _request_head(self, head: RequestHead, allow: Allow, origin: _Origin) -> bytes:
+        """The head sent upstream: method, rewritten path, the client's headers minus hop-by-hop ones, and
+        Host, Authorization and X-Forwarded-* set by the gateway."""
+        target = upstream_path(allow.route, head.path)
+        if head.query:
+            target = f"{target}?{head.query}"
+        parts = [head.method.encode("ascii"), b" ", target.encode("latin-1"), b" HTTP/1.1\r\n"]
+        tokens = head.connection_tokens
+        replace_auth = allow.authorization is not None
+        forwarded_for: bytes | None = None
+        for (name, value), lname in zip(head.raw_headers, head.lnames, strict=True):
+            if lname in _SPECIAL or (tokens and lname in tokens):
+                if tokens and lname in tokens:
+                    continue
+                if lname == "authorization" and not replace_auth:
+                    parts += (name, b": ", value, b"\r\n")
+                elif lname == "x-forwarded-for":
+                    forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
+                continue
+            parts += (name, b": ", value, b"\r\n")
+        raw_host = head.raw_host.encode("latin-1")
+        if allow.route.preserve_host and raw_host:
+            parts += (b"Host: ", raw_host, b"\r\n")
+        else:
+            parts += (b"Host: ", origin.host_header, b"\r\n")
+        if allow.authorization is not None:
+            parts += (b"Authorization: ", allow.authorization.encode("latin-1"), b"\r\n")
+        parts += (b"X-Forwarded-For: ", forwarded_for + b", " + self._ip if forwarded_for else self._ip,
+                  b"\r\nX-Forwarded-Proto: http\r\n")
+        if raw_host:
+            parts += (b"X-Forwarded-Host: ", raw_host, b"\r\n")
+        if head.chunked:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        parts.append(b"\r\n")
+        return b"".join(parts)
+
+    def _deny(self, head: RequestHead, deny: Deny) -> None:
+        self._status = deny.status
+        self._pending = None
+        if self._shared.observe is not None:
+            self._observe(deny.status)
+        self.resume_reading(PAUSE_VERDICT)  # what is left of the body has to be read to be discarded
+        self.send_response(deny.status, deny.headers(), deny.body())
+
+    def _observe(self, status: int) -> None:
+        head = self.active
+        if head is not None:
+            self._shared.observe(status, self.loop.time() - head.started)  # type: ignore[misc]
+
+    # -- the upstream's response (ResponseSink) ------------------------------------------------------------------
+
+    def upstream_head(self, status: int, headers: RawHeaders, has_body: bool) -> None:
+        head = self.active
+        assert head is not None
+        self._status = status
+        keep_alive = self.should_keep_alive(head) and self.can_drain(head)
+        parts = [status_line(status)]
+        named: set[bytes] | None = None
+        length = False
+        for name, value in headers:
+            lname = name.lower()
+            kind = _RESPONSE_NOTABLE.get(lname)
+            if kind is not None:
+                if kind == _LENGTH:
+                    length = True
+                    parts += (name, b": ", value, b"\r\n")
+                elif kind == _CONNECTION:
+                    tokens = {token.strip().lower() for token in value.split(b",")} - _HOP_BY_HOP_BYTES
+                    named = tokens if named is None else named | tokens
+                continue  # the other hop-by-hop headers
+            parts += (name, b": ", value, b"\r\n")
+        if named:  # rare: the upstream named further hop-by-hop headers in Connection
+            parts = [status_line(status)]
+            for name, value in headers:
+                lname = name.lower()
+                if lname not in _HOP_BY_HOP_BYTES and lname not in named:
+                    parts += (name, b": ", value, b"\r\n")
+        # A body without Content-Length (chunked, or delimited by the close) is sent on re-chunked.
+        self._chunk_out = False
+        if has_body and not length:
+            if head.http10:
+                keep_alive = False  # an HTTP/1.0 client cannot read chunks: the close ends the body
+            else:
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+                self._chunk_out = True
+        if not keep_alive:
+            parts.append(b"Connection: close\r\n")
+        elif head.http10:
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        self._keep_alive = keep_alive
+        self._out_head = b"".join(parts)
+
+    def upstream_body(self, data: bytes) -> None:
+        transport = self.transport
+        if not data or transport is None or transport.is_closing():
+            return
+        out = self._out_head
+        if out is not None:
+            self._out_head = None
+            self._head_written = True
+        if self._chunk_out:
+            pieces = [out or b"", b"%x\r\n" % len(data), data, b"\r\n"]
+        elif out is None:
+            transport.write(data)
+            return
+        else:
+            pieces = [out, data]
+        if len(data) < 16384:
+            transport.write(b"".join(pieces))  # one small copy beats a second send() call
+        else:
+            transport.writelines(pieces)
+
+    def upstream_flush(self) -> None:
+        out = self._out_head
+        if out is not None:
+            self._out_head = None
+            self._head_written = True
+            self.write(out)
+
+    def upstream_end(self) -> None:
+        self._upstream = None
+        out = self._out_head
+        self._out_head = None
+        self._head_written = True
+        if self._chunk_out:
+            self.write(out + b"0\r\n\r\n" if out is not None else b"0\r\n\r\n")
+        elif out is not None:
+            self.write(out)
+        if self._shared.observe is not None:
+            self._observe(self._status)
+        self.resume_reading(PAUSE_UPSTREAM | PAUSE_VERDICT)
+        self.finish_response(self._keep_alive)
+
+    def upstream_failed(self, exc: ClientError) -> None:
+        self._upstream = None
+        head = self.active
+        if head is None or self.responded or self.closed:
+            return
+        route = self._route
+        where = f"{route.upstream.host}:{route.upstream.port}" if route and route.upstream else "upstream"
+        if self._head_written:
+            logger.warning("upstream %s failed mid-response, dropping the client connection: %s", where, exc)
+            if self._shared.observe is not None:
+                self._observe(self._status)
+            self.responded = True
+            self.abort()
+            return
+        self._out_head = None
+        logger.warning("upstream %s failed: %s", where, exc)
+        self._deny(head, gateway_timeout(route) if isinstance(exc, RequestTimeout) else bad_gateway(route))
+
+    def upstream_write_paused(self) -> None:
+        self.pause_reading(PAUSE_UPSTREAM)
+
+    def upstream_write_resumed(self) -> None:
+        self.resume_reading(PAUSE_UPSTREAM)
+
+
+async def start_proxy(engine: Authorizer, settings: Settings, host: str, port: int, *, reuse_port: bool = False,
+                      observe: Observe | None = None, limits: ServerLimits | None = None) -> HttpServer:
+    """Listen on ``host:port`` and proxy every request the engine allows. ``close()``/``wait_closed()`` drain
+    in-flight requests, then close the upstream pool."""
+    shared = _Shared(engine, settings, observe)
+    return await start_server(lambda state: ProxyProtocol(state, shared), host, port,
+                              limits=limits or ServerLimits(max_header_bytes=settings.max_header_bytes),
+                              reuse_port=reuse_port, on_closed=shared.pool.aclose)
+
+
+__all__ = ["HOP_BY_HOP", "Observe", "ProxyProtocol", "start_proxy"]

@@ -1,0 +1,546 @@
+"""HTTP/1.1 client side on asyncio protocols and httptools: a keep-alive connection pool, a streaming connection
+the reverse proxy drives, and ``HttpClient`` for whole-body requests (the introspection call).
+
+Invariants:
+- One request at a time per connection (no pipelining upstream). A connection goes back to the pool only when its
+  response was read completely, its request was sent completely and both sides allow keep-alive.
+- A pooled connection whose peer closed (EOF, reset) is dropped at once and never handed out; idle pooled
+  connections are closed after ``idle_timeout``.
+- A response body is passed on as it arrives; the consumer pauses reading with ``pause_reading`` (flow control), and
+  is told when the connection's write buffer is high (``upstream_write_paused``) so it can stop its own source.
+- No response byte within ``timeout`` of the request (or between two reads) is a ``RequestTimeout``.
+- Every failure surfaces as a ``ClientError`` subclass; messages name hosts and causes, never header values.
+
+    ClientError
+    ├── ConnectError      could not open the connection (refused, DNS, TLS, connect timeout)
+    ├── RequestTimeout    no answer in time
+    ├── ProtocolError     the peer broke HTTP or closed the connection before the response was complete
+    └── BodyTooLarge      the response body is larger than the caller accepts
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl as ssl_module
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol, cast
+from urllib.parse import urlsplit
+
+import httptools
+
+from phantom_token.http.messages import RawHeaders
+
+logger = logging.getLogger("phantom_token.http")
+
+MiB = 1024 * 1024
+
+# How the body of a response is delimited.
+BODY_NONE = 0  # HEAD, 1xx, 204, 304
+BODY_LENGTH = 1
+BODY_CHUNKED = 2
+BODY_CLOSE = 3  # read until the peer closes
+
+PoolKey = tuple[str, str, int, "ssl_module.SSLContext | None"]
+
+
+def framing(headers: RawHeaders) -> int:
+    """How the body of a response that has one is delimited, from its headers."""
+    for name, _ in headers:
+        size = len(name)
+        if size == 14 and name.lower() == b"content-length":
+            return BODY_LENGTH
+        if size == 17 and name.lower() == b"transfer-encoding":
+            # llhttp rejects Content-Length with Transfer-Encoding; a TE not ending in chunked is read to close.
+            return BODY_CHUNKED if _value(headers, b"transfer-encoding").endswith(b"chunked") else BODY_CLOSE
+    return BODY_CLOSE
+
+
+def _value(headers: RawHeaders, lname: bytes) -> bytes:
+    return b",".join(v for n, v in headers if n.lower() == lname).lower().rstrip(b" \t")
+
+
+class ClientError(Exception):
+    """Base of every error the HTTP client raises."""
+
+
+class ConnectError(ClientError):
+    """The connection could not be opened."""
+
+
+class RequestTimeout(ClientError):
+    """The peer did not answer in time."""
+
+
+class ProtocolError(ClientError):
+    """The peer sent something that is not HTTP/1.1, or closed the connection too early."""
+
+
+class BodyTooLarge(ClientError):
+    """The response body exceeds the limit the caller set."""
+
+
+class StaleConnection(Exception):
+    """The pooled connection turned out closed before anything was written on it."""
+
+
+class _HeadResponseDone(Exception):
+    """Stops the parser after the head of a response to HEAD, which has no body whatever its headers say."""
+
+
+@dataclass(slots=True)
+class ClientResponse:
+    status: int
+    headers: list[tuple[str, str]]  # names as received
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (case-insensitive), or None."""
+        lname = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lname:
+                return value
+        return None
+
+
+class ResponseSink(Protocol):
+    """Who receives a response from a ``Connection``. Exactly one of ``upstream_end`` and ``upstream_failed`` is
+    called per request, after which the sink is detached."""
+
+    def upstream_head(self, status: int, headers: RawHeaders, has_body: bool) -> None: ...
+    def upstream_body(self, data: bytes) -> None: ...
+    def upstream_flush(self) -> None: ...
+    def upstream_end(self) -> None: ...
+    def upstream_failed(self, exc: ClientError) -> None: ...
+    def upstream_write_paused(self) -> None: ...
+    def upstream_write_resumed(self) -> None: ...
+
+
+class Connection(asyncio.Protocol):
+    """One keep-alive connection to one origin, carrying one request at a time."""
+
+    def __init__(self, pool: ConnectionPool, key: PoolKey) -> None:
+        self.pool = pool
+        self.key = key
+        self.loop = pool.loop
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._sink: ResponseSink | None = None
+        self._headers: RawHeaders = []
+        self._in_head = True
+        self._informational = False
+        self._head_request = False
+        self._chunked = False  # the request body is sent chunked
+        self._request_sent = False
+        self._keep_alive = True
+        self._has_body = False
+        self._head_seen = False
+        self._closed = False
+        self._reading_paused = False
+        self.in_pool = False
+        self.idle_since = 0.0
+        self._timeout = 0.0
+        self._t_last = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_when = 0.0
+
+    @property
+    def usable(self) -> bool:
+        return not self._closed and self.transport is not None and not self.transport.is_closing()
+
+    # -- driving a request ---------------------------------------------------------------------------------------
+
+    def begin(self, sink: ResponseSink, head: bytes, *, head_request: bool, timeout: float, chunked: bool) -> None:
+        """Send a request head; the body follows with ``send_body``/``end_body``. Raises ``StaleConnection``
+        (nothing written) when the connection is already closed."""
+        if self._closed or self.transport is None or self.transport.is_closing():
+            raise StaleConnection
+        self._sink = sink
+        self._head_request = head_request
+        self._chunked = chunked
+        self._request_sent = False
+        self._head_seen = False
+        self._headers = []
+        self._in_head = True
+        self._informational = False
+        self._timeout = timeout
+        now = self._t_last = self.loop.time()
+        if self._timer is None or self._timer_when > now + timeout:
+            self._schedule(now + timeout)
+        self.transport.write(head)
+
+    def send_body(self, data: bytes) -> None:
+        if self._sink is None or self.transport is None or not data or self.transport.is_closing():
+            return
+        if self._chunked:
+            if len(data) < 8192:
+                self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+            else:
+                self.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
+        else:
+            self.transport.write(data)
+
+    def end_body(self) -> None:
+        self._request_sent = True
+        if self._sink is not None and self._chunked and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"0\r\n\r\n")
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None and not self.transport.is_closing():
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused:
+            self._reading_paused = False
+            self._t_last = self.loop.time()  # time spent paused by the consumer is not the peer's delay
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.resume_reading()
+
+    def abort(self) -> None:
+        """Drop the connection and detach the sink without telling it."""
+        self._sink = None
+        self._closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
+    def close(self) -> None:
+        self._sink = None
+        self._closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- asyncio protocol ----------------------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.in_pool:
+            self.pool.forget(self)
+        sink = self._sink
+        if sink is None:
+            return
+        self._sink = None
+        if self._head_seen and self._has_body and framing(self._headers) == BODY_CLOSE:
+            sink.upstream_end()  # a body delimited by the close is complete now
+        elif self._head_seen:
+            sink.upstream_failed(ProtocolError("the connection closed in the middle of the response body"))
+        else:
+            sink.upstream_failed(ProtocolError("the connection closed before a response arrived"))
+
+    def data_received(self, data: bytes) -> None:
+        if self._sink is None:
+            self.close()  # bytes nobody asked for: the connection's framing can no longer be trusted
+            return
+        self._t_last = self.loop.time()
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _HeadResponseDone):
+                self._parser = httptools.HttpResponseParser(self)
+                self._complete()
+            else:
+                cause = exc.__context__
+                logger.error("response handler failed: %s", type(cause).__name__, exc_info=cause)
+                self._fail(ProtocolError(f"response handling failed: {type(cause).__name__}"))
+        except httptools.HttpParserError as exc:
+            self._fail(ProtocolError(f"malformed response ({type(exc).__name__}: {exc})"))
+        else:
+            sink = self._sink
+            if sink is not None:
+                sink.upstream_flush()
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too; connection_lost settles the request
+
+    def pause_writing(self) -> None:
+        if self._sink is not None:
+            self._sink.upstream_write_paused()
+
+    def resume_writing(self) -> None:
+        if self._sink is not None:
+            self._sink.upstream_write_resumed()
+
+    # -- httptools callbacks -------------------------------------------------------------------------------------
+
+    # No on_message_begin: httptools skips callbacks the protocol lacks, and ``begin`` resets the state.
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head:
+            self._headers.append((name, value))
+        # else: trailers, dropped (RFC 9110 6.5.1 lets a recipient discard them)
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self._parser
+        status: int = parser.get_status_code()
+        if status < 200:
+            self._informational = True  # 100/103: the real response follows
+            self._headers = []
+            self._in_head = True
+            return
+        self._head_seen = True
+        # llhttp already answers False for a body delimited by the close (no Content-Length, not chunked).
+        self._keep_alive = parser.should_keep_alive()
+        self._has_body = not (self._head_request or status == 204 or status == 304)
+        sink = self._sink
+        if sink is not None:
+            sink.upstream_head(status, self._headers, self._has_body)
+        if self._head_request:
+            raise _HeadResponseDone
+
+    def on_body(self, body: bytes) -> None:
+        sink = self._sink
+        if sink is not None and not self._informational:
+            sink.upstream_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        self._complete()
+
+    # -- internals ----------------------------------------------------------------------------------------------
+
+    def _complete(self) -> None:
+        sink = self._sink
+        self._sink = None
+        if self._keep_alive and self._request_sent and not self._closed:
+            self.pool.release(self)
+        else:
+            self.close()
+        if sink is not None:
+            sink.upstream_end()
+
+    def _fail(self, exc: ClientError) -> None:
+        sink = self._sink
+        self.abort()
+        if sink is not None:
+            sink.upstream_failed(exc)
+
+    def _schedule(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_when = when
+        self._timer = self.loop.call_at(when, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        now = self.loop.time()
+        if self._sink is not None:
+            deadline = now + self._timeout if self._reading_paused else self._t_last + self._timeout
+            if now >= deadline:
+                self._fail(RequestTimeout(f"no response within {self._timeout:g}s"))
+                return
+        elif self.in_pool:
+            deadline = self.idle_since + self.pool.idle_timeout
+            if now >= deadline:
+                self.close()
+                return
+        else:
+            deadline = now + self.pool.idle_timeout
+        self._schedule(deadline)
+
+
+class ConnectionPool:
+    """Idle keep-alive connections per (scheme, host, port, TLS context); most recently used first."""
+
+    def __init__(self, *, max_idle_per_origin: int = 128, idle_timeout: float = 30.0) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.max_idle = max_idle_per_origin
+        self.idle_timeout = idle_timeout
+        self._idle: dict[PoolKey, list[Connection]] = {}
+        self._closed = False
+
+    def acquire(self, key: PoolKey) -> Connection | None:
+        """An idle open connection for ``key``, or None (then ``connect``)."""
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            conn.in_pool = False
+            if conn.usable:
+                return conn
+        return None
+
+    async def connect(self, key: PoolKey, connect_timeout: float) -> Connection:
+        scheme, host, port, context = key
+        if scheme == "https" and context is None:
+            raise ConnectError("https needs an SSL context")
+        try:
+            async with asyncio.timeout(connect_timeout):
+                _, protocol = await self.loop.create_connection(
+                    lambda: Connection(self, key), host, port, ssl=context,
+                    server_hostname=host if context is not None else None)
+        except TimeoutError as exc:
+            raise ConnectError(f"timed out connecting to {host}:{port} after {connect_timeout:g}s") from exc
+        except (OSError, ssl_module.SSLError, ssl_module.CertificateError) as exc:
+            raise ConnectError(f"could not connect to {host}:{port}: {type(exc).__name__}: {exc}") from exc
+        return protocol
+
+    def release(self, conn: Connection) -> None:
+        if self._closed or conn.transport is None or conn.transport.is_closing():
+            conn.close()
+            return
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) >= self.max_idle:
+            conn.close()
+            return
+        if conn._reading_paused:
+            conn.resume_reading()  # an idle connection must see the peer's FIN to leave the pool at once
+        conn.in_pool = True
+        conn.idle_since = self.loop.time()
+        idle.append(conn)
+
+    def forget(self, conn: Connection) -> None:
+        conn.in_pool = False
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, {}
+        for conns in idle.values():
+            for conn in conns:
+                conn.in_pool = False
+                conn.close()
+
+
+def encode_request_head(method: str, target: str, headers: Iterable[tuple[str, str]]) -> bytes:
+    """A request head; refuses CR/LF in any part so nothing can be smuggled into it."""
+    lines = [f"{method} {target} HTTP/1.1\r\n"]
+    lines.extend(f"{name}: {value}\r\n" for name, value in headers)
+    text = "".join(lines)
+    if text.count("\n") != len(lines) or text.count("\r") != len(lines):
+        raise ValueError("request head contains CR or LF inside a field")
+    return (text + "\r\n").encode("latin-1")
+
+
+class _BufferedSink:
+    """Collects one whole response for ``HttpClient.request``."""
+
+    def __init__(self, future: asyncio.Future[ClientResponse], conn: Connection, max_body: int) -> None:
+        self.future = future
+        self.conn = conn
+        self.max_body = max_body
+        self.status = 0
+        self.headers: list[tuple[str, str]] = []
+        self.body: list[bytes] = []
+        self.size = 0
+
+    def upstream_head(self, status: int, headers: RawHeaders, has_body: bool) -> None:
+        self.status = status
+        self.headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
+
+    def upstream_body(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.max_body:
+            self.conn.abort()
+            if not self.future.done():
+                self.future.set_exception(BodyTooLarge(f"response body larger than {self.max_body} bytes"))
+            return
+        self.body.append(data)
+
+    def upstream_flush(self) -> None:
+        pass
+
+    def upstream_end(self) -> None:
+        if not self.future.done():
+            self.future.set_result(ClientResponse(self.status, self.headers, b"".join(self.body)))
+
+    def upstream_failed(self, exc: ClientError) -> None:
+        if not self.future.done():
+            self.future.set_exception(exc)
+
+    def upstream_write_paused(self) -> None:
+        pass  # the whole body is already in memory; nothing to stop
+
+    def upstream_write_resumed(self) -> None:
+        pass
+
+
+class HttpClient:
+    """Whole-body HTTP/1.1 requests over pooled keep-alive connections (http and https)."""
+
+    def __init__(self, *, max_idle_per_origin: int = 16, idle_timeout: float = 30.0) -> None:
+        self._max_idle = max_idle_per_origin
+        self._idle_timeout = idle_timeout
+        self._pool: ConnectionPool | None = None
+        self._default_ssl: ssl_module.SSLContext | None = None
+
+    async def request(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes = b"", *,
+                      timeout: float,  # noqa: ASYNC109 -- the callers' contract: one bound for the whole call
+                      ssl: ssl_module.SSLContext | None = None, max_body: int = MiB) -> ClientResponse:
+        """Send one request and read the whole response; raises a ``ClientError`` subclass on failure."""
+        if self._pool is None:
+            self._pool = ConnectionPool(max_idle_per_origin=self._max_idle, idle_timeout=self._idle_timeout)
+        pool = self._pool
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https") or not parts.hostname:
+            raise ConnectError(f"unsupported URL scheme or missing host: {scheme}://")
+        default_port = 443 if scheme == "https" else 80
+        try:
+            port = parts.port or default_port
+        except ValueError as exc:
+            raise ConnectError("invalid port in URL") from exc
+        context: ssl_module.SSLContext | None = None
+        if scheme == "https":
+            if ssl is None:
+                if self._default_ssl is None:
+                    self._default_ssl = ssl_module.create_default_context()
+                ssl = self._default_ssl
+            context = ssl
+        key: PoolKey = (scheme, parts.hostname, port, context)
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        authority = host if port == default_port else f"{host}:{port}"
+        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        fields = [("Host", authority), *headers]
+        if body or method in ("POST", "PUT", "PATCH"):
+            fields.append(("Content-Length", str(len(body))))
+        head = encode_request_head(method, target, fields)
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._exchange(pool, key, head, body, method == "HEAD", timeout, max_body)
+        except TimeoutError as exc:
+            raise RequestTimeout(f"{scheme}://{authority} did not answer within {timeout:g}s") from exc
+
+    async def _exchange(self, pool: ConnectionPool, key: PoolKey, head: bytes, body: bytes, head_request: bool,
+                        read_timeout: float, max_body: int) -> ClientResponse:
+        loop = asyncio.get_running_loop()
+        for _ in range(2):  # a second try only when the pooled connection was found closed before sending
+            conn = pool.acquire(key) or await pool.connect(key, read_timeout)
+            future: asyncio.Future[ClientResponse] = loop.create_future()
+            sink = _BufferedSink(future, conn, max_body)
+            try:
+                conn.begin(sink, head, head_request=head_request, timeout=read_timeout, chunked=False)
+            except StaleConnection:
+                continue
+            conn.send_body(body)
+            conn.end_body()
+            try:
+                return await future
+            except BaseException:
+                if not future.done():
+                    conn.abort()  # cancelled or timed out with the request in flight: the connection is unusable
+                raise
+        raise ProtocolError("no usable connection")
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
+            self._pool = None
+
+
+__all__ = ["BODY_CHUNKED", "BODY_CLOSE", "BODY_LENGTH", "BODY_NONE", "BodyTooLarge", "ClientError",
+           "ClientResponse", "ConnectError", "Connection", "ConnectionPool", "HttpClient", "PoolKey",
+           "ProtocolError", "RequestTimeout", "ResponseSink", "StaleConnection", "encode_request_head"]
