@@ -31,7 +31,8 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture
 def shared_config(plugin_config: dict[str, Any], redis_server: RedisServer) -> Callable[..., str]:
     def make(admin_port: int | None = None) -> str:
-        section: dict[str, Any] = {"cache": {"redis_url": redis_server.url, "encryption_key": "e" * 44}}
+        cache = {"redis_url": redis_server.url, "encryption_key": "e" * 44, "redis_timeout_seconds": 1.0}
+        section: dict[str, Any] = {"cache": cache}
         if admin_port is not None:
             section |= {"admin_listen": f"127.0.0.1:{admin_port}", "admin_token": ADMIN_TOKEN}
         return dump({**plugin_config, "phantom_token": section})

@@ -15,6 +15,7 @@ import pytest
 from redis.asyncio import Redis
 
 from phantom_token.cache.purge import Purger, namespaces
+from phantom_token.cache.redis import SharedStoreUnavailable, resolved
 from phantom_token.cache.stack import CacheStack, build_cache
 from phantom_token.config.settings import CacheSettings, PluginConfig, Route, Settings, Upstream
 from phantom_token.core.engine import Engine, cache_key
@@ -49,7 +50,9 @@ async def cluster(redis_server: RedisServer) -> AsyncIterator[Cluster]:
     started: list[Replica] = []
 
     async def start(count: int, introspector: FakeIntrospector, **cache: object) -> list[Replica]:
-        settings = Settings(ROUTES, cache=replace(CacheSettings(redis_url=redis_server.url), **cache))  # type: ignore[arg-type]
+        # a generous command timeout: on a loaded CI machine 0.25 s can pass, and that is a fault test's business
+        base = CacheSettings(redis_url=redis_server.url, redis_timeout_seconds=2.0)
+        settings = Settings(ROUTES, cache=replace(base, **cache))  # type: ignore[arg-type]
         replicas = []
         for _ in range(count):
             stack = build_cache(settings)
@@ -94,7 +97,7 @@ async def test_64_concurrent_requests_over_2_replicas_make_one_call(cluster: Clu
     introspector.gate = asyncio.Event()
     replicas = await cluster(2, introspector)
     requests = [asyncio.ensure_future(replicas[i % 2].ask("tok")) for i in range(64)]
-    await eventually(lambda: len(introspector.calls) == 1)
+    await eventually(lambda: len(introspector.calls) >= 1, within=5)
     await asyncio.sleep(0.2)  # a slow authorization server: give a second call every chance to happen
     introspector.gate.set()
     verdicts = await asyncio.wait_for(asyncio.gather(*requests), 5)
@@ -204,29 +207,29 @@ async def test_killing_redis_mid_test_loses_no_request_and_its_return_is_picked_
     assert all(isinstance(v, Allow) for v in verdicts)
     outages = [r for r in caplog.records if r.getMessage().startswith("redis unavailable")]
     assert 1 <= len(outages) <= 2  # once per replica, not once per request
-    link = first.stack.link
-    assert link is not None
-    await eventually(lambda: bool(first.stack.link and first.stack.link.subscribed
-                                  and second.stack.link and second.stack.link.subscribed), within=10)
+    for replica in (first, second):
+        await until_reachable(replica)
     introspector.activate("fresh", claims())
-    await eventually_allowed(first, "fresh")
+    assert isinstance(await first.ask("fresh"), Allow)
     calls = len(introspector.calls)
     assert isinstance(await second.ask("fresh"), Allow)
     assert len(introspector.calls) == calls  # the second replica found it in the restarted Redis
 
 
-async def eventually_allowed(replica: Replica, token: str) -> None:
-    """The first request after an outage may still be in backoff; a later one must use Redis again."""
+async def until_reachable(replica: Replica) -> None:
+    """Wait until the replica uses Redis again (its backoff is over, a probe succeeded, it is subscribed)."""
+    link = replica.stack.link
+    assert link is not None
     deadline = time.monotonic() + 10
     while True:
-        verdict = await replica.ask(token)
-        assert isinstance(verdict, Allow)
-        link = replica.stack.link
-        assert link is not None
-        if not link._failing:
-            return
-        assert time.monotonic() < deadline
-        replica.stack.memory.clear()
+        try:
+            await link.call(lambda r: resolved(r.ping()))
+        except SharedStoreUnavailable:
+            pass
+        else:
+            if link.subscribed:
+                return
+        assert time.monotonic() < deadline, "redis not used again within 10 s"
         await asyncio.sleep(0.05)
 
 

@@ -154,7 +154,7 @@ class RedisLink:
                 await self._slots.acquire()
         except TimeoutError:
             raise SharedStoreUnavailable("busy") from None
-        self._probing = self._failing
+        probe = self._probing = self._failing
         try:
             async with asyncio.timeout_at(deadline):
                 result = await operation(self._client)
@@ -162,9 +162,10 @@ class RedisLink:
             self._failed(exc)
             raise SharedStoreUnavailable(type(exc).__name__) from exc
         finally:
-            self._probing = False
+            if probe:
+                self._probing = False
             self._slots.release()
-        self._succeeded()
+        self._succeeded(probe)
         return result
 
     async def publish(self, kind: bytes, payload: bytes) -> int:
@@ -180,10 +181,13 @@ class RedisLink:
             log.warning("redis unavailable (%s: %s): serving from memory and introspection until it is back",
                         type(exc).__name__, str(exc) or "no answer in time")
 
-    def _succeeded(self) -> None:
-        self._backoff = MIN_BACKOFF
-        if self._failing:
+    def _succeeded(self, probe: bool) -> None:
+        """Only a probe ends an outage: a command sent before the failure may still complete after it."""
+        if not self._failing:
+            self._backoff = MIN_BACKOFF
+        elif probe:
             self._failing = False
+            self._backoff = MIN_BACKOFF
             log.warning("redis reachable again: shared cache in use")
 
     async def _listen(self) -> None:
