@@ -23,6 +23,7 @@ import http.client
 import json
 import os
 import queue
+import random
 import signal
 import socket
 import subprocess
@@ -53,6 +54,23 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_run(count: int) -> int:
+    """The first of ``count`` consecutive free ports, below Linux's ephemeral range (32768+), so outgoing
+    connections, which take ports from that range, cannot grab one between this check and the bind."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 32000 - count)
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + count):
+                    sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError(f"no run of {count} free ports found")
 
 
 # --- HTTP client (stdlib only) ------------------------------------------------------------------------------
