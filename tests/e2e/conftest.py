@@ -50,10 +50,8 @@ UNAUTHORIZED_BODY = {"code": "unauthorized", "message": "Missing, invalid or exp
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that was free a moment ago (see ``free_port_run``)."""
+    return free_port_run(1)
 
 
 def free_port_run(count: int) -> int:
