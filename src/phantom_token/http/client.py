@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import select
 import ssl as ssl_module
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -148,6 +149,18 @@ class Connection(asyncio.Protocol):
     @property
     def usable(self) -> bool:
         return not self._closed and self.transport is not None and not self.transport.is_closing()
+
+    def looks_closed(self) -> bool:
+        """A poll of the socket: readable while idle means the peer closed (or sent garbage) even if the loop has
+        not delivered that yet. One syscall, so only the whole-body client uses it, not the proxy's hot path."""
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        if sock is None:
+            return not self.usable
+        try:
+            readable, _, _ = select.select([sock.fileno()], [], [], 0)
+        except (OSError, ValueError):
+            return True
+        return bool(readable) or not self.usable
 
     # -- driving a request ---------------------------------------------------------------------------------------
 
@@ -517,13 +530,22 @@ class HttpClient:
     async def _exchange(self, pool: ConnectionPool, key: PoolKey, head: bytes, body: bytes, head_request: bool,
                         read_timeout: float, max_body: int) -> ClientResponse:
         loop = asyncio.get_running_loop()
-        for _ in range(2):  # a second try only when the pooled connection was found closed before sending
-            conn = pool.acquire(key) or await pool.connect(key, read_timeout)
+        retried = False
+        while True:
+            conn = pool.acquire(key)
+            if conn is not None and conn.looks_closed():
+                conn.close()  # nothing sent on it: take another (bounded by the pool's size)
+                continue
+            if conn is None:
+                conn = await pool.connect(key, read_timeout)
             future: asyncio.Future[ClientResponse] = loop.create_future()
             sink = _BufferedSink(future, conn, max_body)
             try:
                 conn.begin(sink, head, head_request=head_request, timeout=read_timeout, chunked=False)
-            except StaleConnection:
+            except StaleConnection as exc:
+                if retried:
+                    raise ProtocolError("the connection closed before the request could be sent") from exc
+                retried = True  # nothing was written: one more try is safe even for POST
                 continue
             conn.send_body(body)
             conn.end_body()
@@ -533,7 +555,6 @@ class HttpClient:
                 if not future.done():
                     conn.abort()  # cancelled or timed out with the request in flight: the connection is unusable
                 raise
-        raise ProtocolError("no usable connection")
 
     async def aclose(self) -> None:
         if self._pool is not None:

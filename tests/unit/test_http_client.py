@@ -1,0 +1,175 @@
+"""The pooled HTTP/1.1 client on real sockets: reuse, stale connections, framings, and each error type."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from phantom_token.http.client import (
+    BodyTooLarge,
+    ConnectError,
+    HttpClient,
+    ProtocolError,
+    RequestTimeout,
+)
+from phantom_token.http.messages import Request, Response
+from phantom_token.http.server import HttpServer, ServerLimits, serve_app
+from tests.unit.test_http_server import TIMEOUT
+
+RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[HttpClient]:
+    http = HttpClient()
+    yield http
+    await http.aclose()
+
+
+async def raw_server(handler: RawHandler) -> tuple[asyncio.Server, int]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    return server, int(server.sockets[0].getsockname()[1])
+
+
+async def test_request_reuses_the_pooled_connection(client: HttpClient) -> None:
+    peers: list[tuple[str, int] | None] = []
+
+    async def app(request: Request) -> Response:
+        peers.append(request.client)
+        return Response(200, [("X-Case", "Kept")], request.body[::-1])
+
+    srv = await serve_app(app, "127.0.0.1", 0)
+    try:
+        url = f"http://127.0.0.1:{srv.port}/p?q=1"
+        first = await client.request("POST", url, [("Content-Type", "text/plain")], b"abc", timeout=TIMEOUT)
+        second = await client.request("GET", url, [], timeout=TIMEOUT)
+    finally:
+        srv.close()
+        await srv.wait_closed()
+    assert (first.status, first.body, first.header("x-case")) == (200, b"cba", "Kept")
+    assert ("X-Case", "Kept") in first.headers  # names as received
+    assert second.status == 200
+    assert peers[0] == peers[1]
+
+
+async def test_connection_closed_by_the_server_is_not_reused(client: HttpClient) -> None:
+    peers: list[tuple[str, int] | None] = []
+
+    async def app(request: Request) -> Response:
+        peers.append(request.client)
+        return Response(200)
+
+    srv = await serve_app(app, "127.0.0.1", 0, limits=ServerLimits(keepalive_timeout=0.05))
+    try:
+        url = f"http://127.0.0.1:{srv.port}/"
+        await client.request("GET", url, [], timeout=TIMEOUT)
+        async with asyncio.timeout(TIMEOUT):
+            await srv.state.all_closed.wait()  # the server dropped the idle connection
+        response = await client.request("GET", url, [], timeout=TIMEOUT)
+    finally:
+        srv.close()
+        await srv.wait_closed()
+    assert response.status == 200
+    assert peers[0] != peers[1]
+
+
+async def test_connect_error(client: HttpClient) -> None:
+    srv, port = await raw_server(lambda r, w: asyncio.sleep(0))
+    srv.close()
+    await srv.wait_closed()
+    with pytest.raises(ConnectError):
+        await client.request("GET", f"http://127.0.0.1:{port}/", [], timeout=TIMEOUT)
+
+
+async def test_request_timeout(client: HttpClient) -> None:
+    never = asyncio.Event()
+
+    async def app(request: Request) -> Response:
+        await never.wait()
+        return Response(200)
+
+    srv = await serve_app(app, "127.0.0.1", 0)
+    try:
+        with pytest.raises(RequestTimeout):
+            await client.request("GET", f"http://127.0.0.1:{srv.port}/", [], timeout=0.2)
+    finally:
+        never.set()
+        srv.close()
+        await srv.wait_closed()
+
+
+async def test_body_too_large(client: HttpClient) -> None:
+    async def app(request: Request) -> Response:
+        return Response(200, [], b"x" * 5000)
+
+    srv = await serve_app(app, "127.0.0.1", 0)
+    try:
+        with pytest.raises(BodyTooLarge):
+            await client.request("GET", f"http://127.0.0.1:{srv.port}/", [], timeout=TIMEOUT, max_body=1000)
+        ok = await client.request("GET", f"http://127.0.0.1:{srv.port}/", [], timeout=TIMEOUT, max_body=5000)
+    finally:
+        srv.close()
+        await srv.wait_closed()
+    assert len(ok.body) == 5000
+
+
+@pytest.mark.parametrize("reply", [b"not http at all\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort"])
+async def test_protocol_error(client: HttpClient, reply: bytes) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(reply)
+        await writer.drain()
+        writer.close()
+
+    srv, port = await raw_server(handler)
+    try:
+        with pytest.raises(ProtocolError):
+            await client.request("GET", f"http://127.0.0.1:{port}/", [], timeout=TIMEOUT)
+    finally:
+        srv.close()
+
+
+@pytest.mark.parametrize(("method", "reply", "body"), [
+    ("GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n", b"abcde"),
+    ("GET", b"HTTP/1.1 200 OK\r\n\r\nuntil-close", b"until-close"),
+    ("GET", b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok", b"ok"),
+    ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", b""),
+])
+async def test_response_framings(client: HttpClient, method: str, reply: bytes, body: bytes) -> None:
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(reply)
+        await writer.drain()
+        if b"Content-Length" not in reply and b"chunked" not in reply:
+            writer.close()
+
+    srv, port = await raw_server(handler)
+    try:
+        response = await client.request(method, f"http://127.0.0.1:{port}/", [], timeout=TIMEOUT)
+    finally:
+        srv.close()
+    assert response.body == body
+    assert response.status in (200, 201)
+
+
+async def test_header_injection_is_refused(client: HttpClient) -> None:
+    with pytest.raises(ValueError, match="CR or LF"):
+        await client.request("GET", "http://127.0.0.1:9/", [("X", "a\r\nEvil: 1")], timeout=TIMEOUT)
+
+
+async def test_server_is_usable_after_pool_close() -> None:
+    async def app(request: Request) -> Response:
+        return Response(204)
+
+    srv: HttpServer = await serve_app(app, "127.0.0.1", 0)
+    http = HttpClient()
+    try:
+        assert (await http.request("GET", f"http://127.0.0.1:{srv.port}/", [], timeout=TIMEOUT)).status == 204
+        await http.aclose()
+        assert (await http.request("GET", f"http://127.0.0.1:{srv.port}/", [], timeout=TIMEOUT)).status == 204
+    finally:
+        await http.aclose()
+        srv.close()
+        await srv.wait_closed()

@@ -1,0 +1,522 @@
+"""The reverse proxy on real sockets, with a fake authorizer and a raw recording upstream (contract section 9)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httptools
+import pytest
+
+from phantom_token.config.settings import Route, Settings, Upstream
+from phantom_token.core.request import RequestInfo
+from phantom_token.core.routes import upstream_path
+from phantom_token.core.verdict import Allow, Verdict, unauthorized
+from phantom_token.frontends.proxy import start_proxy
+from phantom_token.http.server import HttpServer
+from tests.unit.test_http_server import (
+    TIMEOUT,
+    ResponseReader,
+    open_conn,
+    read_to_eof,
+    split_head,
+)
+
+JWT = "Bearer eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ0In0.c2ln"
+MiB = 1024 * 1024
+
+
+@dataclass
+class Seen:
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytearray = field(default_factory=bytearray)
+    size: int = 0
+
+    def all(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+
+Reply = Callable[[Seen, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def default_reply(seen: Seen, writer: asyncio.StreamWriter) -> None:
+    body = b"upstream says hi"
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+class RecordingUpstream:
+    """Parses what the proxy sends (so framing is checked too) and records it; bodies kept only when small."""
+
+    def __init__(self, reply: Reply = default_reply, keep_body: bool = True) -> None:
+        self.reply = reply
+        self.keep_body = keep_body
+        self.requests: list[Seen] = []
+        self.connections = 0
+        self.arrived = asyncio.Event()
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = int(self.server.sockets[0].getsockname()[1])
+        return self.port
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        done: list[Seen] = []
+        current: list[Seen] = []
+        url = bytearray()
+        headers: list[tuple[str, str]] = []
+        upstream = self
+
+        class Callbacks:
+            def on_url(self, part: bytes) -> None:
+                url.extend(part)
+
+            def on_header(self, name: bytes, value: bytes) -> None:
+                headers.append((name.decode("latin-1"), value.decode("latin-1")))
+
+            def on_headers_complete(self) -> None:
+                seen = Seen(parser.get_method().decode(), url.decode("latin-1"), list(headers))
+                url.clear()
+                headers.clear()
+                current.append(seen)
+                upstream.requests.append(seen)
+                upstream.arrived.set()
+
+            def on_body(self, body: bytes) -> None:
+                current[-1].size += len(body)
+                if upstream.keep_body:
+                    current[-1].body.extend(body)
+
+            def on_message_complete(self) -> None:
+                done.append(current.pop())
+
+        parser = httptools.HttpRequestParser(Callbacks())
+        try:
+            while data := await reader.read(65536):
+                parser.feed_data(data)
+                while done:
+                    await self.reply(done.pop(0), writer)
+                    await writer.drain()
+        except (ConnectionError, httptools.HttpParserError):
+            pass
+        finally:
+            writer.close()
+
+
+class FakeAuthorizer:
+    """Allows with a JWT, except paths under /deny; ``slow`` makes every request take the async path."""
+
+    def __init__(self, route: Route, *, slow: bool = False) -> None:
+        self.route = route
+        self.slow = slow
+        self.seen: list[RequestInfo] = []
+
+    def _verdict(self, request: RequestInfo) -> Verdict:
+        if request.path.startswith("/deny"):
+            return unauthorized(token_sent=True)
+        return Allow(self.route, JWT, 60.0)
+
+    def try_authorize(self, request: RequestInfo) -> Verdict | None:
+        self.seen.append(request)
+        return None if self.slow else self._verdict(request)
+
+    async def authorize(self, request: RequestInfo) -> Verdict:
+        await asyncio.sleep(0)
+        return self._verdict(request)
+
+
+class Harness:
+    def __init__(self, proxy: HttpServer, upstream: RecordingUpstream, authorizer: FakeAuthorizer,
+                 observed: list[tuple[int, float]]) -> None:
+        self.proxy = proxy
+        self.upstream = upstream
+        self.authorizer = authorizer
+        self.observed = observed
+
+    @property
+    def port(self) -> int:
+        return self.proxy.port
+
+
+async def make(upstream: RecordingUpstream | None = None, *, upstream_port: int | None = None, slow: bool = False,
+               upstream_timeout: float = 60.0, preserve_host: bool = False, base: str = "/base") -> Harness:
+    upstream = upstream or RecordingUpstream()
+    port = upstream_port if upstream_port is not None else await upstream.start()
+    route = Route("r", "s", Upstream("http", "127.0.0.1", port, base), paths=("/api",), preserve_host=preserve_host)
+    authorizer = FakeAuthorizer(route, slow=slow)
+    observed: list[tuple[int, float]] = []
+    settings = Settings(routes=(route,), upstream_timeout_seconds=upstream_timeout,
+                        upstream_connect_timeout_seconds=2.0)
+    proxy = await start_proxy(authorizer, settings, "127.0.0.1", 0, observe=lambda s, t: observed.append((s, t)))
+    return Harness(proxy, upstream, authorizer, observed)
+
+
+@pytest.fixture
+async def harness() -> AsyncIterator[Harness]:
+    h = await make()
+    yield h
+    await shutdown(h)
+
+
+async def shutdown(h: Harness) -> None:
+    h.proxy.close()
+    await h.proxy.wait_closed()
+    h.upstream.close()
+
+
+async def request(port: int, raw: bytes) -> tuple[asyncio.StreamWriter, ResponseReader]:
+    reader, writer = await open_conn(port)
+    writer.write(raw)
+    return writer, ResponseReader(reader)
+
+
+async def test_allow_forwards_with_rewritten_path_query_and_jwt(harness: Harness) -> None:
+    writer, responses = await request(harness.port, b"GET /api/items/7?x=1&y=%20 HTTP/1.1\r\nHost: gw.example:8080\r\n"
+                                                    b"Authorization: Bearer opaque-abc\r\nX-Custom: kept\r\n\r\n")
+    response = await responses.next()
+    writer.close()
+    assert (response.status, response.body) == (200, b"upstream says hi")
+    seen = harness.upstream.requests[0]
+    assert (seen.method, seen.target) == ("GET", "/base/items/7?x=1&y=%20")
+    assert seen.all("authorization") == [JWT]
+    assert seen.all("x-custom") == ["kept"]
+    info = harness.authorizer.seen[0]
+    assert (info.method, info.host, info.path) == ("GET", "gw.example", "/api/items/7")
+    assert info.headers["authorization"] == ["Bearer opaque-abc"]
+    assert harness.observed[0][0] == 200
+
+
+async def test_authorization_is_replaced_exactly_once(harness: Harness) -> None:
+    writer, responses = await request(harness.port, b"GET /api/ HTTP/1.1\r\nHost: h\r\nAuthorization: Bearer one\r\n"
+                                                    b"X-A: 1\r\nauthorization: Basic two\r\n\r\n")
+    await responses.next()
+    writer.close()
+    assert harness.upstream.requests[0].all("authorization") == [JWT]
+
+
+async def test_deny_sends_nothing_upstream_and_drains_the_body(harness: Harness) -> None:
+    writer, responses = await request(harness.port, b"POST /deny HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello"
+                                                    b"GET /deny/2 HTTP/1.1\r\nHost: h\r\n\r\n")
+    first = await responses.next()
+    second = await responses.next()  # same connection: the body was drained, keep-alive kept
+    writer.close()
+    for response in (first, second):
+        assert response.status == 401
+        assert response.json() == {"code": "unauthorized", "message": "Missing, invalid or expired access token"}
+        assert response.header("WWW-Authenticate") == 'Bearer error="invalid_token"'
+        assert response.header("Content-Type") == "application/json"
+    assert harness.upstream.requests == []
+    assert harness.upstream.connections == 0
+
+
+async def test_deny_with_a_large_body_closes(harness: Harness) -> None:
+    reader, writer = await open_conn(harness.port)
+    writer.write(b"POST /deny HTTP/1.1\r\nHost: h\r\nContent-Length: 100000000\r\n\r\n" + b"x" * 1000)
+    head, body = split_head(await read_to_eof(reader))
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 401 ")
+    assert b"Connection: close" in head
+    assert json.loads(body)["code"] == "unauthorized"
+    assert harness.upstream.connections == 0
+
+
+async def test_head_on_a_deny_has_no_body(harness: Harness) -> None:
+    reader, writer = await open_conn(harness.port)
+    writer.write(b"HEAD /deny HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+    head, body = split_head(await read_to_eof(reader))
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 401 ")
+    assert b"WWW-Authenticate: Bearer" in head
+    assert body == b""
+
+
+async def test_head_allowed_passes_headers_without_body() -> None:
+    async def reply(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nX-Up: 1\r\n\r\n")
+
+    h = await make(RecordingUpstream(reply))
+    try:
+        reader, writer = await open_conn(h.port)
+        writer.write(b"HEAD /api/x HTTP/1.1\r\nHost: h\r\n\r\n"
+                     b"HEAD /api/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n")
+        raw = await read_to_eof(reader)
+        writer.close()
+        assert raw.count(b"HTTP/1.1 200 OK\r\n") == 2
+        assert raw.endswith(b"\r\n\r\n")
+        assert b"Content-Length: 1234" in raw
+    finally:
+        await shutdown(h)
+
+
+async def test_hop_by_hop_headers_are_removed_both_ways() -> None:
+    async def reply(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Up-Hop\r\nKeep-Alive: timeout=5\r\nX-Up-Hop: 1\r\n"
+                     b"Proxy-Connection: x\r\nX-Up-End: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+
+    h = await make(RecordingUpstream(reply))
+    try:
+        writer, responses = await request(h.port, b"GET /api/x HTTP/1.1\r\nHost: h\r\n"
+                                                  b"Connection: keep-alive, X-Hop-Named\r\nX-Hop-Named: secret\r\n"
+                                                  b"Keep-Alive: 300\r\nTE: trailers\r\nUpgrade: websocket\r\n"
+                                                  b"Proxy-Connection: keep-alive\r\nX-End: e\r\n\r\n")
+        response = await responses.next()
+        writer.close()
+    finally:
+        await shutdown(h)
+    names = {k.lower() for k, _ in h.upstream.requests[0].headers}
+    assert names.isdisjoint({"connection", "x-hop-named", "keep-alive", "te", "upgrade", "proxy-connection"})
+    assert "x-end" in names
+    got = {k.lower() for k, _ in response.headers}
+    assert got.isdisjoint({"connection", "keep-alive", "x-up-hop", "proxy-connection"})
+    assert response.header("X-Up-End") == "2"
+    assert response.body == b"ok"
+
+
+async def test_x_forwarded_headers_and_host() -> None:
+    h = await make()
+    try:
+        writer, responses = await request(h.port, b"GET /api/x HTTP/1.1\r\nHost: gw.example:8443\r\n"
+                                                  b"X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\n"
+                                                  b"X-Forwarded-Host: evil.example\r\n\r\n")
+        await responses.next()
+        writer.close()
+    finally:
+        await shutdown(h)
+    seen = h.upstream.requests[0]
+    assert seen.all("x-forwarded-for") == ["10.0.0.1, 127.0.0.1"]
+    assert seen.all("x-forwarded-proto") == ["http"]
+    assert seen.all("x-forwarded-host") == ["gw.example:8443"]
+    assert seen.all("host") == [f"127.0.0.1:{h.upstream.port}"]
+
+
+async def test_preserve_host() -> None:
+    h = await make(preserve_host=True)
+    try:
+        writer, responses = await request(h.port, b"GET /api HTTP/1.1\r\nHost: gw.example\r\n\r\n")
+        await responses.next()
+        writer.close()
+    finally:
+        await shutdown(h)
+    assert h.upstream.requests[0].all("host") == ["gw.example"]
+    assert h.upstream.requests[0].target == "/base"
+
+
+async def test_upstream_down_is_502_bad_gateway() -> None:
+    probe = RecordingUpstream()
+    port = await probe.start()
+    probe.close()
+    assert probe.server is not None
+    await probe.server.wait_closed()
+    h = await make(upstream_port=port)
+    try:
+        writer, responses = await request(h.port, b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n")
+        response = await responses.next()
+        writer.close()
+    finally:
+        await shutdown(h)
+    assert response.status == 502
+    assert response.json() == {"code": "bad_gateway", "message": "The upstream API could not be reached"}
+
+
+async def test_upstream_reset_before_response_is_502() -> None:
+    async def reply(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        writer.transport.abort()
+
+    h = await make(RecordingUpstream(reply))
+    try:
+        writer, responses = await request(h.port, b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n")
+        response = await responses.next()
+        writer.close()
+    finally:
+        await shutdown(h)
+    assert response.status == 502
+
+
+async def test_upstream_slow_is_504_gateway_timeout() -> None:
+    never = asyncio.Event()
+
+    async def reply(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        await never.wait()
+
+    h = await make(RecordingUpstream(reply), upstream_timeout=0.2)
+    try:
+        writer, responses = await request(h.port, b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n")
+        response = await responses.next()
+        writer.close()
+    finally:
+        never.set()
+        await shutdown(h)
+    assert response.status == 504
+    assert response.json() == {"code": "gateway_timeout", "message": "The upstream API did not answer in time"}
+    assert h.observed[0][0] == 504
+
+
+async def test_chunked_request_streams_up_and_chunked_response_streams_back() -> None:
+    async def reply(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for part in (b"first-", b"second-", bytes(seen.body)):
+            writer.write(b"%x\r\n%s\r\n" % (len(part), part))
+            await writer.drain()
+        writer.write(b"0\r\n\r\n")
+
+    h = await make(RecordingUpstream(reply), slow=True)  # slow: the body arrives while the verdict is pending
+    try:
+        reader, writer = await open_conn(h.port)
+        writer.write(b"POST /api/up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n")
+        async with asyncio.timeout(TIMEOUT):
+            await h.upstream.arrived.wait()  # the head went upstream before the body finished
+        writer.write(b"3\r\nefg\r\n0\r\n\r\n")
+        response = await ResponseReader(reader).next()
+        writer.close()
+    finally:
+        await shutdown(h)
+    seen = h.upstream.requests[0]
+    assert seen.all("transfer-encoding") == ["chunked"]
+    assert bytes(seen.body) == b"abcdefg"
+    assert response.header("Transfer-Encoding") == "chunked"
+    assert response.body == b"first-second-abcdefg"
+
+
+async def test_expect_100_continue_is_answered_after_the_verdict(harness: Harness) -> None:
+    reader, writer = await open_conn(harness.port)
+    writer.write(b"POST /api/e HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n")
+    async with asyncio.timeout(TIMEOUT):
+        assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+    writer.write(b"abc")
+    response = await ResponseReader(reader).next()
+    writer.close()
+    assert response.status == 200
+    assert bytes(harness.upstream.requests[0].body) == b"abc"
+    assert harness.upstream.requests[0].all("expect") == []
+
+
+async def test_large_upload_streams_without_buffering() -> None:
+    async def reply(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%d" % (len(str(seen.size)), seen.size))
+
+    h = await make(RecordingUpstream(reply, keep_body=False))
+    size = 50 * MiB
+    chunk = b"u" * (256 * 1024)
+    tracemalloc.start()
+    try:
+        reader, writer = await open_conn(h.port)
+        writer.write(b"PUT /api/blob HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % size)
+        async with asyncio.timeout(60):
+            for _ in range(size // len(chunk)):
+                writer.write(chunk)
+                await writer.drain()
+        response = await ResponseReader(reader).next(60)
+        writer.close()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        await shutdown(h)
+    assert (response.status, response.body) == (200, str(size).encode())
+    assert h.upstream.requests[0].size == size
+    assert peak < 8 * MiB, f"peak traced memory {peak} bytes for a {size}-byte body"
+
+
+async def test_large_download_streams_without_buffering() -> None:
+    size = 50 * MiB
+    chunk = b"d" * (256 * 1024)
+
+    async def reply(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+        for _ in range(size // len(chunk)):
+            writer.write(chunk)
+            await writer.drain()
+
+    h = await make(RecordingUpstream(reply))
+    tracemalloc.start()
+    try:
+        reader, writer = await open_conn(h.port)
+        writer.write(b"GET /api/blob HTTP/1.1\r\nHost: h\r\n\r\n")
+        responses = ResponseReader(reader)
+        responses.keep_body = False
+        response = await responses.next(60)
+        writer.close()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        await shutdown(h)
+    assert response.status == 200
+    assert responses.body_size == size
+    assert peak < 8 * MiB, f"peak traced memory {peak} bytes for a {size}-byte body"
+
+
+async def test_keep_alive_reuses_client_and_upstream_connections(harness: Harness) -> None:
+    reader, writer = await open_conn(harness.port)
+    responses = ResponseReader(reader)
+    for i in range(5):
+        writer.write(b"GET /api/%d HTTP/1.1\r\nHost: h\r\n\r\n" % i)
+        assert (await responses.next()).status == 200
+    writer.close()
+    assert harness.upstream.connections == 1
+    assert [s.target for s in harness.upstream.requests] == [f"/base/{i}" for i in range(5)]
+
+
+async def test_pipelined_requests_answer_in_order(harness: Harness) -> None:
+    reader, writer = await open_conn(harness.port)
+    writer.write(b"GET /api/1 HTTP/1.1\r\nHost: h\r\n\r\nGET /deny HTTP/1.1\r\nHost: h\r\n\r\n"
+                 b"GET /api/3 HTTP/1.1\r\nHost: h\r\n\r\n")
+    responses = ResponseReader(reader)
+    statuses = [(await responses.next()).status for _ in range(3)]
+    writer.close()
+    assert statuses == [200, 401, 200]
+
+
+async def test_garbage_gets_400_and_proxy_keeps_serving(harness: Harness) -> None:
+    reader, writer = await open_conn(harness.port)
+    writer.write(b"\x00\x01\x02 not http\r\n\r\n")
+    head, body = split_head(await read_to_eof(reader))
+    writer.close()
+    assert head.startswith(b"HTTP/1.1 400 ")
+    assert json.loads(body) == {"code": "invalid_request", "message": "Malformed HTTP request"}
+    writer, responses = await request(harness.port, b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert (await responses.next()).status == 200
+    writer.close()
+    assert harness.upstream.connections == 1
+
+
+async def test_graceful_close_finishes_an_in_flight_request() -> None:
+    release = asyncio.Event()
+
+    async def reply(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        await release.wait()
+        await default_reply(seen, writer)
+
+    h = await make(RecordingUpstream(reply))
+    writer, responses = await request(h.port, b"GET /api/slow HTTP/1.1\r\nHost: h\r\n\r\n")
+    async with asyncio.timeout(TIMEOUT):
+        await h.upstream.arrived.wait()
+    h.proxy.close()
+    closing = asyncio.ensure_future(h.proxy.wait_closed())
+    release.set()
+    response = await responses.next()
+    async with asyncio.timeout(TIMEOUT):
+        await closing
+    writer.close()
+    h.upstream.close()
+    assert (response.status, response.header("Connection")) == (200, "close")
+
+
+@pytest.mark.parametrize(("strip", "paths", "base", "path"), [
+    (True, ("/api",), "/base", "/api/x"), (True, ("/api",), "/base", "/api"), (True, ("/api",), "/", "/api/x/"),
+    (True, ("/api", "/api/v2"), "/b/", "/api/v2/y"), (False, ("/api",), "/base", "/api/x"),
+])
+def test_upstream_path_is_kong_strip_path(strip: bool, paths: tuple[str, ...], base: str, path: str) -> None:
+    route = Route("r", "s", Upstream("http", "h", 80, base), paths=paths, strip_path=strip)
+    expected = {("/api/x", "/base", True): "/base/x", ("/api", "/base", True): "/base", ("/api/x/", "/", True): "/x/",
+                ("/api/v2/y", "/b/", True): "/b/y", ("/api/x", "/base", False): "/base/api/x"}
+    assert upstream_path(route, path) == expected[(path, base, strip)]
