@@ -132,7 +132,7 @@ def main() -> None:
             plain = wrk(px, args.duration, args.connections)
             phantom = wrk(ours, args.duration, args.connections)
         finally:
-            for process in processes:
+            for process in reversed(processes):  # the proxies first, so they never see their upstream vanish
                 process.send_signal(signal.SIGTERM)
             for process in processes:
                 process.wait(10)
