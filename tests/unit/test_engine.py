@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from phantom_token.core.routes import Router
 
 from phantom_token.cache.memory import MemoryCache
 from phantom_token.config.settings import PluginConfig, Route, Upstream
@@ -13,6 +12,7 @@ from phantom_token.core.bearer import fingerprint
 from phantom_token.core.engine import Engine, cache_key
 from phantom_token.core.errors import IntrospectionUnavailable
 from phantom_token.core.request import RequestInfo
+from phantom_token.core.routes import Router
 from phantom_token.core.verdict import Allow, Deny
 
 from .fakes import FakeClock, FakeIntrospector
