@@ -121,6 +121,19 @@ def issue_token(as_port: int) -> str:
     return token
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def decisions(admin_port: int) -> int:
+    """Decisions the authz service answered so far (its /metrics)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=5) as answer:
+        text = answer.read().decode()
+    return sum(int(float(v)) for v in re.findall(r"^phantom_token_requests_total\{[^}]*\} (\S+)$", text, re.M))
+
+
 def wrk(port: int, token: str, duration: int, connections: int) -> float:
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-H", f"Authorization: Bearer {token}",
                           f"http://127.0.0.1:{port}/api/bench"], capture_output=True, text=True, check=True,
@@ -140,20 +153,23 @@ def main() -> int:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3,
                         help="measure the three configurations in turn this many times; report each one's median")
+    parser.add_argument("--authz-workers", type=int, default=1, help="phantom-token authz worker processes")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         print("wrk is not installed (scripts/setup installs it)", file=sys.stderr)
         return 2
     procs = Processes()
     directory = Path(tempfile.mkdtemp(prefix="authz-bench-"))
-    ports = {name: free_port() for name in ("as", "upstream", "authz", "plain", "nginx_authz", "nginx_cached")}
+    ports = {name: free_port() for name in ("as", "upstream", "authz", "authz_admin", "plain", "nginx_authz",
+                                             "nginx_cached")}
     try:
         procs.start([sys.executable, "-m", "phantom_token.demo.authorization_server", "--listen",
                      f"127.0.0.1:{ports['as']}"])
         config = directory / "authz.yml"
         config.write_text(render(EXAMPLES / "phantom-token-authz.yml", {"AUTH_SERVER_PORT": str(ports["as"])}))
-        procs.start([sys.executable, "-m", "phantom_token", "authz", "-c", str(config), "--listen",
-                     f"127.0.0.1:{ports['authz']}", "--log-level", "warning"],
+        authz = procs.start([sys.executable, "-m", "phantom_token", "authz", "-c", str(config), "--listen",
+                     f"127.0.0.1:{ports['authz']}", "--admin-listen", f"127.0.0.1:{ports['authz_admin']}",
+                             "--log-level", "warning", "--workers", str(args.authz_workers)],
                     {"INTROSPECTION_SECRET": "demo-introspection-secret"})
         procs.nginx(UPSTREAM_CONF.format(dir=directory, port=ports["upstream"]), directory, "upstream")
         procs.nginx(PLAIN_CONF.format(dir=directory, port=ports["plain"], upstream=ports["upstream"]), directory,
@@ -170,22 +186,31 @@ def main() -> int:
         auth = {"Authorization": f"Bearer {token}"}
         for name in ("plain", "nginx_authz", "nginx_cached"):
             wait_until(name, f"http://127.0.0.1:{ports[name]}/api/bench", auth)
+        cpu_per_decision: list[float] = []
         samples: dict[str, list[float]] = {"plain": [], "nginx_authz": [], "nginx_cached": []}
         for _ in range(args.rounds):  # interleaved, so a burst of load elsewhere hits every configuration alike
             for name, runs in samples.items():
+                cpu_before, asked_before = cpu_seconds(authz.pid), decisions(ports["authz_admin"])
                 runs.append(wrk(ports[name], token, args.duration, args.connections))
+                if name == "nginx_authz" and args.authz_workers == 1:
+                    asked = decisions(ports["authz_admin"]) - asked_before
+                    cpu_per_decision.append((cpu_seconds(authz.pid) - cpu_before) / max(asked, 1))
         results = {name: statistics.median(runs) for name, runs in samples.items()}
     finally:
         procs.stop()
         shutil.rmtree(directory, ignore_errors=True)
     base = results["plain"]
-    print(f"wrk -t1 -c{args.connections} -d{args.duration}s, one worker each, upstream nginx 'return 200'; "
+    print(f"wrk -t1 -c{args.connections} -d{args.duration}s, one nginx worker each, {args.authz_workers} authz "
+          f"worker(s), upstream nginx 'return 200'; "
           f"median of {args.rounds} interleaved rounds; load average {os.getloadavg()[0]:.2f}")
     labels = {"plain": "nginx proxy_pass (baseline)", "nginx_authz": "nginx + phantom-token authz",
               "nginx_cached": "nginx + authz + nginx decision cache"}
     for name, rps in results.items():
         each = " ".join(f"{r:.0f}" for r in samples[name])
         print(f"  {labels[name]:<40} {rps:>10.0f} req/s  {rps / base:5.2f}x   ({each})")
+    if cpu_per_decision:  # independent of other load on the machine: what one decision costs the authz process
+        print(f"  phantom-token authz CPU per decision: {statistics.median(cpu_per_decision) * 1e6:.0f} us "
+              f"(so one worker tops out near {1 / statistics.median(cpu_per_decision):.0f} decisions/s per core)")
     return 0
 
 
