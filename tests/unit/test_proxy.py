@@ -343,6 +343,50 @@ async def test_upstream_reset_before_response_is_502() -> None:
     assert response.status == 502
 
 
+def closes_reused_connections() -> Reply:
+    """An upstream that answers the first request of a connection and drops the connection at the second, as one
+    does when its keep-alive idle timeout fires just as the proxy reuses the connection."""
+    answered: set[asyncio.StreamWriter] = set()
+
+    async def reply(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        if writer in answered:
+            writer.transport.abort()
+            return
+        answered.add(writer)
+        await default_reply(seen, writer)
+
+    return reply
+
+
+async def test_idempotent_request_on_a_reused_connection_the_upstream_dropped_is_sent_again() -> None:
+    h = await make(RecordingUpstream(closes_reused_connections()))
+    try:
+        writer, responses = await request(h.port, b"GET /api/1 HTTP/1.1\r\nHost: h\r\n\r\n")
+        first = await responses.next()
+        writer.write(b"GET /api/2 HTTP/1.1\r\nHost: h\r\n\r\n")
+        second = await responses.next()
+        writer.close()
+    finally:
+        await shutdown(h)
+    assert (first.status, second.status) == (200, 200)
+    assert [seen.target for seen in h.upstream.requests] == ["/base/1", "/base/2", "/base/2"]
+    assert h.upstream.connections == 2
+
+
+async def test_request_with_a_body_is_not_sent_again() -> None:
+    h = await make(RecordingUpstream(closes_reused_connections()))
+    try:
+        writer, responses = await request(h.port, b"GET /api/1 HTTP/1.1\r\nHost: h\r\n\r\n")
+        first = await responses.next()
+        writer.write(b"POST /api/2 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi")
+        second = await responses.next()
+        writer.close()
+    finally:
+        await shutdown(h)
+    assert (first.status, second.status) == (200, 502)
+    assert [seen.target for seen in h.upstream.requests] == ["/base/1", "/base/2"]
+
+
 async def test_upstream_slow_is_504_gateway_timeout() -> None:
     never = asyncio.Event()
 

@@ -35,6 +35,7 @@ from phantom_token.http.client import (
     Connection,
     ConnectionPool,
     PoolKey,
+    ProtocolError,
     RequestTimeout,
     StaleConnection,
 )
@@ -63,6 +64,8 @@ _SPECIAL = HOP_BY_HOP | {"host", "authorization", "expect", "x-forwarded-for", "
 _LENGTH, _CONNECTION, _OTHER_HOP = range(3)
 _RESPONSE_NOTABLE = {name: _OTHER_HOP for name in _HOP_BY_HOP_BYTES} | {b"connection": _CONNECTION,
                                                                         b"content-length": _LENGTH}
+
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 PAUSE_VERDICT = 8  # waiting for the engine or for an upstream connection
 PAUSE_UPSTREAM = 16  # the upstream's write buffer is full
@@ -118,6 +121,7 @@ class ProxyProtocol(HttpServerProtocol):
         self._ip = b""
         self._route: Route | None = None
         self._upstream: Connection | None = None
+        self._replay: tuple[_Origin, bytes] | None = None
         self._pending: list[bytes] | None = None  # body received before the upstream was ready
         self._task: asyncio.Task[None] | None = None
         self._status = 0
@@ -237,6 +241,10 @@ class ProxyProtocol(HttpServerProtocol):
                 self._connect_later(head, origin, request_head)  # nothing was sent: safe to try a new one
             return
         self._upstream = conn
+        # A pooled connection the upstream closed while we wrote on it (its idle timeout, keepalive_requests) fails
+        # with no response: a request without a body and with an idempotent method is then sent once more, on a
+        # new connection (RFC 9110 9.2.2), as nginx's proxy_next_upstream does.
+        self._replay = None if fresh or head.has_body or head.method not in _IDEMPOTENT else (origin, request_head)
         pending = self._pending
         if pending:
             for chunk in pending:
@@ -395,6 +403,11 @@ class ProxyProtocol(HttpServerProtocol):
                 self._observe(self._status)
             self.responded = True
             self.abort()
+            return
+        replay, self._replay = self._replay, None
+        if replay is not None and isinstance(exc, ProtocolError) and not self._head_written:
+            logger.debug("upstream %s closed a reused connection: %s; sending again on a new one", where, exc)
+            self._connect_later(head, *replay)
             return
         self._out_head = None
         logger.warning("upstream %s failed: %s", where, exc)
