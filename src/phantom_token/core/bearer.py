@@ -36,7 +36,12 @@ def extract(values: Sequence[str] | None, max_length: int) -> BearerToken | Prob
         return Problem.MISSING
     if len(values) > 1:
         return Problem.DUPLICATE
-    match = _HEADER.fullmatch(values[0])
+    value = values[0]
+    if value[:7] == "Bearer ":  # the usual form: one regex on the token instead of the general header grammar
+        credentials = value[7:]
+        if len(credentials) <= max_length and _B64TOKEN.fullmatch(credentials):
+            return BearerToken(credentials)
+    match = _HEADER.fullmatch(value)
     if match is None:
         return Problem.INVALID if values[0].lstrip(" \t")[:6].lower() == "bearer" else Problem.MISSING
     scheme, credentials = match.group(1), match.group(2)

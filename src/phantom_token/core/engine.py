@@ -66,7 +66,7 @@ def cache_key(plugin: PluginConfig, token: str) -> bytes:
     return namespaced_key(plugin.cache_namespace, token_digest(token))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass pays object.__setattr__ per field, on every request
 class _Pending:
     """A request that passed every cheap check and needs an introspection answer."""
 
@@ -74,6 +74,9 @@ class _Pending:
     plugin: PluginConfig
     token: str
     key: bytes
+
+
+_MAX_SCOPE_SETS = 4096
 
 
 class Engine:
@@ -98,6 +101,11 @@ class Engine:
             coordinator if coordinator is not None else SingleFlight[CacheEntry | None]()
         )
         self._pass: dict[str, v.Allow] = {}  # one reusable Allow per unauthenticated route
+        # Cache namespaces by plugin identity (plugins are built once; the property re-encodes on every call).
+        self._namespaces: dict[int, tuple[PluginConfig, bytes]] = {}
+        # One shared frozenset per distinct set of granted scopes: most tokens carry one of a few scope sets, and
+        # a private frozenset (plus its strings) per cache entry would cost about 300 bytes each.
+        self._scope_sets: dict[frozenset[str], frozenset[str]] = {}
 
     @property
     def metrics(self) -> Metrics:
@@ -146,7 +154,10 @@ class Engine:
             return allow
         token = extract(request.headers.get("authorization"), plugin.max_token_length)
         if isinstance(token, BearerToken):
-            return _Pending(route, plugin, token.value, cache_key(plugin, token.value))
+            known = self._namespaces.get(id(plugin))
+            if known is None or known[0] is not plugin:
+                known = self._namespaces[id(plugin)] = (plugin, plugin.cache_namespace)
+            return _Pending(route, plugin, token.value, namespaced_key(known[1], token_digest(token.value)))
         if token is Problem.DUPLICATE:
             return v.malformed_request(plugin.realm, route)
         return v.unauthorized(plugin.realm, token_sent=token is Problem.INVALID, route=route)
@@ -206,7 +217,15 @@ class Engine:
         expires = numeric_claim(claims, "exp")
         directives = result.directives if plugin.honor_cache_control else CacheDirectives()
         lifetime = cache_lifetime(plugin.token_cache_seconds, directives, expires, now)
-        return CacheEntry("Bearer " + jwt, granted_scopes(claims), now + lifetime)
+        return CacheEntry("Bearer " + jwt, self._shared_scopes(granted_scopes(claims)), now + lifetime)
+
+    def _shared_scopes(self, scopes: frozenset[str]) -> frozenset[str]:
+        shared = self._scope_sets.get(scopes)
+        if shared is None:
+            if len(self._scope_sets) >= _MAX_SCOPE_SETS:
+                self._scope_sets.clear()  # many distinct sets: sharing stops paying; start over, stay bounded
+            shared = self._scope_sets[scopes] = scopes
+        return shared
 
     def _mint(self, introspected: dict[str, object], plugin: PluginConfig, now: float) -> tuple[str, dict[str, object]]:
         """The RFC 9068 JWT (and its claims) the gateway sends upstream for an answer that carried no JWT."""
