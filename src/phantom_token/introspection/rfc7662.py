@@ -102,16 +102,21 @@ def read_json_response(status: int, headers: list[tuple[str, str]], body: bytes)
     if status == 204:
         return Inactive()
     check_status(status)
-    document = _strict_json(body.strip())
+    return read_introspection_object(_strict_json(body.strip()), headers, "the JSON body")
+
+
+def read_introspection_object(document: object, headers: list[tuple[str, str]], what: str) -> IntrospectionResult:
+    """An RFC 7662 section 2.2 response object: inactive unless ``active`` is the JSON boolean true; ``what`` names
+    the object in the reason when it is not one."""
     if not isinstance(document, dict):
-        raise IntrospectionUnavailable("the JSON body is not an object")
+        raise IntrospectionUnavailable(f"{what} is not an object")
     active = document.get("active")
     if active is False:
         return Inactive()
     if active is not True:
         why = "has no 'active' member" if "active" not in document else "has an 'active' that is not a JSON boolean"
-        raise IntrospectionUnavailable(f"the JSON body {why}")
-    return Active(None, document, parse_cache_control(header_values(headers, "cache-control")))
+        raise IntrospectionUnavailable(f"{what} {why}")
+    return Active(None, dict(document), parse_cache_control(header_values(headers, "cache-control")))
 
 
 def check_status(status: int) -> None:

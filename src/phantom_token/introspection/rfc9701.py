@@ -19,9 +19,8 @@ from __future__ import annotations
 from phantom_token import jose
 from phantom_token.core.errors import IntrospectionUnavailable
 from phantom_token.core.jwt import numeric_claim
-from phantom_token.core.ports import Active, Inactive, IntrospectionResult
-from phantom_token.core.ttl import parse_cache_control
-from phantom_token.introspection.rfc7662 import check_status, header_values
+from phantom_token.core.ports import IntrospectionResult
+from phantom_token.introspection.rfc7662 import check_status, read_introspection_object
 
 ACCEPT_SIGNED = "application/token-introspection+jwt"
 TYP = "token-introspection+jwt"
@@ -93,11 +92,4 @@ def _check_envelope(
 
 
 def _read_token_introspection(member: object, headers: list[tuple[str, str]]) -> IntrospectionResult:
-    if not isinstance(member, dict):
-        raise IntrospectionUnavailable("the signed answer has no token_introspection object")
-    active = member.get("active")
-    if active is False:
-        return Inactive()
-    if active is not True:
-        raise IntrospectionUnavailable("the signed answer's token_introspection.active is not a JSON boolean")
-    return Active(None, dict(member), parse_cache_control(header_values(headers, "cache-control")))
+    return read_introspection_object(member, headers, "the signed answer's token_introspection")
