@@ -8,36 +8,36 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
-import signal
 import sys
 
+from phantom_token.app import display, run_until_signalled
+from phantom_token.app import parse_listen as parse_address
 from phantom_token.http.messages import Handler
-from phantom_token.http.server import serve_app
+from phantom_token.http.server import HttpServer, serve_app
 
 
 def parse_listen(parser: argparse.ArgumentParser, value: str) -> tuple[str, int]:
     """``HOST:PORT`` or ``[IPv6]:PORT``; a usage error (exit 2) otherwise."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        parser.error(f"--listen {value!r} is not HOST:PORT")
-    return host.strip("[]"), int(port)
+    try:
+        return parse_address(value)
+    except ValueError as exc:
+        parser.error(f"--listen: {exc}")
 
 
 async def _serve(handler: Handler, host: str, port: int) -> None:
-    server = await serve_app(handler, host, port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    shown = f"[{host}]" if ":" in host else host
-    print(f"listening on http://{shown}:{server.port}", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        server.close()
-        await server.wait_closed()
+    servers: list[HttpServer] = []
+
+    async def start() -> list[str]:
+        servers.append(await serve_app(handler, host, port))
+        return [display(host, servers[0].port)]
+
+    async def stop() -> None:
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+
+    await run_until_signalled(start, stop, lambda urls: print(f"listening on {urls[0]}", flush=True))
 
 
 def run_handler(handler: Handler, host: str, port: int) -> int:
@@ -51,6 +51,4 @@ def run_handler(handler: Handler, host: str, port: int) -> int:
     except OSError as exc:
         print(f"cannot listen on {host}:{port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    with contextlib.suppress(Exception):
-        sys.stdout.flush()
     return 0
