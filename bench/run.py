@@ -1,0 +1,414 @@
+"""The benchmark: phantom-token against plain nginx, every process on 127.0.0.1, one worker each.
+
+    .venv/bin/python bench/run.py [--quick] [--seconds S] [--connections C]
+
+Starts an upstream (nginx ``return 200``, its own process, 1 worker), a plain nginx ``proxy_pass`` in front of it
+(the limit), the demo authorization server, ``phantom-token serve`` and ``phantom-token authz`` behind nginx
+``auth_request`` (examples/nginx, with and without decision caching), measures each with ``wrk -t1 -c50``, and
+prints one table: req/s, p50/p99 latency and the ratio to plain nginx in the same run. Then memory per cached
+entry (tracemalloc around the real engine and cache, and the RSS of a ``serve`` process) and how throughput and
+memory change from 1 to 100 000 distinct tokens. ``--quick`` runs a few seconds per row (for CI); nothing here
+asserts on timing. Every process started is stopped on exit, on failure too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from harness import (
+    PLAIN_PROXY_CONF,
+    REPO,
+    UPSTREAM_CONF,
+    Child,
+    Processes,
+    WrkResult,
+    free_port,
+    wait_listening,
+    wrk,
+)
+from memory import entry_memory
+
+from phantom_token.http.client import HttpClient
+
+EXAMPLES = REPO / "examples" / "nginx"
+DEMO_CLIENT = base64.b64encode(b"demo-client:demo-secret").decode()
+INTROSPECTION_SECRET = "demo-introspection-secret"  # the demo AS's default introspection client
+MISS_DELAY_MS = 20
+
+SERVE_YML = """_format_version: '2.1'
+services:
+- name: api
+  url: http://127.0.0.1:{upstream}
+  routes:
+  - name: api
+    paths: [/api]
+  plugins:
+  - name: phantom-token
+    config:
+      introspection_endpoint: http://127.0.0.1:{auth}/oauth/introspect
+      client_id: introspection-client
+      client_secret: {secret}
+      token_cache_seconds: 3600
+phantom_token:
+  log_level: warning
+  cache:
+    max_entries: 400000
+"""
+
+
+@dataclass(frozen=True)
+class Plan:
+    seconds: float
+    warm_seconds: float
+    connections: int
+    scale: tuple[int, ...]
+    memory_entries: int
+    repeat: int = 1  # runs per row; the best one is kept (the one other load on the machine disturbed least)
+
+    @property
+    def miss_tokens(self) -> int:
+        # At most connections / delay requests per second can miss; a margin so no token is sent twice.
+        return int(self.connections / (MISS_DELAY_MS / 1000) * (self.seconds + 1) * 1.2)
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    result: WrkResult
+    cpu_us: float  # CPU time of the processes under test per request (robust to other load on the machine)
+    note: str = ""
+
+
+# -- talking to the demo authorization server and the gateway -----------------------------------------------------
+
+
+async def _issue(auth: int, count: int, concurrency: int = 32) -> list[str]:
+    """``count`` fresh opaque tokens from the demo AS (client credentials grant)."""
+    client = HttpClient(max_idle_per_origin=concurrency)
+    tokens: list[str] = []
+    headers = [("Authorization", f"Basic {DEMO_CLIENT}"), ("Content-Type", "application/x-www-form-urlencoded")]
+
+    async def worker(n: int) -> None:
+        for _ in range(n):
+            response = await client.request("POST", f"http://127.0.0.1:{auth}/oauth/token", headers,
+                                            b"grant_type=client_credentials", timeout=30)
+            if response.status != 200:
+                raise RuntimeError(f"token endpoint answered {response.status}")
+            tokens.append(json.loads(response.body)["access_token"])
+
+    try:
+        share, extra = divmod(count, concurrency)
+        await asyncio.gather(*(worker(share + (i < extra)) for i in range(concurrency)))
+    finally:
+        await client.aclose()
+    return tokens
+
+
+async def _send_each(url: str, tokens: Sequence[str], concurrency: int = 50) -> None:
+    """One request per token through the gateway (fills its cache); every answer must be 200."""
+    client = HttpClient(max_idle_per_origin=concurrency)
+    queue = iter(tokens)
+
+    async def worker() -> None:
+        for token in queue:
+            response = await client.request("GET", url, [("Authorization", f"Bearer {token}")], timeout=30)
+            if response.status != 200:
+                raise RuntimeError(f"{url} answered {response.status} while warming")
+
+    try:
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    finally:
+        await client.aclose()
+
+
+async def _call(method: str, url: str, body: bytes = b"", headers: Sequence[tuple[str, str]] = ()) -> bytes:
+    client = HttpClient()
+    try:
+        response = await client.request(method, url, list(headers), body, timeout=30, max_body=1 << 28)
+    finally:
+        await client.aclose()
+    if response.status != 200:
+        raise RuntimeError(f"{method} {url} answered {response.status}")
+    return response.body
+
+
+def controls(auth: int, **changes: object) -> None:
+    asyncio.run(_call("POST", f"http://127.0.0.1:{auth}/controls", json.dumps(changes).encode(),
+                      [("Content-Type", "application/json")]))
+
+
+def introspections(auth: int) -> int:
+    stats = json.loads(asyncio.run(_call("GET", f"http://127.0.0.1:{auth}/stats")))
+    return int(stats["introspection"]["total"])
+
+
+def real_jwt(auth: int, token: str) -> str:
+    body = asyncio.run(_call(
+        "POST", f"http://127.0.0.1:{auth}/oauth/introspect", f"token={token}".encode(),
+        [("Authorization", "Basic " + base64.b64encode(f"introspection-client:{INTROSPECTION_SECRET}".encode())
+          .decode()), ("Content-Type", "application/x-www-form-urlencoded"), ("Accept", "application/jwt")]))
+    return body.decode()
+
+
+# -- the processes ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Ports:
+    upstream: int
+    nginx: int
+    auth: int
+    serve: int
+    authz: int
+    nginx_authz: int
+    nginx_authz_cache: int
+    serve_scale: int
+
+
+def _example(name: str, work: Path, **values: int) -> str:
+    text = (EXAMPLES / name).read_text()
+    work.mkdir(parents=True, exist_ok=True)
+    substitutions = {"WORK_DIR": str(work), "EXAMPLE_DIR": str(EXAMPLES), **{k: str(v) for k, v in values.items()}}
+    for key, value in substitutions.items():
+        text = text.replace("${" + key + "}", value)
+    return text
+
+
+def start_all(procs: Processes, tmp: Path, ports: Ports) -> dict[str, Child]:
+    python = sys.executable
+    serve_yml = tmp / "serve.yml"
+    serve_yml.write_text(SERVE_YML.format(upstream=ports.upstream, auth=ports.auth, secret=INTROSPECTION_SECRET))
+    authz_yml = tmp / "authz.yml"
+    authz_yml.write_text((REPO / "examples" / "phantom-token-authz.yml").read_text()
+                         .replace("${AUTH_SERVER_PORT}", str(ports.auth)))
+    env = {"INTROSPECTION_SECRET": INTROSPECTION_SECRET, "PYTHONPATH": str(REPO / "src")}
+    cli = [python, "-m", "phantom_token"]
+    started = {
+        "upstream": procs.nginx("upstream", UPSTREAM_CONF.format(dir=tmp, name="upstream", port=ports.upstream)),
+        "nginx": procs.nginx("nginx", PLAIN_PROXY_CONF.format(dir=tmp, name="nginx", port=ports.nginx,
+                                                              upstream=ports.upstream)),
+        "auth": procs.start("auth", [python, "-m", "phantom_token.demo.authorization_server", "--listen",
+                                     f"127.0.0.1:{ports.auth}", "--test-controls", "--token-lifetime", "7200"],
+                            env=env),
+        "serve": procs.start("serve", [*cli, "serve", "-c", str(serve_yml), "--listen", f"127.0.0.1:{ports.serve}",
+                                       "--workers", "1"], env=env),
+        "serve_scale": procs.start("serve_scale", [*cli, "serve", "-c", str(serve_yml), "--listen",
+                                                   f"127.0.0.1:{ports.serve_scale}", "--workers", "1"], env=env),
+        "authz": procs.start("authz", [*cli, "authz", "-c", str(authz_yml), "--listen", f"127.0.0.1:{ports.authz}",
+                                       "--workers", "1", "--log-level", "warning"], env=env),
+        "nginx_authz": procs.nginx("nginx_authz", _example(
+            "nginx.conf", tmp / "nginx_authz", LISTEN_PORT=ports.nginx_authz, AUTHZ_PORT=ports.authz,
+            API_PORT=ports.upstream)),
+        "nginx_authz_cache": procs.nginx("nginx_authz_cache", _example(
+            "nginx-decision-cache.conf", tmp / "nginx_authz_cache", LISTEN_PORT=ports.nginx_authz_cache,
+            AUTHZ_PORT=ports.authz, API_PORT=ports.upstream)),
+    }
+    for name, child in started.items():
+        wait_listening(child, getattr(ports, name))
+    return started
+
+
+# -- the measurements ---------------------------------------------------------------------------------------------
+
+
+def measure(name: str, url: str, plan: Plan, children: Sequence[Child], under_test: Sequence[Child], *,
+            token: str | None = None, token_file: Path | None = None, token_count: int | None = None,
+            warm: bool = True, note: str = "") -> Row:
+    if warm:
+        wrk(url, plan.warm_seconds, connections=plan.connections, token=token, token_file=token_file,
+            token_count=token_count)
+    runs: list[tuple[WrkResult, float]] = []
+    for _ in range(plan.repeat if warm else 1):  # a row without warm-up (cache miss) uses its tokens once
+        cpu = sum(child.cpu_seconds() for child in under_test)
+        one = wrk(url, plan.seconds, connections=plan.connections, token=token, token_file=token_file,
+                  token_count=token_count)
+        runs.append((one, sum(child.cpu_seconds() for child in under_test) - cpu))
+        for child in children:
+            child.check()
+    result, cpu = max(runs, key=lambda pair: pair[0].rps)
+    problems = []
+    if result.bad_status:
+        problems.append(f"{result.bad_status} non-2xx")
+    if result.socket_errors:
+        problems.append(f"{result.socket_errors} socket errors")
+    cpu_us = cpu / result.requests * 1e6 if result.requests else 0.0
+    print(f"  {name}: {result.rps:.0f} req/s", file=sys.stderr, flush=True)
+    return Row(name, result, cpu_us, "; ".join([note, *problems]).strip("; "))
+
+
+def main_rows(plan: Plan, ports: Ports, kids: dict[str, Child], token: str, miss_file: Path) -> list[Row]:
+    everyone = list(kids.values())
+    path = "/api/bench"
+
+    def at(port: int) -> str:
+        return f"http://127.0.0.1:{port}{path}"
+
+    rows = [
+        measure("upstream nginx direct (reference)", at(ports.upstream), plan, everyone, [kids["upstream"]],
+                token=token),
+        measure("nginx proxy_pass (the limit)", at(ports.nginx), plan, everyone, [kids["nginx"]], token=token),
+        measure("serve, cache hit", at(ports.serve), plan, everyone, [kids["serve"]], token=token),
+    ]
+    controls(ports.auth, delay_ms=MISS_DELAY_MS)
+    before = introspections(ports.auth)
+    miss = measure(f"serve, cache miss ({MISS_DELAY_MS} ms AS)", at(ports.serve), plan, everyone, [kids["serve"]],
+                   token_file=miss_file, warm=False)
+    asked = introspections(ports.auth) - before
+    controls(ports.auth, delay_ms=0)
+    share = asked / miss.result.requests if miss.result.requests else 0.0
+    rows.append(Row(miss.name, miss.result, miss.cpu_us,
+                    "; ".join(filter(None, [f"{share:.0%} introspected", miss.note]))))
+    rows.append(measure("nginx + authz (auth_request)", at(ports.nginx_authz), plan, everyone,
+                        [kids["nginx_authz"], kids["authz"]], token=token))
+    rows.append(measure("nginx + authz + decision cache", at(ports.nginx_authz_cache), plan, everyone,
+                        [kids["nginx_authz_cache"], kids["authz"]], token=token))
+    return rows
+
+
+@dataclass(frozen=True)
+class ScaleRow:
+    tokens: int
+    result: WrkResult
+    cpu_us: float
+    rss_mib: float
+    rss_per_entry: float | None
+
+
+def scale_rows(plan: Plan, ports: Ports, serve: Child, scale_file: Path, tokens: list[str]) -> list[ScaleRow]:
+    url = f"http://127.0.0.1:{ports.serve_scale}/api/bench"
+    rows: list[ScaleRow] = []
+    warmed = 0
+    base_rss: int | None = None
+    for size in plan.scale:
+        asyncio.run(_send_each(url, tokens[warmed:size]))
+        warmed = size
+        row = measure(str(size), url, plan, [serve], [serve], token_file=scale_file, token_count=size)
+        result, cpu_us = row.result, row.cpu_us
+        rss = serve.rss_bytes()
+        if base_rss is None:
+            base_rss, first = rss, size
+        per_entry = (rss - base_rss) / (size - first) if size > first else None
+        rows.append(ScaleRow(size, result, cpu_us, rss / 2**20, per_entry))
+    return rows
+
+
+# -- output -------------------------------------------------------------------------------------------------------
+
+
+def print_table(rows: list[Row], limit: Row) -> None:
+    """req/s and its ratio to nginx; CPU per request of the processes under test and nginx's over it (the same
+    ratio, but immune to other load on the machine, since it does not depend on how much CPU a process got)."""
+    print(f"{'row':<36} {'req/s':>8} {'x nginx':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} "
+          f"{'x nginx CPU':>11}  note")
+    for row in rows:
+        r = row.result
+        cpu_ratio = limit.cpu_us / row.cpu_us if row.cpu_us else 0.0
+        print(f"{row.name:<36} {r.rps:>8.0f} {r.rps / limit.result.rps:>7.2f} {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} "
+              f"{row.cpu_us:>10.1f} {cpu_ratio:>11.2f}  {row.note}")
+
+
+def print_scale(rows: list[ScaleRow], limit: float) -> None:
+    print(f"{'distinct tokens':>15} {'req/s':>8} {'x nginx':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} "
+          f"{'RSS MiB':>8} {'RSS B/entry':>11}")
+    for row in rows:
+        r = row.result
+        per = f"{row.rss_per_entry:.0f}" if row.rss_per_entry is not None else "-"
+        print(f"{row.tokens:>15} {r.rps:>8.0f} {r.rps / limit:>7.2f} {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} "
+              f"{row.cpu_us:>10.1f} {row.rss_mib:>8.1f} {per:>11}")
+
+
+@contextmanager
+def _signals_raise() -> Iterator[None]:
+    """SIGTERM/SIGHUP end the run like Ctrl-C does, so ``finally`` blocks stop every child."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextmanager
+def _work_dir(keep: Path | None) -> Iterator[Path]:
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield keep.resolve()
+        return
+    with tempfile.TemporaryDirectory(prefix="phantom-bench-") as name:
+        # nginx workers run as another user (nobody) when started as root; they write the decision cache in here.
+        Path(name).chmod(0o755)
+        yield Path(name)
+
+
+def run(plan: Plan, keep: Path | None = None) -> int:
+    started = time.monotonic()
+    with _work_dir(keep) as tmp, _signals_raise(), Processes(tmp) as procs:
+        print(f"work dir {tmp}; load average before the run {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs",
+              flush=True)
+        ports = Ports(*(free_port() for _ in range(8)))
+        kids = start_all(procs, tmp, ports)
+        need = 1 + plan.miss_tokens + max(plan.scale)
+        print(f"issuing {need} tokens from the demo authorization server ...", flush=True)
+        tokens = asyncio.run(_issue(ports.auth, need))
+        token, miss, scale = tokens[0], tokens[1:1 + plan.miss_tokens], tokens[1 + plan.miss_tokens:]
+        (tmp / "miss.txt").write_text("\n".join(miss) + "\n")
+        (tmp / "scale.txt").write_text("\n".join(scale) + "\n")
+        jwt = real_jwt(ports.auth, token)
+
+        print(f"measuring: wrk -t1 -c{plan.connections}, {plan.seconds:g}s per row (after {plan.warm_seconds:g}s "
+              f"of warm-up), best of {plan.repeat}\n", flush=True)
+        rows = main_rows(plan, ports, kids, token, tmp / "miss.txt")
+        limit = rows[1].result.rps
+        print_table(rows, rows[1])
+        hit = rows[2].result
+        print(f"\np99 added at cache hit over nginx proxy_pass: {hit.p99_ms - rows[1].result.p99_ms:+.2f} ms "
+              f"(over the upstream itself: {hit.p99_ms - rows[0].result.p99_ms:+.2f} ms)")
+
+        memory = entry_memory(jwt, plan.memory_entries)
+        print(f"\nmemory per cached entry (tracemalloc, {memory.entries} entries): {memory.bytes_per_entry:.0f} B "
+              f"for a {memory.jwt_bytes} B JWT from the demo AS = {memory.ratio:.2f}x the JWT")
+
+        print("\nserve at cache hit with N distinct tokens (round robin), its RSS after the run:")
+        print_scale(scale_rows(plan, ports, kids["serve_scale"], tmp / "scale.txt", scale), limit)
+        print(f"\ntotal {time.monotonic() - started:.0f}s")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a few seconds per row (CI); same rows")
+    parser.add_argument("--seconds", type=float, help="seconds per measured row (default 10, quick 2)")
+    parser.add_argument("--connections", type=int, default=50, help="wrk connections (default %(default)s)")
+    parser.add_argument("--repeat", type=int, help="runs per row, the best kept (default 2, quick 1)")
+    parser.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep its configs and logs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        plan = Plan(args.seconds or 2, 1, args.connections, (1, 100, 10_000), 2_000, args.repeat or 1)
+    else:
+        plan = Plan(args.seconds or 10, 3, args.connections, (1, 100, 10_000, 100_000), 20_000, args.repeat or 2)
+    try:
+        return run(plan, args.keep)
+    except KeyboardInterrupt:
+        print("interrupted; every process started was stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,72 @@
+"""The benchmark harness in its short mode: every row yields a number and the table is printed.
+
+Timing is never asserted (a loaded CI machine is slow, not wrong); only that each measurement happened and that the
+harness stops what it started.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+ROWS = (
+    "upstream nginx direct (reference)",
+    "nginx proxy_pass (the limit)",
+    "serve, cache hit",
+    "serve, cache miss (20 ms AS)",
+    "nginx + authz (auth_request)",
+    "nginx + authz + decision cache",
+)
+NUMBER = r"(\d+(?:\.\d+)?)"
+
+pytestmark = [
+    pytest.mark.bench,
+    pytest.mark.skipif(not (shutil.which("nginx") or Path("/usr/sbin/nginx").exists()) or not shutil.which("wrk"),
+                       reason="needs nginx and wrk"),
+]
+
+
+@pytest.fixture(scope="module")
+def output() -> str:
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick"], capture_output=True, text=True,
+                          timeout=600, check=False, cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("row", ROWS)
+def test_every_row_has_a_positive_rate(output: str, row: str) -> None:
+    numbers = r"\s+".join([NUMBER] * 5)
+    found = re.search(rf"^{re.escape(row)}\s+{numbers}", output, re.MULTILINE)
+    assert found is not None, output
+    requests_per_second, ratio, p50, p99, cpu = (float(value) for value in found.groups())
+    assert requests_per_second > 0
+    assert ratio > 0
+    assert p99 >= p50 > 0
+    assert cpu > 0
+    line = found.group(0) + output[found.end():].split("\n", 1)[0]
+    assert "non-2xx" not in line  # every request was answered 200, else the row measured something else
+    assert "socket errors" not in line
+
+
+def test_the_table_and_the_memory_and_scaling_lines_are_printed(output: str) -> None:
+    assert re.search(r"^row\s+req/s\s+x nginx", output, re.MULTILINE), output
+    found = re.search(rf"memory per cached entry .*: {NUMBER} B for a {NUMBER} B JWT", output)
+    assert found is not None, output
+    assert float(found.group(1)) > 0
+    scaled = re.findall(rf"^\s+(\d+)\s+{NUMBER}\s+{NUMBER}", output, re.MULTILINE)
+    assert [int(tokens) for tokens, _, _ in scaled] == [1, 100, 10_000], output
+    assert all(float(rate) > 0 for _, rate, _ in scaled), output
+
+
+def test_nothing_is_left_running(output: str) -> None:
+    found = re.search(r"^work dir (\S+);", output, re.MULTILINE)
+    assert found is not None, output
+    running = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    assert found.group(1) not in running
