@@ -212,3 +212,26 @@ def test_one_introspection_for_fifty_concurrent_requests(started_gateway: Gatewa
     statuses = [r.status for r in results if isinstance(r, HttpResult)]
     assert statuses == [200] * 50
     assert auth_server.introspections(token) == 1
+
+
+def test_one_keep_alive_connection_switching_tokens(started_gateway: Gateway, auth_server: AuthServer) -> None:
+    """A connection remembers the key of the token it last sent (to skip hashing a repeat): each request must
+    still be decided on its own token, including a broken one in between."""
+    import http.client
+    import json
+
+    auth_server.register_token("conn-token-a", scope="read")
+    auth_server.register_token("conn-token-b", scope="write")
+    conn = http.client.HTTPConnection(started_gateway.host, started_gateway.port, timeout=10)
+    seen = []
+    try:
+        for token in ["conn-token-a", "conn-token-b", "conn-token-a", "conn-token-a junk", "conn-token-b"]:
+            conn.request("GET", "/api/echo", headers={"Authorization": f"Bearer {token}"})
+            response = conn.getresponse()
+            body = response.read()
+            seen.append((response.status, json.loads(body)["jwt_claims"]["scope"] if response.status == 200
+                         else json.loads(body)["code"]))
+    finally:
+        conn.close()
+    assert seen == [(200, "read"), (200, "write"), (200, "read"), (401, "unauthorized"), (200, "write")]
+    assert auth_server.introspections("conn-token-a") == 1 and auth_server.introspections("conn-token-b") == 1

@@ -11,7 +11,7 @@ from phantom_token.config.settings import PluginConfig, Route, Upstream
 from phantom_token.core.bearer import fingerprint
 from phantom_token.core.engine import Engine, cache_key
 from phantom_token.core.errors import IntrospectionUnavailable
-from phantom_token.core.request import RequestInfo
+from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.routes import Router
 from phantom_token.core.verdict import Allow, Deny
 
@@ -226,3 +226,39 @@ def test_cache_key_is_a_namespaced_hash_not_the_token() -> None:
     assert b"tok" not in key
     other = PluginConfig(PLUGIN.introspection_endpoint, "another-client", "s")
     assert cache_key(other, "tok") != key
+
+
+async def test_a_connection_memo_follows_the_token_the_client_sends() -> None:
+    """The per-connection memo skips re-checking and re-hashing a repeated token, and only that: another token, a
+    broken one, a duplicated header or another plugin on the same connection are decided on their own."""
+    other = PluginConfig("http://as.test/other", "gw2", "s2", token_cache_seconds=300)
+    routes = (Route("api", "svc", UPSTREAM, paths=("/api",), plugin=PLUGIN),
+              Route("other", "svc", UPSTREAM, paths=("/other",), plugin=other))
+    clock, introspector, cache = FakeClock(), FakeIntrospector(), MemoryCache(100)
+    engine = Engine(Router(routes), cache, introspector, clock=clock)
+    jwt_a = introspector.activate("tok-a", claims(clock))
+    jwt_b = introspector.activate("tok-b", claims(clock))
+    memo = TokenMemo()
+
+    async def decide(path: str, *auth: str) -> Allow | Deny:
+        request = RequestInfo("GET", "localhost", path, {"authorization": list(auth)} if auth else {}, memo)
+        return engine.try_authorize(request) or await engine.authorize(request)
+
+    first = await decide("/api/x", "Bearer tok-a")
+    assert isinstance(first, Allow) and first.authorization == "Bearer " + jwt_a
+    assert memo.key == cache_key(PLUGIN, "tok-a") and memo.value == "Bearer tok-a"
+    again = await decide("/api/x", "Bearer tok-a")
+    assert isinstance(again, Allow) and again.authorization == "Bearer " + jwt_a
+    switched = await decide("/api/x", "Bearer tok-b")
+    assert isinstance(switched, Allow) and switched.authorization == "Bearer " + jwt_b
+    assert memo.key == cache_key(PLUGIN, "tok-b")
+    broken = await decide("/api/x", "Bearer tok-b junk")
+    assert isinstance(broken, Deny) and broken.status == 401
+    duplicated = await decide("/api/x", "Bearer tok-b", "Bearer tok-b")
+    assert isinstance(duplicated, Deny) and duplicated.status == 400
+    missing = await decide("/api/x")
+    assert isinstance(missing, Deny) and missing.status == 401
+    elsewhere = await decide("/other/x", "Bearer tok-b")  # same header, other plugin: its own key and cache entry
+    assert isinstance(elsewhere, Allow)
+    assert memo.key == cache_key(other, "tok-b")
+    assert introspector.calls == ["tok-a", "tok-b", "tok-b"]

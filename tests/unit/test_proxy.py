@@ -563,3 +563,69 @@ def test_upstream_path_is_kong_strip_path(strip: bool, paths: tuple[str, ...], b
     expected = {("/api/x", "/base", True): "/base/x", ("/api", "/base", True): "/base", ("/api/x/", "/", True): "/x/",
                 ("/api/v2/y", "/b/", True): "/b/y", ("/api/x", "/base", False): "/base/api/x"}
     assert upstream_path(route, path) == expected[(path, base, strip)]
+
+
+async def test_response_heads_are_rewritten_per_response_even_when_remembered() -> None:
+    """The rewritten head is remembered per distinct head as received: a repeat gets the same answer, a head that
+    differs in any byte (here Content-Length, a header named in Connection, Set-Cookie) is rewritten on its own."""
+    replies = [
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nyes",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nConnection: X-A\r\n\r\nok",
+        b"HTTP/1.1 201 Created\r\nSet-Cookie: s=1\r\nContent-Length: 2\r\nconnection: keep-alive\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\nKeep-Alive: timeout=5\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    ]
+
+    async def reply(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        writer.write(replies[len(h.upstream.requests) - 1])
+
+    h = await make(RecordingUpstream(reply))
+    try:
+        reader, writer = await open_conn(h.port)
+        responses = ResponseReader(reader)
+        got = []
+        for _ in replies:
+            writer.write(b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n")
+            got.append(await responses.next())
+        writer.close()
+    finally:
+        await shutdown(h)
+    assert [(r.status, r.body) for r in got] == [(200, b"ok"), (200, b"ok"), (200, b"yes"), (200, b"ok"),
+                                                 (201, b"ok"), (200, b"ok")]
+    assert got[0].headers == got[1].headers == [("X-A", "1"), ("Content-Length", "2")]
+    assert got[2].header("Content-Length") == "3"
+    assert got[3].header("X-A") is None  # named in Connection: hop-by-hop for that response only
+    assert got[4].header("Set-Cookie") == "s=1" and got[4].header("Connection") is None
+    assert got[5].header("Transfer-Encoding") == "chunked" and got[5].header("Keep-Alive") is None
+
+
+async def test_a_response_head_over_64_kib_is_502() -> None:
+    async def reply(seen: Seen, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\n" + b"X-Big: " + b"a" * 8000 + b"\r\n")
+        for _ in range(10):
+            writer.write(b"X-More: " + b"b" * 8000 + b"\r\n")
+        writer.write(b"Content-Length: 0\r\n\r\n")
+
+    h = await make(RecordingUpstream(reply))
+    try:
+        writer, responses = await request(h.port, b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n")
+        response = await responses.next()
+        writer.close()
+    finally:
+        await shutdown(h)
+    assert response.status == 502
+    assert json.loads(response.body)["code"] == "bad_gateway"
+
+
+async def test_upstream_targets_follow_each_request_on_one_connection(harness: Harness) -> None:
+    """Upstream targets are remembered per route; every request still gets its own path and query."""
+    reader, writer = await open_conn(harness.port)
+    responses = ResponseReader(reader)
+    sent = [b"/api/a?x=1", b"/api/a?x=1", b"/api/a", b"/api/b?x=%26", b"/api", b"/api/a?x=1"]
+    for target in sent:
+        writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert (await responses.next()).status == 200
+    writer.close()
+    assert [s.target for s in harness.upstream.requests] == ["/base/a?x=1", "/base/a?x=1", "/base/a", "/base/b?x=%26",
+                                                             "/base", "/base/a?x=1"]

@@ -42,7 +42,7 @@ from phantom_token.core.ports import (
 )
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.routes import Router
-from phantom_token.core.scopes import granted_scopes, missing_scopes
+from phantom_token.core.scopes import granted_scopes
 from phantom_token.core.ttl import CacheDirectives, cache_lifetime
 from phantom_token.metrics import Metrics
 
@@ -121,6 +121,10 @@ class Engine:
         if entry is None:
             return None
         self._metrics.cache_hits += 1
+        if isinstance(entry, CacheEntry):  # _decide's usual case, inlined: a live entry, scopes granted
+            scope = step.plugin.scope
+            if not scope or entry.scopes.issuperset(scope):
+                return v.Allow(step.route, entry.authorization, max(entry.expires_at - now, 0.0))
         return self._decide(step, entry, now)
 
     async def authorize(self, request: RequestInfo) -> v.Verdict:
@@ -152,12 +156,20 @@ class Engine:
             if allow is None:
                 allow = self._pass[route.name] = v.Allow(route)
             return allow
-        token = extract(request.headers.get("authorization"), plugin.max_token_length)
+        values = request.headers.get("authorization")
+        memo = request.memo
+        if memo is not None and memo.plugin is plugin and values is not None and len(values) == 1 \
+                and values[0] == memo.value:
+            return _Pending(route, plugin, memo.token, memo.key)  # the connection's token again: checked, hashed
+        token = extract(values, plugin.max_token_length)
         if isinstance(token, BearerToken):
             known = self._namespaces.get(id(plugin))
             if known is None or known[0] is not plugin:
                 known = self._namespaces[id(plugin)] = (plugin, plugin.cache_namespace)
-            return _Pending(route, plugin, token.value, namespaced_key(known[1], token_digest(token.value)))
+            key = namespaced_key(known[1], token_digest(token.value))
+            if memo is not None and values is not None:
+                memo.plugin, memo.value, memo.token, memo.key = plugin, values[0], token.value, key
+            return _Pending(route, plugin, token.value, key)
         if token is Problem.DUPLICATE:
             return v.malformed_request(plugin.realm, route)
         return v.unauthorized(plugin.realm, token_sent=token is Problem.INVALID, route=route)
@@ -166,10 +178,8 @@ class Engine:
         route, plugin = step.route, step.plugin
         if isinstance(entry, NegativeEntry):
             return v.unauthorized(plugin.realm, token_sent=True, route=route)
-        if plugin.scope:
-            missing = missing_scopes(plugin.scope, entry.scopes)
-            if missing:
-                return v.forbidden(plugin.scope, plugin.realm, route)
+        if plugin.scope and not entry.scopes.issuperset(plugin.scope):
+            return v.forbidden(plugin.scope, plugin.realm, route)
         return v.Allow(route, entry.authorization, max(entry.expires_at - now, 0.0))
 
     async def _resolve(self, step: _Pending) -> CacheEntry | None:

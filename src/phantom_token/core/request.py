@@ -4,6 +4,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+
+class TokenMemo:
+    """What one client connection last presented: its ``Authorization`` value and the cache key derived from it.
+
+    A client sends the same token on every request of a keep-alive connection; with this the engine checks the
+    token's syntax and hashes it once per connection instead of once per request (two SHA-256 and a regex, about
+    a fifth of the hit path). It lives as long as the connection, in its memory only, never shared with another
+    connection and never stored or logged; the front door drops it with the connection.
+    """
+
+    __slots__ = ("key", "plugin", "token", "value")
+
+    def __init__(self) -> None:
+        self.plugin: Any = None  # the PluginConfig the key was derived under (compared by identity)
+        self.value = ""  # the whole Authorization header value
+        self.token = ""
+        self.key = b""
 
 
 @dataclass(slots=True)
@@ -19,3 +38,4 @@ class RequestInfo:
     host: str
     path: str
     headers: Mapping[str, Sequence[str]]
+    memo: TokenMemo | None = None  # the connection's, when the front door keeps one

@@ -20,8 +20,3 @@ def granted_scopes(claims: Mapping[str, object]) -> frozenset[str]:
     elif isinstance(scp, str):
         granted.update(scp.split())
     return frozenset(granted)
-
-
-def missing_scopes(required: tuple[str, ...], granted: frozenset[str]) -> tuple[str, ...]:
-    """The required scopes that are not granted, in the order they were configured."""
-    return tuple(s for s in required if s not in granted)

@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from phantom_token.config.settings import Route
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one is made per allowed request, and frozen __init__ costs a call per field
 class Allow:
     """Forward the request. ``authorization`` replaces the client's header; None leaves the request as it came
     (a route without the plugin, or a preflight). ``expires_in`` is how many seconds the decision stays valid."""

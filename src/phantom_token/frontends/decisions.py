@@ -36,7 +36,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 from urllib.parse import urlsplit
 
 from phantom_token.config.settings import Settings
-from phantom_token.core.request import RequestInfo
+from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
 from phantom_token.frontends import Authorizer
 from phantom_token.http.server import (
@@ -212,6 +212,7 @@ class DecisionProtocol(HttpServerProtocol):
         self._engine = shared.engine
         self._trusted = False
         self._task: asyncio.Task[None] | None = None
+        self._memo = TokenMemo()  # a gateway's connection carries many clients' tokens; a repeat still saves work
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -226,6 +227,7 @@ class DecisionProtocol(HttpServerProtocol):
         if info is None:
             self._reply(head, _not_a_decision_endpoint())
             return
+        info.memo = self._memo
         verdict = self._engine.try_authorize(info)
         if verdict is None:
             self.pause_reading(PAUSE_DECISION)

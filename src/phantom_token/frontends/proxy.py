@@ -26,7 +26,7 @@ import ssl
 from collections.abc import Callable
 
 from phantom_token.config.settings import Route, Settings, Upstream
-from phantom_token.core.request import RequestInfo
+from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.routes import upstream_path
 from phantom_token.core.verdict import Allow, Deny, Verdict, bad_gateway, gateway_timeout, server_error
 from phantom_token.frontends import Authorizer
@@ -38,6 +38,7 @@ from phantom_token.http.client import (
     ProtocolError,
     RequestTimeout,
     StaleConnection,
+    head_fields,
 )
 from phantom_token.http.messages import RawHeaders
 from phantom_token.http.server import (
@@ -61,14 +62,44 @@ _HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
 _SPECIAL = HOP_BY_HOP | {"host", "authorization", "expect", "x-forwarded-for", "x-forwarded-proto",
                          "x-forwarded-host"}
 
-_LENGTH, _CONNECTION, _OTHER_HOP = range(3)
-_RESPONSE_NOTABLE = {name: _OTHER_HOP for name in _HOP_BY_HOP_BYTES} | {b"connection": _CONNECTION,
-                                                                        b"content-length": _LENGTH}
+# How a hop-by-hop header line starts in a lower-cased response head (llhttp allows no space before the colon).
+_HOP_MARKERS = tuple(b"\n" + name + b":" for name in sorted(_HOP_BY_HOP_BYTES))
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 PAUSE_VERDICT = 8  # waiting for the engine or for an upstream connection
 PAUSE_UPSTREAM = 16  # the upstream's write buffer is full
+
+
+def rewrite_response_head(raw: bytes, status: int) -> tuple[bytes, bool, bool]:
+    """The response head as sent to the client, without its final empty line: our status line, then the header
+    lines as received (llhttp validated them) minus the hop-by-hop ones and those named in ``Connection``. Also
+    whether it has Content-Length, and whether it may be remembered (no Set-Cookie, small)."""
+    low = raw.lower()
+    length = b"\ncontent-length:" in low
+    named: set[bytes] = set()
+    cuts: list[tuple[int, int]] = []
+    for marker in _HOP_MARKERS:
+        at = low.find(marker)
+        while at >= 0:
+            line_end = low.find(b"\r\n", at) + 2
+            cuts.append((at + 1, line_end))
+            if marker == b"\nconnection:":
+                named |= {token.strip() for token in low[at + 12:line_end - 2].split(b",")} - _HOP_BY_HOP_BYTES
+            at = low.find(marker, line_end - 1)
+    parts = [status_line(status)]
+    if named:  # rare: the upstream named further hop-by-hop headers in Connection
+        for name, value in head_fields(raw):
+            lname = name.lower()
+            if lname not in _HOP_BY_HOP_BYTES and lname not in named:
+                parts += (name, b": ", value, b"\r\n")
+    else:
+        pos = raw.find(b"\r\n") + 2
+        for cut_start, cut_end in sorted(cuts):
+            parts.append(raw[pos:cut_start])
+            pos = cut_end
+        parts.append(raw[pos:-2])
+    return b"".join(parts), length, len(raw) <= 2048 and b"\nset-cookie:" not in low
 
 
 class _Origin:
@@ -95,6 +126,39 @@ class _Shared:
         self.pool = ConnectionPool(max_idle_per_origin=256, idle_timeout=30.0)
         self.origins: dict[int, _Origin] = {}
         self._tls: ssl.SSLContext | None = None
+        # Response heads as received -> as sent on (and whether they have Content-Length). An upstream sends the
+        # same few heads over and over (nginx's differ by Date, once a second), so the rewrite is done once per
+        # distinct head. Heads with Set-Cookie or over 2 KiB are never remembered; the memo stays small.
+        self.response_heads: dict[bytes, tuple[bytes, bool, bytes]] = {}
+        self._targets: dict[int, tuple[Route, dict[bytes, bytes]]] = {}
+
+    def targets(self, route: Route) -> dict[bytes, bytes]:
+        """The memo of ``route``'s request targets as received -> as sent upstream."""
+        known = self._targets.get(id(route))
+        if known is None or known[0] is not route:
+            known = self._targets[id(route)] = (route, {})
+        return known[1]
+
+    @staticmethod
+    def upstream_target(targets: dict[bytes, bytes], route: Route, head: RequestHead) -> bytes:
+        """The request target sent upstream (Kong's path rules, the query as received), remembered in
+        ``targets``: clients ask for the same paths again and again; the memo starts over when it is full."""
+        path = upstream_path(route, head.path)
+        target = (f"{path}?{head.query}" if head.query else path).encode("latin-1")
+        if len(targets) >= 1024:
+            targets.clear()
+        targets[head.target] = target
+        return target
+
+    def rewrite_response_head(self, raw: bytes, status: int) -> tuple[bytes, bool, bytes]:
+        """(the head without its final empty line, whether it has Content-Length, the whole head)."""
+        head, length, memo = rewrite_response_head(raw, status)
+        rewritten = (head, length, head + b"\r\n")
+        if memo:
+            if len(self.response_heads) >= 256:
+                self.response_heads.clear()
+            self.response_heads[raw] = rewritten
+        return rewritten
 
     def origin(self, upstream: Upstream) -> _Origin:
         # Keyed by identity: upstreams are frozen objects built once at start-up, and hashing them per request
@@ -118,6 +182,10 @@ class ProxyProtocol(HttpServerProtocol):
         self._shared = shared
         self._engine = shared.engine
         self._origins = shared.origins
+        self._response_heads = shared.response_heads
+        self._memo = TokenMemo()
+        self._auth_text: str | None = None  # the last Authorization value sent upstream, and its header line
+        self._auth_line = b""
         self._ip = b""
         self._route: Route | None = None
         self._upstream: Connection | None = None
@@ -142,7 +210,7 @@ class ProxyProtocol(HttpServerProtocol):
         self._out_head = None
         self._pending = None
         self._route = None
-        info = RequestInfo(head.method, head.host, head.path, head.headers)
+        info = RequestInfo(head.method, head.host, head.path, head.headers, self._memo)
         verdict = self._engine.try_authorize(info)
         if verdict is None:
             self._pending = []
@@ -244,7 +312,8 @@ class ProxyProtocol(HttpServerProtocol):
         # A pooled connection the upstream closed while we wrote on it (its idle timeout, keepalive_requests) fails
         # with no response: a request without a body and with an idempotent method is then sent once more, on a
         # new connection (RFC 9110 9.2.2), as nginx's proxy_next_upstream does.
-        self._replay = None if fresh or head.has_body or head.method not in _IDEMPOTENT else (origin, request_head)
+        self._replay = (None if fresh or head.chunked or head.content_length or head.method not in _IDEMPOTENT
+                        else (origin, request_head))
         pending = self._pending
         if pending:
             for chunk in pending:
@@ -252,39 +321,41 @@ class ProxyProtocol(HttpServerProtocol):
         self._pending = None
         if head.complete:
             conn.end_body()
-        else:
+        elif head.expect_continue:
             self.send_continue(head)
-        self.resume_reading(PAUSE_VERDICT)
+        if self._pause:
+            self.resume_reading(PAUSE_VERDICT)
 
     def _request_head(self, head: RequestHead, allow: Allow, origin: _Origin) -> bytes:
         """The head sent upstream: method, rewritten path, the client's headers minus hop-by-hop ones, and
         Host, Authorization and X-Forwarded-* set by the gateway."""
-        target = upstream_path(allow.route, head.path)
-        if head.query:
-            target = f"{target}?{head.query}"
-        parts = [head.method.encode("ascii"), b" ", target.encode("latin-1"), b" HTTP/1.1\r\n"]
+        route = allow.route
+        targets = self._shared.targets(route)
+        target = targets.get(head.target)
+        if target is None:
+            target = self._shared.upstream_target(targets, route, head)
+        parts = [head.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
         tokens = head.connection_tokens
-        replace_auth = allow.authorization is not None
+        authorization = allow.authorization
         forwarded_for: bytes | None = None
         for (name, value), lname in zip(head.raw_headers, head.lnames, strict=True):
-            if lname in _SPECIAL or (tokens and lname in tokens):
-                if tokens and lname in tokens:
-                    continue
-                if lname == "authorization" and not replace_auth:
-                    parts += (name, b": ", value, b"\r\n")
-                elif lname == "x-forwarded-for":
-                    forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
+            if lname not in _SPECIAL and lname not in tokens:
+                parts += (name, b": ", value, b"\r\n")
+            elif lname in tokens:
                 continue
-            parts += (name, b": ", value, b"\r\n")
+            elif lname == "authorization" and authorization is None:
+                parts += (name, b": ", value, b"\r\n")
+            elif lname == "x-forwarded-for":
+                forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
         raw_host = head.raw_host.encode("latin-1")
-        if allow.route.preserve_host and raw_host:
-            parts += (b"Host: ", raw_host, b"\r\n")
-        else:
-            parts += (b"Host: ", origin.host_header, b"\r\n")
-        if allow.authorization is not None:
-            parts += (b"Authorization: ", allow.authorization.encode("latin-1"), b"\r\n")
-        parts += (b"X-Forwarded-For: ", forwarded_for + b", " + self._ip if forwarded_for else self._ip,
-                  b"\r\nX-Forwarded-Proto: http\r\n")
+        host = raw_host if route.preserve_host and raw_host else origin.host_header
+        if authorization is not None:
+            if authorization is not self._auth_text:  # the cache entry's own string: encoded once per token
+                self._auth_text, self._auth_line = authorization, b"Authorization: " + authorization.encode(
+                    "latin-1") + b"\r\n"
+            parts.append(self._auth_line)
+        parts.append(b"Host: %b\r\nX-Forwarded-For: %b\r\nX-Forwarded-Proto: http\r\n" % (
+            host, forwarded_for + b", " + self._ip if forwarded_for else self._ip))
         if raw_host:
             parts += (b"X-Forwarded-Host: ", raw_host, b"\r\n")
         if head.chunked:
@@ -307,34 +378,23 @@ class ProxyProtocol(HttpServerProtocol):
 
     # -- the upstream's response (ResponseSink) ------------------------------------------------------------------
 
-    def upstream_head(self, status: int, headers: RawHeaders, has_body: bool) -> None:
+    def upstream_head(self, status: int, raw: bytes, has_body: bool) -> None:
         head = self.active
         assert head is not None
         self._status = status
-        keep_alive = self.should_keep_alive(head) and self.can_drain(head)
-        parts = [status_line(status)]
-        named: set[bytes] | None = None
-        length = False
-        for name, value in headers:
-            lname = name.lower()
-            kind = _RESPONSE_NOTABLE.get(lname)
-            if kind is not None:
-                if kind == _LENGTH:
-                    length = True
-                    parts += (name, b": ", value, b"\r\n")
-                elif kind == _CONNECTION:
-                    tokens = {token.strip().lower() for token in value.split(b",")} - _HOP_BY_HOP_BYTES
-                    named = tokens if named is None else named | tokens
-                continue  # the other hop-by-hop headers
-            parts += (name, b": ", value, b"\r\n")
-        if named:  # rare: the upstream named further hop-by-hop headers in Connection
-            parts = [status_line(status)]
-            for name, value in headers:
-                lname = name.lower()
-                if lname not in _HOP_BY_HOP_BYTES and lname not in named:
-                    parts += (name, b": ", value, b"\r\n")
-        # A body without Content-Length (chunked, or delimited by the close) is sent on re-chunked.
+        keep_alive = (head.keep_alive and not self.state.closing and not self._eof
+                      and (head.complete or self.can_drain(head)))  # should_keep_alive and can_drain, inlined
+        rewritten = self._response_heads.get(raw)
+        if rewritten is None:
+            rewritten = self._shared.rewrite_response_head(raw, status)
+        out, length, whole = rewritten
         self._chunk_out = False
+        self._keep_alive = keep_alive
+        if keep_alive and (length or not has_body) and not head.http10:
+            self._out_head = whole  # the usual case: the rewritten head as it is
+            return
+        parts = [out]
+        # A body without Content-Length (chunked, or delimited by the close) is sent on re-chunked.
         if has_body and not length:
             if head.http10:
                 keep_alive = False  # an HTTP/1.0 client cannot read chunks: the close ends the body
@@ -359,15 +419,16 @@ class ProxyProtocol(HttpServerProtocol):
             self._head_written = True
         if self._chunk_out:
             pieces = [out or b"", b"%x\r\n" % len(data), data, b"\r\n"]
+            if len(data) < 16384:
+                transport.write(b"".join(pieces))
+            else:
+                transport.writelines(pieces)
         elif out is None:
             transport.write(data)
-            return
+        elif len(data) < 16384:
+            transport.write(out + data)  # head and body in one send(): one small copy beats a second syscall
         else:
-            pieces = [out, data]
-        if len(data) < 16384:
-            transport.write(b"".join(pieces))  # one small copy beats a second send() call
-        else:
-            transport.writelines(pieces)
+            transport.writelines((out, data))
 
     def upstream_flush(self) -> None:
         out = self._out_head
@@ -385,9 +446,11 @@ class ProxyProtocol(HttpServerProtocol):
             self.write(out + b"0\r\n\r\n" if out is not None else b"0\r\n\r\n")
         elif out is not None:
             self.write(out)
-        if self._shared.observe is not None:
-            self._observe(self._status)
-        self.resume_reading(PAUSE_UPSTREAM | PAUSE_VERDICT)
+        observe = self._shared.observe
+        if observe is not None:
+            observe(self._status, self.loop.time() - self.active.started)  # type: ignore[union-attr]
+        if self._pause:
+            self.resume_reading(PAUSE_UPSTREAM | PAUSE_VERDICT)
         self.finish_response(self._keep_alive)
 
     def upstream_failed(self, exc: ClientError) -> None:

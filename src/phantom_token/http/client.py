@@ -46,6 +46,20 @@ BODY_CLOSE = 3  # read until the peer closes
 PoolKey = tuple[str, str, int, "ssl_module.SSLContext | None"]
 
 
+MAX_RESPONSE_HEAD = 64 * 1024  # a response head (status line and headers) larger than this is a ProtocolError
+
+
+def head_fields(head: bytes) -> RawHeaders:
+    """The ``(name, value)`` pairs of a response head llhttp accepted. llhttp is strict (CRLF only, no obs-fold, no
+    space before the colon, no CR or LF inside a value), so every line after the status line is ``name:value``."""
+    fields = []
+    for line in head.split(b"\r\n")[1:]:
+        if line:
+            name, _, value = line.partition(b":")
+            fields.append((name, value.strip(b" \t")))
+    return fields
+
+
 def framing(headers: RawHeaders) -> int:
     """How the body of a response that has one is delimited, from its headers."""
     for name, _ in headers:
@@ -109,7 +123,9 @@ class ResponseSink(Protocol):
     """Who receives a response from a ``Connection``. Exactly one of ``upstream_end`` and ``upstream_failed`` is
     called per request, after which the sink is detached."""
 
-    def upstream_head(self, status: int, headers: RawHeaders, has_body: bool) -> None: ...
+    def upstream_head(self, status: int, head: bytes, has_body: bool) -> None:
+        """``head`` is the response head as received (status line, header lines, the empty line), already
+        validated by llhttp; ``head_fields`` splits it."""
     def upstream_body(self, data: bytes) -> None: ...
     def upstream_flush(self) -> None: ...
     def upstream_end(self) -> None: ...
@@ -128,7 +144,8 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._sink: ResponseSink | None = None
-        self._headers: RawHeaders = []
+        self._buf = b""  # bytes of the response head received so far
+        self._head = b""  # the head of the current response, once complete
         self._in_head = True
         self._informational = False
         self._head_request = False
@@ -174,7 +191,7 @@ class Connection(asyncio.Protocol):
         self._chunked = chunked
         self._request_sent = False
         self._head_seen = False
-        self._headers = []
+        self._buf = self._head = b""
         self._in_head = True
         self._informational = False
         self._timeout = timeout
@@ -241,7 +258,7 @@ class Connection(asyncio.Protocol):
         if sink is None:
             return
         self._sink = None
-        if self._head_seen and self._has_body and framing(self._headers) == BODY_CLOSE:
+        if self._head_seen and self._has_body and framing(head_fields(self._head)) == BODY_CLOSE:
             sink.upstream_end()  # a body delimited by the close is complete now
         elif self._head_seen:
             sink.upstream_failed(ProtocolError("the connection closed in the middle of the response body"))
@@ -253,12 +270,16 @@ class Connection(asyncio.Protocol):
             self.close()  # bytes nobody asked for: the connection's framing can no longer be trusted
             return
         self._t_last = self.loop.time()
+        if self._in_head:
+            self._buf += data  # no copy when the head starts in this read (b"" + data is data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _HeadResponseDone):
                 self._parser = httptools.HttpResponseParser(self)
                 self._complete()
+            elif isinstance(exc.__context__, ProtocolError):
+                self._fail(exc.__context__)
             else:
                 cause = exc.__context__
                 logger.error("response handler failed: %s", type(cause).__name__, exc_info=cause)
@@ -266,6 +287,9 @@ class Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(ProtocolError(f"malformed response ({type(exc).__name__}: {exc})"))
         else:
+            if self._in_head and len(self._buf) > MAX_RESPONSE_HEAD:
+                self._fail(ProtocolError(f"response head larger than {MAX_RESPONSE_HEAD} bytes"))
+                return
             sink = self._sink
             if sink is not None:
                 sink.upstream_flush()
@@ -283,29 +307,33 @@ class Connection(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------------------------------
 
-    # No on_message_begin: httptools skips callbacks the protocol lacks, and ``begin`` resets the state.
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._in_head:
-            self._headers.append((name, value))
-        # else: trailers, dropped (RFC 9110 6.5.1 lets a recipient discard them)
+    # No on_message_begin: httptools skips callbacks the protocol lacks, and ``begin`` resets the state. No
+    # on_header either: the head is taken whole from the bytes received (one slice instead of a Python call per
+    # header), and trailers are dropped (RFC 9110 6.5.1 lets a recipient discard them).
 
     def on_headers_complete(self) -> None:
-        self._in_head = False
+        buf = self._buf
+        end = buf.find(b"\r\n\r\n") + 4
+        if end < 4:  # cannot happen after llhttp accepted a head; refuse rather than guess
+            raise ProtocolError("malformed response head")
+        if end > MAX_RESPONSE_HEAD:
+            raise ProtocolError(f"response head larger than {MAX_RESPONSE_HEAD} bytes")
+        head, self._buf = buf[:end], buf[end:]
         parser = self._parser
         status: int = parser.get_status_code()
         if status < 200:
-            self._informational = True  # 100/103: the real response follows
-            self._headers = []
-            self._in_head = True
+            self._informational = True  # 100/103: the real response follows; what is left of the read starts it
             return
+        self._in_head = False
+        self._buf = b""
+        self._head = head
         self._head_seen = True
         # llhttp already answers False for a body delimited by the close (no Content-Length, not chunked).
         self._keep_alive = parser.should_keep_alive()
         self._has_body = not (self._head_request or status == 204 or status == 304)
         sink = self._sink
         if sink is not None:
-            sink.upstream_head(status, self._headers, self._has_body)
+            sink.upstream_head(status, head, self._has_body)
         if self._head_request:
             raise _HeadResponseDone
 
@@ -403,7 +431,9 @@ class ConnectionPool:
         if self._closed or conn.transport is None or conn.transport.is_closing():
             conn.close()
             return
-        idle = self._idle.setdefault(conn.key, [])
+        idle = self._idle.get(conn.key)
+        if idle is None:
+            idle = self._idle[conn.key] = []
         if len(idle) >= self.max_idle:
             conn.close()
             return
@@ -450,9 +480,9 @@ class _BufferedSink:
         self.body: list[bytes] = []
         self.size = 0
 
-    def upstream_head(self, status: int, headers: RawHeaders, has_body: bool) -> None:
+    def upstream_head(self, status: int, head: bytes, has_body: bool) -> None:
         self.status = status
-        self.headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
+        self.headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head_fields(head)]
 
     def upstream_body(self, data: bytes) -> None:
         self.size += len(data)

@@ -176,51 +176,66 @@ def _split_target(head: RequestHead) -> None:
     head.host = url.host.decode("latin-1").lower()
 
 
-_HOST, _CONTENT_LENGTH, _TRANSFER_ENCODING, _EXPECT, _CONNECTION = range(5)
-_NOTABLE = {"host": _HOST, "content-length": _CONTENT_LENGTH, "transfer-encoding": _TRANSFER_ENCODING,
-            "expect": _EXPECT, "connection": _CONNECTION}
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")}
+
+
+
+# Header names as sent -> lower-case str. Clients send the same few names over and over; one lookup replaces a
+# decode and a lower() per header. Bounded: a client inventing names only makes it start over.
+_LNAMES: dict[bytes, str] = {}
+
+
+def _lname(name: bytes) -> str:
+    if len(_LNAMES) >= 1024:
+        _LNAMES.clear()
+    lname = _LNAMES[name] = name.decode("latin-1").lower()
+    return lname
 
 
 def _index_headers(head: RequestHead) -> None:
-    """One pass over the raw headers: the lower-case mapping plus what framing and routing need."""
+    """One pass over the raw headers for the lower-case mapping, then what framing and routing need from it."""
     headers = head.headers
     lnames = head.lnames
-    hosts = 0
     for name, value in head.raw_headers:
-        lname = name.decode("latin-1").lower()
+        lname = _LNAMES.get(name) or _lname(name)
         lnames.append(lname)
-        text = value.decode("latin-1")
         values = headers.get(lname)
         if values is None:
-            headers[lname] = [text]
+            headers[lname] = [value.decode("latin-1")]
         else:
-            values.append(text)
-        kind = _NOTABLE.get(lname)
-        if kind is None:
-            continue
-        if kind == _HOST:
-            hosts += 1
-            head.raw_host = text
-        elif kind == _CONTENT_LENGTH:
-            head.content_length = int(text)  # llhttp already checked digits-only and no duplicates
-        elif kind == _TRANSFER_ENCODING:
-            head.chunked = True  # llhttp only accepts a request TE whose last coding is chunked
-        elif kind == _EXPECT:
-            # Other expectations are ignored (RFC 9110 10.1.1 allows it).
-            head.expect_continue = text.strip().lower() == "100-continue" and not head.http10
-        else:
-            tokens = {t.strip().lower() for t in text.split(",")}
-            head.connection_tokens = head.connection_tokens | tokens
-    if hosts > 1:
-        raise _Reject(400, "more than one Host header")
-    if hosts == 0 and not head.http10 and not head.host:
+            values.append(value.decode("latin-1"))
+    hosts = headers.get("host")
+    if hosts is not None:
+        if len(hosts) > 1:
+            raise _Reject(400, "more than one Host header")
+        host = head.raw_host = hosts[0]
+        known = _HOSTS.get(host)
+        if known is None:
+            if len(_HOSTS) >= 1024:
+                _HOSTS.clear()
+            if host.startswith("["):  # IPv6 literal: keep the brackets, drop the port
+                known = _HOSTS[host] = host[: host.find("]") + 1].lower()
+            else:
+                known = _HOSTS[host] = host.partition(":")[0].lower()
+        head.host = known
+    elif not head.http10:
         raise _Reject(400, "missing Host header")
-    if not head.host:
-        host = head.raw_host
-        if host.startswith("["):  # IPv6 literal: keep the brackets, drop the port
-            head.host = host[: host.find("]") + 1].lower()
-        else:
-            head.host = host.partition(":")[0].lower()
+    length = headers.get("content-length")
+    if length is not None:
+        head.content_length = int(length[0])  # llhttp already checked digits-only and no duplicates
+    if "transfer-encoding" in headers:
+        head.chunked = True  # llhttp only accepts a request TE whose last coding is chunked
+    expect = headers.get("expect")
+    if expect is not None:
+        # Other expectations are ignored (RFC 9110 10.1.1 allows it).
+        head.expect_continue = expect[-1].strip().lower() == "100-continue" and not head.http10
+    connection = headers.get("connection")
+    if connection is not None:
+        head.connection_tokens = frozenset(t.strip().lower() for value in connection for t in value.split(","))
+
+
+# Host header values -> the host without port, lower case (few distinct values; bounded like _LNAMES).
+_HOSTS: dict[str, str] = {}
 
 
 class ServerState:
@@ -471,8 +486,10 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        head = RequestHead(parser.get_method().decode("ascii"), self._url, self._raw, parser.should_keep_alive(),
-                           parser.get_http_version() == "1.0")
+        method = parser.get_method()
+        target = self._url
+        head = RequestHead(_METHODS.get(method) or method.decode("ascii"), target, self._raw,
+                           parser.should_keep_alive(), parser.get_http_version() == "1.0")
         self._head_done = True
         self._in_head = False
         self._receiving = head
@@ -480,10 +497,19 @@ class HttpServerProtocol(asyncio.Protocol):
             _index_headers(head)
         except ValueError as exc:
             raise _Reject(400, "invalid header") from exc
-        _split_target(head)
+        if target[:1] == b"/":  # origin-form, the usual case (_split_target inlined)
+            path, sep, query = target.partition(b"?")
+            head.path = path.decode("latin-1")
+            if sep:
+                head.query = query.decode("latin-1")
+        else:
+            _split_target(head)
         head.started = self._t_rx
         if self.active is None and not self._closed:
-            self._start(head)
+            # _start(head), for a head with no early body and no end yet
+            self.active = head
+            self.responded = False
+            self.handle_request(head)
         else:
             head.early_body = []
             self._queue.append(head)
@@ -530,6 +556,16 @@ class HttpServerProtocol(asyncio.Protocol):
     def _advance(self) -> None:
         """Move on once the active request is both fully received and answered. Iterative, so a burst of
         pipelined requests answered synchronously does not recurse."""
+        head = self.active
+        if (head is not None and self.responded and head.complete and not self._queue and not self._advancing
+                and head.keep_alive and not self._eof and not self._closed and self._pending_error is None
+                and not self.state.closing):
+            # The usual case, a keep-alive request answered with nothing queued: the loop below in one step.
+            self.active = None
+            self._t_idle = self.loop.time()
+            if self._pause & PAUSE_PIPELINE:
+                self.resume_reading(PAUSE_PIPELINE)
+            return
         if self._advancing:
             return
         self._advancing = True

@@ -1,0 +1,220 @@
+"""CPU per request of the Python hot path alone, no sockets: ``serve`` at cache hit and ``authz`` at cache hit.
+
+The real ``ProxyProtocol`` (with the real engine, router, memory cache and upstream ``Connection``) and the real
+decision protocol are driven through in-memory transports: a request is fed to ``data_received``, the upstream's
+response (the five headers nginx sends) to the upstream connection. What is left out is exactly what nginx pays
+too: the event loop and the syscalls. Use it to compare changes to the hot path; ``bench/run.py`` gives the real
+figures.
+
+    python bench/hotpath.py [--requests 200000] [--profile]
+    python bench/hotpath.py --instructions      # CPU instructions per request, under valgrind (apt install valgrind)
+
+Time per request on a shared machine moves by tens of percent from run to run; ``--instructions`` counts the
+instructions executed per request instead (valgrind's callgrind, the difference between 0 and N requests, so
+start-up cancels out), which does not move: use it to judge a change of a few percent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import gc
+import pstats
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import uvloop
+import yaml
+
+from phantom_token.app import Application
+from phantom_token.config.loader import parse_settings
+from phantom_token.core.engine import cache_key
+from phantom_token.core.ports import CacheEntry
+
+CONFIG = """_format_version: '2.1'
+services:
+- name: api
+  url: http://127.0.0.1:9
+  routes:
+  - name: api
+    paths: [/api]
+  plugins:
+  - name: phantom-token
+    config:
+      introspection_endpoint: http://127.0.0.1:9/oauth/introspect
+      client_id: introspection-client
+      client_secret: secret
+      scope: read
+"""
+
+TOKEN = "a1b2c3d4-e5f6-4711-8899-aabbccddeeff"
+ROUNDS = 40
+ONLY: str | None = None  # --only serve|authz
+PLAIN = False  # --plain: just run the requests (for an instruction count under valgrind)
+JWT = "eyJhbGciOiJFUzI1NiJ9." + "x" * 300 + "." + "y" * 86  # the size of the demo AS's JWT (413 bytes)
+REQUEST = (b"GET /api/orders?page=2 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+           b"Authorization: Bearer " + TOKEN.encode() + b"\r\n\r\n")
+AUTHZ_REQUEST = (b"GET /authz HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nX-Original-URI: /api/orders?page=2\r\n"
+                 b"X-Original-Method: GET\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n\r\n")
+RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 29 Nov 2026 03:00:00 GMT\r\n"
+            b"Content-Type: text/plain\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok")
+
+
+class MemoryTransport(asyncio.Transport):
+    def __init__(self, peer: tuple[str, int]) -> None:
+        super().__init__()
+        self.peer = peer
+        self.out: list[bytes] = []
+        self.closing = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.out.append(bytes(data))
+
+    def writelines(self, data: Any) -> None:
+        self.out.append(b"".join(data))
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.peer if name == "peername" else default
+
+
+def _time(label: str, step: Callable[[], None], requests: int, profile: bool) -> None:
+    if PLAIN:
+        for _ in range(requests):
+            step()
+        return
+    for _ in range(2000):
+        step()
+    if profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(requests // 10):
+            step()
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+    rounds = []
+    gc.collect()
+    gc.disable()  # a collection landing in one round or another is noise, not the hot path's cost
+    for _ in range(ROUNDS):  # the best of several rounds: other work on the machine only ever adds time
+        started = time.perf_counter()
+        for _ in range(requests // ROUNDS):
+            step()
+        rounds.append((time.perf_counter() - started) / (requests // ROUNDS) * 1e6)
+    gc.enable()
+    rounds.sort()
+    print(f"{label:20s} best {rounds[0]:6.2f} us/request, median {rounds[len(rounds) // 2]:6.2f} "
+          f"(Python only, {ROUNDS} rounds of {requests // ROUNDS})")
+
+
+async def main(requests: int, profile: bool) -> None:
+    settings = parse_settings(yaml.safe_load(CONFIG), source="hotpath")
+    app = Application(settings, "serve")
+    plugin = settings.routes[0].plugin
+    assert plugin is not None
+    await app.cache.put(cache_key(plugin, TOKEN), CacheEntry("Bearer " + JWT, frozenset({"read"}), time.time() + 1e6))
+
+    from phantom_token.frontends.proxy import ProxyProtocol, _Shared
+    from phantom_token.http.client import Connection
+    from phantom_token.http.server import ServerLimits, ServerState
+
+    shared = _Shared(app.engine, settings, app.metrics.observe_response)
+    client = ProxyProtocol(ServerState(ServerLimits()), shared)
+    client_out = MemoryTransport(("127.0.0.1", 50000))
+    client.connection_made(client_out)
+    upstream = settings.routes[0].upstream
+    assert upstream is not None
+    origin = shared.origin(upstream)
+    conn = Connection(shared.pool, origin.key)
+    upstream_out = MemoryTransport(("127.0.0.1", 9))
+    conn.connection_made(upstream_out)
+    shared.pool.release(conn)
+
+    def serve_step() -> None:
+        client.data_received(REQUEST)
+        conn.data_received(RESPONSE)
+        client_out.out.clear()
+        upstream_out.out.clear()
+
+    client.data_received(REQUEST)
+    assert len(upstream_out.out) == 1 and JWT.encode() in upstream_out.out[0], upstream_out.out
+    assert TOKEN.encode() not in upstream_out.out[0]
+    conn.data_received(RESPONSE)
+    assert len(client_out.out) == 1 and client_out.out[0].startswith(b"HTTP/1.1 200 OK\r\n"), client_out.out
+    client_out.out.clear()
+    upstream_out.out.clear()
+    if ONLY in (None, "serve"):
+        _time("serve, cache hit", serve_step, requests, profile)
+
+    from phantom_token.frontends import decisions
+
+    authz = decisions.DecisionProtocol(ServerState(ServerLimits()),
+                                       decisions._Shared(app.engine, settings, app.metrics.observe_response))
+    authz_out = MemoryTransport(("127.0.0.1", 50001))
+    authz.connection_made(authz_out)
+
+    def authz_step() -> None:
+        authz.data_received(AUTHZ_REQUEST)
+        authz_out.out.clear()
+
+    authz.data_received(AUTHZ_REQUEST)
+    assert authz_out.out and authz_out.out[0].startswith(b"HTTP/1.1 200 OK\r\n"), authz_out.out
+    authz_out.out.clear()
+    if ONLY in (None, "authz"):
+        _time("authz, cache hit", authz_step, requests, profile)
+
+
+def count_instructions(path: str, requests: int) -> int:
+    """Instructions per request of one path, from two runs of this script under callgrind."""
+    def total(n: int) -> int:
+        done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+                               __file__, "--plain", "--only", path, "--requests", str(n)],
+                              capture_output=True, text=True, check=True)
+        found = re.search(r"refs:\s+([\d,]+)", done.stderr)
+        if found is None:
+            raise RuntimeError(f"no instruction count in valgrind's output:\n{done.stderr[-2000:]}")
+        return int(found.group(1).replace(",", ""))
+
+    return (total(requests) - total(0)) // requests
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=200_000)
+    parser.add_argument("--profile", action="store_true", help="also print a cProfile of each path")
+    parser.add_argument("--only", choices=("serve", "authz"), help="one path only")
+    parser.add_argument("--plain", action="store_true",
+                        help="no timing: run the requests only (compare instruction counts of two --requests "
+                             "values under 'valgrind --tool=callgrind', which a busy machine does not disturb)")
+    parser.add_argument("--instructions", action="store_true",
+                        help="print instructions per request of each path (runs this script under valgrind)")
+    args = parser.parse_args()
+    PLAIN, ONLY = args.plain, args.only
+    if args.instructions:
+        count = min(args.requests, 1000)
+        for name in (ONLY,) if ONLY else ("serve", "authz"):
+            print(f"{name + ', cache hit':20s} {count_instructions(name, count):8d} instructions/request "
+                  f"(valgrind, {count} requests)")
+        sys.exit(0)
+    uvloop.run(main(args.requests, args.profile))  # as the CLI runs it
