@@ -18,13 +18,14 @@ import asyncio
 import base64
 import json
 import os
+import secrets
 import signal
 import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from types import FrameType
 
@@ -175,13 +176,15 @@ class Ports:
     authz: int
     nginx_authz: int
     nginx_authz_cache: int
+    nginx_authz_njs: int
     serve_scale: int
 
 
 def _example(name: str, work: Path, **values: int) -> str:
     text = (EXAMPLES / name).read_text()
     work.mkdir(parents=True, exist_ok=True)
-    substitutions = {"WORK_DIR": str(work), "EXAMPLE_DIR": str(EXAMPLES), **{k: str(v) for k, v in values.items()}}
+    substitutions = {"WORK_DIR": str(work), "EXAMPLE_DIR": str(EXAMPLES), "DECISION_KEY_SECRET": secrets.token_hex(32),
+                     **{k: str(v) for k, v in values.items()}}
     for key, value in substitutions.items():
         text = text.replace("${" + key + "}", value)
     return text
@@ -214,6 +217,9 @@ def start_all(procs: Processes, tmp: Path, ports: Ports) -> dict[str, Child]:
             API_PORT=ports.upstream)),
         "nginx_authz_cache": procs.nginx("nginx_authz_cache", _example(
             "nginx-decision-cache.conf", tmp / "nginx_authz_cache", LISTEN_PORT=ports.nginx_authz_cache,
+            AUTHZ_PORT=ports.authz, API_PORT=ports.upstream)),
+        "nginx_authz_njs": procs.nginx("nginx_authz_njs", _example(
+            "nginx-decision-cache-njs.conf", tmp / "nginx_authz_njs", LISTEN_PORT=ports.nginx_authz_njs,
             AUTHZ_PORT=ports.authz, API_PORT=ports.upstream)),
     }
     for name, child in started.items():
@@ -269,6 +275,7 @@ def main_rows(plan: Plan, ports: Ports, kids: dict[str, Child], token: str, miss
         ("serve, cache hit", ports.serve, ["serve"]),
         ("nginx + authz (auth_request)", ports.nginx_authz, ["nginx_authz", "authz"]),
         ("nginx + authz + decision cache", ports.nginx_authz_cache, ["nginx_authz_cache", "authz"]),
+        ("  the same, cache key by njs", ports.nginx_authz_njs, ["nginx_authz_njs", "authz"]),
     ]
     best: dict[str, Row] = {}
     miss: Row | None = None
@@ -369,7 +376,7 @@ def run(plan: Plan, keep: Path | None = None) -> int:
     with _work_dir(keep) as tmp, _signals_raise(), Processes(tmp) as procs:
         print(f"work dir {tmp}; load average before the run {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs",
               flush=True)
-        ports = Ports(*(free_port() for _ in range(8)))
+        ports = Ports(*(free_port() for _ in range(len(fields(Ports)))))
         kids = start_all(procs, tmp, ports)
         need = 1 + plan.miss_tokens + max(plan.scale)
         print(f"issuing {need} tokens from the demo authorization server ...", flush=True)

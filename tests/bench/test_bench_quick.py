@@ -22,6 +22,7 @@ ROWS = (
     "serve, cache miss (20 ms AS)",
     "nginx + authz (auth_request)",
     "nginx + authz + decision cache",
+    "  the same, cache key by njs",
 )
 NUMBER = r"(\d+(?:\.\d+)?)"
 
@@ -70,3 +71,16 @@ def test_nothing_is_left_running(output: str) -> None:
     assert found is not None, output
     running = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
     assert found.group(1) not in running
+
+
+def test_the_hot_path_alone_is_timed_for_both_front_doors() -> None:
+    """bench/hotpath.py drives the real proxy and decision protocols through in-memory transports; it checks what
+    went upstream and back before timing anything."""
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "hotpath.py"), "--requests", "4000"],
+                          capture_output=True, text=True, timeout=300, check=False, cwd=REPO)
+    assert done.returncode == 0, done.stdout + done.stderr
+    for path in ("serve", "authz"):
+        found = re.search(rf"^{path}, cache hit\s+best\s+{NUMBER} us/request, median\s+{NUMBER}", done.stdout,
+                          re.MULTILINE)
+        assert found is not None, done.stdout
+        assert 0 < float(found.group(1)) <= float(found.group(2))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -23,7 +24,13 @@ import pytest
 from .conftest import READY_TIMEOUT, REPO, STOP_TIMEOUT, http_request
 
 EXAMPLES = REPO / "examples"
-NJS_MODULE = "/usr/lib/nginx/modules/ngx_http_js_module.so"  # the path examples/nginx/nginx-decision-cache.conf loads
+# The modules each decision-cache example loads (Debian's paths), by variant: the cache key by set-misc or by njs.
+DECISION_CACHE = {
+    "set-misc": ("nginx-decision-cache.conf", ("/usr/lib/nginx/modules/ndk_http_module.so",
+                                               "/usr/lib/nginx/modules/ngx_http_set_misc_module.so"),
+                 "libnginx-mod-http-ndk libnginx-mod-http-set-misc"),
+    "njs": ("nginx-decision-cache-njs.conf", ("/usr/lib/nginx/modules/ngx_http_js_module.so",), "libnginx-mod-http-js"),
+}
 _PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
 
 
@@ -114,14 +121,18 @@ def start_gateway(name: str, argv: Sequence[str], port: int, work_dir: Path) -> 
     return gateway
 
 
-def gateway_argv(name: str, work_dir: Path, values: Mapping[str, str], *, cached: bool = False) -> list[str]:
-    """Render the example configuration of gateway ``name`` into ``work_dir``; the command line that runs it."""
+def gateway_argv(name: str, work_dir: Path, values: Mapping[str, str], *, cached: str | None = None) -> list[str]:
+    """Render the example configuration of gateway ``name`` into ``work_dir``; the command line that runs it.
+    ``cached``: for nginx, the decision-cache variant (a key of ``DECISION_CACHE``)."""
     if name == "nginx":
-        if cached and not Path(NJS_MODULE).exists():
-            pytest.skip("nginx's njs module is not installed (scripts/setup installs libnginx-mod-http-js)")
-        template = EXAMPLES / "nginx" / ("nginx-decision-cache.conf" if cached else "nginx.conf")
-        conf = render(template, work_dir / "nginx.conf", {**values, "WORK_DIR": str(work_dir),
-                                                          "EXAMPLE_DIR": str(EXAMPLES / "nginx")})
+        example = "nginx.conf"
+        if cached is not None:
+            example, modules, packages = DECISION_CACHE[cached]
+            if not all(Path(module).exists() for module in modules):
+                pytest.skip(f"nginx modules missing (scripts/setup installs {packages})")
+        conf = render(EXAMPLES / "nginx" / example, work_dir / "nginx.conf",
+                      {**values, "WORK_DIR": str(work_dir), "EXAMPLE_DIR": str(EXAMPLES / "nginx"),
+                       "DECISION_KEY_SECRET": secrets.token_hex(32)})
         # As root, nginx's workers would run as 'nobody', which cannot write the test's private temp directory.
         globals_ = "daemon off;" + (" user root;" if os.geteuid() == 0 else "")
         return [require_binary("nginx"), "-p", str(work_dir), "-c", str(conf), "-g", globals_]

@@ -234,4 +234,5 @@ def test_one_keep_alive_connection_switching_tokens(started_gateway: Gateway, au
     finally:
         conn.close()
     assert seen == [(200, "read"), (200, "write"), (200, "read"), (401, "unauthorized"), (200, "write")]
-    assert auth_server.introspections("conn-token-a") == 1 and auth_server.introspections("conn-token-b") == 1
+    assert auth_server.introspections("conn-token-a") == 1
+    assert auth_server.introspections("conn-token-b") == 1

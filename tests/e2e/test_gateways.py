@@ -30,7 +30,7 @@ from .conftest import (
     http_request,
     start_process,
 )
-from .gateways import EXAMPLES, GatewayProcess, gateway_argv, render, start_gateway
+from .gateways import DECISION_CACHE, EXAMPLES, GatewayProcess, gateway_argv, render, start_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -78,7 +78,7 @@ def authz(auth_server: AuthServer, tmp_path_factory: pytest.TempPathFactory, e2e
         assert code == 0, service.process.stderr()
 
 
-def _start(name: str, authz: Authz, echo_api: Process, tmp: pytest.TempPathFactory, *, cached: bool = False
+def _start(name: str, authz: Authz, echo_api: Process, tmp: pytest.TempPathFactory, *, cached: str | None = None
            ) -> GatewayProcess:
     work_dir = tmp.mktemp(name)
     port = free_port()
@@ -157,10 +157,10 @@ def test_route_without_plugin_passes_without_a_token(gateway: GatewayProcess) ->
 # --- nginx decision caching -------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def cached_nginx(authz: Authz, echo_api: Process, tmp_path_factory: pytest.TempPathFactory
-                 ) -> Iterator[GatewayProcess]:
-    running = _start("nginx", authz, echo_api, tmp_path_factory, cached=True)
+@pytest.fixture(scope="module", params=sorted(DECISION_CACHE))
+def cached_nginx(request: pytest.FixtureRequest, authz: Authz, echo_api: Process,
+                 tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcess]:
+    running = _start("nginx", authz, echo_api, tmp_path_factory, cached=str(request.param))
     try:
         yield running
     finally:

@@ -245,19 +245,26 @@ async def test_a_connection_memo_follows_the_token_the_client_sends() -> None:
         return engine.try_authorize(request) or await engine.authorize(request)
 
     first = await decide("/api/x", "Bearer tok-a")
-    assert isinstance(first, Allow) and first.authorization == "Bearer " + jwt_a
-    assert memo.key == cache_key(PLUGIN, "tok-a") and memo.value == "Bearer tok-a"
+    assert isinstance(first, Allow)
+    assert first.authorization == "Bearer " + jwt_a
+    assert memo.key == cache_key(PLUGIN, "tok-a")
+    assert memo.value == "Bearer tok-a"
     again = await decide("/api/x", "Bearer tok-a")
-    assert isinstance(again, Allow) and again.authorization == "Bearer " + jwt_a
+    assert isinstance(again, Allow)
+    assert again.authorization == "Bearer " + jwt_a
     switched = await decide("/api/x", "Bearer tok-b")
-    assert isinstance(switched, Allow) and switched.authorization == "Bearer " + jwt_b
+    assert isinstance(switched, Allow)
+    assert switched.authorization == "Bearer " + jwt_b
     assert memo.key == cache_key(PLUGIN, "tok-b")
     broken = await decide("/api/x", "Bearer tok-b junk")
-    assert isinstance(broken, Deny) and broken.status == 401
+    assert isinstance(broken, Deny)
+    assert broken.status == 401
     duplicated = await decide("/api/x", "Bearer tok-b", "Bearer tok-b")
-    assert isinstance(duplicated, Deny) and duplicated.status == 400
+    assert isinstance(duplicated, Deny)
+    assert duplicated.status == 400
     missing = await decide("/api/x")
-    assert isinstance(missing, Deny) and missing.status == 401
+    assert isinstance(missing, Deny)
+    assert missing.status == 401
     elsewhere = await decide("/other/x", "Bearer tok-b")  # same header, other plugin: its own key and cache entry
     assert isinstance(elsewhere, Allow)
     assert memo.key == cache_key(other, "tok-b")

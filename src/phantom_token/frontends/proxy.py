@@ -40,7 +40,6 @@ from phantom_token.http.client import (
     StaleConnection,
     head_fields,
 )
-from phantom_token.http.messages import RawHeaders
 from phantom_token.http.server import (
     HttpServer,
     HttpServerProtocol,
