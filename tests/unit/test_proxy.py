@@ -19,6 +19,7 @@ from phantom_token.frontends.proxy import start_proxy
 from phantom_token.http.server import HttpServer
 from tests.unit.test_http_server import (
     TIMEOUT,
+    RawResponse,
     ResponseReader,
     open_conn,
     read_to_eof,
@@ -241,6 +242,19 @@ async def test_head_on_a_deny_has_no_body(harness: Harness) -> None:
     assert body == b""
 
 
+async def one_answer(reply: Reply | None = None, *, upstream_port: int | None = None) -> RawResponse:
+    """What a client gets for one GET through the proxy when the upstream answers with ``reply`` (or listens on
+    ``upstream_port``)."""
+    h = await make(RecordingUpstream(reply) if reply is not None else None, upstream_port=upstream_port)
+    try:
+        writer, responses = await request(h.port, b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n")
+        response = await responses.next()
+        writer.close()
+    finally:
+        await shutdown(h)
+    return response
+
+
 async def test_head_allowed_passes_headers_without_body() -> None:
     async def reply(seen: Seen, writer: asyncio.StreamWriter) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\nX-Up: 1\r\n\r\n")
@@ -318,13 +332,7 @@ async def test_upstream_down_is_502_bad_gateway() -> None:
     probe.close()
     assert probe.server is not None
     await probe.server.wait_closed()
-    h = await make(upstream_port=port)
-    try:
-        writer, responses = await request(h.port, b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n")
-        response = await responses.next()
-        writer.close()
-    finally:
-        await shutdown(h)
+    response = await one_answer(upstream_port=port)
     assert response.status == 502
     assert response.json() == {"code": "bad_gateway", "message": "The upstream API could not be reached"}
 
@@ -333,13 +341,7 @@ async def test_upstream_reset_before_response_is_502() -> None:
     async def reply(seen: Seen, writer: asyncio.StreamWriter) -> None:
         writer.transport.abort()
 
-    h = await make(RecordingUpstream(reply))
-    try:
-        writer, responses = await request(h.port, b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n")
-        response = await responses.next()
-        writer.close()
-    finally:
-        await shutdown(h)
+    response = await one_answer(reply)
     assert response.status == 502
 
 
@@ -609,13 +611,7 @@ async def test_a_response_head_over_64_kib_is_502() -> None:
             writer.write(b"X-More: " + b"b" * 8000 + b"\r\n")
         writer.write(b"Content-Length: 0\r\n\r\n")
 
-    h = await make(RecordingUpstream(reply))
-    try:
-        writer, responses = await request(h.port, b"GET /api/x HTTP/1.1\r\nHost: h\r\n\r\n")
-        response = await responses.next()
-        writer.close()
-    finally:
-        await shutdown(h)
+    response = await one_answer(reply)
     assert response.status == 502
     assert json.loads(response.body)["code"] == "bad_gateway"
 
