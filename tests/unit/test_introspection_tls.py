@@ -43,12 +43,15 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-@pytest.fixture
-async def tls_endpoint(tmp_path: Path) -> AsyncIterator[str]:
-    """An HTTPS introspection endpoint that answers every request with a JWT."""
-    cert, key = self_signed(tmp_path)
+async def start_tls_endpoint(directory: Path, client_ca: Path | None = None) -> tuple[asyncio.Server, str, Path]:
+    """An HTTPS introspection endpoint that answers every request with a JWT; with ``client_ca`` it requires a
+    client certificate issued by it (RFC 8705 mutual TLS). Returns the server, its URL and its certificate."""
+    cert, key = self_signed(directory)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
+    if client_ca is not None:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(client_ca)
     body = make_jwt({"sub": "alice", "scope": "read"}).encode()
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -61,13 +64,19 @@ async def tls_endpoint(tmp_path: Path) -> AsyncIterator[str]:
                          % (len(body), body))
             await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
-            pass  # the verifying client hangs up during the handshake: that is the point of one test
+            pass  # a verifying client (or server) hangs up during the handshake: that is the point of some tests
         finally:
             writer.close()
 
     server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=context)
     port = server.sockets[0].getsockname()[1]
-    yield f"https://localhost:{port}/introspect"
+    return server, f"https://localhost:{port}/introspect", cert
+
+
+@pytest.fixture
+async def tls_endpoint(tmp_path: Path) -> AsyncIterator[str]:
+    server, url, _ = await start_tls_endpoint(tmp_path)
+    yield url
     server.close()
     await server.wait_closed()
 
@@ -109,3 +118,27 @@ async def test_verify_ssl_false_is_warned_about_at_start(caplog: pytest.LogCaptu
         assert "verify_ssl is false" in warnings[0]
     finally:
         await app.stop()
+
+
+async def test_tls_client_auth_presents_the_client_certificate(tmp_path: Path) -> None:
+    """tls_client_auth against a server that requires a client certificate: with client_cert_file/client_key_file
+    (and ca_file trusting the server) the call succeeds; without a certificate the handshake fails: 502's cause."""
+    (tmp_path / "client").mkdir()
+    (tmp_path / "server").mkdir()
+    client_cert, client_key = self_signed(tmp_path / "client")
+    server, url, server_cert = await start_tls_endpoint(tmp_path / "server", client_ca=client_cert)
+    client = HttpClient()
+    try:
+        mutual = PluginConfig(url, "gw", "", introspection_response="jwt", client_auth_method="tls_client_auth",
+                              client_cert_file=str(client_cert), client_key_file=str(client_key),
+                              ca_file=str(server_cert))
+        result = await HttpIntrospector(client).introspect("tok", mutual)
+        assert isinstance(result, Active)
+        assert result.claims["sub"] == "alice"
+        anonymous = PluginConfig(url, "gw", "secret", ca_file=str(server_cert))
+        with pytest.raises(IntrospectionUnavailable):
+            await HttpIntrospector(client).introspect("tok", anonymous)
+    finally:
+        await client.aclose()
+        server.close()
+        await server.wait_closed()
