@@ -129,25 +129,25 @@ class _Shared:
         # same few heads over and over (nginx's differ by Date, once a second), so the rewrite is done once per
         # distinct head. Heads with Set-Cookie or over 2 KiB are never remembered; the memo stays small.
         self.response_heads: dict[bytes, tuple[bytes, bool, bytes]] = {}
-        self._targets: dict[int, tuple[Route, dict[bytes, bytes]]] = {}
+        self._targets: dict[int, tuple[Route, dict[str, bytes]]] = {}
 
-    def targets(self, route: Route) -> dict[bytes, bytes]:
-        """The memo of ``route``'s request targets as received -> as sent upstream."""
+    def targets(self, route: Route) -> dict[str, bytes]:
+        """The memo of ``route``'s request paths as received -> as sent upstream."""
         known = self._targets.get(id(route))
         if known is None or known[0] is not route:
             known = self._targets[id(route)] = (route, {})
         return known[1]
 
     @staticmethod
-    def upstream_target(targets: dict[bytes, bytes], route: Route, head: RequestHead) -> bytes:
-        """The request target sent upstream (Kong's path rules, the query as received), remembered in
-        ``targets``: clients ask for the same paths again and again; the memo starts over when it is full."""
-        path = upstream_path(route, head.path)
-        target = (f"{path}?{head.query}" if head.query else path).encode("latin-1")
+    def upstream_path(targets: dict[str, bytes], route: Route, path: str) -> bytes:
+        """The path sent upstream (Kong's path rules), remembered in ``targets``: clients ask for the same paths
+        again and again; the memo starts over when it is full. Query strings are never remembered (they may carry
+        anything, credentials included)."""
+        upstream = upstream_path(route, path).encode("latin-1")
         if len(targets) >= 1024:
             targets.clear()
-        targets[head.target] = target
-        return target
+        targets[path] = upstream
+        return upstream
 
     def rewrite_response_head(self, raw: bytes, status: int) -> tuple[bytes, bool, bytes]:
         """(the head without its final empty line, whether it has Content-Length, the whole head)."""
@@ -330,9 +330,11 @@ class ProxyProtocol(HttpServerProtocol):
         Host, Authorization and X-Forwarded-* set by the gateway."""
         route = allow.route
         targets = self._shared.targets(route)
-        target = targets.get(head.target)
+        target = targets.get(head.path)
         if target is None:
-            target = self._shared.upstream_target(targets, route, head)
+            target = self._shared.upstream_path(targets, route, head.path)
+        if head.query:
+            target = b"%b?%b" % (target, head.query.encode("latin-1"))
         parts = [head.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
         tokens = head.connection_tokens
         authorization = allow.authorization
