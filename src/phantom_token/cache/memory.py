@@ -51,16 +51,7 @@ class MemoryCache:
         return len(self._negative.entries)
 
     def get_local(self, key: bytes, now: float) -> Cached | None:
-        # The hit path of every request: the active LRU inlined (one call less), then the negative one.
-        entries = self._active.entries
-        entry = entries.get(key)
-        if entry is not None:
-            if entry.expires_at > now:
-                entries.move_to_end(key)
-                return entry
-            del entries[key]
-            return None
-        return self._negative.get(key, now)
+        return self._active.get(key, now) or self._negative.get(key, now)
 
     async def get(self, key: bytes, now: float) -> Cached | None:
         return self.get_local(key, now)

@@ -121,10 +121,6 @@ class Engine:
         if entry is None:
             return None
         self._metrics.cache_hits += 1
-        if isinstance(entry, CacheEntry):  # _decide's usual case, inlined: a live entry, scopes granted
-            scope = step.plugin.scope
-            if not scope or entry.scopes.issuperset(scope):
-                return v.Allow(step.route, entry.authorization, max(entry.expires_at - now, 0.0))
         return self._decide(step, entry, now)
 
     async def authorize(self, request: RequestInfo) -> v.Verdict:

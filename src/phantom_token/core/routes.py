@@ -144,17 +144,9 @@ class Router:
         return None
 
 
-_PATH_ORDERS: dict[int, tuple[Route, list[str]]] = {}
-
-
 def matched_length(route: Route, path: str) -> int:
     """How many leading characters of ``path`` the route's path condition matched (0: it sets no path)."""
-    known = _PATH_ORDERS.get(id(route))  # routes are built once; ordering their paths per request is waste
-    if known is None or known[0] is not route:
-        if len(_PATH_ORDERS) > 4096:
-            _PATH_ORDERS.clear()
-        known = _PATH_ORDERS[id(route)] = (route, _path_order(route))
-    for candidate in known[1]:
+    for candidate in _path_order(route):
         if candidate.startswith("~"):
             found = re.match(candidate[1:], path)  # re's own cache keeps this compiled
             if found is not None:

@@ -128,31 +128,30 @@ class _Shared:
         # Response heads as received -> as sent on (and whether they have Content-Length). An upstream sends the
         # same few heads over and over (nginx's differ by Date, once a second), so the rewrite is done once per
         # distinct head. Heads with Set-Cookie or over 2 KiB are never remembered; the memo stays small.
-        self.response_heads: dict[bytes, tuple[bytes, bool, bytes]] = {}
-        self._targets: dict[int, tuple[Route, dict[str, bytes]]] = {}
+        self.response_heads: dict[bytes, tuple[bytes, bool]] = {}
+        self._paths: dict[int, tuple[Route, dict[str, bytes]]] = {}
 
-    def targets(self, route: Route) -> dict[str, bytes]:
-        """The memo of ``route``'s request paths as received -> as sent upstream."""
-        known = self._targets.get(id(route))
+    def upstream_path(self, route: Route, path: str) -> bytes:
+        """The path sent upstream for ``path`` on ``route`` (Kong's path rules), remembered per route: clients ask
+        for the same paths again and again; a route's memo starts over when it is full. Query strings are never
+        remembered (they may carry anything, credentials included)."""
+        known = self._paths.get(id(route))  # by identity, like origin(): routes are built once
         if known is None or known[0] is not route:
-            known = self._targets[id(route)] = (route, {})
-        return known[1]
-
-    @staticmethod
-    def upstream_path(targets: dict[str, bytes], route: Route, path: str) -> bytes:
-        """The path sent upstream (Kong's path rules), remembered in ``targets``: clients ask for the same paths
-        again and again; the memo starts over when it is full. Query strings are never remembered (they may carry
-        anything, credentials included)."""
-        upstream = upstream_path(route, path).encode("latin-1")
-        if len(targets) >= 1024:
-            targets.clear()
-        targets[path] = upstream
+            known = self._paths[id(route)] = (route, {})
+        paths = known[1]
+        upstream = paths.get(path)
+        if upstream is None:
+            upstream = upstream_path(route, path).encode("latin-1")
+            if len(paths) >= 1024:
+                paths.clear()
+            paths[path] = upstream
         return upstream
 
-    def rewrite_response_head(self, raw: bytes, status: int) -> tuple[bytes, bool, bytes]:
-        """(the head without its final empty line, whether it has Content-Length, the whole head)."""
+    def rewrite_response_head(self, raw: bytes, status: int) -> tuple[bytes, bool]:
+        """The whole head sent to the client for ``raw`` (see ``rewrite_response_head``) and whether it has
+        Content-Length; remembered when it may be."""
         head, length, memo = rewrite_response_head(raw, status)
-        rewritten = (head, length, head + b"\r\n")
+        rewritten = (head + b"\r\n", length)
         if memo:
             if len(self.response_heads) >= 256:
                 self.response_heads.clear()
@@ -311,8 +310,7 @@ class ProxyProtocol(HttpServerProtocol):
         # A pooled connection the upstream closed while we wrote on it (its idle timeout, keepalive_requests) fails
         # with no response: a request without a body and with an idempotent method is then sent once more, on a
         # new connection (RFC 9110 9.2.2), as nginx's proxy_next_upstream does.
-        self._replay = (None if fresh or head.chunked or head.content_length or head.method not in _IDEMPOTENT
-                        else (origin, request_head))
+        self._replay = None if fresh or head.has_body or head.method not in _IDEMPOTENT else (origin, request_head)
         pending = self._pending
         if pending:
             for chunk in pending:
@@ -320,19 +318,15 @@ class ProxyProtocol(HttpServerProtocol):
         self._pending = None
         if head.complete:
             conn.end_body()
-        elif head.expect_continue:
+        else:
             self.send_continue(head)
-        if self._pause:
-            self.resume_reading(PAUSE_VERDICT)
+        self.resume_reading(PAUSE_VERDICT)
 
     def _request_head(self, head: RequestHead, allow: Allow, origin: _Origin) -> bytes:
         """The head sent upstream: method, rewritten path, the client's headers minus hop-by-hop ones, and
         Host, Authorization and X-Forwarded-* set by the gateway."""
         route = allow.route
-        targets = self._shared.targets(route)
-        target = targets.get(head.path)
-        if target is None:
-            target = self._shared.upstream_path(targets, route, head.path)
+        target = self._shared.upstream_path(route, head.path)
         if head.query:
             target = b"%b?%b" % (target, head.query.encode("latin-1"))
         parts = [head.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
@@ -383,18 +377,17 @@ class ProxyProtocol(HttpServerProtocol):
         head = self.active
         assert head is not None
         self._status = status
-        keep_alive = (head.keep_alive and not self.state.closing and not self._eof
-                      and (head.complete or self.can_drain(head)))  # should_keep_alive and can_drain, inlined
+        keep_alive = self.should_keep_alive(head) and self.can_drain(head)
         rewritten = self._response_heads.get(raw)
         if rewritten is None:
             rewritten = self._shared.rewrite_response_head(raw, status)
-        out, length, whole = rewritten
+        whole, length = rewritten
         self._chunk_out = False
         self._keep_alive = keep_alive
         if keep_alive and (length or not has_body) and not head.http10:
             self._out_head = whole  # the usual case: the rewritten head as it is
             return
-        parts = [out]
+        parts = [whole[:-2]]  # without its final empty line: more header lines follow
         # A body without Content-Length (chunked, or delimited by the close) is sent on re-chunked.
         if has_body and not length:
             if head.http10:
@@ -450,8 +443,7 @@ class ProxyProtocol(HttpServerProtocol):
         observe = self._shared.observe
         if observe is not None:
             observe(self._status, self.loop.time() - self.active.started)  # type: ignore[union-attr]
-        if self._pause:
-            self.resume_reading(PAUSE_UPSTREAM | PAUSE_VERDICT)
+        self.resume_reading(PAUSE_UPSTREAM | PAUSE_VERDICT)
         self.finish_response(self._keep_alive)
 
     def upstream_failed(self, exc: ClientError) -> None:

@@ -178,8 +178,6 @@ def _split_target(head: RequestHead) -> None:
 
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")}
 
-
-
 # Header names as sent -> lower-case str. Clients send the same few names over and over; one lookup replaces a
 # decode and a lower() per header. Bounded: a client inventing names only makes it start over.
 _LNAMES: dict[bytes, str] = {}
@@ -556,16 +554,6 @@ class HttpServerProtocol(asyncio.Protocol):
     def _advance(self) -> None:
         """Move on once the active request is both fully received and answered. Iterative, so a burst of
         pipelined requests answered synchronously does not recurse."""
-        head = self.active
-        if (head is not None and self.responded and head.complete and not self._queue and not self._advancing
-                and head.keep_alive and not self._eof and not self._closed and self._pending_error is None
-                and not self.state.closing):
-            # The usual case, a keep-alive request answered with nothing queued: the loop below in one step.
-            self.active = None
-            self._t_idle = self.loop.time()
-            if self._pause & PAUSE_PIPELINE:
-                self.resume_reading(PAUSE_PIPELINE)
-            return
         if self._advancing:
             return
         self._advancing = True
