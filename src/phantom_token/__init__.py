@@ -5,3 +5,7 @@ caches the answer under a hash of the token, checks scopes, and forwards ``Autho
 """
 
 __version__ = "0.1.0"
+
+from phantom_token import compiled as _compiled
+
+_compiled.install()  # before anything imports the hot path: compiled, or from source (see compiled.py)

@@ -1,4 +1,5 @@
-"""A fake authorization server behind a fake ``HttpClient``: answers by URL, records requests; no sockets."""
+"""A fake authorization server behind a fake HTTP client (an introspection ``Requester``): answers by URL,
+records requests; no sockets."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from phantom_token.http.client import ClientError, ClientResponse, HttpClient
+from phantom_token.http.client import ClientError, ClientResponse
 
 Answer = ClientResponse | ClientError | Callable[[bytes], ClientResponse]
 
@@ -31,14 +32,11 @@ class Sent:
 
 
 @dataclass
-class FakeServer(HttpClient):
+class FakeServer:
     """``answers[url]``: a response, an exception to raise, or a function of the request body."""
 
     answers: dict[str, Answer] = field(default_factory=dict)
     sent: list[Sent] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        super().__init__()
 
     async def request(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes = b"", *,
                       timeout: float, ssl: ssl.SSLContext | None = None,  # noqa: ASYNC109

@@ -38,13 +38,14 @@ def extract(values: Sequence[str] | None, max_length: int) -> BearerToken | Prob
         return Problem.DUPLICATE
     value = values[0]
     if value[:7] == "Bearer ":  # the usual form: one regex on the token instead of the general header grammar
-        credentials = value[7:]
-        if len(credentials) <= max_length and _B64TOKEN.fullmatch(credentials):
-            return BearerToken(credentials)
+        usual = value[7:]
+        if len(usual) <= max_length and _B64TOKEN.fullmatch(usual):
+            return BearerToken(usual)
     match = _HEADER.fullmatch(value)
     if match is None:
         return Problem.INVALID if values[0].lstrip(" \t")[:6].lower() == "bearer" else Problem.MISSING
-    scheme, credentials = match.group(1), match.group(2)
+    scheme: str = match.group(1)
+    credentials: str | None = match.group(2)  # None when there is no space after the scheme (typeshed says str)
     if scheme.lower() != "bearer":
         return Problem.MISSING
     if not credentials or len(credentials) > max_length or not _B64TOKEN.fullmatch(credentials):

@@ -21,7 +21,6 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from phantom_token.cache.single_flight import SingleFlight
 from phantom_token.config.settings import PluginConfig, Route
@@ -66,14 +65,17 @@ def cache_key(plugin: PluginConfig, token: str) -> bytes:
     return namespaced_key(plugin.cache_namespace, token_digest(token))
 
 
-@dataclass(slots=True)  # not frozen: a frozen dataclass pays object.__setattr__ per field, on every request
 class _Pending:
-    """A request that passed every cheap check and needs an introspection answer."""
+    """A request that passed every cheap check and needs an introspection answer. (A plain class: one is made
+    per request, and a dataclass's generated ``__init__`` runs interpreted even in the compiled build.)"""
 
-    route: Route
-    plugin: PluginConfig
-    token: str
-    key: bytes
+    __slots__ = ("key", "plugin", "route", "token")
+
+    def __init__(self, route: Route, plugin: PluginConfig, token: str, key: bytes) -> None:
+        self.route = route
+        self.plugin = plugin
+        self.token = token
+        self.key = key
 
 
 _MAX_SCOPE_SETS = 4096

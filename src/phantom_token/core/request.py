@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 
@@ -25,17 +24,30 @@ class TokenMemo:
         self.key = b""
 
 
-@dataclass(slots=True)
 class RequestInfo:
     """One incoming request as plain values.
 
     ``headers`` maps lower-case header names to every value received, in order (so a duplicated
     ``Authorization`` header is visible). ``host`` is the Host header without its port, lower case.
     ``path`` is the raw request path without the query string.
+
+    A plain class, not a dataclass: one is made per request, and a dataclass's generated ``__init__`` would run
+    interpreted even in the compiled build (phantom_token/compiled.py).
     """
 
-    method: str
-    host: str
-    path: str
-    headers: Mapping[str, Sequence[str]]
-    memo: TokenMemo | None = None  # the connection's, when the front door keeps one
+    __slots__ = ("headers", "host", "memo", "method", "path")
+
+    def __init__(self, method: str, host: str, path: str, headers: Mapping[str, Sequence[str]],
+                 memo: TokenMemo | None = None) -> None:
+        self.method = method
+        self.host = host
+        self.path = path
+        self.headers = headers
+        self.memo = memo  # the connection's, when the front door keeps one
+
+    def __eq__(self, other: object) -> bool:  # the memo is the connection's, not part of the request
+        return (isinstance(other, RequestInfo) and self.method == other.method and self.host == other.host
+                and self.path == other.path and self.headers == other.headers)
+
+    def __repr__(self) -> str:
+        return f"RequestInfo({self.method!r}, {self.host!r}, {self.path!r})"

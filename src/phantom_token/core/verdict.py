@@ -7,22 +7,29 @@ Front doors apply a verdict; they never decide one.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
-if TYPE_CHECKING:
-    from phantom_token.config.settings import Route
+from phantom_token.config.settings import Route  # at run time: compiled dataclasses resolve field types
 
 
-@dataclass(slots=True)  # not frozen: one is made per allowed request, and frozen __init__ costs a call per field
 class Allow:
     """Forward the request. ``authorization`` replaces the client's header; None leaves the request as it came
-    (a route without the plugin, or a preflight). ``expires_in`` is how many seconds the decision stays valid."""
+    (a route without the plugin, or a preflight). ``expires_in`` is how many seconds the decision stays valid.
 
-    route: Route
-    authorization: str | None = None  # the full header value: 'Bearer <jwt>'
-    expires_in: float = 0.0
-    claims: dict[str, object] | None = field(default=None, compare=False)
+    A plain class, not a dataclass: one is made per allowed request, and a dataclass's generated ``__init__``
+    would run interpreted even in the compiled build (phantom_token/compiled.py)."""
+
+    __slots__ = ("authorization", "claims", "expires_in", "route")
+
+    def __init__(self, route: Route, authorization: str | None = None, expires_in: float = 0.0,
+                 claims: dict[str, object] | None = None) -> None:
+        self.route = route
+        self.authorization = authorization  # the full header value: 'Bearer <jwt>'
+        self.expires_in = expires_in
+        self.claims = claims
+
+    def __repr__(self) -> str:
+        return f"Allow(route={self.route.name!r}, expires_in={self.expires_in!r})"  # never the header value
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ import logging
 import socket
 import traceback
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import cast
@@ -697,11 +697,13 @@ class HttpServer:
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
-        return tuple(self._server.sockets)
+        # typeshed says tuple, uvloop's is a list, and compiled code checks the declared type: read it untyped
+        sockets: Iterable[socket.socket] = getattr(self._server, "sockets")  # noqa: B009
+        return tuple(sockets)
 
     @property
     def port(self) -> int:
-        return int(self._server.sockets[0].getsockname()[1])
+        return int(self.sockets[0].getsockname()[1])
 
     def close(self) -> None:
         self.state.closing = True

@@ -21,11 +21,12 @@ import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 from phantom_token.config.settings import PluginConfig
 from phantom_token.core.errors import IntrospectionUnavailable
 from phantom_token.core.ports import IntrospectionResult
-from phantom_token.http.client import ClientError, ClientResponse, HttpClient
+from phantom_token.http.client import ClientError, ClientResponse, MiB
 from phantom_token.introspection.client_auth import client_authentication
 from phantom_token.introspection.discovery import MetadataError, ServerMetadata, metadata_urls, read_metadata
 from phantom_token.introspection.jwks import JwksCache
@@ -71,8 +72,17 @@ class _Discovered:
     fetched_at: float
 
 
+class Requester(Protocol):
+    """What the introspector needs of an HTTP client: ``phantom_token.http.client.HttpClient``, or a test's fake
+    (the compiled ``HttpClient`` cannot be subclassed by interpreted code)."""
+
+    async def request(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes = b"", *,
+                      timeout: float, ssl: ssl.SSLContext | None = None,  # noqa: ASYNC109
+                      max_body: int = MiB) -> ClientResponse: ...
+
+
 class HttpIntrospector:
-    def __init__(self, client: HttpClient, *, clock: Callable[[], float] = time.time,
+    def __init__(self, client: Requester, *, clock: Callable[[], float] = time.time,
                  metadata_refresh_seconds: float = 3600.0) -> None:
         self._client = client
         self._clock = clock
