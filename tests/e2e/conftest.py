@@ -60,6 +60,8 @@ def free_port_run(count: int) -> int:
     rng = random.Random()
     for _ in range(200):
         base = rng.randrange(20000, 32000 - count)
+        if not _GIVEN.isdisjoint(range(base, base + count)):
+            continue  # handed out already: its process may not have bound it yet (two picks before one bind)
         try:
             with contextlib.ExitStack() as stack:
                 for port in range(base, base + count):
@@ -67,8 +69,12 @@ def free_port_run(count: int) -> int:
                     sock.bind(("127.0.0.1", port))
         except OSError:
             continue
+        _GIVEN.update(range(base, base + count))
         return base
     raise RuntimeError(f"no run of {count} free ports found")
+
+
+_GIVEN: set[int] = set()  # every port this test process handed out
 
 
 # --- HTTP client (stdlib only) ------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import httptools
 import pytest
 
 from phantom_token.http.messages import Request, Response
-from phantom_token.http.server import HttpServer, ServerLimits, serve_app
+from phantom_token.http.server import HttpServer, ServerLimits, _version_of_first_line, serve_app
 
 TIMEOUT = 5.0
 MALFORMED = {"code": "invalid_request", "message": "Malformed HTTP request"}
@@ -301,6 +301,36 @@ async def test_http10_closes_unless_keep_alive(server: HttpServer) -> None:
     await read_to_eof(reader)
     writer.close()
     assert response.header("Connection") == "keep-alive"
+
+
+async def test_each_pipelined_request_gets_its_own_http_version(server: HttpServer) -> None:
+    """The version is read off the request line when a read starts with it, else asked of the parser: a 1.0
+    request behind a 1.1 one in the same read is still 1.0 (no Host needed, the connection then closes), and a 1.1
+    request behind a 1.0 one still needs its Host."""
+    reader, writer = await open_conn(server.port)
+    writer.write(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\nGET /b HTTP/1.0\r\n\r\n")
+    raw = await read_to_eof(reader)
+    writer.close()
+    assert raw.count(b"HTTP/1.1 200 ") == 2
+    reader, writer = await open_conn(server.port)
+    writer.write(b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.1\r\n\r\n")
+    raw = await read_to_eof(reader)
+    writer.close()
+    assert raw.startswith(b"HTTP/1.1 200 ")
+    assert b"HTTP/1.1 400 " in raw  # the second has no Host header, which HTTP/1.1 requires
+
+
+@pytest.mark.parametrize(("data", "version"), [
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 11),
+    (b"GET /x?y=1 HTTP/1.0\r\n\r\n", 10),
+    (b"GET / HTTP/1.1", 0),  # the line is not complete in this read
+    (b"\r\nGET / HTTP/1.1\r\n", 0),  # an empty line first: the parser decides
+    (b"GET / HTTP/2.0\r\n\r\n", 0),
+    (b"GET / HTTP/1.2\r\n\r\n", 0),
+    (b"x" * 9000 + b" HTTP/1.1\r\n", 0),  # only the first 8 KiB are looked at
+])
+def test_the_version_hint_reads_only_a_whole_first_line(data: bytes, version: int) -> None:
+    assert _version_of_first_line(data) == version
 
 
 async def test_garbage_gets_400_and_server_keeps_serving(server: HttpServer) -> None:

@@ -333,14 +333,19 @@ class ProxyProtocol(HttpServerProtocol):
         tokens = head.connection_tokens
         authorization = allow.authorization
         forwarded_for: bytes | None = None
-        for (name, value), lname in zip(head.raw_headers, head.lnames, strict=True):
+        raw_headers, lnames = head.raw_headers, head.lnames
+        for i in range(len(raw_headers)):  # indexes, not zip(): the compiled loop then makes no iterator objects
+            lname = lnames[i]
             if lname not in _SPECIAL and lname not in tokens:
-                parts += (name, b": ", value, b"\r\n")
+                name, value = raw_headers[i]
+                parts.extend((name, b": ", value, b"\r\n"))
             elif lname in tokens:
                 continue
             elif lname == "authorization" and authorization is None:
-                parts += (name, b": ", value, b"\r\n")
+                name, value = raw_headers[i]
+                parts.extend((name, b": ", value, b"\r\n"))
             elif lname == "x-forwarded-for":
+                value = raw_headers[i][1]
                 forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
         raw_host = head.raw_host.encode("latin-1")
         host = raw_host if route.preserve_host and raw_host else origin.host_header
@@ -352,7 +357,7 @@ class ProxyProtocol(HttpServerProtocol):
         parts.append(b"Host: %b\r\nX-Forwarded-For: %b\r\nX-Forwarded-Proto: http\r\n" % (
             host, forwarded_for + b", " + self._ip if forwarded_for else self._ip))
         if raw_host:
-            parts += (b"X-Forwarded-Host: ", raw_host, b"\r\n")
+            parts.extend((b"X-Forwarded-Host: ", raw_host, b"\r\n"))
         if head.chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         parts.append(b"\r\n")

@@ -176,6 +176,16 @@ def _split_target(head: RequestHead) -> None:
     head.host = url.host.decode("latin-1").lower()
 
 
+def _version_of_first_line(data: bytes) -> int:
+    """10 or 11 when ``data`` starts with a request line ending in HTTP/1.0 or HTTP/1.1 (the read begins a new
+    request); 0 otherwise (the line is not complete in this read, or is not one; the parser then decides)."""
+    end = data.find(b"\r\n", 0, 8192)
+    if end < 12 or data[end - 9:end - 1] != b" HTTP/1.":
+        return 0
+    minor = data[end - 1]
+    return 11 if minor == 49 else 10 if minor == 48 else 0  # b"1", b"0"
+
+
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")}
 
 # Header names as sent -> lower-case str. Clients send the same few names over and over; one lookup replaces a
@@ -284,6 +294,8 @@ class HttpServerProtocol(asyncio.Protocol):
         self._pending_error: int | None = None
         self._eof = False
         self._in_head = False  # between the first byte of a request and the end of its head
+        self._version_hint = 0  # 10/11: the HTTP version of the request line at the start of this read; 0: unknown
+        self._version = 0  # the hint, for the message being parsed (only the first message of a read gets one)
         self._t_rx = 0.0
         self._t_idle = 0.0
         self._t_begin = 0.0
@@ -414,6 +426,7 @@ class HttpServerProtocol(asyncio.Protocol):
         if self._closed or self._failed:
             return
         self._t_rx = self.loop.time()
+        self._version_hint = _version_of_first_line(data) if not self._in_head and self._receiving is None else 0
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
@@ -458,6 +471,7 @@ class HttpServerProtocol(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        self._version, self._version_hint = self._version_hint, 0
         self._url = b""
         self._raw = []
         self._header_bytes = 0
@@ -486,8 +500,11 @@ class HttpServerProtocol(asyncio.Protocol):
         parser = self._parser
         method = parser.get_method()
         target = self._url
+        # httptools builds the version string with str.format (a fifth of this method): asked only when the read
+        # did not start with this request's line
+        http10 = self._version == 10 if self._version else parser.get_http_version() == "1.0"
         head = RequestHead(_METHODS.get(method) or method.decode("ascii"), target, self._raw,
-                           parser.should_keep_alive(), parser.get_http_version() == "1.0")
+                           parser.should_keep_alive(), http10)
         self._head_done = True
         self._in_head = False
         self._receiving = head
