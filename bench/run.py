@@ -20,6 +20,7 @@ import json
 import os
 import secrets
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -264,7 +265,8 @@ def miss_row(plan: Plan, ports: Ports, kids: dict[str, Child], miss_file: Path) 
     return Row(miss.name, miss.result, miss.cpu_us, "; ".join(filter(None, [f"{share:.0%} introspected", miss.note])))
 
 
-def main_rows(plan: Plan, ports: Ports, kids: dict[str, Child], token: str, miss_file: Path) -> list[Row]:
+def main_rows(plan: Plan, ports: Ports, kids: dict[str, Child], token: str, miss_file: Path,
+              round_ratios: dict[str, list[float]]) -> list[Row]:
     """Every row of the main table. With ``repeat`` > 1 the rows are measured in rounds (all rows, then all rows
     again), keeping each row's best run, so a burst of other load on the machine hits one run of several rows rather
     than every run of one row."""
@@ -280,16 +282,30 @@ def main_rows(plan: Plan, ports: Ports, kids: dict[str, Child], token: str, miss
     best: dict[str, Row] = {}
     miss: Row | None = None
     for _ in range(plan.repeat):
+        this_round: dict[str, float] = {}
         for name, port, under_test in repeated:
             row = measure(name, f"http://127.0.0.1:{port}/api/bench", plan, everyone,
                           [kids[key] for key in under_test], token=token)
+            this_round[name] = row.result.rps
             if name not in best or row.result.rps > best[name].result.rps:
                 best[name] = row
+        limit = this_round[repeated[1][0]]
+        for name, rps in this_round.items():
+            round_ratios.setdefault(name, []).append(rps / limit if limit else 0.0)
         if miss is None:
             miss = miss_row(plan, ports, kids, miss_file)
     rows = [best[name] for name, _, _ in repeated]
     assert miss is not None
     return [*rows[:3], miss, *rows[3:]]
+
+
+def print_round_ratios(round_ratios: dict[str, list[float]]) -> None:
+    """Each row against plain nginx measured in the same round, the median over the rounds: steadier than the
+    best-of table on a shared machine, since a burst of other load tends to slow both runs of a round."""
+    rounds = len(next(iter(round_ratios.values()), []))
+    print(f"\nx nginx, each round against nginx's run of the same round (median of {rounds} rounds, then each round):")
+    for name, ratios in round_ratios.items():
+        print(f"  {name:<36} {statistics.median(ratios):5.2f}   " + " ".join(f"{r:.2f}" for r in ratios))
 
 
 @dataclass(frozen=True)
@@ -388,12 +404,14 @@ def run(plan: Plan, keep: Path | None = None) -> int:
 
         print(f"measuring: wrk -t1 -c{plan.connections}, {plan.seconds:g}s per row (after {plan.warm_seconds:g}s "
               f"of warm-up), best of {plan.repeat} rounds\n", flush=True)
-        rows = main_rows(plan, ports, kids, token, tmp / "miss.txt")
+        round_ratios: dict[str, list[float]] = {}
+        rows = main_rows(plan, ports, kids, token, tmp / "miss.txt", round_ratios)
         limit = rows[1].result.rps
         print_table(rows, rows[1])
         hit = rows[2].result
         print(f"\np99 added at cache hit over nginx proxy_pass: {hit.p99_ms - rows[1].result.p99_ms:+.2f} ms "
               f"(over the upstream itself: {hit.p99_ms - rows[0].result.p99_ms:+.2f} ms)")
+        print_round_ratios(round_ratios)
 
         memory = entry_memory(jwt, plan.memory_entries)
         print(f"\nmemory per cached entry (tracemalloc, {memory.entries} entries): {memory.bytes_per_entry:.0f} B "

@@ -12,7 +12,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from phantom_token import __version__
+from phantom_token import __version__, compiled
 from phantom_token.app import display, parse_listen
 from phantom_token.config.loader import format_problems
 from phantom_token.config.settings import Settings
@@ -21,7 +21,8 @@ from phantom_token.core.errors import ConfigError, PhantomTokenError
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phantom-token", description="The phantom token pattern for API gateways.")
-    parser.add_argument("--version", action="version", version=f"phantom-token {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"phantom-token {__version__}, hot path {compiled.describe()}")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, text in (("serve", "run the gateway (reverse proxy)"), ("authz", "run the decision service")):
         command = commands.add_parser(name, help=text)

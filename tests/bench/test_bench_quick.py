@@ -64,6 +64,10 @@ def test_the_table_and_the_memory_and_scaling_lines_are_printed(output: str) -> 
     scaled = re.findall(rf"^\s+(\d+)\s+{NUMBER}\s+{NUMBER}", output, re.MULTILINE)
     assert [int(tokens) for tokens, _, _ in scaled] == [1, 100, 10_000], output
     assert all(float(rate) > 0 for _, rate, _ in scaled), output
+    assert "x nginx, each round against nginx's run of the same round (median of 1 rounds" in output, output
+    per_round = re.search(rf"^  serve, cache hit\s+{NUMBER}\s+{NUMBER}$", output, re.MULTILINE)
+    assert per_round is not None, output
+    assert float(per_round.group(1)) == float(per_round.group(2)) > 0  # one round: the median is that round
 
 
 def test_nothing_is_left_running(output: str) -> None:

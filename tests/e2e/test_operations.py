@@ -44,6 +44,7 @@ def test_version(run_cli: Any) -> None:
     result = run_cli("--version")
     assert result.returncode == 0
     assert result.stdout.startswith("phantom-token 0.")
+    assert ", hot path compiled (mypyc)" in result.stdout or ", hot path pure Python (" in result.stdout
 
 
 def test_demo_shows_200_401_and_403(e2e_logs: Path) -> None:
