@@ -11,10 +11,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
+from typing import Final
 
 # Scheme in any case, one or more spaces/tabs, then the credentials; surrounding whitespace is ignored.
-_HEADER = re.compile(r"[ \t]*([A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*)(?:[ \t]+(.*?))?[ \t]*", re.DOTALL)
-_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_HEADER: Final = re.compile(r"[ \t]*([A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*)(?:[ \t]+(.*?))?[ \t]*", re.DOTALL)
+_B64TOKEN: Final = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 class Problem(Enum):

@@ -21,6 +21,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from typing import Final
 
 from phantom_token.cache.single_flight import SingleFlight
 from phantom_token.config.settings import PluginConfig, Route
@@ -45,7 +46,7 @@ from phantom_token.core.scopes import granted_scopes
 from phantom_token.core.ttl import CacheDirectives, cache_lifetime
 from phantom_token.metrics import Metrics
 
-log = logging.getLogger("phantom_token.engine")
+log: Final = logging.getLogger("phantom_token.engine")
 
 Clock = Callable[[], float]
 
@@ -78,7 +79,7 @@ class _Pending:
         self.key = key
 
 
-_MAX_SCOPE_SETS = 4096
+_MAX_SCOPE_SETS: Final = 4096
 
 
 class Engine:

@@ -33,6 +33,7 @@ import logging
 import math
 from collections.abc import Callable, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
+from typing import Final
 from urllib.parse import urlsplit
 
 from phantom_token.config.settings import Settings
@@ -50,20 +51,20 @@ from phantom_token.http.server import (
     status_line,
 )
 
-logger = logging.getLogger("phantom_token.http")
+logger: Final = logging.getLogger("phantom_token.http")
 
-AUTHZ_PATH = "/authz"
-ENVOY_PREFIX = "/authz/envoy"
+AUTHZ_PATH: Final = "/authz"
+ENVOY_PREFIX: Final = "/authz/envoy"
 
 Network = IPv4Network | IPv6Network
 
 Observe = Callable[[int, float], None]
 """Called once per decision with the status answered and the seconds it took."""
 
-PAUSE_DECISION = 8  # waiting for the engine: no more of this connection is read until the answer is written
+PAUSE_DECISION: Final = 8  # waiting for the engine: no more of this connection is read until the answer is written
 
-_NO_STORE = ("Cache-Control", "no-store")
-MAX_RENDERED = 10_000  # rendered allow answers kept (one per token seen in the last second or so)
+_NO_STORE: Final = ("Cache-Control", "no-store")
+MAX_RENDERED: Final = 10_000  # rendered allow answers kept (one per token seen in the last second or so)
 
 
 class BadDecisionRequest(Exception):
@@ -77,7 +78,7 @@ class BadDecisionRequest(Exception):
         return Deny(400, "invalid_request", self.message)
 
 
-_NO_ORIGINAL_URI = "The decision request has no X-Original-URI, X-Original-URL or X-Forwarded-Uri header"
+_NO_ORIGINAL_URI: Final = "The decision request has no X-Original-URI, X-Original-URL or X-Forwarded-Uri header"
 
 
 def is_trusted(peer_ip: str, networks: Sequence[Network]) -> bool:

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import ssl
 from collections.abc import Callable
+from typing import Final
 
 from phantom_token.config.settings import Route, Settings, Upstream
 from phantom_token.core.request import RequestInfo, TokenMemo
@@ -37,6 +38,7 @@ from phantom_token.http.client import (
     PoolKey,
     ProtocolError,
     RequestTimeout,
+    ResponseSink,
     StaleConnection,
     head_fields,
 )
@@ -50,24 +52,24 @@ from phantom_token.http.server import (
     status_line,
 )
 
-logger = logging.getLogger("phantom_token.http")
+logger: Final = logging.getLogger("phantom_token.http")
 
 Observe = Callable[[int, float], None]
 """Called once per request with the response status and the seconds from request head to response end."""
 
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"})
-_HOP_BY_HOP_BYTES = frozenset(name.encode() for name in HOP_BY_HOP)
+HOP_BY_HOP: Final = frozenset({"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"})
+_HOP_BY_HOP_BYTES: Final = frozenset(name.encode() for name in HOP_BY_HOP)
 # Request headers that need more than copying; everything else is copied byte for byte. Expect is answered here.
-_SPECIAL = HOP_BY_HOP | {"host", "authorization", "expect", "x-forwarded-for", "x-forwarded-proto",
+_SPECIAL: Final = HOP_BY_HOP | {"host", "authorization", "expect", "x-forwarded-for", "x-forwarded-proto",
                          "x-forwarded-host"}
 
 # How a hop-by-hop header line starts in a lower-cased response head (llhttp allows no space before the colon).
-_HOP_MARKERS = tuple(b"\n" + name + b":" for name in sorted(_HOP_BY_HOP_BYTES))
+_HOP_MARKERS: Final = tuple(b"\n" + name + b":" for name in sorted(_HOP_BY_HOP_BYTES))
 
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
-PAUSE_VERDICT = 8  # waiting for the engine or for an upstream connection
-PAUSE_UPSTREAM = 16  # the upstream's write buffer is full
+PAUSE_VERDICT: Final = 8  # waiting for the engine or for an upstream connection
+PAUSE_UPSTREAM: Final = 16  # the upstream's write buffer is full
 
 
 def rewrite_response_head(raw: bytes, status: int) -> tuple[bytes, bool, bool]:
@@ -172,8 +174,39 @@ class _Shared:
         return origin
 
 
+class _Sink(ResponseSink):
+    """Hands a proxy connection the responses of its upstream connection (the proxy cannot itself be a
+    ``ResponseSink``: it already is an ``HttpServerProtocol``). Made once per client connection."""
+
+    __slots__ = ("proxy",)
+
+    def __init__(self, proxy: ProxyProtocol) -> None:
+        self.proxy = proxy
+
+    def upstream_head(self, status: int, head: bytes, has_body: bool) -> None:
+        self.proxy.upstream_head(status, head, has_body)
+
+    def upstream_body(self, data: bytes) -> None:
+        self.proxy.upstream_body(data)
+
+    def upstream_flush(self) -> None:
+        self.proxy.upstream_flush()
+
+    def upstream_end(self) -> None:
+        self.proxy.upstream_end()
+
+    def upstream_failed(self, exc: ClientError) -> None:
+        self.proxy.upstream_failed(exc)
+
+    def upstream_write_paused(self) -> None:
+        self.proxy.upstream_write_paused()
+
+    def upstream_write_resumed(self) -> None:
+        self.proxy.upstream_write_resumed()
+
+
 class ProxyProtocol(HttpServerProtocol):
-    """One client connection of the proxy; also the sink of its upstream responses."""
+    """One client connection of the proxy; its ``_Sink`` gives it the upstream's responses."""
 
     def __init__(self, state: ServerState, shared: _Shared) -> None:
         super().__init__(state)
@@ -195,6 +228,7 @@ class ProxyProtocol(HttpServerProtocol):
         self._head_written = False
         self._chunk_out = False
         self._keep_alive = True
+        self._sink = _Sink(self)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -298,7 +332,7 @@ class ProxyProtocol(HttpServerProtocol):
     def _forward(self, head: RequestHead, conn: Connection, request_head: bytes, origin: _Origin, *,
                  fresh: bool) -> None:
         try:
-            conn.begin(self, request_head, head_request=head.method == "HEAD", timeout=self._shared.timeout,
+            conn.begin(self._sink, request_head, head_request=head.method == "HEAD", timeout=self._shared.timeout,
                        chunked=head.chunked)
         except StaleConnection:
             if fresh:
@@ -376,7 +410,7 @@ class ProxyProtocol(HttpServerProtocol):
         if head is not None:
             self._shared.observe(status, self.loop.time() - head.started)  # type: ignore[misc]
 
-    # -- the upstream's response (ResponseSink) ------------------------------------------------------------------
+    # -- the upstream's response (through _Sink) --------------------------------------------------------------------
 
     def upstream_head(self, status: int, raw: bytes, has_body: bool) -> None:
         head = self.active

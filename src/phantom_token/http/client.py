@@ -26,27 +26,27 @@ import select
 import ssl as ssl_module
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol, cast
+from typing import Final, cast
 from urllib.parse import urlsplit
 
 import httptools
 
 from phantom_token.http.messages import RawHeaders
 
-logger = logging.getLogger("phantom_token.http")
+logger: Final = logging.getLogger("phantom_token.http")
 
-MiB = 1024 * 1024
+MiB: Final = 1024 * 1024
 
 # How the body of a response is delimited.
-BODY_NONE = 0  # HEAD, 1xx, 204, 304
-BODY_LENGTH = 1
-BODY_CHUNKED = 2
-BODY_CLOSE = 3  # read until the peer closes
+BODY_NONE: Final = 0  # HEAD, 1xx, 204, 304
+BODY_LENGTH: Final = 1
+BODY_CHUNKED: Final = 2
+BODY_CLOSE: Final = 3  # read until the peer closes
 
 PoolKey = tuple[str, str, int, "ssl_module.SSLContext | None"]
 
 
-MAX_RESPONSE_HEAD = 64 * 1024  # a response head (status line and headers) larger than this is a ProtocolError
+MAX_RESPONSE_HEAD: Final = 64 * 1024  # a response head (status line and headers) larger than this is a ProtocolError
 
 
 def head_fields(head: bytes) -> RawHeaders:
@@ -119,19 +119,35 @@ class ClientResponse:
         return None
 
 
-class ResponseSink(Protocol):
+class ResponseSink:
     """Who receives a response from a ``Connection``. Exactly one of ``upstream_end`` and ``upstream_failed`` is
-    called per request, after which the sink is detached."""
+    called per request, after which the sink is detached.
+
+    A base class rather than a Protocol: in the compiled build (phantom_token/compiled.py) the connection then calls
+    its sink's methods directly, four times per response, instead of looking each up by name."""
 
     def upstream_head(self, status: int, head: bytes, has_body: bool) -> None:
         """``head`` is the response head as received (status line, header lines, the empty line), already
         validated by llhttp; ``head_fields`` splits it."""
-    def upstream_body(self, data: bytes) -> None: ...
-    def upstream_flush(self) -> None: ...
-    def upstream_end(self) -> None: ...
-    def upstream_failed(self, exc: ClientError) -> None: ...
-    def upstream_write_paused(self) -> None: ...
-    def upstream_write_resumed(self) -> None: ...
+        raise NotImplementedError
+
+    def upstream_body(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def upstream_flush(self) -> None:
+        """The body data of one read has been passed on."""
+
+    def upstream_end(self) -> None:
+        raise NotImplementedError
+
+    def upstream_failed(self, exc: ClientError) -> None:
+        raise NotImplementedError
+
+    def upstream_write_paused(self) -> None:
+        """The peer stopped reading what the connection writes."""
+
+    def upstream_write_resumed(self) -> None:
+        """It reads again."""
 
 
 class Connection(asyncio.Protocol):
@@ -266,7 +282,10 @@ class Connection(asyncio.Protocol):
             sink.upstream_failed(ProtocolError("the connection closed before a response arrived"))
 
     def data_received(self, data: bytes) -> None:
-        if self._sink is None:
+        # Checked through a local, so that ``self._sink`` is not taken as non-None below: the parser's callbacks
+        # detach it, and compiled code checks the type a read is expected to have.
+        expected = self._sink
+        if expected is None:
             self.close()  # bytes nobody asked for: the connection's framing can no longer be trusted
             return
         self._t_last = self.loop.time()
@@ -468,7 +487,7 @@ def encode_request_head(method: str, target: str, headers: Iterable[tuple[str, s
     return (text + "\r\n").encode("latin-1")
 
 
-class _BufferedSink:
+class _BufferedSink(ResponseSink):
     """Collects one whole response for ``HttpClient.request``."""
 
     def __init__(self, future: asyncio.Future[ClientResponse], conn: Connection, max_body: int) -> None:
@@ -493,9 +512,6 @@ class _BufferedSink:
             return
         self.body.append(data)
 
-    def upstream_flush(self) -> None:
-        pass
-
     def upstream_end(self) -> None:
         if not self.future.done():
             self.future.set_result(ClientResponse(self.status, self.headers, b"".join(self.body)))
@@ -504,11 +520,7 @@ class _BufferedSink:
         if not self.future.done():
             self.future.set_exception(exc)
 
-    def upstream_write_paused(self) -> None:
-        pass  # the whole body is already in memory; nothing to stop
-
-    def upstream_write_resumed(self) -> None:
-        pass
+    # upstream_flush, upstream_write_paused/resumed: the base class's nothing (the body is collected in memory)
 
 
 class HttpClient:

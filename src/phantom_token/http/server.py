@@ -30,25 +30,25 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
-from typing import cast
+from typing import Final, cast
 
 import httptools
 
 from phantom_token.http.messages import Handler, RawHeaders, Request, Response
 
-logger = logging.getLogger("phantom_token.http")
+logger: Final = logging.getLogger("phantom_token.http")
 
-MiB = 1024 * 1024
+MiB: Final = 1024 * 1024
 
-_STATUS_LINES: dict[int, bytes] = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
-CONTINUE_100 = b"HTTP/1.1 100 Continue\r\n\r\n"
+_STATUS_LINES: Final[dict[int, bytes]] = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
+CONTINUE_100: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 # Reasons to keep reading from the client paused; reading resumes only when none holds.
-PAUSE_PIPELINE = 1  # a pipelined request waits for the one before it
-PAUSE_WRITE = 2  # the client is not reading what we write
-PAUSE_APP = 4  # the subclass asked (e.g. the upstream cannot take the body yet)
+PAUSE_PIPELINE: Final = 1  # a pipelined request waits for the one before it
+PAUSE_WRITE: Final = 2  # the client is not reading what we write
+PAUSE_APP: Final = 4  # the subclass asked (e.g. the upstream cannot take the body yet)
 
-LINGER_SECONDS = 2.0  # how long an early-closed connection keeps draining what the client still sends
+LINGER_SECONDS: Final = 2.0  # how long an early-closed connection keeps draining what the client still sends
 
 
 def status_line(status: int) -> bytes:
@@ -65,8 +65,8 @@ def json_error(code: str, message: str) -> bytes:
     return json.dumps({"code": code, "message": message}, separators=(",", ":")).encode()
 
 
-_MALFORMED = json_error("invalid_request", "Malformed HTTP request")
-_ERRORS: dict[int, bytes] = {
+_MALFORMED: Final = json_error("invalid_request", "Malformed HTTP request")
+_ERRORS: Final[dict[int, bytes]] = {
     400: _MALFORMED,
     408: json_error("request_timeout", "The request was not received in time"),
     413: json_error("payload_too_large", "The request body is too large"),
@@ -186,11 +186,11 @@ def _version_of_first_line(data: bytes) -> int:
     return 11 if minor == 49 else 10 if minor == 48 else 0  # b"1", b"0"
 
 
-_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")}
+_METHODS: Final = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")}
 
 # Header names as sent -> lower-case str. Clients send the same few names over and over; one lookup replaces a
 # decode and a lower() per header. Bounded: a client inventing names only makes it start over.
-_LNAMES: dict[bytes, str] = {}
+_LNAMES: Final[dict[bytes, str]] = {}
 
 
 def _lname(name: bytes) -> str:
@@ -243,7 +243,7 @@ def _index_headers(head: RequestHead) -> None:
 
 
 # Host header values -> the host without port, lower case (few distinct values; bounded like _LNAMES).
-_HOSTS: dict[str, str] = {}
+_HOSTS: Final[dict[str, str]] = {}
 
 
 class ServerState:
