@@ -6,7 +6,6 @@ Plain integer attributes, so the hot path pays one addition per event; no labels
 from __future__ import annotations
 
 import bisect
-from collections import Counter
 from typing import Final
 
 _LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -18,7 +17,7 @@ class Metrics:
         self.cache_misses = 0
         self.introspections = 0
         self.introspection_errors = 0
-        self.responses: Counter[int] = Counter()
+        self.responses: dict[int, int] = {}  # a plain dict: compiled, a Counter's += is a generic call
         self._bucket_counts = [0] * (len(_LATENCY_BUCKETS) + 1)
         self._latency_sum = 0.0
 
@@ -27,7 +26,7 @@ class Metrics:
         self._latency_sum += seconds
 
     def observe_response(self, status: int, _seconds: float = 0.0) -> None:
-        self.responses[status] += 1
+        self.responses[status] = self.responses.get(status, 0) + 1
 
     def render(self, extra: dict[str, float] | None = None) -> str:
         lines = [

@@ -180,7 +180,9 @@ def _version_of_first_line(data: bytes) -> int:
     """10 or 11 when ``data`` starts with a request line ending in HTTP/1.0 or HTTP/1.1 (the read begins a new
     request); 0 otherwise (the line is not complete in this read, or is not one; the parser then decides)."""
     end = data.find(b"\r\n", 0, 8192)
-    if end < 12 or data[end - 9:end - 1] != b" HTTP/1.":
+    # byte by byte (compiled, an index is a C read; a slice would be a new bytes object): b" HTTP/1." then the digit
+    if (end < 12 or data[end - 9] != 32 or data[end - 8] != 72 or data[end - 7] != 84 or data[end - 6] != 84
+            or data[end - 5] != 80 or data[end - 4] != 47 or data[end - 3] != 49 or data[end - 2] != 46):
         return 0
     minor = data[end - 1]
     return 11 if minor == 49 else 10 if minor == 48 else 0  # b"1", b"0"
