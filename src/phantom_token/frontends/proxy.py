@@ -61,7 +61,7 @@ HOP_BY_HOP: Final = frozenset({"connection", "keep-alive", "proxy-connection", "
 _HOP_BY_HOP_BYTES: Final = frozenset(name.encode() for name in HOP_BY_HOP)
 # Request headers that need more than copying; everything else is copied byte for byte. Expect is answered here.
 _SPECIAL: Final = HOP_BY_HOP | {"host", "authorization", "expect", "x-forwarded-for", "x-forwarded-proto",
-                         "x-forwarded-host"}
+                                "x-forwarded-host"}
 
 # How a hop-by-hop header line starts in a lower-cased response head (llhttp allows no space before the colon).
 _HOP_MARKERS: Final = tuple(b"\n" + name + b":" for name in sorted(_HOP_BY_HOP_BYTES))
