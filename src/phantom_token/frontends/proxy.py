@@ -479,9 +479,8 @@ class ProxyProtocol(HttpServerProtocol):
             self.write(out + b"0\r\n\r\n" if out is not None else b"0\r\n\r\n")
         elif out is not None:
             self.write(out)
-        observe = self._shared.observe
-        if observe is not None:
-            observe(self._status, self.loop.time() - self.active.started)  # type: ignore[union-attr]
+        if self._shared.observe is not None:
+            self._observe(self._status)
         self.resume_reading(PAUSE_UPSTREAM | PAUSE_VERDICT)
         self.finish_response(self._keep_alive)
 

@@ -501,11 +501,10 @@ class HttpServerProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self._parser
         method = parser.get_method()
-        target = self._url
         # httptools builds the version string with str.format (a fifth of this method): asked only when the read
         # did not start with this request's line
         http10 = self._version == 10 if self._version else parser.get_http_version() == "1.0"
-        head = RequestHead(_METHODS.get(method) or method.decode("ascii"), target, self._raw,
+        head = RequestHead(_METHODS.get(method) or method.decode("ascii"), self._url, self._raw,
                            parser.should_keep_alive(), http10)
         self._head_done = True
         self._in_head = False
@@ -514,19 +513,10 @@ class HttpServerProtocol(asyncio.Protocol):
             _index_headers(head)
         except ValueError as exc:
             raise _Reject(400, "invalid header") from exc
-        if target[:1] == b"/":  # origin-form, the usual case (_split_target inlined)
-            path, sep, query = target.partition(b"?")
-            head.path = path.decode("latin-1")
-            if sep:
-                head.query = query.decode("latin-1")
-        else:
-            _split_target(head)
+        _split_target(head)
         head.started = self._t_rx
         if self.active is None and not self._closed:
-            # _start(head), for a head with no early body and no end yet
-            self.active = head
-            self.responded = False
-            self.handle_request(head)
+            self._start(head)
         else:
             head.early_body = []
             self._queue.append(head)
