@@ -44,6 +44,7 @@ from phantom_token.core.request import RequestInfo
 from phantom_token.core.routes import Router
 from phantom_token.core.scopes import granted_scopes
 from phantom_token.core.ttl import CacheDirectives, cache_lifetime
+from phantom_token.memo import remember
 from phantom_token.metrics import Metrics
 
 log: Final = logging.getLogger("phantom_token.engine")
@@ -230,10 +231,8 @@ class Engine:
 
     def _shared_scopes(self, scopes: frozenset[str]) -> frozenset[str]:
         shared = self._scope_sets.get(scopes)
-        if shared is None:
-            if len(self._scope_sets) >= _MAX_SCOPE_SETS:
-                self._scope_sets.clear()  # many distinct sets: sharing stops paying; start over, stay bounded
-            shared = self._scope_sets[scopes] = scopes
+        if shared is None:  # many distinct sets: sharing stops paying; start over, stay bounded
+            shared = remember(self._scope_sets, scopes, scopes, _MAX_SCOPE_SETS)
         return shared
 
     def _mint(self, introspected: dict[str, object], plugin: PluginConfig, now: float) -> tuple[str, dict[str, object]]:

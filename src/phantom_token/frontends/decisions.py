@@ -50,6 +50,7 @@ from phantom_token.http.server import (
     start_server,
     status_line,
 )
+from phantom_token.memo import remember
 
 logger: Final = logging.getLogger("phantom_token.http")
 
@@ -181,10 +182,8 @@ class _Shared:
 
     def trusts(self, peer_ip: str) -> bool:
         trusted = self._trust.get(peer_ip)
-        if trusted is None:
-            if len(self._trust) > 4096:  # peers are few in practice; never let this grow without bound
-                self._trust.clear()
-            trusted = self._trust[peer_ip] = is_trusted(peer_ip, self.trusted_proxies)
+        if trusted is None:  # peers are few in practice; never more than 4 097 (as it always was)
+            trusted = remember(self._trust, peer_ip, is_trusted(peer_ip, self.trusted_proxies), 4097)
         return trusted
 
     def allow_response(self, allow: Allow) -> bytes | None:
@@ -198,9 +197,7 @@ class _Shared:
             payload = b"".join((status_line(200), encode_headers(headers), b"Content-Length: 0\r\n\r\n"))
         except ValueError:
             return None
-        if len(self._allowed) >= MAX_RENDERED:
-            self._allowed.clear()
-        self._allowed[allow.authorization] = (seconds, payload)
+        remember(self._allowed, allow.authorization, (seconds, payload), MAX_RENDERED)
         return payload
 
 

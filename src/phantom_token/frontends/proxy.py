@@ -51,6 +51,7 @@ from phantom_token.http.server import (
     start_server,
     status_line,
 )
+from phantom_token.memo import remember
 
 logger: Final = logging.getLogger("phantom_token.http")
 
@@ -143,10 +144,7 @@ class _Shared:
         paths = known[1]
         upstream = paths.get(path)
         if upstream is None:
-            upstream = upstream_path(route, path).encode("latin-1")
-            if len(paths) >= 1024:
-                paths.clear()
-            paths[path] = upstream
+            upstream = remember(paths, path, upstream_path(route, path).encode("latin-1"), 1024)
         return upstream
 
     def rewrite_response_head(self, raw: bytes, status: int) -> tuple[bytes, bool]:
@@ -155,9 +153,7 @@ class _Shared:
         head, length, memo = rewrite_response_head(raw, status)
         rewritten = (head + b"\r\n", length)
         if memo:
-            if len(self.response_heads) >= 256:
-                self.response_heads.clear()
-            self.response_heads[raw] = rewritten
+            remember(self.response_heads, raw, rewritten, 256)
         return rewritten
 
     def origin(self, upstream: Upstream) -> _Origin:

@@ -35,6 +35,7 @@ from typing import Final, cast
 import httptools
 
 from phantom_token.http.messages import Handler, RawHeaders, Request, Response
+from phantom_token.memo import remember
 
 logger: Final = logging.getLogger("phantom_token.http")
 
@@ -196,10 +197,7 @@ _LNAMES: Final[dict[bytes, str]] = {}
 
 
 def _lname(name: bytes) -> str:
-    if len(_LNAMES) >= 1024:
-        _LNAMES.clear()
-    lname = _LNAMES[name] = name.decode("latin-1").lower()
-    return lname
+    return remember(_LNAMES, name, name.decode("latin-1").lower(), 1024)
 
 
 def _index_headers(head: RequestHead) -> None:
@@ -221,12 +219,9 @@ def _index_headers(head: RequestHead) -> None:
         host = head.raw_host = hosts[0]
         known = _HOSTS.get(host)
         if known is None:
-            if len(_HOSTS) >= 1024:
-                _HOSTS.clear()
-            if host.startswith("["):  # IPv6 literal: keep the brackets, drop the port
-                known = _HOSTS[host] = host[: host.find("]") + 1].lower()
-            else:
-                known = _HOSTS[host] = host.partition(":")[0].lower()
+            # an IPv6 literal keeps its brackets; the port goes
+            bare = host[: host.find("]") + 1] if host.startswith("[") else host.partition(":")[0]
+            known = remember(_HOSTS, host, bare.lower(), 1024)
         head.host = known
     elif not head.http10:
         raise _Reject(400, "missing Host header")
