@@ -191,10 +191,28 @@ def _example(name: str, work: Path, **values: int) -> str:
     return text
 
 
+def serve_config(tmp: Path, upstream: int, auth: int) -> Path:
+    """The benchmark's ``serve`` configuration (SERVE_YML) written into ``tmp``."""
+    path = tmp / "serve.yml"
+    path.write_text(SERVE_YML.format(upstream=upstream, auth=auth, secret=INTROSPECTION_SECRET))
+    return path
+
+
+def auth_command(port: int) -> list[str]:
+    """The demo authorization server on ``port`` (test controls on, tokens valid for two hours)."""
+    return [sys.executable, "-m", "phantom_token.demo.authorization_server", "--listen", f"127.0.0.1:{port}",
+            "--test-controls", "--token-lifetime", "7200"]
+
+
+def serve_command(config: Path, port: int) -> list[str]:
+    """``phantom-token serve`` with ``config`` on ``port``, one worker."""
+    return [sys.executable, "-m", "phantom_token", "serve", "-c", str(config), "--listen", f"127.0.0.1:{port}",
+            "--workers", "1"]
+
+
 def start_all(procs: Processes, tmp: Path, ports: Ports) -> dict[str, Child]:
     python = sys.executable
-    serve_yml = tmp / "serve.yml"
-    serve_yml.write_text(SERVE_YML.format(upstream=ports.upstream, auth=ports.auth, secret=INTROSPECTION_SECRET))
+    serve_yml = serve_config(tmp, ports.upstream, ports.auth)
     authz_yml = tmp / "authz.yml"
     authz_yml.write_text((REPO / "examples" / "phantom-token-authz.yml").read_text()
                          .replace("${AUTH_SERVER_PORT}", str(ports.auth)))
@@ -204,13 +222,9 @@ def start_all(procs: Processes, tmp: Path, ports: Ports) -> dict[str, Child]:
         "upstream": procs.nginx("upstream", UPSTREAM_CONF.format(dir=tmp, name="upstream", port=ports.upstream)),
         "nginx": procs.nginx("nginx", PLAIN_PROXY_CONF.format(dir=tmp, name="nginx", port=ports.nginx,
                                                               upstream=ports.upstream)),
-        "auth": procs.start("auth", [python, "-m", "phantom_token.demo.authorization_server", "--listen",
-                                     f"127.0.0.1:{ports.auth}", "--test-controls", "--token-lifetime", "7200"],
-                            env=env),
-        "serve": procs.start("serve", [*cli, "serve", "-c", str(serve_yml), "--listen", f"127.0.0.1:{ports.serve}",
-                                       "--workers", "1"], env=env),
-        "serve_scale": procs.start("serve_scale", [*cli, "serve", "-c", str(serve_yml), "--listen",
-                                                   f"127.0.0.1:{ports.serve_scale}", "--workers", "1"], env=env),
+        "auth": procs.start("auth", auth_command(ports.auth), env=env),
+        "serve": procs.start("serve", serve_command(serve_yml, ports.serve), env=env),
+        "serve_scale": procs.start("serve_scale", serve_command(serve_yml, ports.serve_scale), env=env),
         "authz": procs.start("authz", [*cli, "authz", "-c", str(authz_yml), "--listen", f"127.0.0.1:{ports.authz}",
                                        "--workers", "1", "--log-level", "warning"], env=env),
         "nginx_authz": procs.nginx("nginx_authz", _example(

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from harness import PLAIN_PROXY_CONF, UPSTREAM_CONF, Child, Processes, free_port, wait_listening, wrk
-from run import INTROSPECTION_SECRET, SERVE_YML, _issue
+from run import INTROSPECTION_SECRET, _issue, auth_command, serve_command, serve_config
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -67,18 +67,14 @@ def main() -> int:
         upstream, nginx, auth, serve = free_port(), free_port(), free_port(), free_port()
         env = {"INTROSPECTION_SECRET": INTROSPECTION_SECRET, "PYTHONPATH": f"{REPO / 'src'}:{BENCH}",
                "STACK_UPSTREAM": f"http://127.0.0.1:{upstream}"}
-        serve_yml = tmp / "serve.yml"
-        serve_yml.write_text(SERVE_YML.format(upstream=upstream, auth=auth, secret=INTROSPECTION_SECRET))
         targets: dict[str, tuple[Child, int]] = {
             "nginx proxy_pass (the limit)": (procs.nginx("nginx", PLAIN_PROXY_CONF.format(
                 dir=tmp, name="nginx", port=nginx, upstream=upstream)), nginx),
-            "phantom-token serve (the whole job)": (procs.start("serve", [
-                python, "-m", "phantom_token", "serve", "-c", str(serve_yml), "--listen", f"127.0.0.1:{serve}",
-                "--workers", "1"], env=env), serve),
+            "phantom-token serve (the whole job)": (procs.start(
+                "serve", serve_command(serve_config(tmp, upstream, auth), serve), env=env), serve),
         }
         helpers = [(procs.nginx("upstream", UPSTREAM_CONF.format(dir=tmp, name="upstream", port=upstream)), upstream),
-                   (procs.start("auth", [python, "-m", "phantom_token.demo.authorization_server", "--listen",
-                                         f"127.0.0.1:{auth}", "--token-lifetime", "7200"], env=env), auth)]
+                   (procs.start("auth", auth_command(auth), env=env), auth)]
         for label in stacks(python, 0):
             port = free_port()
             targets[label] = (procs.start(f"{label.split()[0]}-{port}", stacks(python, port)[label], env=env), port)
