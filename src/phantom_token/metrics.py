@@ -25,7 +25,7 @@ class Metrics:
         self._bucket_counts[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
         self._latency_sum += seconds
 
-    def observe_response(self, status: int, _seconds: float = 0.0) -> None:
+    def observe_response(self, status: int) -> None:
         self.responses[status] = self.responses.get(status, 0) + 1
 
     def render(self, extra: dict[str, float] | None = None) -> str:

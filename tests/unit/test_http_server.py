@@ -14,7 +14,7 @@ import httptools
 import pytest
 
 from phantom_token.http.messages import Request, Response
-from phantom_token.http.server import HttpServer, ServerLimits, _version_of_first_line, serve_app
+from phantom_token.http.server import HttpServer, ServerLimits, _version_at, serve_app
 
 TIMEOUT = 5.0
 MALFORMED = {"code": "invalid_request", "message": "Malformed HTTP request"}
@@ -320,17 +320,36 @@ async def test_each_pipelined_request_gets_its_own_http_version(server: HttpServ
     assert b"HTTP/1.1 400 " in raw  # the second has no Host header, which HTTP/1.1 requires
 
 
-@pytest.mark.parametrize(("data", "version"), [
-    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 11),
-    (b"GET /x?y=1 HTTP/1.0\r\n\r\n", 10),
-    (b"GET / HTTP/1.1", 0),  # the line is not complete in this read
-    (b"\r\nGET / HTTP/1.1\r\n", 0),  # an empty line first: the parser decides
-    (b"GET / HTTP/2.0\r\n\r\n", 0),
-    (b"GET / HTTP/1.2\r\n\r\n", 0),
-    (b"x" * 9000 + b" HTTP/1.1\r\n", 0),  # only the first 8 KiB are looked at
+@pytest.mark.parametrize(("data", "method", "target", "version"), [
+    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"GET", b"/", 11),
+    (b"DELETE /x?y=1 HTTP/1.0\r\n\r\n", b"DELETE", b"/x?y=1", 10),
+    (b"GET / HTTP/1.1", b"GET", b"/", 0),  # the line is not all in this read
+    (b"GET / HTTP/1.1\r", b"GET", b"/", 11),
+    (b"GET / HTTP/1.", b"GET", b"/", 0),
+    (b"GET /abc", b"GET", b"/abcdefgh", 0),  # the target went on in the next read
+    (b"\r\nGET / HTTP/1.1\r\n", b"GET", b"/", 0),  # an empty line first: the parser decides
+    (b"GET / HTTP/2.0\r\n\r\n", b"GET", b"/", 0),
+    (b"GET / HTTP/1.2\r\n\r\n", b"GET", b"/", 0),
+    (b"GET / HTTP/1.1 \r\n", b"GET", b"/", 0),
+    (b"GET /a HTTP/1.1\r\n", b"GET", b"/", 0),  # not where the line puts it
 ])
-def test_the_version_hint_reads_only_a_whole_first_line(data: bytes, version: int) -> None:
-    assert _version_of_first_line(data) == version
+def test_the_version_is_read_where_the_request_line_has_it(data: bytes, method: bytes, target: bytes,
+                                                           version: int) -> None:
+    assert _version_at(data, len(method) + 1 + len(target)) == version
+
+
+async def test_a_request_line_cut_across_reads_gets_the_parsers_version(server: HttpServer) -> None:
+    """The first read ends inside the version (or just before it): the version comes from the parser."""
+    for first, rest in ((b"GET /a HTTP/1.", b"0\r\n\r\n"), (b"GET /a", b" HTTP/1.0\r\n\r\n"),
+                        (b"\r\nGET /a HTTP/1.0", b"\r\n\r\n")):
+        reader, writer = await open_conn(server.port)
+        writer.write(first)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        writer.write(rest)
+        raw = await read_to_eof(reader)  # HTTP/1.0 without keep-alive: the connection closes after the answer
+        writer.close()
+        assert raw.startswith(b"HTTP/1.1 200 "), raw[:60]
 
 
 async def test_garbage_gets_400_and_server_keeps_serving(server: HttpServer) -> None:

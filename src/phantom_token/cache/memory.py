@@ -8,6 +8,7 @@ expired entry is never returned; keys are SHA-256 digests, never tokens; a key i
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 from phantom_token.core.ports import Cached, CacheEntry, NegativeEntry, Purged
 
@@ -16,6 +17,8 @@ class _Lru:
     def __init__(self, max_entries: int) -> None:
         self.max = max_entries
         self.entries: OrderedDict[bytes, Cached] = OrderedDict()
+        # Bound once: compiled code has no OrderedDict primitives and would look the method up by name per hit.
+        self._touch: Callable[[bytes], None] = self.entries.move_to_end
 
     def get(self, key: bytes, now: float) -> Cached | None:
         entry = self.entries.get(key)
@@ -24,7 +27,7 @@ class _Lru:
         if entry.expires_at <= now:
             del self.entries[key]
             return None
-        self.entries.move_to_end(key)
+        self._touch(key)
         return entry
 
     def put(self, key: bytes, entry: Cached) -> None:

@@ -98,6 +98,8 @@ class Engine:
         self._router = router
         self._minter = minter
         self._cache = cache
+        # Bound once: the port is a protocol, so compiled code would otherwise look the method up by name per hit.
+        self._get_local: Callable[[bytes, float], Cached | None] = cache.get_local
         self._introspector = introspector
         self._clock = clock
         self._metrics = metrics if metrics is not None else Metrics()
@@ -121,7 +123,7 @@ class Engine:
         if not isinstance(step, _Pending):
             return step
         now = self._clock()
-        entry = self._cache.get_local(step.key, now)
+        entry = self._get_local(step.key, now)
         if entry is None:
             return None
         self._metrics.cache_hits += 1

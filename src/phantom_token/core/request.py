@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -29,7 +28,8 @@ class RequestInfo:
 
     ``headers`` maps lower-case header names to every value received, in order (so a duplicated
     ``Authorization`` header is visible). ``host`` is the Host header without its port, lower case.
-    ``path`` is the raw request path without the query string.
+    ``path`` is the raw request path without the query string. (``headers`` is a dict of lists, not any mapping:
+    the compiled engine then reads it with dict and list operations, not calls by name.)
 
     A plain class, not a dataclass: one is made per request, and a dataclass's generated ``__init__`` would run
     interpreted even in the compiled build (phantom_token/compiled.py).
@@ -37,7 +37,7 @@ class RequestInfo:
 
     __slots__ = ("headers", "host", "memo", "method", "path")
 
-    def __init__(self, method: str, host: str, path: str, headers: Mapping[str, Sequence[str]],
+    def __init__(self, method: str, host: str, path: str, headers: dict[str, list[str]],
                  memo: TokenMemo | None = None) -> None:
         self.method = method
         self.host = host

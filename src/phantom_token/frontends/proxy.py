@@ -55,7 +55,7 @@ from phantom_token.memo import remember
 
 logger: Final = logging.getLogger("phantom_token.http")
 
-Observe = Callable[[int, float], None]
+Observe = Callable[[int], None]  # counts one answer by status
 """Called once per request with the response status and the seconds from request head to response end."""
 
 HOP_BY_HOP: Final = frozenset({"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"})
@@ -211,8 +211,14 @@ class ProxyProtocol(HttpServerProtocol):
         self._origins = shared.origins
         self._response_heads = shared.response_heads
         self._memo = TokenMemo()
-        self._auth_text: str | None = None  # the last Authorization value sent upstream, and its header line
-        self._auth_line = b""
+        # The gateway's own header lines of the last request sent upstream (Authorization, Host, X-Forwarded-*, the
+        # final empty line) and what they were made from: a keep-alive client sends the same Host and token
+        # request after request, so they are built once per connection and token.
+        self._tail = b""
+        self._tail_auth: str | None = None  # compared by identity: the cache entry's own string
+        self._tail_origin: _Origin | None = None
+        self._tail_preserve = False
+        self._tail_host = ""
         self._ip = b""
         self._route: Route | None = None
         self._upstream: Connection | None = None
@@ -377,34 +383,46 @@ class ProxyProtocol(HttpServerProtocol):
             elif lname == "x-forwarded-for":
                 value = raw_headers[i][1]
                 forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
-        raw_host = head.raw_host.encode("latin-1")
-        host = raw_host if route.preserve_host and raw_host else origin.host_header
-        if authorization is not None:
-            if authorization is not self._auth_text:  # the cache entry's own string: encoded once per token
-                self._auth_text, self._auth_line = authorization, b"Authorization: " + authorization.encode(
-                    "latin-1") + b"\r\n"
-            parts.append(self._auth_line)
-        parts.append(b"Host: %b\r\nX-Forwarded-For: %b\r\nX-Forwarded-Proto: http\r\n" % (
-            host, forwarded_for + b", " + self._ip if forwarded_for else self._ip))
-        if raw_host:
-            parts.extend((b"X-Forwarded-Host: ", raw_host, b"\r\n"))
         if head.chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
-        parts.append(b"\r\n")
+        raw_host = head.raw_host
+        if (forwarded_for is None and authorization is self._tail_auth and origin is self._tail_origin
+                and route.preserve_host == self._tail_preserve and raw_host == self._tail_host and self._tail):
+            parts.append(self._tail)
+        else:
+            parts.append(self._gateway_lines(route, origin, authorization, raw_host, forwarded_for))
         return b"".join(parts)
+
+    def _gateway_lines(self, route: Route, origin: _Origin, authorization: str | None, raw_host: str,
+                       forwarded_for: bytes | None) -> bytes:
+        """Authorization, Host and X-Forwarded-* as the gateway sets them, and the head's final empty line;
+        remembered for the next request unless the client sent its own X-Forwarded-For."""
+        raw = raw_host.encode("latin-1")
+        host = raw if route.preserve_host and raw else origin.host_header
+        parts = [b"Authorization: " + authorization.encode("latin-1") + b"\r\n" if authorization is not None
+                 else b"",
+                 b"Host: %b\r\nX-Forwarded-For: %b\r\nX-Forwarded-Proto: http\r\n" % (
+                     host, forwarded_for + b", " + self._ip if forwarded_for else self._ip)]
+        if raw:
+            parts.extend((b"X-Forwarded-Host: ", raw, b"\r\n"))
+        parts.append(b"\r\n")
+        lines = b"".join(parts)
+        if forwarded_for is None:
+            self._tail, self._tail_auth, self._tail_origin = lines, authorization, origin
+            self._tail_preserve, self._tail_host = route.preserve_host, raw_host
+        return lines
 
     def _deny(self, head: RequestHead, deny: Deny) -> None:
         self._status = deny.status
         self._pending = None
-        if self._shared.observe is not None:
-            self._observe(deny.status)
+        self._observe(deny.status)
         self.resume_reading(PAUSE_VERDICT)  # what is left of the body has to be read to be discarded
         self.send_response(deny.status, deny.headers(), deny.body())
 
     def _observe(self, status: int) -> None:
-        head = self.active
-        if head is not None:
-            self._shared.observe(status, self.loop.time() - head.started)  # type: ignore[misc]
+        observe = self._shared.observe
+        if observe is not None:
+            observe(status)
 
     # -- the upstream's response (through _Sink) --------------------------------------------------------------------
 
@@ -440,7 +458,7 @@ class ProxyProtocol(HttpServerProtocol):
 
     def upstream_body(self, data: bytes) -> None:
         transport = self.transport
-        if not data or transport is None or transport.is_closing():
+        if not data or transport is None or self._is_closing():
             return
         out = self._out_head
         if out is not None:
@@ -449,13 +467,13 @@ class ProxyProtocol(HttpServerProtocol):
         if self._chunk_out:
             pieces = [out or b"", b"%x\r\n" % len(data), data, b"\r\n"]
             if len(data) < 16384:
-                transport.write(b"".join(pieces))
+                self._send(b"".join(pieces))
             else:
                 transport.writelines(pieces)
         elif out is None:
-            transport.write(data)
+            self._send(data)
         elif len(data) < 16384:
-            transport.write(out + data)  # head and body in one send(): one small copy beats a second syscall
+            self._send(out + data)  # head and body in one send(): one small copy beats a second syscall
         else:
             transport.writelines((out, data))
 
@@ -475,8 +493,7 @@ class ProxyProtocol(HttpServerProtocol):
             self.write(out + b"0\r\n\r\n" if out is not None else b"0\r\n\r\n")
         elif out is not None:
             self.write(out)
-        if self._shared.observe is not None:
-            self._observe(self._status)
+        self._observe(self._status)
         self.resume_reading(PAUSE_UPSTREAM | PAUSE_VERDICT)
         self.finish_response(self._keep_alive)
 
@@ -489,8 +506,7 @@ class ProxyProtocol(HttpServerProtocol):
         where = f"{route.upstream.host}:{route.upstream.port}" if route and route.upstream else "upstream"
         if self._head_written:
             logger.warning("upstream %s failed mid-response, dropping the client connection: %s", where, exc)
-            if self._shared.observe is not None:
-                self._observe(self._status)
+            self._observe(self._status)
             self.responded = True
             self.abort()
             return

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import select
 import ssl as ssl_module
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, cast
 from urllib.parse import urlsplit
@@ -150,15 +150,30 @@ class ResponseSink:
         """It reads again."""
 
 
+def _no_transport() -> bool:
+    """``is_closing`` before the connection is made: nothing may be written yet."""
+    return True
+
+
+def _drop(data: bytes) -> None:
+    """``write`` before the connection is made (never called: ``_no_transport`` says closing)."""
+
+
 class Connection(asyncio.Protocol):
-    """One keep-alive connection to one origin, carrying one request at a time."""
+    """One keep-alive connection to one origin, carrying one request at a time. The methods called on every
+    request (the transport's ``write``/``is_closing``, the loop's ``time``, the parser's) are kept bound, so
+    compiled code calls them directly instead of looking each one up by name."""
 
     def __init__(self, pool: ConnectionPool, key: PoolKey) -> None:
         self.pool = pool
         self.key = key
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
+        self._send: Callable[[bytes], None] = _drop
+        self._is_closing: Callable[[], bool] = _no_transport
+        self._time: Callable[[], float] = pool.loop.time
         self._parser = httptools.HttpResponseParser(self)
+        self._feed: Callable[[bytes], None] = self._parser.feed_data
         self._sink: ResponseSink | None = None
         self._buf = b""  # bytes of the response head received so far
         self._head = b""  # the head of the current response, once complete
@@ -181,7 +196,7 @@ class Connection(asyncio.Protocol):
 
     @property
     def usable(self) -> bool:
-        return not self._closed and self.transport is not None and not self.transport.is_closing()
+        return not self._closed and not self._is_closing()
 
     def looks_closed(self) -> bool:
         """A poll of the socket: readable while idle means the peer closed (or sent garbage) even if the loop has
@@ -200,7 +215,7 @@ class Connection(asyncio.Protocol):
     def begin(self, sink: ResponseSink, head: bytes, *, head_request: bool, timeout: float, chunked: bool) -> None:
         """Send a request head; the body follows with ``send_body``/``end_body``. Raises ``StaleConnection``
         (nothing written) when the connection is already closed."""
-        if self._closed or self.transport is None or self.transport.is_closing():
+        if self._closed or self._is_closing():
             raise StaleConnection
         self._sink = sink
         self._head_request = head_request
@@ -211,26 +226,26 @@ class Connection(asyncio.Protocol):
         self._in_head = True
         self._informational = False
         self._timeout = timeout
-        now = self._t_last = self.loop.time()
+        now = self._t_last = self._time()
         if self._timer is None or self._timer_when > now + timeout:
             self._schedule(now + timeout)
-        self.transport.write(head)
+        self._send(head)
 
     def send_body(self, data: bytes) -> None:
-        if self._sink is None or self.transport is None or not data or self.transport.is_closing():
+        if self._sink is None or not data or self._is_closing():
             return
         if self._chunked:
             if len(data) < 8192:
-                self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
-            else:
+                self._send(b"%x\r\n%b\r\n" % (len(data), data))
+            elif self.transport is not None:
                 self.transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
         else:
-            self.transport.write(data)
+            self._send(data)
 
     def end_body(self) -> None:
         self._request_sent = True
-        if self._sink is not None and self._chunked and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"0\r\n\r\n")
+        if self._sink is not None and self._chunked and not self._is_closing():
+            self._send(b"0\r\n\r\n")
 
     def pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None and not self.transport.is_closing():
@@ -240,7 +255,7 @@ class Connection(asyncio.Protocol):
     def resume_reading(self) -> None:
         if self._reading_paused:
             self._reading_paused = False
-            self._t_last = self.loop.time()  # time spent paused by the consumer is not the peer's delay
+            self._t_last = self._time()  # time spent paused by the consumer is not the peer's delay
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.resume_reading()
 
@@ -262,6 +277,8 @@ class Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        self._send = self.transport.write
+        self._is_closing = self.transport.is_closing
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closed = True
@@ -288,14 +305,15 @@ class Connection(asyncio.Protocol):
         if expected is None:
             self.close()  # bytes nobody asked for: the connection's framing can no longer be trusted
             return
-        self._t_last = self.loop.time()
+        self._t_last = self._time()
         if self._in_head:
             self._buf += data  # no copy when the head starts in this read (b"" + data is data)
         try:
-            self._parser.feed_data(data)
+            self._feed(data)
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _HeadResponseDone):
                 self._parser = httptools.HttpResponseParser(self)
+                self._feed = self._parser.feed_data
                 self._complete()
             elif isinstance(exc.__context__, ProtocolError):
                 self._fail(exc.__context__)
@@ -373,7 +391,7 @@ class Connection(asyncio.Protocol):
         sink = self._sink
         self._sink = None
         if self._keep_alive and self._request_sent and not self._closed:
-            self.pool.release(self)
+            self.pool.release(self, self._t_last)  # inside data_received: the time it took is now
         else:
             self.close()
         if sink is not None:
@@ -395,7 +413,7 @@ class Connection(asyncio.Protocol):
         self._timer = None
         if self._closed:
             return
-        now = self.loop.time()
+        now = self._time()
         if self._sink is not None:
             deadline = now + self._timeout if self._reading_paused else self._t_last + self._timeout
             if now >= deadline:
@@ -446,8 +464,9 @@ class ConnectionPool:
             raise ConnectError(f"could not connect to {host}:{port}: {type(exc).__name__}: {exc}") from exc
         return protocol
 
-    def release(self, conn: Connection) -> None:
-        if self._closed or conn.transport is None or conn.transport.is_closing():
+    def release(self, conn: Connection, now: float | None = None) -> None:
+        """Put ``conn`` back for reuse; ``now``: the loop's time, when the caller has just read it."""
+        if self._closed or conn._is_closing():
             conn.close()
             return
         idle = self._idle.get(conn.key)
@@ -459,7 +478,7 @@ class ConnectionPool:
         if conn._reading_paused:
             conn.resume_reading()  # an idle connection must see the peer's FIN to leave the pool at once
         conn.in_pool = True
-        conn.idle_since = self.loop.time()
+        conn.idle_since = self.loop.time() if now is None else now
         idle.append(conn)
 
     def forget(self, conn: Connection) -> None:

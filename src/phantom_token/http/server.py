@@ -127,7 +127,7 @@ class RequestHead:
 
     __slots__ = ("body_received", "chunked", "complete", "connection_tokens", "content_length", "early_body",
                  "expect_continue", "headers", "host", "http10", "keep_alive", "lnames", "method", "path", "query",
-                 "raw_headers", "raw_host", "started", "target")
+                 "raw_headers", "raw_host", "target")
 
     def __init__(self, method: str, target: bytes, raw_headers: RawHeaders, keep_alive: bool, http10: bool) -> None:
         self.method = method
@@ -148,7 +148,6 @@ class RequestHead:
         self.early_body: list[bytes] | None = None  # body parsed while the request waited in the pipeline
         self.complete = False  # the whole request (head and body) has been received
         self.body_received = 0
-        self.started = 0.0  # loop time when the head was complete
 
     @property
     def has_body(self) -> bool:
@@ -177,15 +176,20 @@ def _split_target(head: RequestHead) -> None:
     head.host = url.host.decode("latin-1").lower()
 
 
-def _version_of_first_line(data: bytes) -> int:
-    """10 or 11 when ``data`` starts with a request line ending in HTTP/1.0 or HTTP/1.1 (the read begins a new
-    request); 0 otherwise (the line is not complete in this read, or is not one; the parser then decides)."""
-    end = data.find(b"\r\n", 0, 8192)
-    # byte by byte (compiled, an index is a C read; a slice would be a new bytes object): b" HTTP/1." then the digit
-    if (end < 12 or data[end - 9] != 32 or data[end - 8] != 72 or data[end - 7] != 84 or data[end - 6] != 84
-            or data[end - 5] != 80 or data[end - 4] != 47 or data[end - 3] != 49 or data[end - 2] != 46):
+def _version_at(data: bytes, pos: int) -> int:
+    """10 or 11 when ``data`` holds b" HTTP/1.0\\r" or b" HTTP/1.1\\r" at ``pos``; 0 otherwise.
+
+    ``pos`` is where the request line's second space is when the line starts the read: ``len(method) + 1 +
+    len(target)``, both as llhttp parsed them. That needs no search: a request line has single spaces and its
+    method and target hold none, so the bytes match only where the line really has its version (after an empty line
+    llhttp skipped, or when the line did not start the read or is not all in it, they do not, and the parser is
+    asked instead)."""
+    # byte by byte (compiled, an index is a C read; a slice would be a new bytes object)
+    if (pos + 9 >= len(data) or data[pos] != 32 or data[pos + 1] != 72 or data[pos + 2] != 84
+            or data[pos + 3] != 84 or data[pos + 4] != 80 or data[pos + 5] != 47 or data[pos + 6] != 49
+            or data[pos + 7] != 46 or data[pos + 9] != 13):
         return 0
-    minor = data[end - 1]
+    minor = data[pos + 8]
     return 11 if minor == 49 else 10 if minor == 48 else 0  # b"1", b"0"
 
 
@@ -264,18 +268,37 @@ class ServerState:
             self.all_closed.set()
 
 
+def _no_transport() -> bool:
+    """``is_closing`` before the connection is made: nothing may be written yet."""
+    return True
+
+
+def _drop(data: bytes) -> None:
+    """``write`` before the connection is made (never called: ``_no_transport`` says closing)."""
+
+
 class HttpServerProtocol(asyncio.Protocol):
     """One client connection. Subclasses implement ``handle_request``, ``handle_body``, ``handle_body_end``,
-    ``handle_abort`` and call ``finish_response`` exactly once per request when the response is fully written."""
+    ``handle_abort`` and call ``finish_response`` exactly once per request when the response is fully written.
+
+    The methods called on every request (the transport's ``write``/``is_closing``, the loop's ``time``, the
+    parser's ``feed_data`` and getters) are kept bound: compiled code then calls them directly instead of looking
+    each one up by name on every call."""
 
     def __init__(self, state: ServerState) -> None:
         self.state = state
         self.loop = state.loop
         self.limits = state.limits
         self.transport: asyncio.Transport | None = None
+        self._send: Callable[[bytes], None] = _drop
+        self._is_closing: Callable[[], bool] = _no_transport
+        self._time: Callable[[], float] = state.loop.time
         self.peer: tuple[str, int] | None = None
         self.client_ip = ""
-        self._parser = httptools.HttpRequestParser(self)
+        parser = self._parser = httptools.HttpRequestParser(self)
+        self._feed: Callable[[bytes], None] = parser.feed_data
+        self._parsed_method: Callable[[], bytes] = parser.get_method
+        self._parsed_keep_alive: Callable[[], bool] = parser.should_keep_alive
         self._url = b""
         self._raw: RawHeaders = []
         self._header_bytes = 0
@@ -291,8 +314,10 @@ class HttpServerProtocol(asyncio.Protocol):
         self._pending_error: int | None = None
         self._eof = False
         self._in_head = False  # between the first byte of a request and the end of its head
-        self._version_hint = 0  # 10/11: the HTTP version of the request line at the start of this read; 0: unknown
-        self._version = 0  # the hint, for the message being parsed (only the first message of a read gets one)
+        # The read a request started at the beginning of, while its head is parsed: its version is then read off
+        # the request line (see ``_version_at``); only the first message of a read gets one.
+        self._read_start: bytes | None = None
+        self._line: bytes | None = None
         self._t_rx = 0.0
         self._t_idle = 0.0
         self._t_begin = 0.0
@@ -322,9 +347,8 @@ class HttpServerProtocol(asyncio.Protocol):
         """The client reads again."""
 
     def write(self, data: bytes) -> None:
-        transport = self.transport
-        if transport is not None and not transport.is_closing():
-            transport.write(data)
+        if not self._is_closing():
+            self._send(data)
 
     def should_keep_alive(self, head: RequestHead) -> bool:
         """Whether the response to ``head`` may keep the connection open (sets ``Connection: close`` if not)."""
@@ -358,14 +382,14 @@ class HttpServerProtocol(asyncio.Protocol):
             self._advance()
 
     def pause_reading(self, reason: int = PAUSE_APP) -> None:
-        if not self._pause and self.transport is not None and not self.transport.is_closing():
+        if not self._pause and self.transport is not None and not self._is_closing():
             self.transport.pause_reading()
         self._pause |= reason
 
     def resume_reading(self, reason: int = PAUSE_APP) -> None:
         if self._pause & reason:
             self._pause &= ~reason
-            if not self._pause and self.transport is not None and not self.transport.is_closing():
+            if not self._pause and self.transport is not None and not self._is_closing():
                 self.transport.resume_reading()
 
     @property
@@ -391,6 +415,8 @@ class HttpServerProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self.transport = cast(asyncio.Transport, transport)
+        self._send = self.transport.write
+        self._is_closing = self.transport.is_closing
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer = (str(peer[0]), int(peer[1]))
@@ -403,7 +429,7 @@ class HttpServerProtocol(asyncio.Protocol):
         if self.state.closing:
             self._close()
             return
-        now = self.loop.time()
+        now = self._time()
         self._t_idle = self._t_rx = now
         self._schedule(now + min(self.limits.keepalive_timeout, self.limits.header_timeout))
 
@@ -422,10 +448,10 @@ class HttpServerProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closed or self._failed:
             return
-        self._t_rx = self.loop.time()
-        self._version_hint = _version_of_first_line(data) if not self._in_head and self._receiving is None else 0
+        self._t_rx = self._time()
+        self._read_start = data if not self._in_head and self._receiving is None else None
         try:
-            self._parser.feed_data(data)
+            self._feed(data)
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _Reject):
@@ -468,7 +494,7 @@ class HttpServerProtocol(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._version, self._version_hint = self._version_hint, 0
+        self._line, self._read_start = self._read_start, None
         self._url = b""
         self._raw = []
         self._header_bytes = 0
@@ -494,13 +520,17 @@ class HttpServerProtocol(asyncio.Protocol):
         # else: a trailer of a chunked body; counted against the limit, then dropped.
 
     def on_headers_complete(self) -> None:
-        parser = self._parser
-        method = parser.get_method()
-        # httptools builds the version string with str.format (a fifth of this method): asked only when the read
-        # did not start with this request's line
-        http10 = self._version == 10 if self._version else parser.get_http_version() == "1.0"
+        method = self._parsed_method()
+        # httptools builds the version string with str.format (a fifth of this method): asked only when the
+        # request line cannot be read directly
+        line = self._line
+        version = 0
+        if line is not None:
+            self._line = None
+            version = _version_at(line, len(method) + 1 + len(self._url))
+        http10 = version == 10 if version else self._parser.get_http_version() == "1.0"
         head = RequestHead(_METHODS.get(method) or method.decode("ascii"), self._url, self._raw,
-                           parser.should_keep_alive(), http10)
+                           self._parsed_keep_alive(), http10)
         self._head_done = True
         self._in_head = False
         self._receiving = head
@@ -509,7 +539,6 @@ class HttpServerProtocol(asyncio.Protocol):
         except ValueError as exc:
             raise _Reject(400, "invalid header") from exc
         _split_target(head)
-        head.started = self._t_rx
         if self.active is None and not self._closed:
             self._start(head)
         else:
@@ -574,7 +603,7 @@ class HttpServerProtocol(asyncio.Protocol):
                     if self._pending_error is not None:
                         self._write_error_and_close(self._pending_error)
                         return
-                    self._t_idle = self.loop.time()
+                    self._t_idle = self._time()
                     if self._receiving is None and (self.state.closing or self._eof):
                         self._close()
                         return
@@ -677,7 +706,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._timer = None
         if self._closed:
             return
-        now = self.loop.time()
+        now = self._time()
         deadline, reason = self._deadline()
         if deadline is None:
             self._schedule(now + min(self.limits.header_timeout, self.limits.keepalive_timeout))
