@@ -10,6 +10,7 @@ import pytest
 from phantom_token.http.client import (
     BodyTooLarge,
     ConnectError,
+    ConnectionPool,
     HttpClient,
     ProtocolError,
     RequestTimeout,
@@ -171,5 +172,31 @@ async def test_server_is_usable_after_pool_close() -> None:
         assert (await http.request("GET", f"http://127.0.0.1:{srv.port}/", [], timeout=TIMEOUT)).status == 204
     finally:
         await http.aclose()
+        srv.close()
+        await srv.wait_closed()
+
+
+async def test_the_pool_keeps_one_idle_list_per_origin_bounded_and_empties_it_on_close() -> None:
+    """Callers keep the list ``idle_list`` gives (the proxy's origins do): releases land in it, ``take`` empties it,
+    the bound holds, and closing the pool closes what waits there and leaves the held list empty."""
+    async def app(request: Request) -> Response:
+        return Response(204)
+
+    srv = await serve_app(app, "127.0.0.1", 0)
+    pool = ConnectionPool(max_idle_per_origin=1)
+    key = ("http", "127.0.0.1", srv.port, None)
+    try:
+        held = pool.idle_list(key)
+        assert pool.idle_list(key) is held
+        first, second = await pool.connect(key, TIMEOUT), await pool.connect(key, TIMEOUT)
+        pool.release(first)
+        pool.release(second)  # over the bound: closed, not kept
+        assert held == [first] and first.usable and not second.usable
+        assert pool.take(held) is first and held == [] and pool.take(held) is None
+        pool.release(first)
+        await pool.aclose()
+        assert held == [] and not first.usable
+    finally:
+        await pool.aclose()
         srv.close()
         await srv.wait_closed()

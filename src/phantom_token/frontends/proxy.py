@@ -105,13 +105,14 @@ def rewrite_response_head(raw: bytes, status: int) -> tuple[bytes, bool, bool]:
 
 
 class _Origin:
-    """What is constant per upstream: the pool key and the Host header value."""
+    """What is constant per upstream: the pool key, its idle connections and the Host header value."""
 
-    __slots__ = ("host_header", "key", "upstream")
+    __slots__ = ("host_header", "idle", "key", "upstream")
 
-    def __init__(self, upstream: Upstream, context: ssl.SSLContext | None) -> None:
+    def __init__(self, upstream: Upstream, context: ssl.SSLContext | None, pool: ConnectionPool) -> None:
         self.upstream = upstream
         self.key: PoolKey = (upstream.scheme, upstream.host, upstream.port, context)
+        self.idle = pool.idle_list(self.key)
         default = 443 if upstream.scheme == "https" else 80
         host = f"[{upstream.host}]" if ":" in upstream.host else upstream.host
         self.host_header = (host if upstream.port == default else f"{host}:{upstream.port}").encode("idna")
@@ -166,7 +167,7 @@ class _Shared:
                 if self._tls is None:
                     self._tls = ssl.create_default_context()
                 context = self._tls
-            origin = self.origins[id(upstream)] = _Origin(upstream, context)
+            origin = self.origins[id(upstream)] = _Origin(upstream, context, self.pool)
         return origin
 
 
@@ -305,7 +306,7 @@ class ProxyProtocol(HttpServerProtocol):
         if origin is None or origin.upstream is not upstream:
             origin = self._shared.origin(upstream)
         request_head = self._request_head(head, verdict, origin)
-        conn = self._shared.pool.acquire(origin.key)
+        conn = self._shared.pool.take(origin.idle)
         if conn is None:
             self._connect_later(head, origin, request_head)
         else:

@@ -167,6 +167,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, pool: ConnectionPool, key: PoolKey) -> None:
         self.pool = pool
         self.key = key
+        self.idle = pool.idle_list(key)  # where this connection waits between requests
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
         self._send: Callable[[bytes], None] = _drop
@@ -439,9 +440,20 @@ class ConnectionPool:
         self._idle: dict[PoolKey, list[Connection]] = {}
         self._closed = False
 
+    def idle_list(self, key: PoolKey) -> list[Connection]:
+        """The idle connections for ``key``, most recently used last: one list per key for the pool's life, so a
+        caller may keep it (``take``) instead of hashing the key on every request."""
+        idle = self._idle.get(key)
+        if idle is None:
+            idle = self._idle[key] = []
+        return idle
+
     def acquire(self, key: PoolKey) -> Connection | None:
         """An idle open connection for ``key``, or None (then ``connect``)."""
-        idle = self._idle.get(key)
+        return self.take(self.idle_list(key))
+
+    def take(self, idle: list[Connection]) -> Connection | None:
+        """An open connection from ``idle`` (a list from ``idle_list``), or None."""
         while idle:
             conn = idle.pop()
             conn.in_pool = False
@@ -469,9 +481,7 @@ class ConnectionPool:
         if self._closed or conn._is_closing():
             conn.close()
             return
-        idle = self._idle.get(conn.key)
-        if idle is None:
-            idle = self._idle[conn.key] = []
+        idle = conn.idle
         if len(idle) >= self.max_idle:
             conn.close()
             return
@@ -483,14 +493,14 @@ class ConnectionPool:
 
     def forget(self, conn: Connection) -> None:
         conn.in_pool = False
-        idle = self._idle.get(conn.key)
-        if idle and conn in idle:
-            idle.remove(conn)
+        if conn in conn.idle:
+            conn.idle.remove(conn)
 
     async def aclose(self) -> None:
         self._closed = True
-        idle, self._idle = self._idle, {}
-        for conns in idle.values():
+        for idle in self._idle.values():  # emptied in place: connections and origins hold these lists
+            conns = list(idle)
+            idle.clear()
             for conn in conns:
                 conn.in_pool = False
                 conn.close()
