@@ -191,11 +191,16 @@ async def test_the_pool_keeps_one_idle_list_per_origin_bounded_and_empties_it_on
         first, second = await pool.connect(key, TIMEOUT), await pool.connect(key, TIMEOUT)
         pool.release(first)
         pool.release(second)  # over the bound: closed, not kept
-        assert held == [first] and first.usable and not second.usable
-        assert pool.take(held) is first and held == [] and pool.take(held) is None
+        assert held == [first]
+        assert first.usable
+        assert not second.usable
+        assert pool.take(held) is first
+        assert held == []
+        assert pool.take(held) is None
         pool.release(first)
         await pool.aclose()
-        assert held == [] and not first.usable
+        assert held == []
+        assert not first.usable
     finally:
         await pool.aclose()
         srv.close()

@@ -577,6 +577,11 @@ async def test_response_heads_are_rewritten_per_response_even_when_remembered() 
         b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nConnection: X-A\r\n\r\nok",
         b"HTTP/1.1 201 Created\r\nSet-Cookie: s=1\r\nContent-Length: 2\r\nconnection: keep-alive\r\n\r\nok",
         b"HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\nKeep-Alive: timeout=5\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        # the connection also remembers its last head: it must follow every change, back and forth
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nyes",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nContent-Length: 3\r\nConnection: keep-alive\r\n\r\nyes",
     ]
 
     async def reply(seen: Seen, writer: asyncio.StreamWriter) -> None:
@@ -594,7 +599,9 @@ async def test_response_heads_are_rewritten_per_response_even_when_remembered() 
     finally:
         await shutdown(h)
     assert [(r.status, r.body) for r in got] == [(200, b"ok"), (200, b"ok"), (200, b"yes"), (200, b"ok"),
-                                                 (201, b"ok"), (200, b"ok")]
+                                                 (201, b"ok"), (200, b"ok"), (200, b"yes"), (200, b"ok"),
+                                                 (200, b"ok"), (200, b"yes")]
+    assert [r.header("Content-Length") for r in got[6:]] == ["3", "2", "2", "3"]
     assert got[0].headers == got[1].headers == [("X-A", "1"), ("Content-Length", "2")]
     assert got[2].header("Content-Length") == "3"
     assert got[3].header("X-A") is None  # named in Connection: hop-by-hop for that response only

@@ -173,6 +173,8 @@ def decision_response(verdict: Verdict) -> tuple[int, list[tuple[str, str]], byt
 class _Shared:
     def __init__(self, engine: Authorizer, settings: Settings, observe: Observe | None) -> None:
         self.engine = engine
+        # Bound once: ``Authorizer`` is a protocol, so compiled code would look the method up by name per request.
+        self.try_authorize: Callable[[RequestInfo], Verdict | None] = engine.try_authorize
         self.trusted_proxies: tuple[Network, ...] = settings.trusted_proxies
         self.observe = observe
         self._trust: dict[str, bool] = {}
@@ -208,6 +210,7 @@ class DecisionProtocol(HttpServerProtocol):
         super().__init__(state)
         self._shared = shared
         self._engine = shared.engine
+        self._try_authorize = shared.try_authorize
         self._trusted = False
         self._task: asyncio.Task[None] | None = None
         self._memo = TokenMemo()  # a gateway's connection carries many clients' tokens; a repeat still saves work
@@ -226,7 +229,7 @@ class DecisionProtocol(HttpServerProtocol):
             self._reply(head, _not_a_decision_endpoint())
             return
         info.memo = self._memo
-        verdict = self._engine.try_authorize(info)
+        verdict = self._try_authorize(info)
         if verdict is None:
             self.pause_reading(PAUSE_DECISION)
             self._task = self.loop.create_task(self._authorize(head, info))

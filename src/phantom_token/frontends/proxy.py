@@ -123,6 +123,8 @@ class _Shared:
 
     def __init__(self, engine: Authorizer, settings: Settings, observe: Observe | None) -> None:
         self.engine = engine
+        # Bound once: ``Authorizer`` is a protocol, so compiled code would look the method up by name per request.
+        self.try_authorize: Callable[[RequestInfo], Verdict | None] = engine.try_authorize
         self.observe = observe
         self.timeout = settings.upstream_timeout_seconds
         self.connect_timeout = settings.upstream_connect_timeout_seconds
@@ -209,8 +211,13 @@ class ProxyProtocol(HttpServerProtocol):
         super().__init__(state)
         self._shared = shared
         self._engine = shared.engine
+        self._try_authorize = shared.try_authorize
         self._origins = shared.origins
         self._response_heads = shared.response_heads
+        # The last response head from upstream and its rewrite (a memo hit of ``response_heads``): comparing bytes
+        # is cheaper than hashing them for the memo.
+        self._last_raw = b""
+        self._last_rewritten: tuple[bytes, bool] = (b"", False)
         self._memo = TokenMemo()
         # The gateway's own header lines of the last request sent upstream (Authorization, Host, X-Forwarded-*, the
         # final empty line) and what they were made from: a keep-alive client sends the same Host and token
@@ -246,7 +253,7 @@ class ProxyProtocol(HttpServerProtocol):
         self._pending = None
         self._route = None
         info = RequestInfo(head.method, head.host, head.path, head.headers, self._memo)
-        verdict = self._engine.try_authorize(info)
+        verdict = self._try_authorize(info)
         if verdict is None:
             self._pending = []
             self.pause_reading(PAUSE_VERDICT)
@@ -432,10 +439,15 @@ class ProxyProtocol(HttpServerProtocol):
         assert head is not None
         self._status = status
         keep_alive = self.should_keep_alive(head) and self.can_drain(head)
-        rewritten = self._response_heads.get(raw)
-        if rewritten is None:
-            rewritten = self._shared.rewrite_response_head(raw, status)
-        whole, length = rewritten
+        if raw == self._last_raw:  # the same head as the last response (nginx's change once a second, with Date)
+            whole, length = self._last_rewritten
+        else:
+            known = self._response_heads.get(raw)
+            if known is None:
+                whole, length = self._shared.rewrite_response_head(raw, status)
+            else:  # only heads the shared memo keeps: small, no Set-Cookie
+                self._last_raw, self._last_rewritten = raw, known
+                whole, length = known
         self._chunk_out = False
         self._keep_alive = keep_alive
         if keep_alive and (length or not has_body) and not head.http10:
