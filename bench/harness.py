@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -46,10 +47,33 @@ http {{ access_log off; """ + _TEMP_PATHS + """
 """
 
 
+def free_ports(count: int = 1) -> int:
+    """The first of ``count`` consecutive free ports, below Linux's ephemeral range (32768+): outgoing connections
+    (wrk's, the proxies', the token issuance's) take their local ports from that range and could grab a port between
+    this check and the bind. A port handed out once in this process is never handed out again (two picks can come
+    before either process binds). The e2e tests use this too."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20000, 32000 - count)
+        if not _GIVEN.isdisjoint(range(base, base + count)):
+            continue
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + count):
+                    sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                    sock.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        _GIVEN.update(range(base, base + count))
+        return base
+    raise RuntimeError(f"no run of {count} free ports found")
+
+
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    return free_ports(1)
 
 
 class ChildDied(RuntimeError):

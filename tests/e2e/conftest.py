@@ -23,7 +23,6 @@ import http.client
 import json
 import os
 import queue
-import random
 import signal
 import socket
 import subprocess
@@ -41,6 +40,10 @@ import yaml
 
 from phantom_token.demo.authorization_server import fingerprint
 
+# Ports come from the benchmark's process plumbing (bench/harness.py), one rule for both.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from harness import free_ports
+
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
 REPO = Path(__file__).resolve().parents[2]
@@ -55,26 +58,8 @@ def free_port() -> int:
 
 
 def free_port_run(count: int) -> int:
-    """The first of ``count`` consecutive free ports, below Linux's ephemeral range (32768+), so outgoing
-    connections, which take ports from that range, cannot grab one between this check and the bind."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 32000 - count)
-        if not _GIVEN.isdisjoint(range(base, base + count)):
-            continue  # handed out already: its process may not have bound it yet (two picks before one bind)
-        try:
-            with contextlib.ExitStack() as stack:
-                for port in range(base, base + count):
-                    sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-                    sock.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        _GIVEN.update(range(base, base + count))
-        return base
-    raise RuntimeError(f"no run of {count} free ports found")
-
-
-_GIVEN: set[int] = set()  # every port this test process handed out
+    """The first of ``count`` consecutive free ports, below Linux's ephemeral range (bench/harness.py)."""
+    return free_ports(count)
 
 
 # --- HTTP client (stdlib only) ------------------------------------------------------------------------------
