@@ -689,3 +689,36 @@ async def test_gateway_headers_follow_each_request_on_one_connection() -> None:
         (["Bearer jwt-of-one"], here, ["127.0.0.1"], ["b.example:81"]),
         (["Basic own"], here, ["127.0.0.1"], ["a.example"]),  # no JWT on this route: the client's own goes through
     ]
+
+
+class HostRoutedAuthorizer(FakeAuthorizer):
+    """Allows on the route named after the request's host."""
+
+    def __init__(self, routes: dict[str, Route]) -> None:
+        super().__init__(next(iter(routes.values())))
+        self.routes = routes
+
+    def _verdict(self, request: RequestInfo) -> Verdict:
+        return Allow(self.routes[request.host], JWT, 60.0)
+
+
+async def test_the_same_path_on_two_routes_goes_to_each_routes_target_on_one_connection() -> None:
+    """A connection remembers its last path's upstream target, for that route only."""
+    upstream = RecordingUpstream()
+    port = await upstream.start()
+    strip = Route("a", "s", Upstream("http", "127.0.0.1", port, "/a"), paths=("/api",), hosts=("a",))
+    keep = Route("b", "s", Upstream("http", "127.0.0.1", port, "/b"), paths=("/api",), hosts=("b",), strip_path=False)
+    settings = Settings(routes=(strip, keep), upstream_connect_timeout_seconds=2.0)
+    proxy = await start_proxy(HostRoutedAuthorizer({"a": strip, "b": keep}), settings, "127.0.0.1", 0)
+    try:
+        reader, writer = await open_conn(proxy.port)
+        responses = ResponseReader(reader)
+        for host in (b"a", b"a", b"b", b"b", b"a"):
+            writer.write(b"GET /api/x HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+            assert (await responses.next()).status == 200
+        writer.close()
+    finally:
+        proxy.close()
+        await proxy.wait_closed()
+        upstream.close()
+    assert [s.target for s in upstream.requests] == ["/a/x", "/a/x", "/b/api/x", "/b/api/x", "/a/x"]

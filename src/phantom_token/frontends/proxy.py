@@ -218,6 +218,11 @@ class ProxyProtocol(HttpServerProtocol):
         # is cheaper than hashing them for the memo.
         self._last_raw = b""
         self._last_rewritten: tuple[bytes, bool] = (b"", False)
+        # The last request path, its route and the path sent upstream for it (from the shared memo): a str compare
+        # instead of two hashed look-ups when a client asks for the same path again.
+        self._last_path = ""
+        self._last_path_route: Route | None = None
+        self._last_target = b""
         self._memo = TokenMemo()
         # The gateway's own header lines of the last request sent upstream (Authorization, Host, X-Forwarded-*, the
         # final empty line) and what they were made from: a keep-alive client sends the same Host and token
@@ -370,7 +375,12 @@ class ProxyProtocol(HttpServerProtocol):
         """The head sent upstream: method, rewritten path, the client's headers minus hop-by-hop ones, and
         Host, Authorization and X-Forwarded-* set by the gateway."""
         route = allow.route
-        target = self._shared.upstream_path(route, head.path)
+        path = head.path
+        if path == self._last_path and route is self._last_path_route:
+            target = self._last_target
+        else:
+            target = self._shared.upstream_path(route, path)
+            self._last_path, self._last_path_route, self._last_target = path, route, target
         if head.query:
             target = b"%b?%b" % (target, head.query.encode("latin-1"))
         parts = [head.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
