@@ -59,8 +59,8 @@ ENVOY_PREFIX: Final = "/authz/envoy"
 
 Network = IPv4Network | IPv6Network
 
-Observe = Callable[[int], None]  # counts one answer by status
-"""Called once per decision with the status answered and the seconds it took."""
+Observe = Callable[[int], None]
+"""Called once per decision with the status answered (``Metrics.observe_response`` counts them)."""
 
 PAUSE_DECISION: Final = 8  # waiting for the engine: no more of this connection is read until the answer is written
 

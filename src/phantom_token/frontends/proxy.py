@@ -55,8 +55,8 @@ from phantom_token.memo import remember
 
 logger: Final = logging.getLogger("phantom_token.http")
 
-Observe = Callable[[int], None]  # counts one answer by status
-"""Called once per request with the response status and the seconds from request head to response end."""
+Observe = Callable[[int], None]
+"""Called once per request with the response status (``Metrics.observe_response`` counts them)."""
 
 HOP_BY_HOP: Final = frozenset({"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"})
 _HOP_BY_HOP_BYTES: Final = frozenset(name.encode() for name in HOP_BY_HOP)
