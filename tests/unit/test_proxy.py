@@ -636,6 +636,23 @@ async def test_upstream_targets_follow_each_request_on_one_connection(harness: H
                                                              "/base", "/base/a?x=1"]
 
 
+async def send_on_one_connection(proxy: HttpServer, upstream: RecordingUpstream, requests: list[bytes]) -> list[Seen]:
+    """Sends each request on one client connection (each must be answered 200), stops the proxy and the upstream,
+    and returns what the upstream received."""
+    try:
+        reader, writer = await open_conn(proxy.port)
+        responses = ResponseReader(reader)
+        for raw in requests:
+            writer.write(raw)
+            assert (await responses.next()).status == 200
+        writer.close()
+    finally:
+        proxy.close()
+        await proxy.wait_closed()
+        upstream.close()
+    return upstream.requests
+
+
 class PerTokenAuthorizer(FakeAuthorizer):
     """A JWT named after the opaque token, one string per token as a cache entry holds it; no Authorization at all
     under /api/open."""
@@ -662,22 +679,11 @@ async def test_gateway_headers_follow_each_request_on_one_connection() -> None:
     sent = [(b"a.example", b"Bearer one", b""), (b"a.example", b"Bearer one", b""), (b"a.example", b"Bearer two", b""),
             (b"a.example", b"Bearer two", b"X-Forwarded-For: 10.0.0.9\r\n"), (b"a.example", b"Bearer two", b""),
             (b"b.example:81", b"Bearer two", b""), (b"b.example:81", b"Bearer one", b"")]
-    try:
-        reader, writer = await open_conn(proxy.port)
-        responses = ResponseReader(reader)
-        for host, auth, extra in sent:
-            writer.write(b"GET /api/x HTTP/1.1\r\nHost: " + host + b"\r\nAuthorization: " + auth + b"\r\n" + extra
-                         + b"\r\n")
-            assert (await responses.next()).status == 200
-        writer.write(b"GET /api/open HTTP/1.1\r\nHost: a.example\r\nAuthorization: Basic own\r\n\r\n")
-        assert (await responses.next()).status == 200
-        writer.close()
-    finally:
-        proxy.close()
-        await proxy.wait_closed()
-        upstream.close()
+    requests = [b"GET /api/x HTTP/1.1\r\nHost: " + host + b"\r\nAuthorization: " + auth + b"\r\n" + extra + b"\r\n"
+                for host, auth, extra in sent]
+    requests.append(b"GET /api/open HTTP/1.1\r\nHost: a.example\r\nAuthorization: Basic own\r\n\r\n")
     seen = [(s.all("authorization"), s.all("host"), s.all("x-forwarded-for"), s.all("x-forwarded-host"))
-            for s in upstream.requests]
+            for s in await send_on_one_connection(proxy, upstream, requests)]
     here = [f"127.0.0.1:{port}"]
     assert seen == [
         (["Bearer jwt-of-one"], here, ["127.0.0.1"], ["a.example"]),
@@ -710,15 +716,6 @@ async def test_the_same_path_on_two_routes_goes_to_each_routes_target_on_one_con
     keep = Route("b", "s", Upstream("http", "127.0.0.1", port, "/b"), paths=("/api",), hosts=("b",), strip_path=False)
     settings = Settings(routes=(strip, keep), upstream_connect_timeout_seconds=2.0)
     proxy = await start_proxy(HostRoutedAuthorizer({"a": strip, "b": keep}), settings, "127.0.0.1", 0)
-    try:
-        reader, writer = await open_conn(proxy.port)
-        responses = ResponseReader(reader)
-        for host in (b"a", b"a", b"b", b"b", b"a"):
-            writer.write(b"GET /api/x HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
-            assert (await responses.next()).status == 200
-        writer.close()
-    finally:
-        proxy.close()
-        await proxy.wait_closed()
-        upstream.close()
-    assert [s.target for s in upstream.requests] == ["/a/x", "/a/x", "/b/api/x", "/b/api/x", "/a/x"]
+    requests = [b"GET /api/x HTTP/1.1\r\nHost: " + host + b"\r\n\r\n" for host in (b"a", b"a", b"b", b"b", b"a")]
+    seen = await send_on_one_connection(proxy, upstream, requests)
+    assert [s.target for s in seen] == ["/a/x", "/a/x", "/b/api/x", "/b/api/x", "/a/x"]
