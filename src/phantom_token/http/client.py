@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
-from phantom_token.http.messages import RawHeaders
+from phantom_token.http.messages import RawHeaders, drop_before_connected, not_connected
 
 logger: Final = logging.getLogger("phantom_token.http")
 
@@ -150,15 +150,6 @@ class ResponseSink:
         """It reads again."""
 
 
-def _no_transport() -> bool:
-    """``is_closing`` before the connection is made: nothing may be written yet."""
-    return True
-
-
-def _drop(data: bytes) -> None:
-    """``write`` before the connection is made (never called: ``_no_transport`` says closing)."""
-
-
 class Connection(asyncio.Protocol):
     """One keep-alive connection to one origin, carrying one request at a time. The methods called on every
     request (the transport's ``write``/``is_closing``, the loop's ``time``, the parser's) are kept bound, so
@@ -170,8 +161,8 @@ class Connection(asyncio.Protocol):
         self.idle = pool.idle_list(key)  # where this connection waits between requests
         self.loop = pool.loop
         self.transport: asyncio.Transport | None = None
-        self._send: Callable[[bytes], None] = _drop
-        self._is_closing: Callable[[], bool] = _no_transport
+        self._send: Callable[[bytes], None] = drop_before_connected
+        self._is_closing: Callable[[], bool] = not_connected
         self._time: Callable[[], float] = pool.loop.time
         self._parser = httptools.HttpResponseParser(self)
         self._feed: Callable[[bytes], None] = self._parser.feed_data

@@ -13,6 +13,15 @@ RawHeaders = list[tuple[bytes, bytes]]
 """Header lines in arrival order, names and values as raw bytes."""
 
 
+def not_connected() -> bool:
+    """A protocol's bound ``is_closing`` before its connection is made: nothing may be written yet."""
+    return True
+
+
+def drop_before_connected(data: bytes) -> None:
+    """A protocol's bound ``write`` before its connection is made (never called: ``not_connected`` says closing)."""
+
+
 @dataclass(slots=True)
 class Request:
     """A fully received request (the body is read completely, up to the server's limit)."""

@@ -34,7 +34,14 @@ from typing import Final, cast
 
 import httptools
 
-from phantom_token.http.messages import Handler, RawHeaders, Request, Response
+from phantom_token.http.messages import (
+    Handler,
+    RawHeaders,
+    Request,
+    Response,
+    drop_before_connected,
+    not_connected,
+)
 from phantom_token.memo import remember
 
 logger: Final = logging.getLogger("phantom_token.http")
@@ -268,15 +275,6 @@ class ServerState:
             self.all_closed.set()
 
 
-def _no_transport() -> bool:
-    """``is_closing`` before the connection is made: nothing may be written yet."""
-    return True
-
-
-def _drop(data: bytes) -> None:
-    """``write`` before the connection is made (never called: ``_no_transport`` says closing)."""
-
-
 class HttpServerProtocol(asyncio.Protocol):
     """One client connection. Subclasses implement ``handle_request``, ``handle_body``, ``handle_body_end``,
     ``handle_abort`` and call ``finish_response`` exactly once per request when the response is fully written.
@@ -290,8 +288,8 @@ class HttpServerProtocol(asyncio.Protocol):
         self.loop = state.loop
         self.limits = state.limits
         self.transport: asyncio.Transport | None = None
-        self._send: Callable[[bytes], None] = _drop
-        self._is_closing: Callable[[], bool] = _no_transport
+        self._send: Callable[[bytes], None] = drop_before_connected
+        self._is_closing: Callable[[], bool] = not_connected
         self._time: Callable[[], float] = state.loop.time
         self.peer: tuple[str, int] | None = None
         self.client_ip = ""
