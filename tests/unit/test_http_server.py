@@ -320,6 +320,19 @@ async def test_each_pipelined_request_gets_its_own_http_version(server: HttpServ
     assert b"HTTP/1.1 400 " in raw  # the second has no Host header, which HTTP/1.1 requires
 
 
+async def test_a_read_that_starts_inside_a_body_is_not_taken_for_a_request_line(server: HttpServer) -> None:
+    """The second read starts with the rest of a body that holds b" HTTP/1.1\\r" exactly where the next request's
+    version would be: that request is HTTP/1.0 (no Host needed, then the connection closes), not 1.1 (400)."""
+    reader, writer = await open_conn(server.port)
+    writer.write(b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 16\r\n\r\n")
+    await writer.drain()
+    await asyncio.sleep(0.05)
+    writer.write(b"xxxxxx HTTP/1.1\r" + b"GET /b HTTP/1.0\r\n\r\n")  # 16 body bytes, then the next request
+    raw = await read_to_eof(reader)
+    writer.close()
+    assert raw.count(b"HTTP/1.1 200 ") == 2, raw[:200]
+
+
 @pytest.mark.parametrize(("data", "method", "target", "version"), [
     (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"GET", b"/", 11),
     (b"DELETE /x?y=1 HTTP/1.0\r\n\r\n", b"DELETE", b"/x?y=1", 10),

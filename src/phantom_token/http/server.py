@@ -312,9 +312,8 @@ class HttpServerProtocol(asyncio.Protocol):
         self._pending_error: int | None = None
         self._eof = False
         self._in_head = False  # between the first byte of a request and the end of its head
-        # The read a request started at the beginning of, while its head is parsed: its version is then read off
-        # the request line (see ``_version_at``); only the first message of a read gets one.
-        self._read_start: bytes | None = None
+        # The read that began with the request line of the message being parsed, until its head is complete: the
+        # version is then read off that line (``_version_at``). None for a message that began inside a read.
         self._line: bytes | None = None
         self._t_rx = 0.0
         self._t_idle = 0.0
@@ -447,7 +446,8 @@ class HttpServerProtocol(asyncio.Protocol):
         if self._closed or self._failed:
             return
         self._t_rx = self._time()
-        self._read_start = data if not self._in_head and self._receiving is None else None
+        if not self._in_head:  # a head under way keeps the read it began in
+            self._line = data if self._receiving is None else None
         try:
             self._feed(data)
         except httptools.HttpParserCallbackError as exc:
@@ -492,7 +492,6 @@ class HttpServerProtocol(asyncio.Protocol):
     # -- httptools callbacks -------------------------------------------------------------------------------------
 
     def on_message_begin(self) -> None:
-        self._line, self._read_start = self._read_start, None
         self._url = b""
         self._raw = []
         self._header_bytes = 0
