@@ -5,6 +5,7 @@ They never decide a verdict themselves; ``Authorizer`` is all they know of the e
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from phantom_token.core.request import RequestInfo
@@ -23,4 +24,7 @@ class Authorizer(Protocol):
         ...
 
 
-__all__ = ["Authorizer"]
+Observe = Callable[[int], None]
+"""Called once per answer with its status (``Metrics.observe_response`` counts them)."""
+
+__all__ = ["Authorizer", "Observe"]

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 from phantom_token.config.settings import Settings
 from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
-from phantom_token.frontends import Authorizer
+from phantom_token.frontends import Authorizer, Observe
 from phantom_token.http.server import (
     HttpServer,
     HttpServerProtocol,
@@ -58,9 +58,6 @@ AUTHZ_PATH: Final = "/authz"
 ENVOY_PREFIX: Final = "/authz/envoy"
 
 Network = IPv4Network | IPv6Network
-
-Observe = Callable[[int], None]
-"""Called once per decision with the status answered (``Metrics.observe_response`` counts them)."""
 
 PAUSE_DECISION: Final = 8  # waiting for the engine: no more of this connection is read until the answer is written
 

@@ -30,7 +30,7 @@ from phantom_token.config.settings import Route, Settings, Upstream
 from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.routes import upstream_path
 from phantom_token.core.verdict import Allow, Deny, Verdict, bad_gateway, gateway_timeout, server_error
-from phantom_token.frontends import Authorizer
+from phantom_token.frontends import Authorizer, Observe
 from phantom_token.http.client import (
     ClientError,
     Connection,
@@ -54,9 +54,6 @@ from phantom_token.http.server import (
 from phantom_token.memo import remember
 
 logger: Final = logging.getLogger("phantom_token.http")
-
-Observe = Callable[[int], None]
-"""Called once per request with the response status (``Metrics.observe_response`` counts them)."""
 
 HOP_BY_HOP: Final = frozenset({"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"})
 _HOP_BY_HOP_BYTES: Final = frozenset(name.encode() for name in HOP_BY_HOP)
