@@ -697,15 +697,15 @@ async def test_gateway_headers_follow_each_request_on_one_connection() -> None:
     ]
 
 
-class HostRoutedAuthorizer(FakeAuthorizer):
-    """Allows on the route named after the request's host."""
+class RoutedAuthorizer(FakeAuthorizer):
+    """Allows, with the same JWT string every time, on the route ``choose`` picks for the request."""
 
-    def __init__(self, routes: dict[str, Route]) -> None:
-        super().__init__(next(iter(routes.values())))
-        self.routes = routes
+    def __init__(self, route: Route, choose: Callable[[RequestInfo], Route]) -> None:
+        super().__init__(route)
+        self.choose = choose
 
     def _verdict(self, request: RequestInfo) -> Verdict:
-        return Allow(self.routes[request.host], JWT, 60.0)
+        return Allow(self.choose(request), JWT, 60.0)
 
 
 async def test_the_same_path_on_two_routes_goes_to_each_routes_target_on_one_connection() -> None:
@@ -715,7 +715,24 @@ async def test_the_same_path_on_two_routes_goes_to_each_routes_target_on_one_con
     strip = Route("a", "s", Upstream("http", "127.0.0.1", port, "/a"), paths=("/api",), hosts=("a",))
     keep = Route("b", "s", Upstream("http", "127.0.0.1", port, "/b"), paths=("/api",), hosts=("b",), strip_path=False)
     settings = Settings(routes=(strip, keep), upstream_connect_timeout_seconds=2.0)
-    proxy = await start_proxy(HostRoutedAuthorizer({"a": strip, "b": keep}), settings, "127.0.0.1", 0)
+    routes = {"a": strip, "b": keep}
+    proxy = await start_proxy(RoutedAuthorizer(strip, lambda request: routes[request.host]), settings, "127.0.0.1", 0)
     requests = [b"GET /api/x HTTP/1.1\r\nHost: " + host + b"\r\n\r\n" for host in (b"a", b"a", b"b", b"b", b"a")]
     seen = await send_on_one_connection(proxy, upstream, requests)
     assert [s.target for s in seen] == ["/a/x", "/a/x", "/b/api/x", "/b/api/x", "/a/x"]
+
+
+async def test_the_gateway_lines_follow_the_route_on_one_connection() -> None:
+    """The same token and Host on two routes of one connection: each request gets its own route's Host line."""
+    upstream = RecordingUpstream()
+    port = await upstream.start()
+    plain = Route("a", "s", Upstream("http", "127.0.0.1", port, "/"), paths=("/api",))
+    kept = Route("b", "s", Upstream("http", "127.0.0.1", port, "/"), paths=("/keep",), preserve_host=True)
+    settings = Settings(routes=(plain, kept), upstream_connect_timeout_seconds=2.0)
+    authorizer = RoutedAuthorizer(plain, lambda request: kept if request.path.startswith("/keep") else plain)
+    proxy = await start_proxy(authorizer, settings, "127.0.0.1", 0)
+    requests = [b"GET " + path + b" HTTP/1.1\r\nHost: gw.example\r\n\r\n" for path in (b"/api", b"/keep", b"/api")]
+    seen = await send_on_one_connection(proxy, upstream, requests)
+    here = f"127.0.0.1:{port}"
+    assert [(s.all("host"), s.all("authorization")) for s in seen] == [([here], [JWT]), (["gw.example"], [JWT]),
+                                                                        ([here], [JWT])]

@@ -226,8 +226,7 @@ class ProxyProtocol(HttpServerProtocol):
         # request after request, so they are built once per connection and token.
         self._tail = b""
         self._tail_auth: str | None = None  # compared by identity: the cache entry's own string
-        self._tail_origin: _Origin | None = None
-        self._tail_preserve = False
+        self._tail_route: Route | None = None  # its upstream (origin) and preserve_host decide the Host line
         self._tail_host = ""
         self._ip = b""
         self._route: Route | None = None
@@ -401,8 +400,8 @@ class ProxyProtocol(HttpServerProtocol):
         if head.chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         raw_host = head.raw_host
-        if (forwarded_for is None and authorization is self._tail_auth and origin is self._tail_origin
-                and route.preserve_host == self._tail_preserve and raw_host == self._tail_host and self._tail):
+        if (forwarded_for is None and authorization is self._tail_auth and route is self._tail_route
+                and raw_host == self._tail_host and self._tail):
             parts.append(self._tail)
         else:
             parts.append(self._gateway_lines(route, origin, authorization, raw_host, forwarded_for))
@@ -423,8 +422,7 @@ class ProxyProtocol(HttpServerProtocol):
         parts.append(b"\r\n")
         lines = b"".join(parts)
         if forwarded_for is None:
-            self._tail, self._tail_auth, self._tail_origin = lines, authorization, origin
-            self._tail_preserve, self._tail_host = route.preserve_host, raw_host
+            self._tail, self._tail_auth, self._tail_route, self._tail_host = lines, authorization, route, raw_host
         return lines
 
     def _deny(self, head: RequestHead, deny: Deny) -> None:
