@@ -47,7 +47,7 @@ http {{ access_log off; """ + _TEMP_PATHS + """
 """
 
 
-def free_ports(count: int = 1) -> int:
+def free_port(count: int = 1) -> int:
     """The first of ``count`` consecutive free ports, below Linux's ephemeral range (32768+): outgoing connections
     (wrk's, the proxies', the token issuance's) take their local ports from that range and could grab a port between
     this check and the bind. A port handed out once in this process is never handed out again (two picks can come
@@ -70,10 +70,6 @@ def free_ports(count: int = 1) -> int:
 
 
 _GIVEN: set[int] = set()
-
-
-def free_port() -> int:
-    return free_ports(1)
 
 
 class ChildDied(RuntimeError):

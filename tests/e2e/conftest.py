@@ -42,7 +42,7 @@ from phantom_token.demo.authorization_server import fingerprint
 
 # Ports come from the benchmark's process plumbing (bench/harness.py), one rule for both.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-from harness import free_ports
+from harness import free_port as free_port  # re-exported: the e2e tests take their ports from here
 
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 15.0
@@ -50,16 +50,6 @@ REPO = Path(__file__).resolve().parents[2]
 INTROSPECTION_CLIENT = ("introspection-client", "demo-introspection-secret")
 DEMO_CLIENT = ("demo-client", "demo-secret")
 UNAUTHORIZED_BODY = {"code": "unauthorized", "message": "Missing, invalid or expired access token"}
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (see ``free_port_run``)."""
-    return free_port_run(1)
-
-
-def free_port_run(count: int) -> int:
-    """The first of ``count`` consecutive free ports, below Linux's ephemeral range (bench/harness.py)."""
-    return free_ports(count)
 
 
 # --- HTTP client (stdlib only) ------------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from .conftest import (
     _basic,
     dump,
     free_port,
-    free_port_run,
     http_request,
     plugin_options,
     start_process,
@@ -48,7 +47,7 @@ def test_version(run_cli: Any) -> None:
 
 
 def test_demo_shows_200_401_and_403(e2e_logs: Path) -> None:
-    port = free_port_run(3)  # the demo takes port, port + 1 and port + 2
+    port = free_port(3)  # the demo takes port, port + 1 and port + 2
     demo = start_process("demo", [sys.executable, "-m", "phantom_token", "demo", "--port", str(port)], port, e2e_logs)
     try:
         token_answer = http_request(
