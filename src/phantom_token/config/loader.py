@@ -874,7 +874,7 @@ _SECTION_FIELDS = frozenset(
     {
         "listen", "admin_listen", "admin_token", "workers", "log_format", "log_level", "cache",
         "trusted_proxies", "upstream_timeout_seconds", "upstream_connect_timeout_seconds", "max_header_bytes",
-        "jwt",
+        "max_body_bytes", "send_timeout_seconds", "jwt",
     }
 )  # fmt: skip
 _LISTEN = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})")
@@ -904,6 +904,8 @@ def _parse_section(ctx: _Context, raw: Mapping[Any, Any], routes: tuple[Route, .
         upstream_timeout_seconds=block.number("upstream_timeout_seconds", 60.0),
         upstream_connect_timeout_seconds=block.number("upstream_connect_timeout_seconds", 5.0),
         max_header_bytes=block.integer("max_header_bytes", 65536, 1024, 16 * 1024 * 1024),
+        max_body_bytes=block.integer("max_body_bytes", 0, 0),
+        send_timeout_seconds=block.number("send_timeout_seconds", 60.0),
         jwt=_jwt(block, routes),
     )
 

@@ -151,4 +151,6 @@ class Settings:
     upstream_timeout_seconds: float = 60.0
     upstream_connect_timeout_seconds: float = 5.0
     max_header_bytes: int = 65536
+    max_body_bytes: int = 0  # largest request body accepted (413 beyond it); 0: no limit
+    send_timeout_seconds: float = 60.0  # a client that reads none of a response for this long is disconnected
     jwt: JwtSettings = JwtSettings()
