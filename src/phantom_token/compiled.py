@@ -45,6 +45,7 @@ MODULES = (
     "phantom_token.http.client",
     "phantom_token.http.messages",
     "phantom_token.http.server",
+    "phantom_token.http.uri",
     "phantom_token.memo",
     "phantom_token.metrics",
 )

@@ -41,53 +41,78 @@ def _headers(*pairs: tuple[str, str]) -> dict[str, list[str]]:
 # --- which request is asked about -----------------------------------------------------------------------------
 
 
-def test_nginx_headers_from_a_trusted_peer_give_the_original_request() -> None:
+def test_nginx_headers_give_the_original_request() -> None:
     headers = _headers(("X-Original-URI", "/api/orders?id=1"), ("X-Original-Method", "post"),
                        ("X-Forwarded-Host", "API.example.com:8443"))
-    info = original_request("GET", "/authz", "authz", headers, trusted=True)
-    assert info == RequestInfo("POST", "api.example.com", "/api/orders", headers)
+    for endpoint in ("/authz/nginx", "/authz"):
+        info = original_request("GET", endpoint, "authz", headers)
+        assert info == RequestInfo("POST", "api.example.com", "/api/orders", headers)
 
 
-def test_traefik_and_caddy_headers_from_a_trusted_peer() -> None:
+def test_traefik_and_caddy_headers_give_the_original_request() -> None:
     headers = _headers(("X-Forwarded-Uri", "/api/x?q"), ("X-Forwarded-Method", "DELETE"),
                        ("X-Forwarded-Host", "shop.example"))
-    assert original_request("GET", "/authz", "authz", headers, trusted=True) == RequestInfo(
-        "DELETE", "shop.example", "/api/x", headers)
+    for endpoint in ("/authz/forwarded", "/authz"):
+        assert original_request("GET", endpoint, "authz", headers) == RequestInfo(
+            "DELETE", "shop.example", "/api/x", headers)
 
 
 def test_ingress_nginx_absolute_original_url_gives_path_and_host() -> None:
-    headers = _headers(("X-Original-URL", "https://api.example.com/api/x?y=1"), ("X-Original-Method", "GET"))
-    info = original_request("GET", "/authz", "authz", headers, trusted=True)
+    headers = _headers(("X-Original-URL", "https://api.example.com/api/x?y=1"), ("X-Original-Method", "GET"),
+                       ("X-Forwarded-Host", "other.example"))  # the URL's authority wins
+    info = original_request("GET", "/authz/nginx", "authz", headers)
     assert info is not None
     assert (info.host, info.path) == ("api.example.com", "/api/x")
 
 
-def test_nginx_header_wins_over_traefik_header_and_own_method_is_the_default() -> None:
-    headers = _headers(("X-Original-URI", "/api/a"), ("X-Forwarded-Uri", "/public/b"))
-    info = original_request("PUT", "/authz", "own", headers, trusted=True)
-    assert info == RequestInfo("PUT", "own", "/api/a", headers)
+def test_each_endpoint_reads_only_its_own_gateway_s_headers() -> None:
+    # Traefik and Caddy pass a client's X-Original-* through; nginx passes a client's X-Forwarded-Uri/-Method
+    forged_nginx = (("X-Original-URI", "/public/x"), ("X-Original-Method", "GET"))
+    traefik = _headers(("X-Forwarded-Uri", "/api/a"), ("X-Forwarded-Method", "POST"), *forged_nginx)
+    assert original_request("GET", "/authz/forwarded", "own", traefik) == RequestInfo("POST", "own", "/api/a",
+                                                                                      traefik)
+    nginx = _headers(("X-Original-URI", "/api/a"), ("X-Forwarded-Uri", "/public/b"), ("X-Forwarded-Method", "GET"))
+    assert original_request("PUT", "/authz/nginx", "own", nginx) == RequestInfo("PUT", "own", "/api/a", nginx)
 
 
-def test_untrusted_peer_is_matched_on_its_own_request_not_the_forged_one() -> None:
-    headers = _headers(*FORGED)
-    info = original_request("GET", "/authz", "authz.local", headers, trusted=False)
-    assert info == RequestInfo("GET", "authz.local", "/authz", headers)
+@pytest.mark.parametrize("forged", [("X-Original-URI", "/public/x"), ("X-Original-URL", "http://h/public/x")])
+def test_bare_authz_with_both_header_sets_is_a_400(forged: tuple[str, str]) -> None:
+    with pytest.raises(BadDecisionRequest) as caught:
+        original_request("GET", "/authz", "own", _headers(("X-Forwarded-Uri", "/api/a"), forged))
+    assert "both" in caught.value.message
+
+
+def test_original_path_and_host_are_normalised_as_serve_does() -> None:
+    headers = _headers(("X-Forwarded-Uri", "/public/%2e%2e/api//x"), ("X-Forwarded-Host", "API.Example.com."))
+    info = original_request("GET", "/authz/forwarded", "own", headers)
+    assert info is not None
+    assert (info.host, info.path) == ("api.example.com", "/api/x")
 
 
 @pytest.mark.parametrize(
-    "pairs",
+    ("endpoint", "pairs"),
     [
-        (),
-        (("X-Original-Method", "GET"),),
-        (("X-Original-URI", ""),),
-        (("X-Original-URI", "/a"), ("X-Original-URI", "/b")),
-        (("X-Original-URI", "api/no-leading-slash"),),
-        (("X-Forwarded-Uri", "ftp://host/x"),),
+        ("/authz", ()),
+        ("/authz", (("X-Original-Method", "GET"),)),
+        ("/authz", (("X-Original-URI", ""),)),
+        ("/authz", (("X-Original-URI", "/a"), ("X-Original-URI", "/b"))),
+        ("/authz", (("X-Original-URI", "api/no-leading-slash"),)),
+        ("/authz", (("X-Forwarded-Uri", "ftp://host/x"),)),
+        ("/authz/nginx", (("X-Original-URI", "/a"), ("X-Original-URL", "http://h/a"))),
+        ("/authz/nginx", (("X-Forwarded-Uri", "/a"),)),
+        ("/authz/forwarded", (("X-Original-URI", "/a"),)),
+        ("/authz/forwarded", (("X-Forwarded-Uri", "/public/..%2fapi/x"),)),
+        ("/authz/forwarded", (("X-Forwarded-Uri", "/public/..;/api/x"),)),
+        ("/authz/forwarded", (("X-Forwarded-Uri", "/a"), ("X-Forwarded-Host", "a@b"))),
+        ("/authz/forwarded", (("X-Forwarded-Uri", "/a"), ("X-Forwarded-Host", "a.example, b.example"))),
+        ("/authz/nginx", (("X-Original-URL", "http://user@h/a"),)),
+        ("/authz/nginx", (("X-Original-URL", "http://[x]/a"),)),
     ],
 )
-def test_trusted_request_without_a_usable_original_uri_is_a_400(pairs: tuple[tuple[str, str], ...]) -> None:
+def test_a_request_without_a_usable_original_uri_or_host_is_a_400(endpoint: str,
+                                                                   pairs: tuple[tuple[str, str], ...]) -> None:
     with pytest.raises(BadDecisionRequest) as caught:
-        original_request("GET", "/authz", "authz", _headers(*pairs), trusted=True)
+        original_request("GET", endpoint, "authz", _headers(*pairs))
     deny = caught.value.deny()
     assert (deny.status, deny.code, deny.challenge) == (400, "invalid_request", None)
 
@@ -98,8 +123,8 @@ def test_trusted_request_without_a_usable_original_uri_is_a_400(pairs: tuple[tup
      ("/other", None), ("/authz/", None)],
 )
 def test_envoy_prefix_gives_the_original_path_with_own_method_and_host(path: str, expected: str | None) -> None:
-    headers = _headers(*FORGED)  # ignored on the Envoy endpoint, trusted or not
-    info = original_request("PATCH", path, "api.example.com", headers, trusted=True)
+    headers = _headers(*FORGED)  # ignored on the Envoy endpoint
+    info = original_request("PATCH", path, "api.example.com", headers)
     if expected is None:
         assert info is None
     else:
@@ -212,13 +237,16 @@ def _request(path: str, *extra: tuple[str, str], method: str = "GET") -> bytes:
 
 
 @pytest.mark.parametrize("slow", [False, True])
-async def test_untrusted_peer_with_forged_forwarded_uri_is_matched_on_its_own_path(serve: Serve, slow: bool) -> None:
+@pytest.mark.parametrize("path", ["/authz", "/authz/nginx", "/authz/forwarded", "/authz/envoy/api/x", "/other"])
+async def test_an_untrusted_peer_gets_403_on_every_endpoint(serve: Serve, slow: bool, path: str) -> None:
     engine = FakeEngine(_by_path, slow=slow)
     settings = Settings((ROUTE,), trusted_proxies=(ip_network("192.0.2.0/24"),))  # the test client is not in it
     server = await serve(engine, settings)
-    answer = await _exchange(server, _request("/authz", ("X-Forwarded-Uri", "/api/secret")))
-    assert answer.startswith(b"HTTP/1.1 404 ")
-    assert [(r.method, r.host, r.path) for r in engine.asked] == [("GET", "authz.local", "/authz")]
+    answer = await _exchange(server, _request(path, ("X-Forwarded-Uri", "/api/secret"), ("X-Original-URI", "/api")))
+    assert answer.startswith(b"HTTP/1.1 403 ")
+    assert b"Cache-Control: no-store" in answer
+    assert answer.endswith(b'{"code":"forbidden","message":"The decision service answers trusted proxies only"}')
+    assert engine.asked == []
 
 
 @pytest.mark.parametrize("slow", [False, True])
@@ -238,8 +266,8 @@ async def test_missing_original_uri_is_a_clear_400_and_the_engine_is_not_asked(s
     answer = await _exchange(server, _request("/authz"))
     assert answer.startswith(b"HTTP/1.1 400 ")
     assert b"Cache-Control: no-store" in answer
-    assert answer.endswith(b'{"code":"invalid_request","message":"The decision request has no X-Original-URI, '
-                           b'X-Original-URL or X-Forwarded-Uri header"}')
+    assert answer.endswith(b'{"code":"invalid_request","message":"The decision request has no X-Original-URI or '
+                           b'X-Original-URL header"}')
     assert engine.asked == []
 
 

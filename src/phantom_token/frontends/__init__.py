@@ -8,8 +8,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from phantom_token.config.settings import Settings
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.verdict import Verdict
+from phantom_token.http.server import ServerLimits
 
 
 class Authorizer(Protocol):
@@ -27,4 +29,12 @@ class Authorizer(Protocol):
 Observe = Callable[[int], None]
 """Called once per answer with its status (``Metrics.observe_response`` counts them)."""
 
-__all__ = ["Authorizer", "Observe"]
+
+
+def listener_limits(settings: Settings) -> ServerLimits:
+    """The limits of a front door's listener, from the ``phantom_token`` section."""
+    return ServerLimits(max_header_bytes=settings.max_header_bytes, max_body_bytes=settings.max_body_bytes,
+                        send_timeout=settings.send_timeout_seconds)
+
+
+__all__ = ["Authorizer", "Observe", "listener_limits"]

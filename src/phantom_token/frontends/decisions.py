@@ -1,11 +1,18 @@
 """The decision service front door (``phantom-token authz``): contract section 10.
 
 A gateway (nginx ``auth_request``, Traefik ForwardAuth, Caddy ``forward_auth``, Envoy ``ext_authz``) asks
-"may this request pass?"; the answer is the engine's ``Verdict``, rendered for the gateway:
+"may this request pass?"; the answer is the engine's ``Verdict``, rendered for the gateway. Each integration has
+its endpoint, and each endpoint reads exactly the headers its gateway sets, never another gateway's (a client's
+copy of those passes through the other gateways untouched):
 
-- ``/authz`` (any method): the original method, URI and host come from ``X-Original-Method``/``X-Original-URI``
-  (nginx; ingress-nginx sends the absolute ``X-Original-URL``) or ``X-Forwarded-Method``/``X-Forwarded-Uri``/
-  ``X-Forwarded-Host`` (Traefik, Caddy).
+- ``/authz/nginx`` (nginx ``auth_request``, ingress-nginx): the method from ``X-Original-Method``, the URI from
+  exactly one of ``X-Original-URI`` (nginx's ``$request_uri``) and ``X-Original-URL`` (ingress-nginx, absolute);
+  the host from an absolute URI's authority, else ``X-Forwarded-Host`` (the shipped nginx examples set it with
+  ``proxy_set_header``, which replaces a client's copy), else the decision request's Host.
+- ``/authz/forwarded`` (Traefik ForwardAuth, Caddy ``forward_auth``): ``X-Forwarded-Method``, ``X-Forwarded-Uri``,
+  ``X-Forwarded-Host`` (else the decision request's Host). Every ``X-Original-*`` is ignored.
+- ``/authz`` (kept for existing set-ups): whichever of the two sets carries a URI; a request carrying both an
+  ``X-Original-URI``/``-URL`` and an ``X-Forwarded-Uri`` is refused, since one of them came from the client.
 - ``/authz/envoy/<original path>``: the path after the prefix is the original path; the method and the Host are the
   request's own (Envoy's ``ext_authz`` ``http_service`` sends them unchanged, with no body).
 - Allowed: 200, ``Authorization: Bearer <jwt>`` (absent for a route without the plugin), then ``X-Accel-Expires``
@@ -14,13 +21,13 @@ A gateway (nginx ``auth_request``, Traefik ForwardAuth, Caddy ``forward_auth``, 
   no-store``.
 
 Invariants:
-- The forwarding headers are believed only from a socket peer inside ``settings.trusted_proxies`` (default:
-  loopback, 127.0.0.0/8 and ::1; an empty list trusts nobody). From any other peer they are ignored and the request
-  is matched on its own method, path and host, so a forged ``X-Forwarded-Uri`` cannot choose a laxer route.
-- A trusted ``/authz`` request without an original URI is answered 400 ``{"code": "invalid_request", "message":
-  "The decision request has no X-Original-URI, X-Original-URL or X-Forwarded-Uri header"}``; two values of one
-  of these headers, or a URI that is neither a path nor an http(s) URL, are a 400 ``invalid_request`` too: the
-  gateway is misconfigured, and guessing would authorize the wrong thing.
+- Every endpoint answers only a socket peer inside ``settings.trusted_proxies`` (default: loopback, 127.0.0.0/8 and
+  ::1; an empty list trusts nobody); any other peer gets 403 ``forbidden`` whatever it asks.
+- The original path and host are normalised exactly as ``serve`` normalises its own (``phantom_token.http.uri``),
+  so a route matches the same requests behind every gateway. A missing URI, two values of one of these headers, a
+  URI that is neither a path nor an http(s) URL, an invalid path or host, or both header sets on ``/authz``: 400
+  ``invalid_request`` naming what is wrong: the gateway is misconfigured (or the client forged a header), and
+  guessing would authorize the wrong thing.
 - No rule of the pattern lives here: the engine decides, this module only translates. The request body is never
   read into memory (it is discarded), and header values are never logged.
 - The hot path (``try_authorize`` answers: a cache hit or a cheap denial) runs in protocol callbacks only: no task.
@@ -34,12 +41,11 @@ import math
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Final
-from urllib.parse import urlsplit
 
 from phantom_token.config.settings import Settings
 from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
-from phantom_token.frontends import Authorizer, Observe
+from phantom_token.frontends import Authorizer, Observe, listener_limits
 from phantom_token.http.server import (
     HttpServer,
     HttpServerProtocol,
@@ -50,11 +56,14 @@ from phantom_token.http.server import (
     start_server,
     status_line,
 )
+from phantom_token.http.uri import InvalidTarget, normalise_host, normalise_path
 from phantom_token.memo import remember
 
 logger: Final = logging.getLogger("phantom_token.http")
 
 AUTHZ_PATH: Final = "/authz"
+NGINX_PATH: Final = "/authz/nginx"
+FORWARDED_PATH: Final = "/authz/forwarded"
 ENVOY_PREFIX: Final = "/authz/envoy"
 
 Network = IPv4Network | IPv6Network
@@ -76,11 +85,12 @@ class BadDecisionRequest(Exception):
         return Deny(400, "invalid_request", self.message)
 
 
-_NO_ORIGINAL_URI: Final = "The decision request has no X-Original-URI, X-Original-URL or X-Forwarded-Uri header"
+def untrusted_peer() -> Deny:
+    return Deny(403, "forbidden", "The decision service answers trusted proxies only")
 
 
 def is_trusted(peer_ip: str, networks: Sequence[Network]) -> bool:
-    """Whether the socket peer ``peer_ip`` may tell us the original request (IPv4-mapped IPv6 counts as IPv4)."""
+    """Whether the socket peer ``peer_ip`` may ask (IPv4-mapped IPv6 counts as IPv4)."""
     try:
         address: IPv4Address | IPv6Address = ip_address(peer_ip.partition("%")[0])
     except ValueError:
@@ -99,58 +109,92 @@ def _single(headers: dict[str, list[str]], name: str) -> str | None:
     return values[0].strip()
 
 
-def _host_of(authority: str) -> str:
-    """What the router expects of a Host value: no port, lower case (an IPv6 literal keeps its brackets)."""
-    if authority.startswith("["):
-        return authority[: authority.find("]") + 1].lower()
-    return authority.partition(":")[0].lower()
+def _host(authority: str, name: str) -> str:
+    try:
+        return normalise_host(authority)
+    except InvalidTarget as exc:
+        raise BadDecisionRequest(f"The {name} of the decision request is not a valid host") from exc
 
 
-def _split_uri(uri: str) -> tuple[str, str | None]:
-    """(raw path without the query, authority or None) of an origin-form (``/p?q``) or absolute-form
-    (``https://h/p?q``) URI; raises ``BadDecisionRequest`` for anything else."""
+def _split_uri(uri: str, name: str) -> tuple[str, str | None]:
+    """(normalised path, host or None) of an origin-form (``/p?q``) or absolute-form (``https://h/p?q``) URI;
+    raises ``BadDecisionRequest`` for anything else."""
+    authority = None
     if uri.startswith("/"):
-        return uri.partition("?")[0].partition("#")[0], None
-    if uri[:8].lower().startswith(("http://", "https://")):
-        parts = urlsplit(uri)
-        return parts.path or "/", parts.netloc.rpartition("@")[2] or None
-    raise BadDecisionRequest("The original URI of the decision request is not a path or an http(s) URL")
+        path = uri
+    elif uri[:8].lower().startswith(("http://", "https://")):
+        rest = uri.partition("://")[2]
+        end = len(rest)
+        for mark in "/?#":
+            at = rest.find(mark)
+            if 0 <= at < end:
+                end = at
+        authority, path = rest[:end], rest[end:] or "/"
+        if "@" in authority:
+            raise BadDecisionRequest(f"The {name} of the decision request carries userinfo")
+    else:
+        raise BadDecisionRequest(f"The {name} of the decision request is not a path or an http(s) URL")
+    try:
+        path = normalise_path(path.partition("?")[0])
+    except InvalidTarget as exc:
+        raise BadDecisionRequest(f"The {name} of the decision request has an invalid path ({exc.reason})") from exc
+    return path, None if authority is None else _host(authority, name)
 
 
-def original_request(method: str, path: str, host: str, headers: dict[str, list[str]], *,
-                     trusted: bool) -> RequestInfo | None:
-    """The request the gateway asks about, or None when ``path`` is not a decision endpoint.
+def _original(method: str, host: str, headers: dict[str, list[str]], uri_name: str, uri: str, method_name: str,
+              host_name: str) -> RequestInfo:
+    path, uri_host = _split_uri(uri, uri_name)
+    original_method = _single(headers, method_name) or method
+    if uri_host is None:
+        forwarded_host = _single(headers, host_name)
+        uri_host = _host(forwarded_host, host_name) if forwarded_host else host
+    return RequestInfo(original_method.upper(), uri_host, path, headers)
 
-    ``method``/``path``/``host`` are the decision request's own (``host`` already without port, lower case).
-    The original URI is the first of ``X-Original-URI`` (nginx), ``X-Original-URL`` (ingress-nginx, absolute form)
-    and ``X-Forwarded-Uri`` (Traefik, Caddy); the host is ``X-Forwarded-Host``, else the authority of an absolute
-    URI, else the request's own. Raises ``BadDecisionRequest`` for a trusted ``/authz`` request whose forwarding
-    headers are missing or broken.
+
+def _from_nginx(method: str, host: str, headers: dict[str, list[str]]) -> RequestInfo:
+    uri, url = _single(headers, "x-original-uri"), _single(headers, "x-original-url")
+    if uri and url:
+        raise BadDecisionRequest("The decision request has both X-Original-URI and X-Original-URL")
+    if not uri and not url:
+        raise BadDecisionRequest("The decision request has no X-Original-URI or X-Original-URL header")
+    name, value = ("X-Original-URI", uri) if uri else ("X-Original-URL", url)
+    assert value is not None
+    return _original(method, host, headers, name, value, "x-original-method", "x-forwarded-host")
+
+
+def _from_forwarded(method: str, host: str, headers: dict[str, list[str]]) -> RequestInfo:
+    uri = _single(headers, "x-forwarded-uri")
+    if not uri:
+        raise BadDecisionRequest("The decision request has no X-Forwarded-Uri header")
+    return _original(method, host, headers, "X-Forwarded-Uri", uri, "x-forwarded-method", "x-forwarded-host")
+
+
+def original_request(method: str, path: str, host: str, headers: dict[str, list[str]]) -> RequestInfo | None:
+    """The request a trusted gateway asks about, or None when ``path`` is not a decision endpoint.
+
+    ``method``/``path``/``host`` are the decision request's own (normalised by the server). Raises
+    ``BadDecisionRequest`` when the headers of the endpoint's integration are missing, repeated or broken.
     """
+    if path == NGINX_PATH:
+        return _from_nginx(method, host, headers)
+    if path == FORWARDED_PATH:
+        return _from_forwarded(method, host, headers)
     if path == AUTHZ_PATH:
-        if not trusted:
-            return RequestInfo(method, host, path, headers)
-        uri = None
-        for name in ("x-original-uri", "x-original-url", "x-forwarded-uri"):
-            uri = _single(headers, name)
-            if uri is not None:
-                break
-        if not uri:
-            raise BadDecisionRequest(_NO_ORIGINAL_URI)
-        original_path, authority = _split_uri(uri)
-        original_method = _single(headers, "x-original-method") or _single(headers, "x-forwarded-method") or method
-        forwarded_host = _single(headers, "x-forwarded-host")
-        if forwarded_host:
-            authority = forwarded_host.split(",")[0].strip()
-        original_host = _host_of(authority) if authority else host
-        return RequestInfo(original_method.upper(), original_host, original_path, headers)
+        nginx = "x-original-uri" in headers or "x-original-url" in headers
+        if "x-forwarded-uri" in headers:
+            if nginx:
+                raise BadDecisionRequest("The decision request has both X-Original-URI/-URL and X-Forwarded-Uri: "
+                                         "use /authz/nginx or /authz/forwarded")
+            return _from_forwarded(method, host, headers)
+        return _from_nginx(method, host, headers)
     if path.startswith(ENVOY_PREFIX) and (len(path) == len(ENVOY_PREFIX) or path[len(ENVOY_PREFIX)] == "/"):
         return RequestInfo(method, host, path[len(ENVOY_PREFIX):] or "/", headers)
     return None
 
 
 def _not_a_decision_endpoint() -> Deny:
-    return Deny(404, "not_found", "The decision service answers on /authz and /authz/envoy/<path>")
+    return Deny(404, "not_found",
+                "The decision service answers on /authz/nginx, /authz/forwarded, /authz and /authz/envoy/<path>")
 
 
 def decision_response(verdict: Verdict) -> tuple[int, list[tuple[str, str]], bytes]:
@@ -217,8 +261,11 @@ class DecisionProtocol(HttpServerProtocol):
         self._trusted = self._shared.trusts(self.client_ip)
 
     def handle_request(self, head: RequestHead) -> None:
+        if not self._trusted:
+            self._reply(head, untrusted_peer())
+            return
         try:
-            info = original_request(head.method, head.path, head.host, head.headers, trusted=self._trusted)
+            info = original_request(head.method, head.path, head.host, head.headers)
         except BadDecisionRequest as exc:
             self._reply(head, exc.deny())
             return
@@ -283,13 +330,15 @@ async def start_decisions(engine: Authorizer, settings: Settings, host: str, por
     """Listen on ``host:port`` and answer decision requests (contract section 10)."""
     shared = _Shared(engine, settings, observe)
     return await start_server(lambda state: DecisionProtocol(state, shared), host, port,
-                              limits=limits or ServerLimits(max_header_bytes=settings.max_header_bytes),
+                              limits=limits or listener_limits(settings),
                               reuse_port=reuse_port)
 
 
 __all__ = [
     "AUTHZ_PATH",
     "ENVOY_PREFIX",
+    "FORWARDED_PATH",
+    "NGINX_PATH",
     "BadDecisionRequest",
     "DecisionProtocol",
     "decision_response",

@@ -13,7 +13,10 @@ Invariants:
   in ``scope["state"]["phantom_token_claims"]`` (Starlette: ``request.state.phantom_token_claims``). These are the
   claims the authorization server returned, NOT signature-verified here (the introspection channel is
   authenticated; verify the JWT yourself, or use the plugin's signed-response modes, when that is not enough).
-  A route without the plugin (or a preflight) passes unchanged, with ``phantom_token_claims`` None.
+  A route without the plugin (or a preflight) passes with its own headers, with ``phantom_token_claims`` None.
+- Routes match the normalised path and host (``phantom_token.http.uri``, as in ``serve``), and the app receives the
+  path that matched (``path``/``raw_path`` rewritten when normalising changed them); a path or Host ``serve`` would
+  refuse is answered 400 ``invalid_request`` "Malformed HTTP request" without calling the app.
 - Denied: the contract's section 8 response (JSON, challenge); the app is not called.
 - Lifespan: ``lifespan.startup`` opens the HTTP client and cache (before the app's own startup), and they close
   after the app's shutdown completes. A server that sends no lifespan events gets them opened on first use.
@@ -27,11 +30,13 @@ import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
+from urllib.parse import quote, unquote
 
 from phantom_token.config.settings import Settings
 from phantom_token.core.jwt import MalformedJwt, read_claims
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
+from phantom_token.http.uri import InvalidTarget, normalise_host, normalise_path
 
 log = logging.getLogger("phantom_token.asgi")
 
@@ -42,6 +47,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 CLAIMS_KEY = "phantom_token_claims"
+_MALFORMED = Deny(400, "invalid_request", "Malformed HTTP request")
+_SAFE = "/!$&'()*+,;=:@~-._"  # what quote() keeps of a decoded path: RFC 3986 pchar and '/'
 
 
 def settings_from_options(plugin_options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
@@ -130,14 +137,19 @@ class PhantomTokenMiddleware:
         if kind != "http":
             await self.app(scope, receive, send)
             return
-        info = request_info(scope)
+        try:
+            info = request_info(scope)
+        except InvalidTarget as exc:
+            log.info("refused a request: %s", exc.reason)
+            await _send_deny(_MALFORMED, scope["method"] == "HEAD", send)
+            return
         verdict = self.engine.try_authorize(info)
         if verdict is None:
             verdict = await self._authorize(info)
         if isinstance(verdict, Deny):
             await _send_deny(verdict, scope["method"] == "HEAD", send)
             return
-        await self.app(allowed_scope(scope, verdict), receive, send)
+        await self.app(allowed_scope(scope, verdict, info.path), receive, send)
 
     async def _authorize(self, info: RequestInfo) -> Verdict:
         if not self.is_open:
@@ -150,7 +162,9 @@ class PhantomTokenMiddleware:
 
 
 def request_info(scope: Scope) -> RequestInfo:
-    """The engine's view of an ASGI HTTP scope: lower-case header names -> every value, raw path, bare host."""
+    """The engine's view of an ASGI HTTP scope: lower-case header names -> every value, the normalised path and
+    host (``phantom_token.http.uri``, as ``serve`` matches them); raises ``InvalidTarget`` for a path or Host that
+    ``serve`` would refuse with 400."""
     headers: dict[str, list[str]] = {}
     for raw_name, raw_value in scope.get("headers", ()):
         name = raw_name.decode("latin-1").lower()
@@ -161,22 +175,31 @@ def request_info(scope: Scope) -> RequestInfo:
         else:
             values.append(value)
     raw_path = scope.get("raw_path")
-    path = raw_path.decode("latin-1").partition("?")[0] if raw_path else scope.get("path", "/")
+    # Without raw_path the server gave only the decoded path: encoded again, its '%' cannot pass for an escape
+    path = raw_path.decode("latin-1").partition("?")[0] if raw_path else quote(scope.get("path", "/"), safe=_SAFE)
     hosts = headers.get("host")
     if hosts:
-        authority = hosts[0]
-        host = authority[: authority.find("]") + 1] if authority.startswith("[") else authority.partition(":")[0]
+        if len(hosts) > 1:
+            raise InvalidTarget("more than one Host header")
+        host = normalise_host(hosts[0])
     else:
         server = scope.get("server")
-        host = str(server[0]) if server else ""
-    return RequestInfo(scope["method"], host.lower(), path, headers)
+        host = str(server[0]).lower() if server else ""
+    return RequestInfo(scope["method"], host, normalise_path(path), headers)
 
 
-def allowed_scope(scope: Scope, allow: Allow) -> Scope:
-    """The scope the app sees: the JWT instead of the client's Authorization, and its claims in the state."""
+def allowed_scope(scope: Scope, allow: Allow, path: str | None = None) -> Scope:
+    """The scope the app sees: the JWT instead of the client's Authorization, its claims in the state, and
+    ``path``, the normalised path the route matched (``RequestInfo.path``), instead of the one received when they
+    differ (so the app routes on exactly what was authorized)."""
     state = dict(scope.get("state") or {})
     new_scope = dict(scope)
     new_scope["state"] = state
+    raw_path = scope.get("raw_path")
+    received = raw_path.decode("latin-1").partition("?")[0] if raw_path else None
+    if path is not None and path != received:
+        new_scope["raw_path"] = path.encode("latin-1")
+        new_scope["path"] = unquote(path, encoding="latin-1")
     if allow.authorization is None:
         state[CLAIMS_KEY] = None
         return new_scope

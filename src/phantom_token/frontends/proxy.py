@@ -7,8 +7,14 @@ Invariants:
 - Nothing is written upstream before the engine allowed the request. On a denial the request body is read and
   discarded, or the connection is closed when the rest is large or the client still waits for 100-continue.
 - The upstream sees exactly one ``Authorization`` header when the verdict carries one (every client one removed).
-  Hop-by-hop headers (RFC 9110 7.6.1) and those named in ``Connection`` are removed in both directions;
-  ``X-Forwarded-For`` gets the client address appended, ``X-Forwarded-Proto``/``-Host`` are replaced.
+  Hop-by-hop headers (RFC 9110 7.6.1) and those named in ``Connection`` are removed in both directions, but
+  ``Connection`` never removes what the gateway sets or frames the message with: the request's ``Content-Length`` or
+  ``Transfer-Encoding: chunked`` is written by the gateway from what it parsed (never copied), as are ``Host``,
+  ``Authorization`` and ``X-Forwarded-*``; a response keeps its ``Content-Length`` whatever its ``Connection`` says.
+  ``X-Forwarded-For`` gets the client address appended, ``X-Forwarded-Proto``/``-Host`` are replaced. Headers whose
+  names hold ``_`` are never forwarded (the server ignores them).
+- The path sent upstream is the normalised one the route matched (``phantom_token.http.uri``), after Kong's
+  ``strip_path``; the query string goes as received.
 - Bodies stream both ways and at most one socket read is held per side: the client is not read while the upstream's
   write buffer is high (or while the verdict or a connection is awaited), the upstream is not read while the
   client's write buffer is high.
@@ -30,7 +36,7 @@ from phantom_token.config.settings import Route, Settings, Upstream
 from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.routes import upstream_path
 from phantom_token.core.verdict import Allow, Deny, Verdict, bad_gateway, gateway_timeout, server_error
-from phantom_token.frontends import Authorizer, Observe
+from phantom_token.frontends import Authorizer, Observe, listener_limits
 from phantom_token.http.client import (
     ClientError,
     Connection,
@@ -57,9 +63,14 @@ logger: Final = logging.getLogger("phantom_token.http")
 
 HOP_BY_HOP: Final = frozenset({"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"})
 _HOP_BY_HOP_BYTES: Final = frozenset(name.encode() for name in HOP_BY_HOP)
-# Request headers that need more than copying; everything else is copied byte for byte. Expect is answered here.
-_SPECIAL: Final = HOP_BY_HOP | {"host", "authorization", "expect", "x-forwarded-for", "x-forwarded-proto",
-                                "x-forwarded-host"}
+# Request headers that need more than copying; everything else is copied byte for byte unless ``Connection`` names
+# it. These never are: the gateway writes the framing (Content-Length, Transfer-Encoding), Host, Authorization and
+# X-Forwarded-* itself, so a Connection token naming one of them is ignored. Expect is answered here. "" stands for
+# every name with "_" (the server ignores those headers: http.server._lname).
+_SPECIAL: Final = HOP_BY_HOP | {"content-length", "host", "authorization", "expect", "x-forwarded-for",
+                                "x-forwarded-proto", "x-forwarded-host", ""}
+# Response headers a Connection token cannot remove: the framing the client reads the body by.
+_FRAMING_BYTES: Final = frozenset({b"content-length", b"transfer-encoding"})
 
 # How a hop-by-hop header line starts in a lower-cased response head (llhttp allows no space before the colon).
 _HOP_MARKERS: Final = tuple(b"\n" + name + b":" for name in sorted(_HOP_BY_HOP_BYTES))
@@ -72,7 +83,8 @@ PAUSE_UPSTREAM: Final = 16  # the upstream's write buffer is full
 
 def rewrite_response_head(raw: bytes, status: int) -> tuple[bytes, bool, bool]:
     """The response head as sent to the client, without its final empty line: our status line, then the header
-    lines as received (llhttp validated them) minus the hop-by-hop ones and those named in ``Connection``. Also
+    lines as received (llhttp validated them) minus the hop-by-hop ones and those named in ``Connection`` (never
+    Content-Length: ``Connection: Content-Length`` would leave a keep-alive client without a length). Also
     whether it has Content-Length, and whether it may be remembered (no Set-Cookie, small)."""
     low = raw.lower()
     length = b"\ncontent-length:" in low
@@ -84,8 +96,9 @@ def rewrite_response_head(raw: bytes, status: int) -> tuple[bytes, bool, bool]:
             line_end = low.find(b"\r\n", at) + 2
             cuts.append((at + 1, line_end))
             if marker == b"\nconnection:":
-                named |= {token.strip() for token in low[at + 12:line_end - 2].split(b",")} - _HOP_BY_HOP_BYTES
+                named |= {token.strip() for token in low[at + 12:line_end - 2].split(b",")}
             at = low.find(marker, line_end - 1)
+    named -= _HOP_BY_HOP_BYTES | _FRAMING_BYTES  # a Connection token never removes the framing
     parts = [status_line(status)]
     if named:  # rare: the upstream named further hop-by-hop headers in Connection
         for name, value in head_fields(raw):
@@ -386,19 +399,22 @@ class ProxyProtocol(HttpServerProtocol):
         raw_headers, lnames = head.raw_headers, head.lnames
         for i in range(len(raw_headers)):  # indexes, not zip(): the compiled loop then makes no iterator objects
             lname = lnames[i]
-            if lname not in _SPECIAL and lname not in tokens:
-                name, value = raw_headers[i]
-                parts.extend((name, b": ", value, b"\r\n"))
-            elif lname in tokens:
-                continue
-            elif lname == "authorization" and authorization is None:
-                name, value = raw_headers[i]
-                parts.extend((name, b": ", value, b"\r\n"))
+            if lname not in _SPECIAL:
+                if lname not in tokens:
+                    name, value = raw_headers[i]
+                    parts.extend((name, b": ", value, b"\r\n"))
+            elif lname == "authorization":
+                if authorization is None:  # a route without the plugin: the client's own goes through
+                    name, value = raw_headers[i]
+                    parts.extend((name, b": ", value, b"\r\n"))
             elif lname == "x-forwarded-for":
                 value = raw_headers[i][1]
                 forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
+        # The framing is the gateway's own, from what the server parsed (llhttp refused CL with TE and duplicates)
         if head.chunked:
             parts.append(b"Transfer-Encoding: chunked\r\n")
+        elif head.content_length is not None:
+            parts.append(b"Content-Length: %d\r\n" % head.content_length)
         raw_host = head.raw_host
         if (forwarded_for is None and authorization is self._tail_auth and route is self._tail_route
                 and raw_host == self._tail_host and self._tail):
@@ -550,7 +566,7 @@ async def start_proxy(engine: Authorizer, settings: Settings, host: str, port: i
     in-flight requests, then close the upstream pool."""
     shared = _Shared(engine, settings, observe)
     return await start_server(lambda state: ProxyProtocol(state, shared), host, port,
-                              limits=limits or ServerLimits(max_header_bytes=settings.max_header_bytes),
+                              limits=limits or listener_limits(settings),
                               reuse_port=reuse_port, on_closed=shared.pool.aclose)
 
 

@@ -42,6 +42,7 @@ from phantom_token.http.messages import (
     drop_before_connected,
     not_connected,
 )
+from phantom_token.http.uri import InvalidTarget, normalise_host, normalise_path
 from phantom_token.memo import remember
 
 logger: Final = logging.getLogger("phantom_token.http")
@@ -81,6 +82,7 @@ _ERRORS: Final[dict[int, bytes]] = {
     414: json_error("uri_too_long", "The request target is too long"),
     431: json_error("request_header_fields_too_large", "The request header block is too large"),
     500: json_error("internal_error", "Internal server error"),
+    505: json_error("http_version_not_supported", "Only HTTP/1.0 and HTTP/1.1 are supported"),
 }
 
 
@@ -117,6 +119,8 @@ class ServerLimits:
     body_timeout: float = 60.0
     keepalive_timeout: float = 75.0
     drain_timeout: float = 30.0
+    send_timeout: float = 60.0  # a client that reads nothing of what we write for this long is dropped
+    max_body_bytes: int = 0  # a larger request body is answered 413; 0: no limit
 
 
 class _Reject(Exception):
@@ -162,25 +166,40 @@ class RequestHead:
 
 
 def _split_target(head: RequestHead) -> None:
+    """The normalised path (``phantom_token.http.uri``: routes match it and it is what is forwarded) and the query
+    string as received; for an absolute-form target also its authority, which wins over the Host header (RFC 9112
+    3.2.2)."""
     target = head.target
-    if target[:1] == b"/":
-        path, _sep, query = target.partition(b"?")
-        head.path = path.decode("latin-1")
-        head.query = query.decode("latin-1")
-        return
-    if target == b"*":
-        head.path = "*"
-        return
-    try:  # absolute-form (RFC 9112 3.2.2): the target's authority wins over the Host header
-        url = httptools.parse_url(target)
-    except httptools.HttpParserInvalidURLError as exc:
-        raise _Reject(400, "invalid request target") from exc
-    if url.host is None:
-        raise _Reject(400, "invalid request target")
-    head.path = url.path.decode("latin-1") if url.path else "/"
-    head.query = url.query.decode("latin-1") if url.query else ""
-    head.raw_host = url.host.decode("latin-1") + (f":{url.port}" if url.port else "")
-    head.host = url.host.decode("latin-1").lower()
+    try:
+        if target[:1] == b"/":
+            raw_path, _sep, raw_query = target.partition(b"?")
+            head.path = normalise_path(raw_path.decode("latin-1"))
+            head.query = raw_query.decode("latin-1")
+            return
+        if target == b"*":
+            head.path = "*"
+            return
+        scheme, sep, rest = target.decode("latin-1").partition("://")
+        if not sep or scheme.lower() not in ("http", "https"):
+            raise _Reject(400, "invalid request target")
+        end = len(rest)
+        for mark in "/?#":
+            at = rest.find(mark)
+            if 0 <= at < end:
+                end = at
+        authority = rest[:end]
+        if "@" in authority:  # RFC 9110 4.2.4: userinfo is never sent in a target
+            raise _Reject(400, "invalid request target")
+        host = normalise_host(authority)
+        if not host:
+            raise _Reject(400, "invalid request target")
+        path, _, query = rest[end:].partition("?")
+        head.path = normalise_path(path or "/")
+        head.query = query
+        head.raw_host = authority
+        head.host = host
+    except InvalidTarget as exc:
+        raise _Reject(400, exc.reason) from exc
 
 
 def _version_at(data: bytes, pos: int) -> int:
@@ -208,7 +227,11 @@ _LNAMES: Final[dict[bytes, str]] = {}
 
 
 def _lname(name: bytes) -> str:
-    return remember(_LNAMES, name, name.decode("latin-1").lower(), 1024)
+    """The lower-case name, or "" for a name with ``_``: such headers are ignored as nginx ignores them by default
+    (``underscores_in_headers off``), so ``X_Forwarded_Host`` can never alias a header the gateway sets for a
+    framework that folds ``_`` into ``-``. They stay in ``raw_headers`` (at "" in ``lnames``) and nowhere else."""
+    lname = name.decode("latin-1").lower()
+    return remember(_LNAMES, name, "" if "_" in lname else lname, 1024)
 
 
 def _index_headers(head: RequestHead) -> None:
@@ -216,8 +239,12 @@ def _index_headers(head: RequestHead) -> None:
     headers = head.headers
     lnames = head.lnames
     for name, value in head.raw_headers:
-        lname = _LNAMES.get(name) or _lname(name)
+        lname = _LNAMES.get(name)
+        if lname is None:
+            lname = _lname(name)
         lnames.append(lname)
+        if not lname:
+            continue
         values = headers.get(lname)
         if values is None:
             headers[lname] = [value.decode("latin-1")]
@@ -230,9 +257,10 @@ def _index_headers(head: RequestHead) -> None:
         host = head.raw_host = hosts[0]
         known = _HOSTS.get(host)
         if known is None:
-            # an IPv6 literal keeps its brackets; the port goes
-            bare = host[: host.find("]") + 1] if host.startswith("[") else host.partition(":")[0]
-            known = remember(_HOSTS, host, bare.lower(), 1024)
+            try:
+                known = remember(_HOSTS, host, normalise_host(host), 1024)
+            except InvalidTarget as exc:
+                raise _Reject(400, exc.reason) from exc
         head.host = known
     elif not head.http10:
         raise _Reject(400, "missing Host header")
@@ -247,10 +275,15 @@ def _index_headers(head: RequestHead) -> None:
         head.expect_continue = expect[-1].strip().lower() == "100-continue" and not head.http10
     connection = headers.get("connection")
     if connection is not None:
-        head.connection_tokens = frozenset(t.strip().lower() for value in connection for t in value.split(","))
+        tokens = head.connection_tokens = frozenset(t.strip().lower() for value in connection for t in value.split(","))
+        if "upgrade" in tokens and "upgrade" in headers and (head.chunked or head.content_length):
+            # llhttp stops at the head of an upgrade and never parses its body: what follows would be taken for
+            # the body by the upstream but not by us (and the request would wait for it forever)
+            raise _Reject(400, "upgrade request with a body")
 
 
-# Host header values -> the host without port, lower case (few distinct values; bounded like _LNAMES).
+# Valid Host header values -> the host as routes compare it (``normalise_host``: lower case, no trailing dot, no
+# port). Few distinct values; bounded like _LNAMES; an invalid value is never stored.
 _HOSTS: Final[dict[str, str]] = {}
 
 
@@ -318,6 +351,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._t_rx = 0.0
         self._t_idle = 0.0
         self._t_begin = 0.0
+        self._t_blocked = 0.0  # when the client last stopped reading (pause_writing)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
 
@@ -483,6 +517,10 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.pause_reading(PAUSE_WRITE)
+        now = self._t_blocked = self._time()
+        deadline = now + self.limits.send_timeout
+        if self._timer is None or self._timer_when > deadline:
+            self._schedule(deadline)
         self.handle_write_paused()
 
     def resume_writing(self) -> None:
@@ -525,9 +563,14 @@ class HttpServerProtocol(asyncio.Protocol):
         if line is not None:
             self._line = None
             version = _version_at(line, len(method) + 1 + len(self._url))
-        http10 = version == 10 if version else self._parser.get_http_version() == "1.0"
+        if not version:
+            # llhttp also accepts 0.9, 2.0 and 3.0 on a request line; each means another protocol
+            text = self._parser.get_http_version()
+            version = 11 if text == "1.1" else 10 if text == "1.0" else 0
+            if not version:
+                raise _Reject(505, "unsupported HTTP version")
         head = RequestHead(_METHODS.get(method) or method.decode("ascii"), self._url, self._raw,
-                           self._parsed_keep_alive(), http10)
+                           self._parsed_keep_alive(), version == 10)
         self._head_done = True
         self._in_head = False
         self._receiving = head
@@ -535,6 +578,9 @@ class HttpServerProtocol(asyncio.Protocol):
             _index_headers(head)
         except ValueError as exc:
             raise _Reject(400, "invalid header") from exc
+        limit = self.limits.max_body_bytes
+        if limit and head.content_length is not None and head.content_length > limit:
+            raise _Reject(413, "request body larger than max_body_bytes")
         _split_target(head)
         if self.active is None and not self._closed:
             self._start(head)
@@ -547,6 +593,9 @@ class HttpServerProtocol(asyncio.Protocol):
         head = self._receiving
         assert head is not None
         head.body_received += len(body)
+        limit = self.limits.max_body_bytes
+        if limit and head.body_received > limit:  # a chunked body (a Content-Length was checked with the head)
+            raise _Reject(413, "request body larger than max_body_bytes")
         if head is self.active:
             if not self.responded:
                 self.handle_body(body)
@@ -662,9 +711,16 @@ class HttpServerProtocol(asyncio.Protocol):
             if self._pause:
                 self._pause = 0
                 transport.resume_reading()
-            self._timer = self.loop.call_later(LINGER_SECONDS, transport.close)
+            self._timer = self.loop.call_later(LINGER_SECONDS, self._close_transport, transport)
         else:
-            transport.close()
+            self._close_transport(transport)
+
+    def _close_transport(self, transport: asyncio.Transport) -> None:
+        """Close once what is buffered is written; a client that reads none of it is dropped after the send
+        timeout (a closing transport otherwise waits for its buffer forever)."""
+        transport.close()
+        if transport.get_write_buffer_size():
+            self.loop.call_later(self.limits.send_timeout, transport.abort)
 
     def _closed_now(self) -> None:
         self._closed = True
@@ -689,6 +745,8 @@ class HttpServerProtocol(asyncio.Protocol):
     def _deadline(self) -> tuple[float | None, str]:
         limits = self.limits
         receiving = self._receiving
+        if self._pause & PAUSE_WRITE:
+            return self._t_blocked + limits.send_timeout, "the client did not read the response in time"
         if self._in_head:
             return self._t_begin + limits.header_timeout, "request head not received in time"
         if receiving is not None and not receiving.complete:
@@ -709,6 +767,12 @@ class HttpServerProtocol(asyncio.Protocol):
             self._schedule(now + min(self.limits.header_timeout, self.limits.keepalive_timeout))
         elif now < deadline:
             self._schedule(deadline)
+        elif self._pause & PAUSE_WRITE:
+            # nothing more can be written to this client, an error response included: drop it
+            self._log_reject(reason)
+            self._abort_active_request()
+            self.abort()
+            self._closed_now()
         elif reason:
             self._reject(408, reason)
         else:
