@@ -10,10 +10,19 @@ Invariants:
   ahead are queued and reading is paused, so memory per connection is bounded by one socket read.
 - Framing is llhttp's strict mode: Content-Length with Transfer-Encoding, duplicate Content-Length, an invalid
   Transfer-Encoding or chunk, obs-fold and bare LF are all rejected. Every parse error answers 400 JSON and closes.
-- The header block is bounded by ``max_header_bytes`` (431) and the request target by ``max_url_bytes`` (414).
+- Only HTTP/1.0 and HTTP/1.1 are served: llhttp refuses most other versions (400), the rest (0.9, 2.0) get 505. An
+  upgrade request with a body is a 400 (llhttp never parses that body, so it could not be forwarded as one).
+- ``RequestHead.path`` is the normalised path and ``host`` the normalised host (``phantom_token.http.uri``): every
+  front door matches routes on them; a target or Host that is not valid or is ambiguous is a 400. An absolute-form
+  target's authority wins over the Host header (RFC 9112 3.2.2).
+- A header whose name holds ``_`` is ignored (nginx's ``underscores_in_headers off``): it is in ``raw_headers`` with
+  ``""`` in ``lnames``, and nowhere in ``headers``.
+- The header block is bounded by ``max_header_bytes`` (431), the request target by ``max_url_bytes`` (414) and,
+  when set, the body by ``max_body_bytes`` (413).
 - A half-sent request head times out after ``header_timeout`` (measured from its first byte, so a slow drip of
   bytes does not extend it), a stalled request body after ``body_timeout``, an idle keep-alive connection after
-  ``keepalive_timeout``.
+  ``keepalive_timeout``; a client that reads nothing of what is written to it for ``send_timeout`` is dropped (also
+  after the connection was closed with data still buffered).
 - A rejected connection logs exactly one line on the ``phantom_token.http`` logger with the peer and a fixed reason;
   header values (which may carry tokens) are never logged.
 """
