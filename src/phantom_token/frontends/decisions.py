@@ -110,10 +110,16 @@ def _single(headers: dict[str, list[str]], name: str) -> str | None:
 
 
 def _host(authority: str, name: str) -> str:
-    try:
-        return normalise_host(authority)
-    except InvalidTarget as exc:
-        raise BadDecisionRequest(f"The {name} of the decision request is not a valid host") from exc
+    normal = _NORMAL_HOSTS.get(authority)
+    if normal is None:
+        try:
+            normal = remember(_NORMAL_HOSTS, authority, normalise_host(authority), 1024)
+        except InvalidTarget as exc:
+            raise BadDecisionRequest(f"The {name} of the decision request is not a valid host") from exc
+    return normal
+
+
+_NORMAL_HOSTS: Final[dict[str, str]] = {}  # forwarded hosts -> normal form (bounded; invalid ones never stored)
 
 
 def _split_uri(uri: str, name: str) -> tuple[str, str | None]:
@@ -134,11 +140,19 @@ def _split_uri(uri: str, name: str) -> tuple[str, str | None]:
             raise BadDecisionRequest(f"The {name} of the decision request carries userinfo")
     else:
         raise BadDecisionRequest(f"The {name} of the decision request is not a path or an http(s) URL")
-    try:
-        path = normalise_path(path.partition("?")[0])
-    except InvalidTarget as exc:
-        raise BadDecisionRequest(f"The {name} of the decision request has an invalid path ({exc.reason})") from exc
-    return path, None if authority is None else _host(authority, name)
+    path = path.partition("?")[0]
+    normal = _NORMAL_PATHS.get(path)
+    if normal is None:
+        try:
+            normal = remember(_NORMAL_PATHS, path, normalise_path(path), 1024)
+        except InvalidTarget as exc:
+            raise BadDecisionRequest(f"The {name} of the decision request has an invalid path ({exc.reason})") from exc
+    return normal, None if authority is None else _host(authority, name)
+
+
+# Original paths -> their normal form: gateways ask about the same paths over and over, and a lookup is cheaper
+# than the scan. Bounded (a full memo starts over); never a query string, and nothing is stored for an invalid path.
+_NORMAL_PATHS: Final[dict[str, str]] = {}
 
 
 def _original(method: str, host: str, headers: dict[str, list[str]], uri_name: str, uri: str, method_name: str,

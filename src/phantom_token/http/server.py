@@ -51,7 +51,7 @@ from phantom_token.http.messages import (
     drop_before_connected,
     not_connected,
 )
-from phantom_token.http.uri import InvalidTarget, normalise_host, normalise_path
+from phantom_token.http.uri import InvalidTarget, normalise_host, normalise_path, plain_path_end
 from phantom_token.memo import remember
 
 logger: Final = logging.getLogger("phantom_token.http")
@@ -181,9 +181,16 @@ def _split_target(head: RequestHead) -> None:
     target = head.target
     try:
         if target[:1] == b"/":
-            raw_path, _sep, raw_query = target.partition(b"?")
-            head.path = normalise_path(raw_path.decode("latin-1"))
-            head.query = raw_query.decode("latin-1")
+            end = plain_path_end(target)
+            if end == len(target):
+                head.path = target.decode("latin-1")
+            elif end > 0:
+                head.path = target[:end].decode("latin-1")
+                head.query = target[end + 1 :].decode("latin-1")
+            else:
+                raw_path, _sep, raw_query = target.partition(b"?")
+                head.path = normalise_path(raw_path.decode("latin-1"))
+                head.query = raw_query.decode("latin-1")
             return
         if target == b"*":
             head.path = "*"

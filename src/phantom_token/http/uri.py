@@ -45,6 +45,25 @@ _REG_NAME: Final = re.compile(r"[A-Za-z0-9._~-]*")
 _PORT: Final = re.compile(r"[0-9]{0,5}")
 
 
+def plain_path_end(target: bytes) -> int:
+    """Where the path of an origin-form ``target`` ends (at its ``?``, or its length) when that path is already in
+    normal form; -1 when it may not be (it holds ``%``, ``\\``, ``#``, ``/.`` or ``//``): then ``normalise_path``.
+
+    One pass over the bytes, which compiled code reads as C integers: cheaper than five substring searches and a
+    partition, and most targets need nothing else."""
+    previous = 0
+    for i in range(len(target)):
+        byte = target[i]
+        if byte == 63:  # '?'
+            return i
+        if byte == 37 or byte == 92 or byte == 35:  # '%', '\\', '#'
+            return -1
+        if previous == 47 and (byte == 46 or byte == 47):  # '/.', '//'
+            return -1
+        previous = byte
+    return len(target)
+
+
 def normalise_path(path: str) -> str:
     """The normal form of an origin-form ``path`` (see the module docstring); raises ``InvalidTarget``."""
     # One scan per marker of something to do: most paths have none of them and are returned as they are.
@@ -137,4 +156,4 @@ def normalise_host(authority: str) -> str:
     return host
 
 
-__all__ = ["InvalidTarget", "normalise_host", "normalise_path"]
+__all__ = ["InvalidTarget", "normalise_host", "normalise_path", "plain_path_end"]
