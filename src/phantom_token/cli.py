@@ -14,9 +14,10 @@ from collections.abc import Sequence
 
 from phantom_token import __version__, compiled
 from phantom_token.app import display, parse_listen
+from phantom_token.config.errors import ConfigError
 from phantom_token.config.loader import format_problems
 from phantom_token.config.settings import Settings
-from phantom_token.core.errors import ConfigError, PhantomTokenError
+from phantom_token.errors import PhantomTokenError
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from fastapi import FastAPI, Request, WebSocket
 
-from phantom_token.core.errors import ConfigError
+from phantom_token.config.errors import ConfigError
 from phantom_token.demo.authorization_server import DemoAuthorizationServer
 from phantom_token.frontends.middleware import PhantomTokenMiddleware
 from phantom_token.http.server import HttpServer, serve_app
