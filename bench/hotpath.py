@@ -35,7 +35,7 @@ from run import SERVE_YML
 
 from phantom_token.app import Application
 from phantom_token.config.loader import parse_settings
-from phantom_token.core.engine import cache_key
+from phantom_token.core.keys import cache_key
 from phantom_token.core.ports import CacheEntry
 
 # The configuration the benchmark's `serve` row runs (the upstream and AS ports are never dialled here).
