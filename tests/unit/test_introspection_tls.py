@@ -15,12 +15,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from phantom_token.app import Application
 from phantom_token.config.settings import PluginConfig, Route, Settings, Upstream
 from phantom_token.core.errors import IntrospectionUnavailable
 from phantom_token.core.ports import Active
+from phantom_token.gateway import Gateway
 from phantom_token.http.client import HttpClient
 from phantom_token.introspection.client import HttpIntrospector
+from phantom_token.process import Listeners
 
 from .fakes import make_jwt
 
@@ -109,7 +110,7 @@ async def test_verify_ssl_false_is_warned_about_at_start(caplog: pytest.LogCaptu
                                                                           verify_ssl=False)),
         Route("strict", "svc", upstream, paths=("/strict",), plugin=PluginConfig("https://as.test/i", "gw", "s")),
     )
-    app = Application(Settings(routes), "serve")
+    app = Listeners(Gateway(Settings(routes)), "serve")
     await app.start("127.0.0.1:0", None)
     try:
         warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
