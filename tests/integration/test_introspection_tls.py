@@ -23,7 +23,7 @@ from phantom_token.http.client import HttpClient
 from phantom_token.introspection.client import HttpIntrospector
 from phantom_token.process import Listeners
 
-from .fakes import make_jwt
+from ..unit.fakes import make_jwt
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
