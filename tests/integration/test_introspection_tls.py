@@ -110,15 +110,15 @@ async def test_verify_ssl_false_is_warned_about_at_start(caplog: pytest.LogCaptu
                                                                           verify_ssl=False)),
         Route("strict", "svc", upstream, paths=("/strict",), plugin=PluginConfig("https://as.test/i", "gw", "s")),
     )
-    app = Listeners(Gateway(Settings(routes)), "serve")
-    await app.start("127.0.0.1:0", None)
+    listeners = Listeners(Gateway(Settings(routes)), "serve")
+    await listeners.start("127.0.0.1:0", None)
     try:
         warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
         assert len(warnings) == 1
         assert "'lax'" in warnings[0]
         assert "verify_ssl is false" in warnings[0]
     finally:
-        await app.stop()
+        await listeners.stop()
 
 
 async def test_tls_client_auth_presents_the_client_certificate(tmp_path: Path) -> None:

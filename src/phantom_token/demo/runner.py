@@ -58,17 +58,17 @@ Ctrl-C stops everything.
 def run_demo(port: int) -> int:
     setup_logging("text", "info")
     settings = demo_settings(port)
-    gateway = Listeners(Gateway(settings), "serve")
+    listeners = Listeners(Gateway(settings), "serve")
     helpers: list[HttpServer] = []
 
     async def start() -> list[str]:
         server = DemoAuthorizationServer(display(HOST, port + 1))
         helpers.append(await serve_app(server, HOST, port + 1))
         helpers.append(await serve_app(echo, HOST, port + 2))
-        return await gateway.start(settings.listen, None)
+        return await listeners.start(settings.listen, None)
 
     async def stop() -> None:
-        await gateway.stop()
+        await listeners.stop()
         for helper in helpers:
             helper.close()
             await helper.wait_closed()
