@@ -10,7 +10,9 @@
 
 The base lives here, below every package, so that ``config`` and ``core`` can each derive their errors from it
 without importing one another's (``core`` imports ``config.settings``; ``config`` imports nothing of ``core``).
-A failing upstream API is not an exception of ours: the proxy answers it (502/504) where it happens.
+A failing upstream API is not an exception of ours: the proxy turns the HTTP client's own errors
+(``http.client.ClientError``: ``ConnectError``, ``RequestTimeout``...) into 502 ``bad_gateway`` or 504
+``gateway_timeout`` where they happen, as the introspection adapter turns them into ``IntrospectionUnavailable``.
 
 Invariant: no message of these errors ever contains a raw token: use ``fingerprint()`` from ``core.bearer``.
 """

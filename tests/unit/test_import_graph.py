@@ -3,7 +3,7 @@
 A node is a subpackage (``core``, ``cache``, ``config``, ``http``, ``frontends``, ``introspection``, ``demo``) or a
 top-level module (``gateway``, ``process``, ``cli``, ``errors``...); ``phantom_token`` itself is the package's
 ``__init__``. Every import counts, at module level or inside a function (a lazy import is still a dependency),
-except those under ``if TYPE_CHECKING:``, which never run. Read with ``ast``: nothing is imported.
+except those under ``if TYPE_CHECKING:``, which never run. The sources are read with ``ast``, not imported.
 """
 
 from __future__ import annotations
