@@ -33,7 +33,8 @@ from phantom_token.cache.codec import EntryCodec
 from phantom_token.cache.memory import MemoryCache
 from phantom_token.cache.stack import build_cache
 from phantom_token.config.settings import CacheSettings, PluginConfig, Route, Settings, Upstream
-from phantom_token.core.engine import Engine, cache_key
+from phantom_token.core.engine import Engine
+from phantom_token.core.keys import cache_key
 from phantom_token.core.ports import Active, CacheEntry, IntrospectionResult
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.routes import Router

@@ -33,10 +33,10 @@ import uvloop
 import yaml
 from run import SERVE_YML
 
-from phantom_token.app import Application
 from phantom_token.config.loader import parse_settings
-from phantom_token.core.engine import cache_key
+from phantom_token.core.keys import cache_key
 from phantom_token.core.ports import CacheEntry
+from phantom_token.gateway import Gateway
 
 # The configuration the benchmark's `serve` row runs (the upstream and AS ports are never dialled here).
 CONFIG = SERVE_YML.format(upstream=9, auth=9, secret="secret")
@@ -125,7 +125,7 @@ def _time(label: str, step: Callable[[], None], requests: int, profile: bool) ->
 
 async def main(requests: int, profile: bool) -> None:
     settings = parse_settings(yaml.safe_load(CONFIG), source="hotpath")
-    app = Application(settings, "serve")
+    app = Gateway(settings)
     plugin = settings.routes[0].plugin
     assert plugin is not None
     await app.cache.put(cache_key(plugin, TOKEN), CacheEntry("Bearer " + JWT, frozenset(), time.time() + 1e6))

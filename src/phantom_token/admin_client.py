@@ -10,7 +10,7 @@ import http.client
 import json
 import urllib.parse
 
-from phantom_token.app import display, parse_listen
+from phantom_token.addresses import display, parse_listen
 
 TIMEOUT_SECONDS = 10.0
 

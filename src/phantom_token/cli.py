@@ -1,22 +1,22 @@
 """The ``phantom-token`` command (contract section 2).
 
 Exit codes: 0 success (and after a graceful SIGTERM), 1 invalid configuration, 2 usage error.
+This module parses arguments and checks the configuration before anything starts; ``serve`` and ``authz`` then
+run through ``phantom_token.process`` (imported only for them, so ``check``, ``purge`` and ``jwks`` stay light).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import signal
 import sys
 from collections.abc import Sequence
 
 from phantom_token import __version__, compiled
-from phantom_token.app import display, parse_listen
+from phantom_token.addresses import parse_listen
+from phantom_token.config.errors import ConfigError
 from phantom_token.config.loader import format_problems
 from phantom_token.config.settings import Settings
-from phantom_token.core.errors import ConfigError, PhantomTokenError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -160,8 +160,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as err:
         print(format_problems(err), file=sys.stderr)
         return 1
+    from phantom_token.process import Supervisor, worker
+
     if workers == 1:
-        return _worker(settings, args.command, listen, admin, reuse_port=False, ready_fd=None)
+        return worker(settings, args.command, listen, admin, reuse_port=False, ready_fd=None)
     return Supervisor(settings, args.command, listen, admin, workers).run()
 
 
@@ -170,103 +172,3 @@ def _load_signing_keys(settings: Settings) -> None:
 
     if needs_minter(settings):
         signing_keys(settings)
-
-
-def _announce(command: str, urls: list[str]) -> None:
-    extra = f" (admin on {urls[1]})" if len(urls) > 1 else ""
-    print(f"phantom-token {command} listening on {urls[0]}{extra}", flush=True)
-
-
-def _worker(settings: Settings, command: str, listen: str, admin: str | None, *, reuse_port: bool,
-            ready_fd: int | None) -> int:
-    from phantom_token.app import Application, run, run_until_signalled
-
-    app = Application(settings, command)
-
-    def ready(urls: list[str]) -> None:
-        if ready_fd is None:
-            _announce(command, urls)
-        else:
-            os.write(ready_fd, b"1")
-            os.close(ready_fd)
-
-    async def main() -> None:
-        await run_until_signalled(lambda: app.start(listen, admin, reuse_port=reuse_port), app.stop, ready)
-
-    try:
-        run(main())
-    except OSError as exc:
-        print(f"phantom-token: cannot listen: {exc}", file=sys.stderr)
-        return 1
-    except PhantomTokenError as exc:  # e.g. discovery failed, a key file vanished since the check
-        print(f"phantom-token: cannot start: {exc}", file=sys.stderr)
-        return 1
-    return 0
-
-
-class Supervisor:
-    """Runs ``workers`` processes on one port (SO_REUSEPORT); restarts one that dies; SIGTERM stops all.
-
-    Only the first worker runs the admin listener, so /metrics shows that worker's counters.
-    """
-
-    def __init__(self, settings: Settings, command: str, listen: str, admin: str | None, workers: int) -> None:
-        self.settings, self.command, self.listen, self.admin, self.workers = settings, command, listen, admin, workers
-        self.children: dict[int, int] = {}  # pid -> worker index
-        self.stopping = False
-
-    def _spawn(self, index: int, ready_fd: int | None) -> None:
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            admin = self.admin if index == 0 else None
-            os._exit(_worker(self.settings, self.command, self.listen, admin, reuse_port=True, ready_fd=ready_fd))
-        self.children[pid] = index
-
-    def run(self) -> int:
-        signal.signal(signal.SIGTERM, self._stop)
-        signal.signal(signal.SIGINT, self._stop)
-        read_fd, write_fd = os.pipe()
-        for index in range(self.workers):
-            self._spawn(index, write_fd)
-        os.close(write_fd)
-        ready = 0
-        while ready < self.workers:
-            chunk = os.read(read_fd, self.workers)
-            if not chunk:
-                break
-            ready += len(chunk)
-        os.close(read_fd)
-        if ready < self.workers:
-            self._stop(signal.SIGTERM, None)
-            self._reap()
-            return 1
-        urls = [display(*parse_listen(self.listen))] + ([display(*parse_listen(self.admin))] if self.admin else [])
-        _announce(self.command, urls)
-        return self._reap()
-
-    def _reap(self) -> int:
-        status = 0
-        while self.children:
-            try:
-                pid, code = os.wait()
-            except ChildProcessError:
-                break
-            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
-                continue
-            index = self.children.pop(pid, None)
-            if index is None:
-                continue
-            if os.waitstatus_to_exitcode(code) != 0:
-                status = 1
-            if not self.stopping:
-                print(f"phantom-token: worker {index} (pid {pid}) exited; starting a new one", file=sys.stderr)
-                self._spawn(index, None)
-        return 0 if self.stopping else status
-
-    def _stop(self, _signum: int, _frame: object) -> None:
-        self.stopping = True
-        for pid in list(self.children):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)

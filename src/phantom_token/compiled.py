@@ -34,6 +34,7 @@ MODULES = (
     "phantom_token.config.settings",
     "phantom_token.core.bearer",
     "phantom_token.core.engine",
+    "phantom_token.core.keys",
     "phantom_token.core.ports",
     "phantom_token.core.request",
     "phantom_token.core.routes",

@@ -14,8 +14,8 @@ import logging
 from typing import Any
 
 from phantom_token import jose
+from phantom_token.config.errors import ConfigError, ConfigProblem
 from phantom_token.config.settings import JwtSettings, Settings
-from phantom_token.core.errors import ConfigError, ConfigProblem
 
 log = logging.getLogger("phantom_token.jwt")
 

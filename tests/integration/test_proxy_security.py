@@ -16,8 +16,8 @@ import pytest
 from phantom_token.config.settings import Route, Settings, Upstream
 from phantom_token.frontends.proxy import start_proxy
 from phantom_token.http.server import HttpServer, ServerLimits
-from tests.unit.test_http_server import MALFORMED, ResponseReader, exchange, open_conn, read_to_eof
-from tests.unit.test_proxy import JWT, FakeAuthorizer, RecordingUpstream, Seen, request
+from tests.integration.test_http_server import MALFORMED, ResponseReader, exchange, open_conn, read_to_eof
+from tests.integration.test_proxy import JWT, FakeAuthorizer, RecordingUpstream, Seen, request
 
 
 class Rig:

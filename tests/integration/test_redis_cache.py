@@ -18,7 +18,8 @@ from phantom_token.cache.purge import Purger, namespaces
 from phantom_token.cache.redis import SharedStoreUnavailable, resolved
 from phantom_token.cache.stack import CacheStack, build_cache
 from phantom_token.config.settings import CacheSettings, PluginConfig, Route, Settings, Upstream
-from phantom_token.core.engine import Engine, cache_key
+from phantom_token.core.engine import Engine
+from phantom_token.core.keys import cache_key
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.routes import Router
 from phantom_token.core.verdict import Allow, Deny, Verdict

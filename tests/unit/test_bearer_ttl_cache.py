@@ -7,9 +7,9 @@ import asyncio
 import pytest
 
 from phantom_token.cache.memory import MemoryCache
-from phantom_token.cache.single_flight import SingleFlight
 from phantom_token.core.bearer import BearerToken, Problem, extract, fingerprint
 from phantom_token.core.ports import CacheEntry
+from phantom_token.core.single_flight import SingleFlight
 from phantom_token.core.ttl import CacheDirectives, cache_lifetime, parse_cache_control
 
 

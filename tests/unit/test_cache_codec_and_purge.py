@@ -12,7 +12,7 @@ from phantom_token.cache.codec import EntryCodec, derive_key
 from phantom_token.cache.memory import MemoryCache
 from phantom_token.cache.purge import Purger, PurgeReport, namespaces
 from phantom_token.config.settings import PluginConfig, Route, Upstream
-from phantom_token.core.engine import cache_key
+from phantom_token.core.keys import cache_key
 from phantom_token.core.ports import CacheEntry, NegativeEntry
 from phantom_token.http.messages import Request
 from phantom_token.metrics import Metrics

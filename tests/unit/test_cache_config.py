@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 
 from phantom_token.cache.redis import connect
+from phantom_token.config.errors import ConfigError
 from phantom_token.config.loader import parse_settings
 from phantom_token.config.settings import CacheSettings
-from phantom_token.core.errors import ConfigError
 
 KEY = "k" * 32
 

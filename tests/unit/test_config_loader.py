@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 import yaml
 
+from phantom_token.config.errors import ConfigError, ConfigProblem
 from phantom_token.config.loader import format_problems, load_settings, parse_settings, resolve_config_path
 from phantom_token.config.settings import CacheSettings, PluginConfig, Route, Settings, Upstream
-from phantom_token.core.errors import ConfigError, ConfigProblem
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "config"
 SECRET = "s3cr3t-Value-that-must-never-show"

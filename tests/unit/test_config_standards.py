@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from phantom_token import jose
+from phantom_token.config.errors import ConfigError
 from phantom_token.config.loader import parse_settings
 from phantom_token.config.settings import PluginConfig, Settings
-from phantom_token.core.errors import ConfigError
 
 
 def document(options: dict[str, Any], jwt: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -9,8 +9,9 @@ import pytest
 from phantom_token.cache.memory import MemoryCache
 from phantom_token.config.settings import PluginConfig, Route, Upstream
 from phantom_token.core.bearer import fingerprint
-from phantom_token.core.engine import Engine, cache_key
+from phantom_token.core.engine import Engine
 from phantom_token.core.errors import IntrospectionUnavailable
+from phantom_token.core.keys import cache_key
 from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.routes import Router
 from phantom_token.core.verdict import Allow, Deny

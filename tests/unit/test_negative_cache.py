@@ -7,8 +7,9 @@ import hashlib
 
 from phantom_token.cache.memory import MemoryCache
 from phantom_token.config.settings import PluginConfig, Route, Upstream
-from phantom_token.core.engine import Engine, cache_key, namespaced_key, token_digest
+from phantom_token.core.engine import Engine
 from phantom_token.core.errors import IntrospectionUnavailable
+from phantom_token.core.keys import cache_key, namespaced_key, token_digest
 from phantom_token.core.ports import CacheEntry, Flight, IntrospectionCoordinator, NegativeEntry
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.routes import Router

@@ -277,3 +277,14 @@ def test_route_without_paths_strips_nothing() -> None:
 
 def test_no_upstream_means_base_slash() -> None:
     assert upstream_path(route("r", paths=("/api",), upstream=None), "/api/x") == "/x"
+
+
+@pytest.mark.parametrize(("strip", "paths", "base", "path"), [
+    (True, ("/api",), "/base", "/api/x"), (True, ("/api",), "/base", "/api"), (True, ("/api",), "/", "/api/x/"),
+    (True, ("/api", "/api/v2"), "/b/", "/api/v2/y"), (False, ("/api",), "/base", "/api/x"),
+])
+def test_upstream_path_is_kong_strip_path(strip: bool, paths: tuple[str, ...], base: str, path: str) -> None:
+    route = Route("r", "s", Upstream("http", "h", 80, base), paths=paths, strip_path=strip)
+    expected = {("/api/x", "/base", True): "/base/x", ("/api", "/base", True): "/base", ("/api/x/", "/", True): "/x/",
+                ("/api/v2/y", "/b/", True): "/b/y", ("/api/x", "/base", False): "/base/api/x"}
+    assert upstream_path(route, path) == expected[(path, base, strip)]

@@ -21,8 +21,8 @@ import contextlib
 import os
 
 from phantom_token.cache.redis import RedisLink, SharedStoreUnavailable, resolved
-from phantom_token.cache.single_flight import SingleFlight
 from phantom_token.core.ports import CacheEntry, Flight
+from phantom_token.core.single_flight import SingleFlight
 
 # Release the lock only if it is still ours (it may have expired and been taken by another), then notify.
 _RELEASE_AND_NOTIFY = """

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from phantom_token.config.settings import Route
-from phantom_token.core.engine import namespaced_key
+from phantom_token.core.keys import namespaced_key
 from phantom_token.core.ports import TokenCache
 
 log = logging.getLogger("phantom_token.cache")

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from phantom_token.config.errors import ConfigError, ConfigProblem
 from phantom_token.config.settings import (
     DEFAULT_LISTEN,
     DEFAULT_TRUSTED_PROXIES,
@@ -41,7 +42,6 @@ from phantom_token.config.settings import (
     Settings,
     Upstream,
 )
-from phantom_token.core.errors import ConfigError, ConfigProblem
 
 __all__ = ["DEFAULT_CONFIG_FILE", "format_problems", "load_settings", "parse_settings", "resolve_config_path"]
 

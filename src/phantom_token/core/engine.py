@@ -10,26 +10,24 @@ Invariants: no I/O but through the ports; the raw token never leaves this module
 the authorization server's faults are 502, never 401 and never 200; errors are never cached; an inactive
 answer is remembered for ``negative_cache_seconds`` only (0: not at all).
 
-Cache keys: ``sha256(namespace + sha256(token))``. Hashing the token first makes a key derivable from the
-token's SHA-256 alone, so an operator can purge a token knowing only its hash (``POST /cache/purge``).
+Cache keys: ``core.keys`` (``sha256(namespace + sha256(token))``), shared with the cache's purge.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 import time
 from collections.abc import Callable
 from typing import Final
 
-from phantom_token.cache.single_flight import SingleFlight
 from phantom_token.config.settings import PluginConfig, Route
 from phantom_token.core import claims as token_claims
 from phantom_token.core import verdict as v
 from phantom_token.core.bearer import BearerToken, Problem, extract, fingerprint
 from phantom_token.core.errors import IntrospectionUnavailable
 from phantom_token.core.jwt import numeric_claim
+from phantom_token.core.keys import namespaced_key, token_digest
 from phantom_token.core.ports import (
     Active,
     Cached,
@@ -43,6 +41,7 @@ from phantom_token.core.ports import (
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.routes import Router
 from phantom_token.core.scopes import granted_scopes
+from phantom_token.core.single_flight import SingleFlight
 from phantom_token.core.ttl import CacheDirectives, cache_lifetime
 from phantom_token.memo import remember
 from phantom_token.metrics import Metrics
@@ -50,21 +49,6 @@ from phantom_token.metrics import Metrics
 log: Final = logging.getLogger("phantom_token.engine")
 
 Clock = Callable[[], float]
-
-
-def token_digest(token: str) -> bytes:
-    """SHA-256 of the token (its hex form is what ``POST /cache/purge`` accepts as ``token_sha256``)."""
-    return hashlib.sha256(token.encode("ascii")).digest()
-
-
-def namespaced_key(namespace: bytes, digest: bytes) -> bytes:
-    """The cache key of a token whose SHA-256 is ``digest``, under one endpoint/client namespace."""
-    return hashlib.sha256(namespace + digest).digest()
-
-
-def cache_key(plugin: PluginConfig, token: str) -> bytes:
-    """SHA-256 of the token's SHA-256, namespaced by introspection endpoint and client: never the token itself."""
-    return namespaced_key(plugin.cache_namespace, token_digest(token))
 
 
 class _Pending:

@@ -11,10 +11,11 @@ import asyncio
 import logging
 import sys
 
-from phantom_token.app import display, run_until_signalled
-from phantom_token.app import parse_listen as parse_address
+from phantom_token.addresses import display
+from phantom_token.addresses import parse_listen as parse_address
 from phantom_token.http.messages import Handler
 from phantom_token.http.server import HttpServer, serve_app
+from phantom_token.process import run_until_signalled
 
 
 def parse_listen(parser: argparse.ArgumentParser, value: str) -> tuple[str, int]:

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import sys
 
-from phantom_token.app import Application, display, run, run_until_signalled
+from phantom_token.addresses import display
 from phantom_token.config.settings import PluginConfig, Route, Settings, Upstream
 from phantom_token.demo.authorization_server import DemoAuthorizationServer
 from phantom_token.demo.echo_api import echo
+from phantom_token.gateway import Gateway
 from phantom_token.http.server import HttpServer, serve_app
 from phantom_token.log import setup_logging
+from phantom_token.process import Listeners, run, run_until_signalled
 
 HOST = "127.0.0.1"
 CLIENT_ID, CLIENT_SECRET = "demo-client", "demo-secret"
@@ -56,17 +58,17 @@ Ctrl-C stops everything.
 def run_demo(port: int) -> int:
     setup_logging("text", "info")
     settings = demo_settings(port)
-    gateway = Application(settings, "serve")
+    listeners = Listeners(Gateway(settings), "serve")
     helpers: list[HttpServer] = []
 
     async def start() -> list[str]:
         server = DemoAuthorizationServer(display(HOST, port + 1))
         helpers.append(await serve_app(server, HOST, port + 1))
         helpers.append(await serve_app(echo, HOST, port + 2))
-        return await gateway.start(settings.listen, None)
+        return await listeners.start(settings.listen, None)
 
     async def stop() -> None:
-        await gateway.stop()
+        await listeners.stop()
         for helper in helpers:
             helper.close()
             await helper.wait_closed()

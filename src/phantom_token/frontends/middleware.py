@@ -36,6 +36,7 @@ from phantom_token.config.settings import Settings
 from phantom_token.core.jwt import MalformedJwt, read_claims
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
+from phantom_token.gateway import Gateway
 from phantom_token.http.uri import InvalidTarget, normalise_host, normalise_path
 
 log = logging.getLogger("phantom_token.asgi")
@@ -87,11 +88,9 @@ class PhantomTokenMiddleware:
         return middleware
 
     def _setup(self, app: ASGIApp, settings: Settings) -> None:
-        from phantom_token.app import Application
-
         self.app = app
-        self.application = Application(settings, "asgi")
-        self.engine = self.application.engine
+        self.gateway = Gateway(settings)
+        self.engine = self.gateway.engine
         self.is_open = False
         self._opening: asyncio.Lock | None = None
 
@@ -105,13 +104,13 @@ class PhantomTokenMiddleware:
             self._opening = asyncio.Lock()
         async with self._opening:
             if not self.is_open:
-                await self.application.open()
+                await self.gateway.open()
                 self.is_open = True
 
     async def close(self) -> None:
         if self.is_open:
             self.is_open = False
-            await self.application.close()
+            await self.gateway.close()
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         async def receive_opening() -> Message:

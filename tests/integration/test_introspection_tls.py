@@ -15,14 +15,15 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from phantom_token.app import Application
 from phantom_token.config.settings import PluginConfig, Route, Settings, Upstream
 from phantom_token.core.errors import IntrospectionUnavailable
 from phantom_token.core.ports import Active
+from phantom_token.gateway import Gateway
 from phantom_token.http.client import HttpClient
 from phantom_token.introspection.client import HttpIntrospector
+from phantom_token.process import Listeners
 
-from .fakes import make_jwt
+from ..unit.fakes import make_jwt
 
 
 def self_signed(directory: Path) -> tuple[Path, Path]:
@@ -109,15 +110,15 @@ async def test_verify_ssl_false_is_warned_about_at_start(caplog: pytest.LogCaptu
                                                                           verify_ssl=False)),
         Route("strict", "svc", upstream, paths=("/strict",), plugin=PluginConfig("https://as.test/i", "gw", "s")),
     )
-    app = Application(Settings(routes), "serve")
-    await app.start("127.0.0.1:0", None)
+    listeners = Listeners(Gateway(Settings(routes)), "serve")
+    await listeners.start("127.0.0.1:0", None)
     try:
         warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
         assert len(warnings) == 1
         assert "'lax'" in warnings[0]
         assert "verify_ssl is false" in warnings[0]
     finally:
-        await app.stop()
+        await listeners.stop()
 
 
 async def test_tls_client_auth_presents_the_client_certificate(tmp_path: Path) -> None:

@@ -1,5 +1,9 @@
 """Single-flight: concurrent callers asking for the same key share one call (lua-resty-openidc #573).
 
+The engine's default ``IntrospectionCoordinator`` (``core.ports``), and the in-process half of the cache's
+cluster-wide one (``cache.cluster_flight``). It lives in ``core`` because the engine needs it and ``core`` imports
+nothing of ``cache``; it does no I/O of its own (only asyncio tasks).
+
 Invariants: while a call for a key is running, no second call for that key starts in this process; every
 waiter gets the same result or the same exception; a cancelled waiter does not cancel the shared call.
 """

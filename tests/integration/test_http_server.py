@@ -14,7 +14,7 @@ import httptools
 import pytest
 
 from phantom_token.http.messages import Request, Response
-from phantom_token.http.server import HttpServer, ServerLimits, _version_at, serve_app
+from phantom_token.http.server import HttpServer, ServerLimits, serve_app
 
 TIMEOUT = 5.0
 MALFORMED = {"code": "invalid_request", "message": "Malformed HTTP request"}
@@ -331,24 +331,6 @@ async def test_a_read_that_starts_inside_a_body_is_not_taken_for_a_request_line(
     raw = await read_to_eof(reader)
     writer.close()
     assert raw.count(b"HTTP/1.1 200 ") == 2, raw[:200]
-
-
-@pytest.mark.parametrize(("data", "method", "target", "version"), [
-    (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"GET", b"/", 11),
-    (b"DELETE /x?y=1 HTTP/1.0\r\n\r\n", b"DELETE", b"/x?y=1", 10),
-    (b"GET / HTTP/1.1", b"GET", b"/", 0),  # the line is not all in this read
-    (b"GET / HTTP/1.1\r", b"GET", b"/", 11),
-    (b"GET / HTTP/1.", b"GET", b"/", 0),
-    (b"GET /abc", b"GET", b"/abcdefgh", 0),  # the target went on in the next read
-    (b"\r\nGET / HTTP/1.1\r\n", b"GET", b"/", 0),  # an empty line first: the parser decides
-    (b"GET / HTTP/2.0\r\n\r\n", b"GET", b"/", 0),
-    (b"GET / HTTP/1.2\r\n\r\n", b"GET", b"/", 0),
-    (b"GET / HTTP/1.1 \r\n", b"GET", b"/", 0),
-    (b"GET /a HTTP/1.1\r\n", b"GET", b"/", 0),  # not where the line puts it
-])
-def test_the_version_is_read_where_the_request_line_has_it(data: bytes, method: bytes, target: bytes,
-                                                           version: int) -> None:
-    assert _version_at(data, len(method) + 1 + len(target)) == version
 
 
 async def test_a_request_line_cut_across_reads_gets_the_parsers_version(server: HttpServer) -> None:

@@ -13,11 +13,10 @@ import pytest
 
 from phantom_token.config.settings import Route, Settings, Upstream
 from phantom_token.core.request import RequestInfo
-from phantom_token.core.routes import upstream_path
 from phantom_token.core.verdict import Allow, Verdict, unauthorized
 from phantom_token.frontends.proxy import start_proxy
 from phantom_token.http.server import HttpServer
-from tests.unit.test_http_server import (
+from tests.integration.test_http_server import (
     TIMEOUT,
     RawResponse,
     ResponseReader,
@@ -554,17 +553,6 @@ async def test_graceful_close_finishes_an_in_flight_request() -> None:
     writer.close()
     h.upstream.close()
     assert (response.status, response.header("Connection")) == (200, "close")
-
-
-@pytest.mark.parametrize(("strip", "paths", "base", "path"), [
-    (True, ("/api",), "/base", "/api/x"), (True, ("/api",), "/base", "/api"), (True, ("/api",), "/", "/api/x/"),
-    (True, ("/api", "/api/v2"), "/b/", "/api/v2/y"), (False, ("/api",), "/base", "/api/x"),
-])
-def test_upstream_path_is_kong_strip_path(strip: bool, paths: tuple[str, ...], base: str, path: str) -> None:
-    route = Route("r", "s", Upstream("http", "h", 80, base), paths=paths, strip_path=strip)
-    expected = {("/api/x", "/base", True): "/base/x", ("/api", "/base", True): "/base", ("/api/x/", "/", True): "/x/",
-                ("/api/v2/y", "/b/", True): "/b/y", ("/api/x", "/base", False): "/base/api/x"}
-    assert upstream_path(route, path) == expected[(path, base, strip)]
 
 
 async def test_response_heads_are_rewritten_per_response_even_when_remembered() -> None:

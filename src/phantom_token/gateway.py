@@ -1,0 +1,55 @@
+"""The gateway: the engine and the adapters it runs on, built from one ``Settings``, with their lifespan.
+
+Every front door runs on a ``Gateway``: ``phantom-token serve`` (the proxy) and ``phantom-token authz`` (the
+decision service) through ``phantom_token.process``, and the ASGI middleware (``frontends.middleware``) inside the
+application's own server. Listeners, signals and processes are not its business (``phantom_token.process``).
+
+Invariants:
+- Building does no I/O: the objects exist, nothing is connected or fetched yet.
+- ``open()`` runs once before the first request that needs I/O (the cache's shared store, introspection discovery;
+  discovery failing raises, so a process refuses to start); ``close()`` once after the last request (the HTTP
+  client, then the cache). Open order: cache, introspection; close order: HTTP client, cache.
+- One of each per gateway: one HTTP client, one cache (with its coordinator), one introspector, at most one minter
+  (only when a route mints JWTs or a key is configured), one router, one engine, one ``Metrics``.
+"""
+
+from __future__ import annotations
+
+from phantom_token.cache.stack import build_cache
+from phantom_token.config.settings import Settings
+from phantom_token.core.engine import Engine
+from phantom_token.core.routes import Router
+from phantom_token.http.client import HttpClient
+from phantom_token.introspection.client import HttpIntrospector
+from phantom_token.metrics import Metrics
+from phantom_token.minting import build_minter
+
+
+class Gateway:
+    """The engine and its adapters for one ``Settings``: what ``serve``, ``authz`` and the ASGI middleware share."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = Metrics()
+        self.client = HttpClient()
+        self.caches = build_cache(settings)
+        self.cache = self.caches.cache
+        self.introspector = HttpIntrospector(self.client)
+        self.minter = build_minter(settings)  # None unless a route mints JWTs (json/signed) or a key is configured
+        self.router = Router(settings.routes)
+        self.engine = Engine(self.router, self.cache, self.introspector, metrics=self.metrics,
+                             coordinator=self.caches.coordinator, minter=self.minter)
+
+    async def open(self) -> None:
+        """Open what the engine needs before the first request (the cache's shared store, introspection
+        discovery). The runners call it before they listen; the ASGI middleware from its lifespan."""
+        await self.caches.start()
+        await self.introspector.start(route.plugin for route in self.settings.routes if route.plugin is not None)
+
+    async def close(self) -> None:
+        """Close the HTTP client and the cache (the counterpart of ``open``)."""
+        await self.client.aclose()
+        await self.caches.aclose()
+
+
+__all__ = ["Gateway"]

@@ -1,0 +1,231 @@
+"""Running ``serve`` and ``authz``: a gateway's listeners, the signals that stop them, worker processes.
+
+- ``Listeners``: one ``Gateway`` behind one front door (the proxy for ``serve``, the decision service for
+  ``authz``) and optionally the admin listener. Start order: gateway (HTTP client, cache and its Redis link,
+  introspection discovery) -> front door -> admin listener; stop in reverse, draining in-flight requests (at most
+  ``DRAIN_SECONDS``) before the gateway closes.
+- ``worker``: one process running ``Listeners`` until SIGTERM/SIGINT (exit 0); a ready worker prints one line
+  containing ``listening on http://HOST:PORT`` (or, under a supervisor, writes one byte to its pipe).
+- ``Supervisor``: ``--workers N`` processes sharing the port (SO_REUSEPORT), a dead one restarted; SIGTERM stops all.
+
+The ASGI middleware needs none of this: it runs a ``Gateway`` inside the application's own server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Protocol
+
+from phantom_token.addresses import display, parse_listen
+from phantom_token.admin import admin_handler
+from phantom_token.cache.purge import Purger, namespaces
+from phantom_token.config.settings import Settings
+from phantom_token.errors import PhantomTokenError
+from phantom_token.frontends.decisions import start_decisions
+from phantom_token.frontends.proxy import start_proxy
+from phantom_token.gateway import Gateway
+from phantom_token.http.server import serve_app
+
+log = logging.getLogger("phantom_token")
+
+DRAIN_SECONDS = 30.0
+COMMANDS = ("serve", "authz")
+"""The front doors a process can run: the reverse proxy and the decision service."""
+
+
+class Closable(Protocol):
+    def close(self) -> None: ...
+    async def wait_closed(self) -> None: ...
+
+
+class Listeners:
+    """A gateway's front door (``command``: ``serve`` or ``authz``) and, optionally, its admin listener."""
+
+    def __init__(self, gateway: Gateway, command: str) -> None:
+        if command not in COMMANDS:
+            raise ValueError(f"unknown command {command!r}")
+        self.gateway = gateway
+        self.command = command
+        self._servers: list[Closable] = []
+        self._ready = False
+
+    async def start(self, listen: str, admin_listen: str | None, *, reuse_port: bool = False) -> list[str]:
+        """Open the gateway, then listen; the URLs bound (the front door's, then the admin listener's)."""
+        gateway, settings = self.gateway, self.gateway.settings
+        for route in settings.routes:
+            if route.plugin is not None and not route.plugin.verify_ssl:
+                log.warning("route %r: verify_ssl is false, TLS certificates of %s are not checked",
+                            route.name, route.plugin.endpoint_label)
+        host, port = parse_listen(listen)
+        await gateway.open()
+        front = await self._front_door(host, port, reuse_port)
+        self._servers.append(front)
+        urls = [display(host, _bound_port(front, port))]
+        if admin_listen:
+            admin_host, admin_port = parse_listen(admin_listen)
+            purger = Purger(gateway.cache, namespaces(settings.routes))
+            handler = admin_handler(gateway.metrics, admin_token=settings.admin_token, ready=lambda: self._ready,
+                                    purge=purger.purge, jwks=gateway.minter.jwks if gateway.minter else None)
+            admin = await serve_app(handler, admin_host, admin_port)
+            self._servers.append(admin)
+            urls.append(display(admin_host, _bound_port(admin, admin_port)))
+        self._ready = True
+        return urls
+
+    async def _front_door(self, host: str, port: int, reuse_port: bool) -> Closable:
+        gateway = self.gateway
+        start = start_proxy if self.command == "serve" else start_decisions
+        return await start(gateway.engine, gateway.settings, host, port, reuse_port=reuse_port,
+                           observe=gateway.metrics.observe_response)
+
+    async def stop(self) -> None:
+        """Stop listening, drain in-flight requests (at most ``DRAIN_SECONDS``), then close the gateway."""
+        self._ready = False
+        for server in self._servers:
+            server.close()
+        try:
+            await asyncio.wait_for(asyncio.gather(*(s.wait_closed() for s in self._servers)), DRAIN_SECONDS)
+        except TimeoutError:
+            log.warning("drain timed out after %.0fs; closing remaining connections", DRAIN_SECONDS)
+        await self.gateway.close()
+
+
+def _bound_port(server: object, requested: int) -> int:
+    """The port actually bound (differs from ``requested`` when it was 0)."""
+    sockets = getattr(server, "sockets", None)
+    if requested == 0 and sockets:
+        return int(sockets[0].getsockname()[1])
+    return requested
+
+
+async def run_until_signalled(start: Callable[[], Awaitable[list[str]]], stop: Callable[[], Awaitable[None]],
+                              announce: Callable[[list[str]], None]) -> None:
+    """Start, announce, wait for SIGTERM or SIGINT, then stop gracefully."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    urls = await start()
+    announce(urls)
+    await stopping.wait()
+    await stop()
+
+
+def run(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop where it is available (it is a dependency), else on asyncio's own loop."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - plain asyncio still works, only slower
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
+def announce(command: str, urls: list[str]) -> None:
+    """The line a parent process waits for: ``phantom-token serve listening on http://...``."""
+    extra = f" (admin on {urls[1]})" if len(urls) > 1 else ""
+    print(f"phantom-token {command} listening on {urls[0]}{extra}", flush=True)
+
+
+def worker(settings: Settings, command: str, listen: str, admin: str | None, *, reuse_port: bool,
+           ready_fd: int | None) -> int:
+    """Run one process's ``Listeners`` until SIGTERM or SIGINT; the exit status (1: could not start)."""
+    listeners = Listeners(Gateway(settings), command)
+
+    def ready(urls: list[str]) -> None:
+        if ready_fd is None:
+            announce(command, urls)
+        else:
+            os.write(ready_fd, b"1")
+            os.close(ready_fd)
+
+    async def main() -> None:
+        await run_until_signalled(lambda: listeners.start(listen, admin, reuse_port=reuse_port), listeners.stop,
+                                  ready)
+
+    try:
+        run(main())
+    except OSError as exc:
+        print(f"phantom-token: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    except PhantomTokenError as exc:  # e.g. discovery failed, a key file vanished since the check
+        print(f"phantom-token: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+class Supervisor:
+    """Runs ``workers`` processes on one port (SO_REUSEPORT); restarts one that dies; SIGTERM stops all.
+
+    Only the first worker runs the admin listener, so /metrics shows that worker's counters.
+    """
+
+    def __init__(self, settings: Settings, command: str, listen: str, admin: str | None, workers: int) -> None:
+        self.settings, self.command, self.listen, self.admin, self.workers = settings, command, listen, admin, workers
+        self.children: dict[int, int] = {}  # pid -> worker index
+        self.stopping = False
+
+    def _spawn(self, index: int, ready_fd: int | None) -> None:
+        pid = os.fork()
+        if pid == 0:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            admin = self.admin if index == 0 else None
+            os._exit(worker(self.settings, self.command, self.listen, admin, reuse_port=True, ready_fd=ready_fd))
+        self.children[pid] = index
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        read_fd, write_fd = os.pipe()
+        for index in range(self.workers):
+            self._spawn(index, write_fd)
+        os.close(write_fd)
+        ready = 0
+        while ready < self.workers:
+            chunk = os.read(read_fd, self.workers)
+            if not chunk:
+                break
+            ready += len(chunk)
+        os.close(read_fd)
+        if ready < self.workers:
+            self._stop(signal.SIGTERM, None)
+            self._reap()
+            return 1
+        urls = [display(*parse_listen(self.listen))] + ([display(*parse_listen(self.admin))] if self.admin else [])
+        announce(self.command, urls)
+        return self._reap()
+
+    def _reap(self) -> int:
+        status = 0
+        while self.children:
+            try:
+                pid, code = os.wait()
+            except ChildProcessError:
+                break
+            except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+                continue
+            index = self.children.pop(pid, None)
+            if index is None:
+                continue
+            if os.waitstatus_to_exitcode(code) != 0:
+                status = 1
+            if not self.stopping:
+                print(f"phantom-token: worker {index} (pid {pid}) exited; starting a new one", file=sys.stderr)
+                self._spawn(index, None)
+        return 0 if self.stopping else status
+
+    def _stop(self, _signum: int, _frame: object) -> None:
+        self.stopping = True
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+
+__all__ = ["Listeners", "Supervisor", "announce", "run", "run_until_signalled", "worker"]
