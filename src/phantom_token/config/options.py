@@ -1,0 +1,156 @@
+"""How an option is declared, once: the plugin's ``config`` options and the ``phantom_token:`` section's.
+
+Internal to ``phantom_token.config``. An ``Option`` gives a YAML key (the same name as its settings dataclass
+field), its kind and bounds, how the documentation shows its type and default when the kind does not say it, and
+its one-line meaning. An ``OptionTable`` is the options of one settings dataclass, in documentation order.
+
+Derived from the tables, never written again: the loader's known-field sets (``OptionTable.names``), the value a
+missing option falls back to, the range checks of integers and numbers, and the options tables of
+``docs/configuration.md`` (``render``; ``python -m phantom_token.config.docs`` rewrites them).
+
+Invariants:
+- A default is written in one place: the settings dataclass field (``config/settings.py``, compiled by mypyc as
+  plain literals). ``OptionTable`` reads it from there; it is never repeated in an ``Option``.
+- An ``OptionTable`` covers its dataclass exactly: every declared option is a field, and every field except the
+  ones named in ``not_options`` is declared. Building a table that breaks this raises at import, so neither side
+  can drift without every test failing.
+- Readers keep ``Block``'s rules: a problem is recorded and the default returned; values never reach a message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import MISSING, dataclass, fields
+from ipaddress import IPv4Network, IPv6Network
+from typing import Literal
+
+from phantom_token.config.fields import Block
+
+__all__ = ["Option", "OptionTable", "render", "show_choices"]
+
+Kind = Literal["text", "flag", "integer", "number", "custom", "section"]
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One option: its key, kind, bounds and documentation (its default is the settings field's)."""
+
+    name: str
+    kind: Kind
+    doc: str  # the documentation's meaning column (Markdown, one line)
+    low: int | None = None  # integer: the smallest allowed value
+    high: int | None = None  # integer: the largest allowed value; None: no upper bound
+    non_empty: bool = False  # text: blank is refused
+    choices: tuple[str, ...] = ()  # text: the allowed values (checked by the section's parser, in its order)
+    shown_type: str = ""  # the documentation's type column when kind, bounds and choices do not say it
+    shown_default: str = ""  # the documentation's default column when the field's default does not say it
+    table: OptionTable | None = None  # kind 'section': the options of the nested mapping
+
+    def type_text(self) -> str:
+        """The documentation's type column."""
+        if self.shown_type:
+            return self.shown_type
+        if self.choices:
+            return show_choices(self.choices)
+        if self.kind == "flag":
+            return "bool"
+        if self.kind == "number":
+            return "number > 0"
+        if self.kind == "integer":
+            return f"int ≥ {self.low}" if self.high is None else f"int {self.low}..{self.high}"
+        return "non-empty string" if self.non_empty else "string"
+
+
+def show_choices(choices: Iterable[str]) -> str:
+    """Allowed values as the documentation lists them: `a`, `b`, `c`."""
+    return ", ".join(f"`{choice}`" for choice in choices)
+
+
+class OptionTable:
+    """The options of one settings dataclass, with the defaults read from that dataclass's fields."""
+
+    def __init__(
+        self, settings: type, prefix: str, options: Iterable[Option], *, not_options: Iterable[str] = ()
+    ) -> None:
+        self.prefix = prefix  # how the documentation names them: '' or 'cache.'
+        self.options = tuple(options)
+        self.by_name = {option.name: option for option in self.options}
+        self.names = frozenset(self.by_name)  # the known fields of the mapping
+        declared = {f.name: f.default for f in fields(settings)}
+        missing = set(declared) - self.names - set(not_options)
+        extra = self.names - set(declared)
+        if missing or extra or len(self.by_name) != len(self.options):
+            raise RuntimeError(f"{settings.__name__}: undeclared {sorted(missing)}, not fields {sorted(extra)}")
+        self.defaults: dict[str, object] = {name: declared[name] for name in self.names}
+
+    def default(self, name: str) -> object:
+        """The settings field's default (``dataclasses.MISSING`` for a required field)."""
+        return self.defaults[name]
+
+    def text(self, block: Block, name: str, *, required: bool = False) -> str | None:
+        """A string option; missing (or blank with a non-blank default): the default."""
+        option = self.by_name[name]
+        value = block.text(name, required=required, non_empty=option.non_empty)
+        default = self.defaults[name]
+        if value or not isinstance(default, str):
+            return value
+        return default
+
+    def word(self, block: Block, name: str) -> str:
+        """A string option with a string default: missing or blank gives the default."""
+        value = self.text(block, name)
+        assert value is not None, f"{name} has no string default"
+        return value
+
+    def flag(self, block: Block, name: str) -> bool:
+        default = self.defaults[name]
+        assert isinstance(default, bool)
+        return block.flag(name, default)
+
+    def integer(self, block: Block, name: str) -> int:
+        option = self.by_name[name]
+        default = self.defaults[name]
+        assert isinstance(default, int)
+        assert option.low is not None
+        return block.integer(name, default, option.low, option.high)
+
+    def number(self, block: Block, name: str) -> float:
+        default = self.defaults[name]
+        assert isinstance(default, float)
+        return block.number(name, default)
+
+    def rows(self) -> Iterator[tuple[str, Option, object]]:
+        """(documented name, option, default) in documentation order, nested tables in their place."""
+        for option in self.options:
+            if option.table is not None:
+                yield from option.table.rows()
+            else:
+                yield self.prefix + option.name, option, self.defaults[option.name]
+
+
+def _show_default(option: Option, default: object) -> str:
+    if option.shown_default:
+        return option.shown_default
+    if isinstance(default, bool):
+        return "true" if default else "false"
+    if isinstance(default, int):
+        return str(default)
+    if isinstance(default, float):
+        return f"{default:g}"
+    if isinstance(default, str):
+        return f"`{default}`"
+    if isinstance(default, tuple) and default and all(isinstance(n, IPv4Network | IPv6Network) for n in default):
+        return "`[" + ", ".join(str(network) for network in default) + "]`"
+    if default is None or default == ():
+        return "none"
+    raise ValueError(f"{option.name}: no way to show its default; declare shown_default")
+
+
+def render(table: OptionTable) -> str:
+    """The Markdown table of ``docs/configuration.md`` for these options (no trailing newline)."""
+    lines = ["| option | type | default | meaning |", "|---|---|---|---|"]
+    for name, option, default in table.rows():
+        if default is MISSING and not option.shown_default:
+            raise ValueError(f"{name}: a required option needs shown_default")
+        lines.append(f"| `{name}` | {option.type_text()} | {_show_default(option, default)} | {option.doc} |")
+    return "\n".join(lines)
