@@ -1,4 +1,7 @@
-"""The option declarations (config/options.py and its tables): docs, defaults, bounds, the auth-method list."""
+"""The option declarations (config/options.py and its tables): docs, defaults, bounds, the auth-method list.
+
+Every table is checked the same way, so a bound or default declared once is enforced and documented as declared.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,10 @@ from typing import Any
 import pytest
 
 from phantom_token.config import docs
+from phantom_token.config.kong import SERVICE_FIELDS
+from phantom_token.config.kong_routes import PLUGIN_FIELDS, ROUTE_FIELDS
 from phantom_token.config.loader import parse_settings
-from phantom_token.config.options import Option, OptionTable
+from phantom_token.config.options import Option, OptionTable, kong_field
 from phantom_token.config.plugin_options import PLUGIN_OPTIONS
 from phantom_token.config.process_options import CACHE_OPTIONS, JWT_OPTIONS, SECTION_OPTIONS
 from phantom_token.config.settings import (
@@ -18,6 +23,7 @@ from phantom_token.config.settings import (
     CacheSettings,
     JwtSettings,
     PluginConfig,
+    Route,
     Settings,
 )
 from phantom_token.core.errors import ConfigError
@@ -78,8 +84,8 @@ def test_every_option_appears_in_the_documentation_with_its_settings_default() -
     assert f"| `cache.max_entries` | int ≥ 1 | {CacheSettings().max_entries} |" in text
     assert f"| `jwt.max_lifetime_seconds` | int 1..86400 | {JwtSettings().max_lifetime_seconds} |" in text
     for table in (PLUGIN_OPTIONS, SECTION_OPTIONS):
-        for name, _, _ in table.rows():
-            assert f"| `{name}` |" in text
+        for names, _, _ in table.rows():
+            assert f"| `{names[0]}` |" in text
 
 
 # ----------------------------------------------------------------------------------- declarations and settings
@@ -142,8 +148,8 @@ def _place(name: str, value: object, plugin: bool) -> tuple[dict[str, Any], str,
 
 
 def _ranged() -> list[tuple[str, Option, bool]]:
-    out = [(name, option, True) for name, option, _ in PLUGIN_OPTIONS.rows()]
-    out += [(name, option, False) for name, option, _ in SECTION_OPTIONS.rows()]
+    out = [(names[0], option, True) for names, option, _ in PLUGIN_OPTIONS.rows()]
+    out += [(names[0], option, False) for names, option, _ in SECTION_OPTIONS.rows()]
     return [row for row in out if row[1].kind in ("integer", "number", "flag")]
 
 
@@ -184,3 +190,61 @@ def test_client_auth_methods_are_one_list() -> None:
     why = "must be one of " + ", ".join(CLIENT_AUTH_METHODS)
     found = problems(document({"client_auth_method": "client_secret_jwt"}))
     assert found == [(where, "config.client_auth_method", why)]
+
+
+# ------------------------------------------------------------------------------------ Kong's entities, declared
+
+
+def _kong_ranged() -> list[tuple[str, str, Option]]:
+    out = []
+    for entity, table in (("service", SERVICE_FIELDS), ("route", ROUTE_FIELDS), ("plugin", PLUGIN_FIELDS)):
+        for names, option, _ in table.rows():
+            out += [(entity, name, option) for name in names if option.kind in ("integer", "flag")]
+    return out
+
+
+def _kong_place(entity: str, name: str, value: object) -> tuple[dict[str, Any], str]:
+    doc = document()
+    service = doc["services"][0]
+    target = {"service": service, "route": service["routes"][0], "plugin": service["plugins"][0]}[entity]
+    if name == "port":  # instead of url
+        del service["url"]
+        service["host"] = "127.0.0.1"
+    target[name] = value
+    return doc, {"service": "service 'api'", "route": "service 'api' / route 'r'", "plugin": PLUGIN_WHERE}[entity]
+
+
+PLUGIN_WHERE = "service 'api' / plugin 'phantom-token'"
+
+
+@pytest.mark.parametrize(("entity", "name", "option"), _kong_ranged(), ids=[f"{r[0]}.{r[1]}" for r in _kong_ranged()])
+def test_every_declared_kong_bound_and_default_holds(entity: str, name: str, option: Option) -> None:
+    if option.kind == "flag":
+        bad: list[tuple[object, str]] = [("yes", "expected true or false, got a string")]
+    else:
+        assert option.low is not None
+        why = f"must be at least {option.low}" if option.high is None else f"must be from {option.low} to {option.high}"
+        bad = [(option.low - 1, why), (True, "expected an integer, got a boolean")]
+        if option.high is not None:
+            bad.append((option.high + 1, why))
+    for value, why in bad:
+        doc, where = _kong_place(entity, name, value)
+        assert problems(doc) == [(where, name, why)], value
+    if option.has_default:  # the declared default is a valid value
+        parse_settings(_kong_place(entity, name, option.default)[0], source="f.yml", environ={})
+
+
+def test_route_defaults_are_the_route_dataclass_defaults() -> None:
+    route = parse_settings(document(), source="f.yml", environ={}).routes[0]
+    for name in ("strip_path", "preserve_host", "regex_priority"):
+        assert ROUTE_FIELDS.default(name) == getattr(route, name)
+    assert route == dataclasses.replace(Route(route.name, route.service, route.upstream, paths=route.paths),
+                                        plugin=route.plugin)  # fmt: skip
+
+
+def test_a_name_declared_twice_is_refused() -> None:
+    with pytest.raises(RuntimeError, match="declared twice"):
+        OptionTable(None, "", [kong_field("id", "custom", ""), kong_field("tags", "custom", "", also=("id",))])
+    with pytest.raises(RuntimeError, match="the dataclass field's"):
+        OptionTable(JwtSettings, "jwt.", [*JWT_OPTIONS.options[:-1], kong_field("max_lifetime_seconds", "integer",
+                                                                                   "", default=60, low=1)])

@@ -28,10 +28,11 @@ from phantom_token.config.kong_routes import (
     parse_plugins,
     parse_route,
 )
+from phantom_token.config.options import OptionTable, kong_field
 from phantom_token.config.process_options import parse_section
 from phantom_token.config.settings import Route, Settings, Upstream
 
-__all__ = ["FORMAT_VERSIONS", "parse_document"]
+__all__ = ["FORMAT_VERSIONS", "SERVICE_FIELDS", "parse_document"]
 
 FORMAT_VERSIONS = frozenset({"1.1", "2.1", "3.0"})
 
@@ -107,17 +108,36 @@ def _finish_route(definition: RouteDef, global_plugin: PluginDef | None) -> Rout
 
 # ------------------------------------------------------------------------------------------------ services
 
-_SERVICE_FIELDS = frozenset(
-    {
-        "name", "id", "url", "protocol", "host", "port", "path", "connect_timeout", "read_timeout",
-        "write_timeout", "retries", "tags", "enabled", "routes", "plugins",
-    }
+_PROTOCOLS = ("http", "https")
+SERVICE_FIELDS = OptionTable(
+    None,
+    "",
+    (
+        kong_field("name", "text", "the service's name; unique", shown_default="`#N` (position)"),
+        kong_field("url", "custom", "upstream base URL; the port defaults to 80/443 by scheme; no query, fragment or "
+                   "credentials", shown_type="`http://` or `https://` URL"),
+        kong_field("protocol", "text", "instead of `url` (not together with it)", default="http", choices=_PROTOCOLS),
+        kong_field("host", "text", "instead of `url`; required when `protocol`/`port`/`path` is used", non_empty=True),
+        kong_field("port", "integer", "instead of `url`", default=80, low=1, high=65535,
+                   shown_default="**80**, even for https (Kong's default)"),
+        kong_field("path", "text", "instead of `url`: the base path requests are joined to", default="/",
+                   shown_type="string starting with `/`"),
+        kong_field("enabled", "flag", "`false`: the service's routes are not routed at all (404)", default=True),
+        kong_field("routes", "custom", "see below", shown_type="list", also=("plugins",)),
+        kong_field("id", "custom", "accepted and ignored", also=("tags",)),
+        kong_field("connect_timeout", "integer", "validated, **not used yet**: the process-wide "
+                   "`upstream_connect_timeout_seconds` / `upstream_timeout_seconds` apply",
+                   also=("read_timeout", "write_timeout"), default=60_000, low=1, high=2**31 - 2,
+                   shown_type=f"int ms, 1..{2**31 - 2}"),
+        kong_field("retries", "integer", "validated, not used (the gateway does not retry)", default=5, low=0,
+                   high=32767),
+    ),
+    header="field",
 )  # fmt: skip
 _UNSUPPORTED_SERVICE = {
     key: f"Kong's service {key} is not supported by phantom-token"
     for key in ("tls_verify", "tls_verify_depth", "ca_certificates", "client_certificate")
 }
-_TIMEOUT_MAX = 2**31 - 2
 
 
 def _parse_service(ctx: Context, raw: object, index: int, version: str) -> tuple[ServiceDef, list[RouteDef]] | None:
@@ -127,14 +147,15 @@ def _parse_service(ctx: Context, raw: object, index: int, version: str) -> tuple
         return None
     name = raw.get("name") if isinstance(raw.get("name"), str) and raw.get("name") else None
     label = f"service '{name}'" if name else f"service #{index + 1}"
-    block = Block(ctx, label, raw, _SERVICE_FIELDS, unsupported=_UNSUPPORTED_SERVICE)
+    fields = SERVICE_FIELDS
+    block = Block(ctx, label, raw, fields.names, unsupported=_UNSUPPORTED_SERVICE)
     block.text("name")
     block.accept("id")
     block.accept("tags", many=True)
     for key in ("connect_timeout", "read_timeout", "write_timeout"):  # milliseconds; not used yet
-        block.integer(key, 60_000, 1, _TIMEOUT_MAX)
-    block.integer("retries", 5, 0, 32767)
-    enabled = block.flag("enabled", True)
+        fields.integer(block, key)
+    fields.integer(block, "retries")
+    enabled = fields.flag(block, "enabled")
     upstream = _parse_upstream(block)
     refs = {n for n in (name, raw.get("id")) if isinstance(n, str) and n}
     service = ServiceDef(label, name or f"#{index + 1}", frozenset(refs), upstream, enabled)
@@ -160,12 +181,13 @@ def _parse_upstream(block: Block) -> Upstream | None:
         if block.ctx.require_upstream:
             block.problem("url", "is required (the upstream API's base URL, e.g. http://127.0.0.1:3001)")
         return None
-    protocol = block.text("protocol") or "http"
-    if protocol not in ("http", "https"):
-        block.problem("protocol", "must be http or https")
-    host = block.text("host", required=True, non_empty=True)
-    port = block.integer("port", 80, 1, 65535)  # Kong's default is 80 whatever the protocol
-    path = block.text("path") or "/"
+    fields = SERVICE_FIELDS
+    protocol = fields.word(block, "protocol")
+    if protocol not in _PROTOCOLS:
+        block.problem("protocol", "must be " + " or ".join(_PROTOCOLS))
+    host = fields.text(block, "host", required=True)
+    port = fields.integer(block, "port")  # Kong's default is 80 whatever the protocol
+    path = fields.word(block, "path")
     if not path.startswith("/"):
         block.problem("path", "must start with '/'")
     return Upstream(protocol, host.lower(), port, path) if host else None

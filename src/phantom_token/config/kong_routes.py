@@ -19,18 +19,28 @@ import logging
 import re
 from dataclasses import dataclass, field
 from dataclasses import fields as dataclasses_fields
-from typing import Any, TypeVar
+from typing import Any
 
 from phantom_token.config.fields import Block, Context, type_name
+from phantom_token.config.options import OptionTable, kong_field
 from phantom_token.config.plugin_options import parse_plugin_config
 from phantom_token.config.settings import HeaderCondition, PluginConfig, Route, Upstream
 
-__all__ = ["PLUGIN_NAME", "PluginDef", "RouteDef", "ServiceDef", "only_one", "parse_plugins", "parse_route"]
+__all__ = [
+    "PLUGIN_FIELDS",
+    "PLUGIN_NAME",
+    "ROUTE_FIELDS",
+    "PluginDef",
+    "RouteDef",
+    "ServiceDef",
+    "only_one",
+    "parse_plugins",
+    "parse_route",
+]
 
 log = logging.getLogger("phantom_token.config")
 
 PLUGIN_NAME = "phantom-token"
-T = TypeVar("T")
 _ROUTE_DEFAULTS = {f.name: f.default for f in dataclasses_fields(Route)}  # Kong's defaults, written in Route
 
 
@@ -70,15 +80,55 @@ class RouteDef:
 
 # -------------------------------------------------------------------------------------------------- routes
 
-_ROUTE_FIELDS = frozenset(
-    {
-        "name", "id", "paths", "methods", "hosts", "headers", "strip_path", "preserve_host", "protocols",
-        "https_redirect_status_code", "regex_priority", "path_handling", "request_buffering",
-        "response_buffering", "tags", "snis", "sources", "destinations", "plugins",
-    }
+_REDIRECT_CODES = (426, 301, 302, 307, 308)  # Kong's default first
+ROUTE_FIELDS = OptionTable(
+    None,
+    "",
+    (
+        kong_field("name", "text", "unique across the file", shown_default="`SERVICE/#N`"),
+        kong_field("paths", "custom",
+                   "a plain path is a **string** prefix of the raw request path (as in Kong, `/api` also matches "
+                   "`/apiv2`; case-sensitive). A path starting with `~` is a regex matched at the start of the path "
+                   "(`~/users/\\d+`). In a `'1.1'`/`'2.1'` file, a path with characters outside `A-Za-z0-9.-_~/%` is "
+                   "a regex without the `~`, as Kong 3 reads such files. PCRE named groups `(?<name>…)` are accepted.",
+                   shown_type="list of strings", shown_default="any path"),
+        kong_field("methods", "custom", "the request method is one of them", shown_type="list of upper-case names",
+                   shown_default="any method"),
+        kong_field("hosts", "custom",
+                   "the Host header (without port, case-insensitive) equals one, or matches `*.example.com` (one or "
+                   "more labels in front) or `example.*` (one or more labels after). A port in a host is refused.",
+                   shown_type="list", shown_default="any host"),
+        kong_field("headers", "custom",
+                   "the request must have each header, and one of its values must equal a literal "
+                   "(case-insensitively) or be found by a regex: a value starting with `~*` is a case-insensitive "
+                   "regex (`re.search`). `host` is refused (use `hosts`). Kong treats `~*` as a regex only when it is "
+                   "the list's single value; here every `~*` value is one.",
+                   shown_type="mapping name → list of values"),
+        kong_field("strip_path", "flag",
+                   "remove the matched path from the request before joining it to the service path",
+                   default=_ROUTE_DEFAULTS["strip_path"]),
+        kong_field("preserve_host", "flag", "send the client's Host header upstream instead of the service's host",
+                   default=_ROUTE_DEFAULTS["preserve_host"]),
+        kong_field("regex_priority", "integer", "orders regex paths against each other (higher first)",
+                   default=_ROUTE_DEFAULTS["regex_priority"], low=-(2**31), high=2**31 - 1),
+        kong_field("path_handling", "text", "`v1` is refused (only Kong's default `v0` join is implemented)",
+                   default="v0", shown_type="`v0`"),
+        kong_field("plugins", "custom", "a route plugin replaces the service's for this route only",
+                   shown_type="list"),
+        kong_field("protocols", "custom",
+                   "accepted; a warning is logged when it does not include `http` (the route is still matched)",
+                   shown_type="list of Kong protocols"),
+        kong_field("https_redirect_status_code", "integer", "accepted and ignored", default=_REDIRECT_CODES[0], low=0,
+                   shown_type=", ".join(str(code) for code in _REDIRECT_CODES)),
+        kong_field("request_buffering", "flag", "accepted and ignored (bodies always stream)",
+                   also=("response_buffering",)),
+        kong_field("snis", "custom", "accepted and ignored (they do not apply to plain HTTP routes); a warning is "
+                   "logged when set", shown_type="list", also=("sources", "destinations")),
+        kong_field("id", "custom", "accepted and ignored", also=("tags",)),
+    ),
+    header="field",
 )  # fmt: skip
 _KONG_PROTOCOLS = frozenset({"http", "https", "grpc", "grpcs", "tcp", "tls", "udp", "tls_passthrough", "ws", "wss"})
-_REDIRECT_CODES = frozenset({426, 301, 302, 307, 308})
 _METHOD = re.compile(r"[A-Z]+")
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]+")
 _HOST = re.compile(r"(\*\.)?[a-z0-9_-]+(\.[a-z0-9_-]+)*(\.\*)?|\[[0-9a-f:.]+\]")
@@ -100,16 +150,17 @@ def parse_route(
         return None
     name = raw.get("name") if isinstance(raw.get("name"), str) and raw.get("name") else None
     where = f"{where_prefix}route '{name}'" if name else f"{where_prefix}route #{index + 1}"
-    known = _ROUTE_FIELDS if nested else _ROUTE_FIELDS | {"service"}
+    fields = ROUTE_FIELDS
+    known = fields.names if nested else fields.names | {"service"}
     block = Block(ctx, where, raw, known)
     block.text("name")
     block.accept("id")
     block.accept("tags", "snis", "sources", "destinations", many=True)
     block.accept("request_buffering", "response_buffering", kind=bool)
     _check_protocols(block)
-    code = block.integer("https_redirect_status_code", 426, 0)
+    code = fields.integer(block, "https_redirect_status_code")
     if code not in _REDIRECT_CODES:
-        block.problem("https_redirect_status_code", "must be one of 426, 301, 302, 307, 308")
+        block.problem("https_redirect_status_code", "must be one of " + ", ".join(map(str, _REDIRECT_CODES)))
     handling = block.text("path_handling")
     if handling not in (None, "v0", "v1"):
         block.problem("path_handling", "must be v0 or v1")
@@ -133,9 +184,9 @@ def parse_route(
         methods=frozenset(methods),
         hosts=tuple(hosts),
         headers=tuple(headers),
-        strip_path=block.flag("strip_path", _route_default("strip_path", bool)),
-        preserve_host=block.flag("preserve_host", _route_default("preserve_host", bool)),
-        regex_priority=block.integer("regex_priority", _route_default("regex_priority", int), -(2**31), 2**31 - 1),
+        strip_path=fields.flag(block, "strip_path"),
+        preserve_host=fields.flag(block, "preserve_host"),
+        regex_priority=fields.integer(block, "regex_priority"),
     )
     definition = RouteDef(
         where, route, service, ref_names=frozenset(n for n in (name, raw.get("id")) if isinstance(n, str))
@@ -143,12 +194,6 @@ def parse_route(
     for plugin in parse_plugins(ctx, block.items("plugins"), where, nested=True):
         definition.plugin = only_one(ctx, definition.plugin, plugin)
     return definition
-
-
-def _route_default(name: str, kind: type[T]) -> T:
-    value = _ROUTE_DEFAULTS[name]
-    assert isinstance(value, kind)
-    return value
 
 
 def _check_protocols(block: Block) -> None:
@@ -247,7 +292,21 @@ def _headers(block: Block) -> list[HeaderCondition]:
 
 # ------------------------------------------------------------------------------------------------- plugins
 
-_PLUGIN_FIELDS = frozenset({"name", "id", "config", "enabled", "protocols", "tags", "instance_name", "ordering"})
+PLUGIN_FIELDS = OptionTable(
+    None,
+    "",
+    (
+        kong_field("name", "custom", "", shown_type=f"`{PLUGIN_NAME}`", shown_default="required"),
+        kong_field("config", "custom", "below", shown_type="mapping", shown_default="required"),
+        kong_field("enabled", "flag", "`false`: the plugin is validated, then ignored (a disabled route plugin does "
+                   "not hide the service's)", default=True),
+        kong_field("service", "custom", "top-level plugins only: where it applies", also=("route",),
+                   shown_type="name, `{name: …}` or id"),
+        kong_field("protocols", "custom", "accepted and ignored", also=("tags", "instance_name", "id", "ordering")),
+    ),
+    header="field",
+)  # fmt: skip
+_TOP_LEVEL_ONLY = frozenset({"service", "route"})
 
 
 def parse_plugins(ctx: Context, raws: list[Any], owner: str, *, nested: bool) -> list[PluginDef]:
@@ -266,7 +325,7 @@ def _parse_plugin(ctx: Context, raw: object, owner: str, index: int, *, nested: 
         return None
     name = raw.get("name")
     where = f"{prefix}plugin '{name}'" if isinstance(name, str) and name else f"{prefix}plugin #{index + 1}"
-    known = _PLUGIN_FIELDS if nested else _PLUGIN_FIELDS | {"service", "route"}
+    known = PLUGIN_FIELDS.names - _TOP_LEVEL_ONLY if nested else PLUGIN_FIELDS.names
     unsupported = {"consumer": "consumer-scoped plugins are not supported by phantom-token"}
     block = Block(ctx, where, raw, known, unsupported=unsupported)
     plugin_name = block.text("name", required=True)
@@ -279,7 +338,7 @@ def _parse_plugin(ctx: Context, raw: object, owner: str, index: int, *, nested: 
     block.accept("tags", many=True)
     block.accept("ordering", kind=dict)
     block.texts("protocols")
-    enabled = block.flag("enabled", True)
+    enabled = PLUGIN_FIELDS.flag(block, "enabled")
     config_raw = block.mapping("config", required=True)
     config = parse_plugin_config(ctx, where, config_raw) if config_raw is not None else None
     plugin = PluginDef(where, config if enabled else None, enabled)
