@@ -45,6 +45,7 @@ _TOP_LEVEL = frozenset(
 _KONG_ENTITIES = ("consumers", "upstreams", "targets", "certificates", "ca_certificates", "snis", "vaults")
 _UNSUPPORTED_TOP = {key: f"Kong {key} are not supported by phantom-token" for key in _KONG_ENTITIES}
 
+
 def parse_document(ctx: Context, document: object) -> Settings | None:
     """The whole document as ``Settings`` (unusable if ``ctx`` has problems); None when it is not a document."""
     if document is None:
@@ -109,6 +110,8 @@ def _finish_route(definition: RouteDef, global_plugin: PluginDef | None) -> Rout
 # ------------------------------------------------------------------------------------------------ services
 
 _PROTOCOLS = ("http", "https")
+_KONG_PORT = 80  # Kong's default port, whatever the protocol
+_TIMEOUT_MAX = 2**31 - 2  # Kong's largest timeout (milliseconds)
 SERVICE_FIELDS = OptionTable(
     None,
     "",
@@ -118,8 +121,8 @@ SERVICE_FIELDS = OptionTable(
                    "credentials", shown_type="`http://` or `https://` URL"),
         kong_field("protocol", "text", "instead of `url` (not together with it)", default="http", choices=_PROTOCOLS),
         kong_field("host", "text", "instead of `url`; required when `protocol`/`port`/`path` is used", non_empty=True),
-        kong_field("port", "integer", "instead of `url`", default=80, low=1, high=65535,
-                   shown_default="**80**, even for https (Kong's default)"),
+        kong_field("port", "integer", "instead of `url`", default=_KONG_PORT, low=1, high=65535,
+                   shown_default=f"**{_KONG_PORT}**, even for https (Kong's default)"),
         kong_field("path", "text", "instead of `url`: the base path requests are joined to", default="/",
                    shown_type="string starting with `/`"),
         kong_field("enabled", "flag", "`false`: the service's routes are not routed at all (404)", default=True),
@@ -127,8 +130,8 @@ SERVICE_FIELDS = OptionTable(
         kong_field("id", "custom", "accepted and ignored", also=("tags",)),
         kong_field("connect_timeout", "integer", "validated, **not used yet**: the process-wide "
                    "`upstream_connect_timeout_seconds` / `upstream_timeout_seconds` apply",
-                   also=("read_timeout", "write_timeout"), default=60_000, low=1, high=2**31 - 2,
-                   shown_type=f"int ms, 1..{2**31 - 2}"),
+                   also=("read_timeout", "write_timeout"), default=60_000, low=1, high=_TIMEOUT_MAX,
+                   shown_type=f"int ms, 1..{_TIMEOUT_MAX}"),
         kong_field("retries", "integer", "validated, not used (the gateway does not retry)", default=5, low=0,
                    high=32767),
     ),

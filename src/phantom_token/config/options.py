@@ -7,7 +7,7 @@ does not say it, and its one-line meaning. An ``OptionTable`` is the options of 
 order: of one settings dataclass, or (Kong's entities, which no dataclass mirrors) standing alone.
 
 Derived from the tables, never written again: the loader's known-field sets (``OptionTable.names``), the value a
-missing option falls back to, the range checks of integers and numbers, and the options tables of
+missing option falls back to, the range checks of integers and numbers, and the field and option tables of
 ``docs/configuration.md`` (``render``; ``python -m phantom_token.config.docs`` rewrites them).
 
 Invariants:
@@ -30,12 +30,14 @@ from phantom_token.config.fields import Block
 
 __all__ = ["Option", "OptionTable", "kong_field", "render", "show_choices"]
 
+# How the value is read: ``OptionTable.text``/``word``, ``flag``, ``integer``, ``number``; 'custom': by its own code
+# (lists, URLs, references to other entities); 'section': a nested mapping with a table of its own.
 Kind = Literal["text", "flag", "integer", "number", "custom", "section"]
 
 
 @dataclass(frozen=True, slots=True)
 class Option:
-    """One option: its key, kind, bounds and documentation (its default is the settings field's)."""
+    """One option: its key, kind, bounds and documentation; its default is the settings field's (see ``kong_field``)."""
 
     name: str
     kind: Kind
