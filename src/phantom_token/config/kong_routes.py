@@ -145,6 +145,7 @@ def parse_route(
     *,
     nested: bool,
 ) -> RouteDef | None:
+    """One route (``nested``: inside a service, else top-level with ``service:``), its own plugin attached."""
     if not isinstance(raw, dict):
         ctx.problem(f"{where_prefix}route #{index + 1}", "", f"expected a mapping, got {type_name(raw)}")
         return None
