@@ -248,3 +248,37 @@ def test_a_name_declared_twice_is_refused() -> None:
     with pytest.raises(RuntimeError, match="the dataclass field's"):
         OptionTable(JwtSettings, "jwt.", [*JWT_OPTIONS.options[:-1], kong_field("max_lifetime_seconds", "integer",
                                                                                    "", default=60, low=1)])
+
+
+# ---------------------------------------------------------------------------------------------- no value echoed
+
+SECRET = "S3CRET-value-0123456789abcdef0123456789abcdef"
+
+
+def _every_declared_key() -> list[tuple[str, str]]:
+    out = [("plugin config", names[0]) for names, _, _ in PLUGIN_OPTIONS.rows()]
+    out += [("phantom_token", names[0]) for names, _, _ in SECTION_OPTIONS.rows()]
+    for entity, table in (("service", SERVICE_FIELDS), ("route", ROUTE_FIELDS), ("plugin", PLUGIN_FIELDS)):
+        # A service's, route's or plugin's name is how messages say where a problem is: it is not a secret.
+        out += [(entity, name) for names, _, _ in table.rows() for name in names if name != "name"]
+    return out
+
+
+@pytest.mark.parametrize(("where", "name"), _every_declared_key(), ids=[f"{w}:{n}" for w, n in _every_declared_key()])
+def test_no_declared_field_echoes_its_value(where: str, name: str) -> None:
+    env = {"VALUE": SECRET}
+    messages = []
+    for value in (SECRET, [SECRET], {"k": SECRET}, "{vault://env/VALUE}", "{vault://env/VALUE/key}"):
+        if where == "plugin config":
+            doc = document({name: value})
+        elif where == "phantom_token":
+            section, _, key = name.rpartition(".")
+            doc = document(section={section: {key: value}} if section else {name: value})
+        else:
+            doc, _ = _kong_place(where, name, value)
+        try:
+            parse_settings(doc, source="f.yml", environ=env)
+        except ConfigError as err:
+            messages += [str(err), *(str(problem) for problem in err.problems)]
+    assert messages  # some of these values are refused, so there are messages to look at
+    assert [message for message in messages if SECRET in message] == []
