@@ -1,7 +1,8 @@
 """Frozen, typed settings: what the rest of the program sees of the configuration file.
 
 Invariants: every value here has been validated; secrets are already resolved from vault references;
-nothing in here is mutable after start-up.
+nothing in here is mutable after start-up. Every option's default is written here and nowhere else: the option
+tables (``config/plugin_options.py``, ``config/process_options.py``) read them from these fields.
 """
 
 from __future__ import annotations
@@ -11,6 +12,15 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 
 DEFAULT_LISTEN = "127.0.0.1:3000"
+# The plugin's `introspection_response`: Curity's JWT, RFC 7662 JSON, RFC 9701 signed JWT.
+RESPONSE_MODES: tuple[str, ...] = ("jwt", "json", "signed")
+# The plugin's `client_auth_method` (introspection/client_auth.py implements each): the one list of them.
+CLIENT_AUTH_METHODS: tuple[str, ...] = (
+    "client_secret_basic",
+    "client_secret_post",
+    "private_key_jwt",
+    "tls_client_auth",
+)
 # Who may tell `authz` the original request (X-Original-*/X-Forwarded-*) when the file does not say: loopback.
 DEFAULT_TRUSTED_PROXIES: tuple[IPv4Network | IPv6Network, ...] = (IPv4Network("127.0.0.0/8"), IPv6Network("::1/128"))
 
@@ -31,14 +41,14 @@ class PluginConfig:
     introspection_timeout_seconds: float = 5.0
     negative_cache_seconds: int = 5  # how long an inactive answer is remembered; 0: not at all
     # Standards-based authorization servers (docs/authorization-servers/):
-    introspection_response: str = "jwt"  # 'jwt' (Curity), 'json' (RFC 7662) or 'signed' (RFC 9701)
+    introspection_response: str = "jwt"  # one of RESPONSE_MODES
     issuer: str | None = None  # the AS issuer: discovery (RFC 8414) and the `iss` of signed responses
     jwks_uri: str | None = None  # the AS's JWKS (signed mode); discovered from `issuer` when omitted
     audience: str | None = None  # the token's `aud` must contain it
     issuer_allowed: tuple[str, ...] = ()  # the token's `iss` must be one of them; empty: any
     clock_skew_seconds: int = 60
     honor_cache_control: bool = True  # false: ignore the answer's Cache-Control (servers that always say no-store)
-    client_auth_method: str = "client_secret_basic"  # or client_secret_post, private_key_jwt, tls_client_auth
+    client_auth_method: str = "client_secret_basic"  # one of CLIENT_AUTH_METHODS
     client_private_key_file: str | None = None  # private_key_jwt (RFC 7523)
     client_private_key_id: str | None = None  # its `kid`; default: the key's RFC 7638 thumbprint
     client_assertion_audience: str | None = None  # default: `issuer`, else the introspection endpoint

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from phantom_token.config.settings import PluginConfig
+from phantom_token.config.settings import CLIENT_AUTH_METHODS, PluginConfig
 from phantom_token.introspection.rfc7662 import basic_credentials
 from phantom_token.jose import SigningKey
 
-METHODS = frozenset({"client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth"})
+METHODS = frozenset(CLIENT_AUTH_METHODS)
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME_SECONDS = 60
 

@@ -1,0 +1,233 @@
+"""The ``phantom-token`` plugin's ``config`` block: each option declared once, and the rules between them.
+
+Internal to ``phantom_token.config``. ``PLUGIN_OPTIONS`` declares every option (kind, bounds, documentation);
+the defaults are ``PluginConfig``'s. ``parse_plugin_config`` reads one block into a ``PluginConfig``.
+
+Invariants:
+- The rules that tie options together live here: ``introspection_endpoint`` is required unless ``issuer`` is set;
+  ``signed`` needs ``issuer``; ``client_secret`` is required by the ``client_secret_*`` methods; the key and
+  certificate files belong to exactly one method each and are required by it.
+- The files the block names are opened here, at load time (private keys through ``phantom_token.jose``, CA and
+  client certificates through ``ssl``), so a bad file is a configuration problem, not a failure at the first
+  request. Only the error's kind is reported, never the file's content.
+- A block with any problem gives None, never a half-valid ``PluginConfig``; problems are recorded in the order the
+  options are read below (the order ``phantom-token check`` prints them).
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from phantom_token.config.fields import Block, Context
+from phantom_token.config.options import Option, OptionTable
+from phantom_token.config.settings import CLIENT_AUTH_METHODS, RESPONSE_MODES, PluginConfig
+
+__all__ = ["PLUGIN_OPTIONS", "parse_plugin_config", "unusable_private_key"]
+
+_URL = "`http://` or `https://` URL"
+_KEY = "readable PEM private key"
+
+PLUGIN_OPTIONS = OptionTable(
+    PluginConfig,
+    "",
+    (
+        Option("introspection_endpoint", "text", "the introspection endpoint",
+               shown_type=_URL, shown_default="required unless `issuer` is set"),
+        Option("client_id", "text", "the gateway's introspection client", non_empty=True, shown_default="required"),
+        Option("client_secret", "text", "its secret; use a vault reference rather than the file", non_empty=True,
+               shown_default="required for `client_secret_basic`/`_post`"),
+        Option("token_cache_seconds", "integer",
+               "longest time an answer is cached (also capped by `max-age` and the JWT's `exp`)", low=0),
+        Option("scope", "custom", "every listed scope is required; none: no scope check",
+               shown_type="string (space-separated) or list of strings"),
+        Option("verify_ssl", "flag", "`false` skips TLS certificate checks for introspection (development only)"),
+        Option("realm", "text", "adds `realm=\"…\"` to `WWW-Authenticate` challenges",
+               shown_type="printable ASCII without `\"` or `\\`"),
+        Option("run_on_preflight", "flag", "`OPTIONS` requests pass without a token unless true"),
+        Option("max_token_length", "integer", "longer tokens get 401 without introspection", low=1, high=65536),
+        Option("introspection_timeout_seconds", "number", "the introspection call's timeout"),
+        Option("negative_cache_seconds", "integer",
+               "how long an inactive answer is remembered (in memory and Redis, in its own bound); 0: not at all. "
+               "Errors are never cached", low=0, high=3600),
+        Option("introspection_response", "text",
+               "what the AS answers: Curity's JWT, RFC 7662 JSON, RFC 9701 signed JWT "
+               "([authorization servers](authorization-servers/README.md))", choices=RESPONSE_MODES),
+        Option("issuer", "text", "the AS's issuer: discovery of omitted endpoints; required for `signed`",
+               non_empty=True, shown_type="http(s) URL"),
+        Option("jwks_uri", "text", "the AS's JWKS (`signed`)", non_empty=True, shown_type="http(s) URL",
+               shown_default="discovered"),
+        Option("audience", "text", "the token's `aud` must contain it", non_empty=True),
+        Option("issuer_allowed", "custom", "the token's `iss` must be one of them",
+               shown_type="string or list of strings"),
+        Option("clock_skew_seconds", "integer", "tolerance for `nbf` and a signed answer's `iat`", low=0, high=3600),
+        Option("honor_cache_control", "flag", "`false`: ignore the answer's `Cache-Control`"),
+        Option("client_auth_method", "text", "how the gateway authenticates to the AS", choices=CLIENT_AUTH_METHODS),
+        Option("client_private_key_file", "text", "signs the RFC 7523 client assertion", non_empty=True,
+               shown_type=_KEY, shown_default="required for `private_key_jwt`"),
+        Option("client_private_key_id", "text", "the assertion's `kid`", non_empty=True,
+               shown_default="RFC 7638 thumbprint"),
+        Option("client_assertion_audience", "text", "the assertion's `aud`", non_empty=True,
+               shown_type="http(s) URL", shown_default="`issuer`, else the endpoint"),
+        Option("client_cert_file", "text", "the TLS client certificate (RFC 8705)", non_empty=True,
+               shown_type="readable PEM certificate", shown_default="required for `tls_client_auth`"),
+        Option("client_key_file", "text", "the TLS client certificate's private key", non_empty=True,
+               shown_type=_KEY, shown_default="required for `tls_client_auth`"),
+        Option("ca_file", "text", "trust store for every call to the AS", non_empty=True,
+               shown_type="readable PEM CA bundle", shown_default="system store"),
+    ),
+)  # fmt: skip
+_SECRET_METHODS = frozenset(method for method in CLIENT_AUTH_METHODS if method.startswith("client_secret_"))
+_REALM = re.compile(r"[\x20-\x7e]*")
+
+
+def parse_plugin_config(ctx: Context, where: str, raw: Mapping[Any, Any]) -> PluginConfig | None:
+    """One plugin's ``config`` mapping; None (with the problems recorded) when anything in it is wrong."""
+    opts = PLUGIN_OPTIONS
+    block = Block(ctx, where, raw, opts.names, prefix="config.")
+    before = len(ctx.problems)
+    endpoint = opts.text(block, "introspection_endpoint", required=not block.present("issuer"))
+    if endpoint is not None:
+        _check_http_url(block, "introspection_endpoint", endpoint)
+    client_id = opts.text(block, "client_id", required=True)
+    method = opts.word(block, "client_auth_method")
+    client_secret = opts.text(block, "client_secret", required=method in _SECRET_METHODS)
+    realm = opts.text(block, "realm")
+    if realm is not None and (not _REALM.fullmatch(realm) or '"' in realm or "\\" in realm):
+        block.problem("realm", "must be printable ASCII without '\"' or '\\'")
+    config = PluginConfig(
+        introspection_endpoint=endpoint or "",
+        client_id=client_id or "",
+        client_secret=client_secret or "",
+        token_cache_seconds=opts.integer(block, "token_cache_seconds"),
+        scope=_scope(block),
+        verify_ssl=opts.flag(block, "verify_ssl"),
+        realm=realm,
+        run_on_preflight=opts.flag(block, "run_on_preflight"),
+        max_token_length=opts.integer(block, "max_token_length"),
+        introspection_timeout_seconds=opts.number(block, "introspection_timeout_seconds"),
+        negative_cache_seconds=opts.integer(block, "negative_cache_seconds"),
+        **_standards_options(block, method),
+    )
+    return config if len(ctx.problems) == before else None
+
+
+def _check_http_url(block: Block, key: str, url: str) -> None:
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        block.problem(key, "is not a valid URL")
+        return
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        block.problem(key, "must be an http:// or https:// URL with a host")
+    elif parts.fragment:
+        block.problem(key, "must not have a fragment")
+
+
+def _scope(block: Block) -> tuple[str, ...]:
+    raw = block.data.get("scope")
+    if isinstance(raw, list):
+        items = block.texts("scope") or []
+        words = [word for item in items for word in item.split()]
+    else:
+        words = (block.text("scope") or "").split()
+    return tuple(dict.fromkeys(words))  # in order, without repeats
+
+
+# ------------------------------------------------------------- standards-based authorization servers (issue 3)
+
+
+def _standards_options(block: Block, method: str) -> dict[str, Any]:
+    """The plugin options for RFC 7662 / RFC 9701 servers: mode, discovery, claim checks, client authentication."""
+    opts = PLUGIN_OPTIONS
+    mode = opts.word(block, "introspection_response")
+    if mode not in RESPONSE_MODES:
+        block.problem("introspection_response", "must be " + _or(RESPONSE_MODES))
+    urls = {key: opts.text(block, key) for key in ("issuer", "jwks_uri", "client_assertion_audience")}
+    for key, value in urls.items():
+        if value is not None:
+            _check_http_url(block, key, value)
+    issuer = urls["issuer"]
+    if mode == "signed" and issuer is None:
+        block.problem("issuer", "is required when introspection_response is signed (the answer's iss must equal it)")
+    if method not in CLIENT_AUTH_METHODS:
+        block.problem("client_auth_method", "must be one of " + ", ".join(CLIENT_AUTH_METHODS))
+    return {
+        "introspection_response": mode,
+        "issuer": issuer,
+        "jwks_uri": urls["jwks_uri"],
+        "audience": opts.text(block, "audience"),
+        "issuer_allowed": _issuer_allowed(block),
+        "clock_skew_seconds": opts.integer(block, "clock_skew_seconds"),
+        "honor_cache_control": opts.flag(block, "honor_cache_control"),
+        "client_auth_method": method,
+        "client_private_key_file": _private_key_file(block, method),
+        "client_private_key_id": opts.text(block, "client_private_key_id"),
+        "client_assertion_audience": urls["client_assertion_audience"],
+        **_tls_files(block, method),
+    }
+
+
+def _or(choices: tuple[str, ...]) -> str:
+    """'a, b or c'."""
+    return ", ".join(choices[:-1]) + " or " + choices[-1]
+
+
+def _issuer_allowed(block: Block) -> tuple[str, ...]:
+    if isinstance(block.data.get("issuer_allowed"), list):
+        return tuple(block.texts("issuer_allowed") or ())
+    one = block.text("issuer_allowed", non_empty=True)
+    return (one,) if one is not None else ()
+
+
+def _only_for(block: Block, key: str, method: str, wanted: str) -> str | None:
+    value = PLUGIN_OPTIONS.text(block, key)
+    if value is not None and method != wanted:
+        block.problem(key, f"is only used with client_auth_method {wanted}")
+    if value is None and method == wanted:
+        block.problem(key, f"is required with client_auth_method {wanted}")
+    return value
+
+
+def _private_key_file(block: Block, method: str) -> str | None:
+    path = _only_for(block, "client_private_key_file", method, "private_key_jwt")
+    if path is not None and method == "private_key_jwt":
+        why = unusable_private_key(path, None)
+        if why is not None:
+            block.problem("client_private_key_file", why)
+    return path
+
+
+def unusable_private_key(path: str, alg: str | None) -> str | None:
+    """Why the PEM file at ``path`` cannot sign (with ``alg`` when given), or None when it can."""
+    from phantom_token.jose import JoseError, SigningKey
+
+    try:
+        SigningKey.from_pem_file(path, alg)
+    except OSError as exc:
+        return f"cannot read the file: {exc.strerror}"
+    except JoseError:
+        return "is not a PEM private key (EC P-256/384/521, RSA >= 2048 bits or Ed25519) that fits the algorithm"
+    return None
+
+
+def _tls_files(block: Block, method: str) -> dict[str, str | None]:
+    cert = _only_for(block, "client_cert_file", method, "tls_client_auth")
+    key = _only_for(block, "client_key_file", method, "tls_client_auth")
+    ca_file = PLUGIN_OPTIONS.text(block, "ca_file")
+    if ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            block.problem("ca_file", f"is not a readable PEM file of CA certificates ({type(exc).__name__})")
+    if cert is not None and key is not None and method == "tls_client_auth":
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            why = f"with client_key_file, is not a readable PEM certificate and matching key ({type(exc).__name__})"
+            block.problem("client_cert_file", why)
+    return {"client_cert_file": cert, "client_key_file": key, "ca_file": ca_file}

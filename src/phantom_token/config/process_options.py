@@ -1,0 +1,235 @@
+"""The process-wide ``phantom_token:`` section, with its ``cache`` and ``jwt`` subsections: each option once.
+
+Internal to ``phantom_token.config``. ``SECTION_OPTIONS`` (with ``CACHE_OPTIONS`` and ``JWT_OPTIONS`` nested in
+it) declares every option; the defaults are those of ``Settings``, ``CacheSettings`` and ``JwtSettings``.
+``parse_section`` reads the section into ``Settings``, given the routes already parsed.
+
+Invariants:
+- ``jwt.issuer`` is required exactly when some route mints JWTs (``introspection_response`` json or signed), which
+  is why the routes are parsed first.
+- ``cache.encryption_key`` only applies with ``cache.redis_url`` and has at least ``MIN_ENCRYPTION_KEY_CHARS``
+  characters; neither it nor ``redis_url`` (which may carry a password) nor ``admin_token`` ever appears in a
+  message.
+- The key files named in ``jwt`` are opened here, at load time, through ``phantom_token.jose``.
+- Problems are recorded in the order the options are read below (the order ``phantom-token check`` prints them).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from typing import Any
+from urllib.parse import urlsplit
+
+from phantom_token.config.fields import Block, Context
+from phantom_token.config.options import Option, OptionTable
+from phantom_token.config.plugin_options import unusable_private_key
+from phantom_token.config.settings import (
+    DEFAULT_TRUSTED_PROXIES,
+    MIN_ENCRYPTION_KEY_CHARS,
+    CacheSettings,
+    JwtSettings,
+    Route,
+    Settings,
+)
+
+__all__ = ["CACHE_OPTIONS", "JWT_OPTIONS", "LOG_FORMATS", "LOG_LEVELS", "SECTION_OPTIONS", "parse_section"]
+
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+_KEY = "readable PEM private key"
+
+CACHE_OPTIONS = OptionTable(
+    CacheSettings,
+    "cache.",
+    (
+        Option("max_entries", "integer", "entries in the in-memory token cache (least recently used evicted)", low=1),
+        Option("negative_max_entries", "integer",
+               "inactive-token entries in memory, bounded apart so junk tokens cannot evict good ones", low=1),
+        Option("redis_url", "text",
+               "a shared Redis/Valkey behind the in-memory cache ([scaling](scaling.md)); a vault reference is fine",
+               non_empty=True, shown_type=", ".join(f"`{scheme}://`" for scheme in _REDIS_SCHEMES) + " URL",
+               shown_default="off"),
+        Option("key_prefix", "text", "prefix of every Redis key and of the events channel"),
+        Option("encryption_key", "text",
+               "encrypts entries in Redis (AES-256-GCM, key from HKDF-SHA256); use a vault reference",
+               non_empty=True, shown_type=f"string ≥ {MIN_ENCRYPTION_KEY_CHARS} characters", shown_default="off"),
+        Option("redis_timeout_seconds", "number", "per Redis command; a slower Redis is treated as down"),
+    ),
+)  # fmt: skip
+
+JWT_OPTIONS = OptionTable(
+    JwtSettings,
+    "jwt.",
+    (
+        Option("issuer", "text", "`iss` of the JWTs the gateway mints", non_empty=True,
+               shown_default="required when a route uses `json`/`signed`"),
+        Option("key_file", "text", "signs minted JWTs", non_empty=True,
+               shown_type=f"{_KEY} (EC P-256/384/521, RSA ≥ 2048, Ed25519)",
+               shown_default="generated at start, with a warning"),
+        Option("alg", "text", "must fit the key", non_empty=True, shown_type="ES256, ES384, ES512, RS256…PS512, EdDSA",
+               shown_default="from the key"),
+        Option("kid", "text", "`kid` of minted JWTs", non_empty=True, shown_default="RFC 7638 thumbprint"),
+        Option("previous_key_file", "text", "a retired key, still published in the JWKS (never signs)", non_empty=True,
+               shown_type=_KEY),
+        Option("previous_kid", "text", "the retired key's `kid`", non_empty=True),
+        Option("max_lifetime_seconds", "integer",
+               "a minted JWT lives at most this long (and never past the token's `exp`)", low=1, high=86400),
+    ),
+)  # fmt: skip
+
+SECTION_OPTIONS = OptionTable(
+    Settings,
+    "",
+    (
+        Option("listen", "text", "where `serve`/`authz` listen (`--listen` overrides)",
+               shown_type="`HOST:PORT` (IPv6 as `[::1]:3000`)"),
+        Option("admin_listen", "text", "the admin listener", shown_type="`HOST:PORT`", shown_default="off"),
+        Option("admin_token", "text", "bearer token every admin request needs", non_empty=True),
+        Option("workers", "integer", "processes sharing the port", low=1, high=1024),
+        Option("log_format", "text", "how log lines are written: plain text or one JSON object each",
+               choices=LOG_FORMATS),
+        Option("log_level", "text", "any case", choices=LOG_LEVELS),
+        Option("cache", "section", "", table=CACHE_OPTIONS),
+        Option("trusted_proxies", "custom",
+               "who may send `X-Original-*`/`X-Forwarded-*` to `authz`; `[]` trusts nobody. Host bits are ignored "
+               "(`10.1.2.3/8` is `10.0.0.0/8`)", shown_type="list of IPs or CIDRs"),
+        Option("upstream_timeout_seconds", "number", "how long the upstream may take to answer"),
+        Option("upstream_connect_timeout_seconds", "number", "how long connecting to the upstream may take"),
+        Option("max_header_bytes", "integer", "largest request head accepted", low=1024, high=16 * 1024 * 1024),
+        Option("max_body_bytes", "integer",
+               "largest request body `serve` accepts; 0: no limit. A larger `Content-Length` is answered 413 before "
+               "anything goes upstream; a chunked body that grows past it is cut off with 413 (or, once the "
+               "upstream's answer has begun, by closing the connection)", low=0),
+        Option("send_timeout_seconds", "number",
+               "a client that reads nothing of a response for this long is disconnected (nginx's `send_timeout`)"),
+        Option("jwt", "section", "", table=JWT_OPTIONS),
+    ),
+    not_options=("routes", "source"),
+)  # fmt: skip
+_LISTEN = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>[0-9]{1,5})")
+
+
+def parse_section(ctx: Context, raw: Mapping[Any, Any], routes: tuple[Route, ...]) -> Settings:
+    """The ``phantom_token:`` mapping (``{}`` when the file has none) and the routes, as ``Settings``."""
+    opts = SECTION_OPTIONS
+    block = Block(ctx, "phantom_token", raw, opts.names)
+    listen = _listen(block, "listen") or str(opts.default("listen"))
+    admin_listen = _listen(block, "admin_listen")
+    log_format = opts.word(block, "log_format")
+    if log_format not in LOG_FORMATS:
+        block.problem("log_format", "must be " + " or ".join(LOG_FORMATS))
+    log_level = opts.word(block, "log_level").lower()
+    if log_level not in LOG_LEVELS:
+        block.problem("log_level", "must be one of " + ", ".join(LOG_LEVELS))
+    return Settings(
+        routes=routes,
+        source=ctx.source,
+        listen=listen,
+        admin_listen=admin_listen,
+        admin_token=opts.text(block, "admin_token"),
+        workers=opts.integer(block, "workers"),
+        log_format=log_format,
+        log_level=log_level,
+        cache=_cache(block),
+        trusted_proxies=_trusted_proxies(block),
+        upstream_timeout_seconds=opts.number(block, "upstream_timeout_seconds"),
+        upstream_connect_timeout_seconds=opts.number(block, "upstream_connect_timeout_seconds"),
+        max_header_bytes=opts.integer(block, "max_header_bytes"),
+        max_body_bytes=opts.integer(block, "max_body_bytes"),
+        send_timeout_seconds=opts.number(block, "send_timeout_seconds"),
+        jwt=_jwt(block, routes),
+    )
+
+
+def _listen(block: Block, key: str) -> str | None:
+    value = block.text(key)
+    if value is None:
+        return None
+    found = _LISTEN.fullmatch(value)
+    if found is None or int(found["port"]) > 65535:
+        block.problem(key, "must be HOST:PORT (an IPv6 host in brackets: [::1]:3000)")
+        return None
+    host = found["host"]
+    if host.startswith("["):
+        try:
+            ip_address(host[1:-1])
+        except ValueError:
+            block.problem(key, "has an invalid IPv6 address")
+            return None
+    return value
+
+
+def _cache(block: Block) -> CacheSettings:
+    raw = block.mapping("cache")
+    if raw is None:
+        return CacheSettings()
+    opts = CACHE_OPTIONS
+    cache = Block(block.ctx, block.where, raw, opts.names, prefix="cache.")
+    redis_url = opts.text(cache, "redis_url")
+    if redis_url is not None and urlsplit(redis_url).scheme not in _REDIS_SCHEMES:
+        schemes = ", ".join(f"{scheme}://" for scheme in _REDIS_SCHEMES)
+        cache.problem("redis_url", f"must be a URL with one of the schemes {schemes}")
+    encryption_key = opts.text(cache, "encryption_key")
+    if encryption_key is not None and len(encryption_key) < MIN_ENCRYPTION_KEY_CHARS:
+        why = f"must be at least {MIN_ENCRYPTION_KEY_CHARS} characters (e.g. from openssl rand -base64 32)"
+        cache.problem("encryption_key", why)
+    if encryption_key is not None and redis_url is None:
+        cache.problem("encryption_key", "only applies to the shared store: set redis_url too")
+    return CacheSettings(
+        max_entries=opts.integer(cache, "max_entries"),
+        negative_max_entries=opts.integer(cache, "negative_max_entries"),
+        redis_url=redis_url,
+        key_prefix=opts.word(cache, "key_prefix"),
+        encryption_key=encryption_key,
+        redis_timeout_seconds=opts.number(cache, "redis_timeout_seconds"),
+    )
+
+
+def _trusted_proxies(block: Block) -> tuple[IPv4Network | IPv6Network, ...]:
+    items = block.texts("trusted_proxies")
+    if items is None:
+        return DEFAULT_TRUSTED_PROXIES
+    out = []
+    for i, item in enumerate(items):
+        try:
+            out.append(ip_network(item.strip(), strict=False))
+        except ValueError:
+            block.problem(f"trusted_proxies[{i}]", "must be an IP address or a CIDR block")
+    return tuple(out)
+
+
+def _jwt(block: Block, routes: tuple[Route, ...]) -> JwtSettings:
+    """``phantom_token.jwt``: the keys the gateway signs minted JWTs with; ``issuer`` is required if a route mints."""
+    mints = any(route.plugin is not None and route.plugin.mints_jwt for route in routes)
+    raw = block.mapping("jwt")
+    if raw is None:
+        if mints:
+            block.problem("jwt.issuer", "is required when a route sets introspection_response json or signed")
+        return JwtSettings()
+    opts = JWT_OPTIONS
+    jwt = Block(block.ctx, block.where, raw, opts.names, prefix="jwt.")
+    issuer = opts.text(jwt, "issuer", required=mints)
+    from phantom_token.jose import SUPPORTED_ALGORITHMS
+
+    alg = opts.text(jwt, "alg")
+    if alg is not None and alg not in SUPPORTED_ALGORITHMS:
+        jwt.problem("alg", "must be one of " + ", ".join(sorted(SUPPORTED_ALGORITHMS)))
+        alg = None
+    files = {}
+    for key, key_alg in (("key_file", alg), ("previous_key_file", None)):
+        path = files[key] = opts.text(jwt, key)
+        why = unusable_private_key(path, key_alg) if path is not None else None
+        if why is not None:
+            jwt.problem(key, why)
+    return JwtSettings(
+        issuer=issuer,
+        key_file=files["key_file"],
+        alg=alg,
+        kid=opts.text(jwt, "kid"),
+        previous_key_file=files["previous_key_file"],
+        previous_kid=opts.text(jwt, "previous_kid"),
+        max_lifetime_seconds=opts.integer(jwt, "max_lifetime_seconds"),
+    )
