@@ -325,14 +325,18 @@ class SigningKey:
     def verification_key(self) -> VerificationKey:
         return VerificationKey(self._key.public_key(), self.kid, self.alg)
 
-    def sign(self, claims: Mapping[str, Any], headers: Mapping[str, Any] | None = None) -> str:
+    def sign(
+        self, claims: Mapping[str, Any], headers: Mapping[str, Any] | None = None, *, with_kid: bool = True
+    ) -> str:
         """A compact JWS of ``claims``; ``headers`` adds to ``{alg, typ: JWT, kid}`` (and may replace ``typ``).
 
-        ``alg`` and ``kid`` always come from the key, whatever ``headers`` says.
+        ``alg`` and ``kid`` always come from the key, whatever ``headers`` says; ``with_kid=False`` sends no ``kid``.
         """
         header: JsonObject = {"alg": self.alg, "typ": "JWT", "kid": self.kid}
         header.update(headers or {})
         header["alg"], header["kid"] = self.alg, self.kid
+        if not with_kid:
+            del header["kid"]
         signing_input = f"{_json_b64(header)}.{_json_b64(dict(claims))}"
         signature = _sign_bytes(self.alg, self._key, signing_input.encode("ascii"))
         return f"{signing_input}.{b64url_encode(signature)}"
