@@ -29,9 +29,10 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from phantom_token.config.settings import Settings
-from phantom_token.core.jwt import MalformedJwt, read_claims
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
+from phantom_token.jose import MalformedToken as MalformedJwt
+from phantom_token.jose import decode_unverified as read_claims
 
 log = logging.getLogger("phantom_token.asgi")
 
