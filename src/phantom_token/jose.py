@@ -13,7 +13,7 @@ needs and the library does not do, in one place:
 - The algorithm allowlist: ``SUPPORTED_ALGORITHMS`` (asymmetric only: no HMAC, so no key confusion with a public
   key as a secret; never ``none``) intersected with the caller's list. The token never chooses: the key must fit
   the algorithm (key type, EC curve, Ed25519 for EdDSA, RSA >= 2048 bits), a JWK's ``alg`` (when present) must
-  equal it, and a JWK whose ``use`` is not ``sig`` is never a candidate.
+  equal it, and a JWK whose ``use`` is not ``sig`` (or whose ``key_ops`` lack ``verify``) is never a candidate.
 - A header with ``crit`` is refused: no extension is understood (RFC 7515 section 4.1.11); joserfc would accept
   ``b64`` (RFC 7797).
 - Key choice: with a ``kid`` in the header only keys with that ``kid`` are candidates; without one, every key that
@@ -155,6 +155,8 @@ class VerificationKey:
             raise JoseError(f"invalid JWK: {exc}") from exc
         if not isinstance(key, ECKey | RSAKey | OKPKey):  # an oct key: excluded by kty above
             raise JoseError("a symmetric JWK is never a verification key")
+        if "key_ops" in jwk and "verify" not in jwk["key_ops"]:  # joserfc would raise at verification time
+            raise JoseError("the JWK's key_ops do not include verify")
         kid, alg, use = jwk.get("kid"), jwk.get("alg"), jwk.get("use")
         return cls(key, *(v if isinstance(v, str) else None for v in (kid, alg, use)))
 

@@ -301,11 +301,15 @@ def test_jwks_leaves_out_keys_this_module_does_not_verify_with(keys: dict[str, S
     assert [k.kid for k in jose.verification_keys(published)] == [keys["ES256"].kid]
 
 
-def test_encryption_key_is_never_a_candidate(keys: dict[str, SigningKey]) -> None:
+@pytest.mark.parametrize("member", [{"use": "enc"}, {"key_ops": ["sign"]}, {"use": None, "key_ops": ["encrypt"]}])
+def test_a_key_not_for_verifying_is_never_a_candidate(keys: dict[str, SigningKey], member: dict[str, Any]) -> None:
     published = jwks([keys["ES256"]])
-    published["keys"][0]["use"] = "enc"
+    published["keys"][0].update(member)
+    published["keys"][0] = {k: v for k, v in published["keys"][0].items() if v is not None}
     with pytest.raises(UnknownKey):
         verify(keys["ES256"].sign(CLAIMS), published, algorithms=["ES256"])
+    published["keys"][0].update(use="sig", key_ops=["verify"])
+    assert verify(keys["ES256"].sign(CLAIMS), published, algorithms=["ES256"])[1] == CLAIMS
 
 
 def test_crit_b64_refused_too(keys: dict[str, SigningKey]) -> None:
