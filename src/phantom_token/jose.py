@@ -1,16 +1,24 @@
-"""A small JOSE toolkit on ``cryptography``: compact JWS signing and verification, JWKs and JWK Sets.
+"""JOSE for the gateway: compact JWS signing, verification and unverified reading, JWKs and JWK Sets, on joserfc.
 
-Supported algorithms (RFC 7518 section 3, RFC 8037): ES256/ES384/ES512, RS256/RS384/RS512, PS256/PS384/PS512
-and EdDSA (Ed25519).
+joserfc (RFC 7515/7517/7518/7638/8037) does the cryptography: its key classes generate, import and export keys
+(PEM, JWK) and compute RFC 7638 thumbprints; its algorithm objects sign and verify (ECDSA as the raw ``r || s``
+of RFC 7518 section 3.4, never DER; PSS with a digest-long salt). This adapter keeps what the project's contract
+needs and the library does not do, in one place:
 
-Invariants:
-- Only the compact serialization (RFC 7515 section 7.1) exists here: exactly three base64url parts without
-  padding, a JSON object header with a string ``alg``, a JSON object payload. Anything else is ``MalformedToken``.
-- ``verify`` never trusts the token to choose the algorithm: the caller lists the acceptable ones, ``none`` is
-  never acceptable, and the key's type (and its JWK ``alg``, when present) must agree with the header's
-  ``alg``.
-- ECDSA signatures are the raw ``r || s`` octets of RFC 7518 section 3.4, never DER.
-- A header with ``crit`` is refused: no extension is understood (RFC 7515 section 4.1.11).
+- The ONE reader of a compact JWS (``decode_unverified``, also the first step of ``verify``), stricter than joserfc's:
+  exactly three parts of canonical base64url without padding (``b64url_decode``, the one decoder: joserfc's strict
+  one), a JSON object header with a string ``alg``, a JSON object payload, both with unique member names and no
+  ``NaN``/``Infinity``. joserfc keeps the last of duplicate members, so a header could name one ``alg`` to a
+  reader and another to the verifier. Anything else is ``MalformedToken``, the one malformed-token error.
+- The algorithm allowlist: ``SUPPORTED_ALGORITHMS`` (asymmetric only: no HMAC, so no key confusion with a public
+  key as a secret; never ``none``) intersected with the caller's list. The token never chooses: the key must fit
+  the algorithm (key type, EC curve, Ed25519 for EdDSA, RSA >= 2048 bits), a JWK's ``alg`` (when present) must
+  equal it, and a JWK whose ``use`` is not ``sig`` (or whose ``key_ops`` lack ``verify``) is never a candidate.
+- A header with ``crit`` is refused: no extension is understood (RFC 7515 section 4.1.11); joserfc would accept
+  ``b64`` (RFC 7797).
+- Key choice: with a ``kid`` in the header only keys with that ``kid`` are candidates; without one, every key that
+  fits (joserfc's KeySet would name kid-less keys by thumbprint and pick one). JWKs of a type or size this module
+  does not support are ignored in a set (RFC 7517 section 5).
 
 Exception tree::
 
@@ -23,24 +31,24 @@ Exception tree::
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import json
-import re
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+import joserfc.errors
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from joserfc.jwa import JWSAlgModel
+from joserfc.jwk import ECKey, JWKRegistry, OKPKey, RSAKey
+from joserfc.jws import JWSRegistry
+from joserfc.util import json_b64encode, urlsafe_b64decode, urlsafe_b64encode
 
+Key: TypeAlias = ECKey | RSAKey | OKPKey
+"""A joserfc asymmetric key (private or public)."""
 PrivateKey: TypeAlias = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | Ed25519PrivateKey
-PublicKey: TypeAlias = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | Ed25519PublicKey
 JsonObject: TypeAlias = dict[str, Any]
 
 
@@ -66,193 +74,113 @@ class BadSignature(JoseError):
 
 # --- base64url (RFC 7515 section 2: no padding) -------------------------------------------------------------
 
-_B64URL = re.compile(r"[A-Za-z0-9_-]*")
-
 
 def b64url_encode(data: bytes) -> str:
     """base64url without padding."""
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return urlsafe_b64encode(data).decode("ascii")
 
 
 def b64url_decode(text: str) -> bytes:
-    """Strict inverse of ``b64url_encode``: only the URL-safe alphabet, no padding, no whitespace."""
-    if not _B64URL.fullmatch(text) or len(text) % 4 == 1:
-        raise MalformedToken("not base64url without padding")
+    """Strict inverse of ``b64url_encode``: only the URL-safe alphabet, no padding, no whitespace, canonical."""
     try:
-        data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError) as exc:
-        raise MalformedToken("not base64url without padding") from exc
-    if b64url_encode(data) != text:  # non-canonical trailing bits
-        raise MalformedToken("non-canonical base64url")
-    return data
+        return urlsafe_b64decode(text.encode("ascii"))
+    except ValueError as exc:  # binascii.Error, UnicodeEncodeError
+        raise MalformedToken("not canonical base64url without padding") from exc
 
 
-def _int_to_b64(value: int, length: int | None = None) -> str:
-    size = length if length is not None else max(1, (value.bit_length() + 7) // 8)
-    return b64url_encode(value.to_bytes(size, "big"))
+# --- algorithms: the allowlist ------------------------------------------------------------------------------
 
-
-def _b64_to_int(text: object) -> int:
-    if not isinstance(text, str):
-        raise JoseError("JWK member is not a string")
-    return int.from_bytes(b64url_decode(text), "big")
-
-
-# --- algorithms ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Alg:
-    kty: str  # 'EC', 'RSA' or 'OKP'
-    hash: type[hashes.HashAlgorithm] | None
-    curve: str | None = None  # JWK crv for EC and OKP
-    pss: bool = False
-
-
-_ALGORITHMS: dict[str, _Alg] = {
-    "ES256": _Alg("EC", hashes.SHA256, "P-256"),
-    "ES384": _Alg("EC", hashes.SHA384, "P-384"),
-    "ES512": _Alg("EC", hashes.SHA512, "P-521"),
-    "RS256": _Alg("RSA", hashes.SHA256),
-    "RS384": _Alg("RSA", hashes.SHA384),
-    "RS512": _Alg("RSA", hashes.SHA512),
-    "PS256": _Alg("RSA", hashes.SHA256, pss=True),
-    "PS384": _Alg("RSA", hashes.SHA384, pss=True),
-    "PS512": _Alg("RSA", hashes.SHA512, pss=True),
-    "EdDSA": _Alg("OKP", None, "Ed25519"),
+_ALGORITHMS: dict[str, tuple[str, str | None]] = {  # alg -> (JWK kty, crv or None)
+    "ES256": ("EC", "P-256"),
+    "ES384": ("EC", "P-384"),
+    "ES512": ("EC", "P-521"),
+    "RS256": ("RSA", None),
+    "RS384": ("RSA", None),
+    "RS512": ("RSA", None),
+    "PS256": ("RSA", None),
+    "PS384": ("RSA", None),
+    "PS512": ("RSA", None),
+    "EdDSA": ("OKP", "Ed25519"),
 }
 SUPPORTED_ALGORITHMS: frozenset[str] = frozenset(_ALGORITHMS)
-
-_CURVES: dict[str, tuple[type[ec.EllipticCurve], int]] = {
-    "P-256": (ec.SECP256R1, 32),
-    "P-384": (ec.SECP384R1, 48),
-    "P-521": (ec.SECP521R1, 66),
-}
-_CURVE_NAMES = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}  # cryptography name -> crv
+"""Every algorithm this module signs or verifies with: asymmetric only, never ``none`` nor HMAC."""
+_MODELS: dict[str, JWSAlgModel] = {alg: JWSRegistry.algorithms[alg] for alg in _ALGORITHMS}
+"""joserfc's algorithm objects, taken directly (its registry's lookup warns on every EdDSA use: RFC 9864)."""
 MIN_RSA_BITS = 2048
 
 
-def _key_kty(key: PublicKey | PrivateKey) -> tuple[str, str | None]:
-    if isinstance(key, ec.EllipticCurvePublicKey | ec.EllipticCurvePrivateKey):
-        return "EC", _CURVE_NAMES.get(key.curve.name)
-    if isinstance(key, rsa.RSAPublicKey | rsa.RSAPrivateKey):
-        return "RSA", None
-    return "OKP", "Ed25519"
-
-
-def _fits(alg: str, key: PublicKey | PrivateKey) -> bool:
-    spec = _ALGORITHMS[alg]
-    kty, crv = _key_kty(key)
-    return spec.kty == kty and (spec.curve is None or spec.curve == crv)
-
-
-def _pss(spec: _Alg) -> padding.PSS:
-    assert spec.hash is not None
-    return padding.PSS(mgf=padding.MGF1(spec.hash()), salt_length=padding.PSS.DIGEST_LENGTH)  # RFC 7518 3.5
-
-
-def _sign_bytes(alg: str, key: PrivateKey, data: bytes) -> bytes:
-    spec = _ALGORITHMS[alg]
-    if isinstance(key, Ed25519PrivateKey):
-        return key.sign(data)
-    assert spec.hash is not None
-    if isinstance(key, ec.EllipticCurvePrivateKey):
-        r, s = decode_dss_signature(key.sign(data, ec.ECDSA(spec.hash())))
-        size = _CURVES[spec.curve or ""][1]
-        return r.to_bytes(size, "big") + s.to_bytes(size, "big")
-    pad: padding.AsymmetricPadding = _pss(spec) if spec.pss else padding.PKCS1v15()
-    return key.sign(data, pad, spec.hash())
-
-
-def _verify_bytes(alg: str, key: PublicKey, signature: bytes, data: bytes) -> bool:
-    spec = _ALGORITHMS[alg]
-    try:
-        if isinstance(key, Ed25519PublicKey):
-            key.verify(signature, data)
-            return True
-        assert spec.hash is not None
-        if isinstance(key, ec.EllipticCurvePublicKey):
-            size = _CURVES[spec.curve or ""][1]
-            if len(signature) != 2 * size:
-                return False
-            r, s = int.from_bytes(signature[:size], "big"), int.from_bytes(signature[size:], "big")
-            key.verify(encode_dss_signature(r, s), data, ec.ECDSA(spec.hash()))
-            return True
-        pad: padding.AsymmetricPadding = _pss(spec) if spec.pss else padding.PKCS1v15()
-        key.verify(signature, data, pad, spec.hash())
-        return True
-    except InvalidSignature:
+def _fits(alg: str, key: Key) -> bool:
+    kty, crv = _ALGORITHMS[alg]
+    if key.key_type != kty:
         return False
+    if isinstance(key, RSAKey):
+        return key.public_key.key_size >= MIN_RSA_BITS
+    return crv == key.curve_name
 
 
-# --- JWK ----------------------------------------------------------------------------------------------------
+def _default_alg(key: Key) -> str:
+    if isinstance(key, RSAKey):
+        return "RS256"
+    if isinstance(key, OKPKey):
+        return "EdDSA"
+    return {"P-384": "ES384", "P-521": "ES512"}.get(key.curve_name, "ES256")
 
 
-def _public_jwk_members(key: PublicKey) -> JsonObject:
-    """The required members of a public JWK, in RFC 7638 order (lexicographic), used for thumbprints."""
-    if isinstance(key, ec.EllipticCurvePublicKey):
-        crv = _CURVE_NAMES.get(key.curve.name)
-        if crv is None:
-            raise JoseError(f"unsupported curve {key.curve.name}")
-        numbers, size = key.public_numbers(), _CURVES[crv][1]
-        return {"crv": crv, "kty": "EC", "x": _int_to_b64(numbers.x, size), "y": _int_to_b64(numbers.y, size)}
-    if isinstance(key, rsa.RSAPublicKey):
-        rsa_numbers = key.public_numbers()
-        return {"e": _int_to_b64(rsa_numbers.e), "kty": "RSA", "n": _int_to_b64(rsa_numbers.n)}
-    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return {"crv": "Ed25519", "kty": "OKP", "x": b64url_encode(raw)}
-
-
-def thumbprint(key: PublicKey) -> str:
-    """RFC 7638 JWK SHA-256 thumbprint, base64url."""
-    canonical = json.dumps(_public_jwk_members(key), separators=(",", ":"), sort_keys=True)
-    return b64url_encode(hashlib.sha256(canonical.encode("ascii")).digest())
-
-
-def public_key_from_jwk(jwk: Mapping[str, Any]) -> PublicKey:
-    """The public key of a JWK (EC P-256/384/521, RSA, OKP Ed25519); private members are ignored."""
-    kty = jwk.get("kty")
-    try:
-        if kty == "EC":
-            crv = jwk.get("crv")
-            if crv not in _CURVES:
-                raise JoseError(f"unsupported EC curve {crv!r}")
-            curve = _CURVES[str(crv)][0]()
-            nums = ec.EllipticCurvePublicNumbers(_b64_to_int(jwk.get("x")), _b64_to_int(jwk.get("y")), curve)
-            return nums.public_key()
-        if kty == "RSA":
-            rsa_key = rsa.RSAPublicNumbers(_b64_to_int(jwk.get("e")), _b64_to_int(jwk.get("n"))).public_key()
-            if rsa_key.key_size < MIN_RSA_BITS:
-                raise JoseError(f"RSA key shorter than {MIN_RSA_BITS} bits")
-            return rsa_key
-        if kty == "OKP" and jwk.get("crv") == "Ed25519":
-            x = jwk.get("x")
-            if not isinstance(x, str):
-                raise JoseError("JWK member is not a string")
-            return Ed25519PublicKey.from_public_bytes(b64url_decode(x))
-    except ValueError as exc:  # invalid point, bad length; JoseError is a ValueError too
-        if isinstance(exc, JoseError):
-            raise
-        raise JoseError(f"invalid JWK: {exc}") from exc
-    raise JoseError(f"unsupported JWK kty/crv {kty!r}/{jwk.get('crv')!r}")
+# --- keys ---------------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class VerificationKey:
-    """A public key as found in a JWK Set: the key plus its optional ``kid`` and ``alg``."""
+    """A key as found in a JWK Set: the key plus its optional ``kid``, ``alg`` and ``use``."""
 
-    key: PublicKey
+    key: Key
     kid: str | None = None
     alg: str | None = None
+    use: str | None = None
 
     @classmethod
     def from_jwk(cls, jwk: Mapping[str, Any]) -> VerificationKey:
-        kid, alg = jwk.get("kid"), jwk.get("alg")
-        return cls(
-            public_key_from_jwk(jwk),
-            kid if isinstance(kid, str) else None,
-            alg if isinstance(alg, str) else None,
-        )
+        """The key of a JWK (EC P-256/384/521, RSA >= 2048 bits, OKP Ed25519); ``JoseError`` if unsupported."""
+        kty, crv = jwk.get("kty"), jwk.get("crv")
+        if not any(kty == k and (c is None or crv == c) for k, c in _ALGORITHMS.values()):
+            raise JoseError(f"unsupported JWK kty/crv {kty!r}/{crv!r}")
+        modulus = jwk.get("n")
+        if kty == "RSA" and (  # checked before joserfc, which would only warn
+            not isinstance(modulus, str) or int.from_bytes(b64url_decode(modulus), "big").bit_length() < MIN_RSA_BITS
+        ):
+            raise JoseError(f"RSA key shorter than {MIN_RSA_BITS} bits")
+        try:
+            key = JWKRegistry.import_key(dict(jwk))
+        except (joserfc.errors.JoseError, ValueError, TypeError, KeyError) as exc:
+            raise JoseError(f"invalid JWK: {exc}") from exc
+        if not isinstance(key, ECKey | RSAKey | OKPKey):  # an oct key: excluded by kty above
+            raise JoseError("a symmetric JWK is never a verification key")
+        if "key_ops" in jwk and "verify" not in jwk["key_ops"]:  # joserfc would raise at verification time
+            raise JoseError("the JWK's key_ops do not include verify")
+        kid, alg, use = jwk.get("kid"), jwk.get("alg"), jwk.get("use")
+        return cls(key, *(v if isinstance(v, str) else None for v in (kid, alg, use)))
+
+
+def verification_keys(source: KeySource) -> list[VerificationKey]:
+    """The keys of a JWK Set or of an iterable of keys (a ``SigningKey`` stands for its public half).
+
+    A JWK Set's members of an unsupported type or size are left out (RFC 7517 section 5). Parse a set once and
+    pass the list when verifying many tokens with it.
+    """
+    if isinstance(source, Mapping):
+        members = source.get("keys")
+        if not isinstance(members, list):
+            raise JoseError("a JWK Set has a 'keys' array")
+        keys: list[VerificationKey] = []
+        for jwk in members:
+            if not isinstance(jwk, Mapping):
+                raise JoseError("a JWK is a JSON object")
+            try:
+                keys.append(VerificationKey.from_jwk(jwk))
+            except JoseError:
+                continue
+        return keys
+    return [k.verification_key() if isinstance(k, SigningKey) else k for k in source]
 
 
 class SigningKey:
@@ -261,33 +189,35 @@ class SigningKey:
     Invariant: ``alg`` fits the key (EC curve for ES*, RSA >= 2048 bits for RS*/PS*, Ed25519 for EdDSA).
     """
 
-    __slots__ = ("_key", "alg", "kid")
+    __slots__ = ("_key", "_model", "alg", "kid")
 
-    def __init__(self, key: PrivateKey, alg: str | None = None, kid: str | None = None) -> None:
-        chosen = alg or _default_alg(key)
+    def __init__(self, key: PrivateKey | Key, alg: str | None = None, kid: str | None = None) -> None:
+        wrapped = _wrap(key)
+        if not wrapped.is_private:
+            raise JoseError("a signing key is a private key")
+        chosen = alg or _default_alg(wrapped)
         if chosen not in _ALGORITHMS:
             raise AlgorithmNotAllowed(f"unsupported algorithm {chosen!r}")
-        if not _fits(chosen, key):
-            raise JoseError(f"algorithm {chosen} does not fit a {_key_kty(key)[0]} key")
-        if isinstance(key, rsa.RSAPrivateKey) and key.key_size < MIN_RSA_BITS:
-            raise JoseError(f"RSA key shorter than {MIN_RSA_BITS} bits")
-        self._key = key
+        if not _fits(chosen, wrapped):
+            raise JoseError(f"algorithm {chosen} does not fit this {wrapped.key_type} key (or the key is too short)")
+        self._key = wrapped
+        self._model = _MODELS[chosen]
         self.alg: str = chosen
-        self.kid: str = kid if kid is not None else thumbprint(key.public_key())
+        self.kid: str = kid if kid is not None else wrapped.thumbprint()
 
     @classmethod
     def generate(cls, alg: str = "ES256", kid: str | None = None) -> SigningKey:
         """A fresh key for ``alg``."""
-        spec = _ALGORITHMS.get(alg)
-        if spec is None:
+        if alg not in _ALGORITHMS:
             raise AlgorithmNotAllowed(f"unsupported algorithm {alg!r}")
-        key: PrivateKey
-        if spec.kty == "EC":
-            key = ec.generate_private_key(_CURVES[spec.curve or ""][0]())
-        elif spec.kty == "RSA":
-            key = rsa.generate_private_key(public_exponent=65537, key_size=MIN_RSA_BITS)
+        kty, crv = _ALGORITHMS[alg]
+        key: Key
+        if kty == "EC":
+            key = ECKey.generate_key(crv)
+        elif kty == "RSA":
+            key = RSAKey.generate_key(MIN_RSA_BITS)
         else:
-            key = Ed25519PrivateKey.generate()
+            key = OKPKey.generate_key("Ed25519")
         return cls(key, alg, kid)
 
     @classmethod
@@ -311,43 +241,47 @@ class SigningKey:
 
     def private_pem(self) -> bytes:
         """PKCS#8 PEM, unencrypted (for demos and tests)."""
-        return self._key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-
-    def public_key(self) -> PublicKey:
-        return self._key.public_key()
+        return self._key.as_pem(private=True)
 
     def public_jwk(self) -> JsonObject:
         """The public JWK, with ``kid``, ``alg`` and ``use: sig``."""
-        return {**_public_jwk_members(self._key.public_key()), "kid": self.kid, "alg": self.alg, "use": "sig"}
+        return {**self._key.as_dict(private=False), "kid": self.kid, "alg": self.alg, "use": "sig"}
 
     def verification_key(self) -> VerificationKey:
-        return VerificationKey(self._key.public_key(), self.kid, self.alg)
+        return VerificationKey(self._key, self.kid, self.alg, "sig")
 
-    def sign(self, claims: Mapping[str, Any], headers: Mapping[str, Any] | None = None) -> str:
+    def sign(
+        self, claims: Mapping[str, Any], headers: Mapping[str, Any] | None = None, *, with_kid: bool = True
+    ) -> str:
         """A compact JWS of ``claims``; ``headers`` adds to ``{alg, typ: JWT, kid}`` (and may replace ``typ``).
 
-        ``alg`` and ``kid`` always come from the key, whatever ``headers`` says.
+        ``alg`` and ``kid`` always come from the key, whatever ``headers`` says; ``with_kid=False`` sends no ``kid``.
         """
         header: JsonObject = {"alg": self.alg, "typ": "JWT", "kid": self.kid}
         header.update(headers or {})
         header["alg"], header["kid"] = self.alg, self.kid
-        signing_input = f"{_json_b64(header)}.{_json_b64(dict(claims))}"
-        signature = _sign_bytes(self.alg, self._key, signing_input.encode("ascii"))
-        return f"{signing_input}.{b64url_encode(signature)}"
+        if not with_kid:
+            del header["kid"]
+        signing_input = json_b64encode(header) + b"." + json_b64encode(dict(claims))
+        signature = urlsafe_b64encode(self._model.sign(signing_input, self._key))
+        return (signing_input + b"." + signature).decode("ascii")
 
     def __repr__(self) -> str:
         return f"SigningKey(alg={self.alg!r}, kid={self.kid!r})"
 
 
-def _default_alg(key: PrivateKey) -> str:
-    kty, crv = _key_kty(key)
-    if kty == "RSA":
-        return "RS256"
-    if kty == "OKP":
-        return "EdDSA"
-    return {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}.get(crv or "", "ES256")
+def _wrap(key: PrivateKey | Key) -> Key:
+    if isinstance(key, ECKey | RSAKey | OKPKey):
+        return key
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        if key.curve.name not in ("secp256r1", "secp384r1", "secp521r1"):
+            raise JoseError(f"unsupported curve {key.curve.name}")
+        return ECKey.import_key(key)
+    if isinstance(key, rsa.RSAPrivateKey):
+        if key.key_size < MIN_RSA_BITS:  # checked before joserfc, which would only warn
+            raise JoseError(f"RSA key shorter than {MIN_RSA_BITS} bits")
+        return RSAKey.import_key(key)
+    return OKPKey.import_key(key)
 
 
 def jwks(keys: Iterable[SigningKey]) -> JsonObject:
@@ -355,11 +289,11 @@ def jwks(keys: Iterable[SigningKey]) -> JsonObject:
     return {"keys": [key.public_jwk() for key in keys]}
 
 
-# --- compact JWS --------------------------------------------------------------------------------------------
+KeySource: TypeAlias = Mapping[str, Any] | Iterable[SigningKey | VerificationKey]
+"""A JWK Set (``{"keys": [...]}``) or keys: SigningKey (its public half is used) or VerificationKey."""
 
 
-def _json_b64(value: JsonObject) -> str:
-    return b64url_encode(json.dumps(value, separators=(",", ":")).encode("utf-8"))
+# --- compact JWS: the one reader ----------------------------------------------------------------------------
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> JsonObject:
@@ -378,8 +312,7 @@ def _reject_constant(name: str) -> Any:
 def _json_object(part: str, what: str) -> JsonObject:
     raw = b64url_decode(part)
     try:
-        text = raw.decode("utf-8")
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise MalformedToken(f"{what} is not JSON") from exc
     if not isinstance(value, dict):
@@ -387,7 +320,7 @@ def _json_object(part: str, what: str) -> JsonObject:
     return value
 
 
-def _split(token: str) -> tuple[JsonObject, JsonObject, str, bytes]:
+def _split(token: str) -> tuple[JsonObject, JsonObject, bytes, bytes]:
     if not isinstance(token, str):
         raise MalformedToken("a token is text")
     parts = token.split(".")
@@ -398,46 +331,25 @@ def _split(token: str) -> tuple[JsonObject, JsonObject, str, bytes]:
         raise MalformedToken("header has no string 'alg'")
     claims = _json_object(parts[1], "payload")
     signature = b64url_decode(parts[2])
-    return header, claims, f"{parts[0]}.{parts[1]}", signature
+    return header, claims, f"{parts[0]}.{parts[1]}".encode("ascii"), signature
 
 
 def decode_unverified(token: str) -> tuple[JsonObject, JsonObject]:
-    """(header, claims) of a compact JWS, checking its shape but NOT its signature."""
+    """(header, claims) of a compact JWS, checking its shape but NOT its signature; raises ``MalformedToken``."""
     header, claims, _, _ = _split(token)
     return header, claims
-
-
-KeySource: TypeAlias = Mapping[str, Any] | Iterable[SigningKey | VerificationKey]
-"""A JWK Set (``{"keys": [...]}``) or keys: SigningKey (its public half is used) or VerificationKey."""
-
-
-def _verification_keys(source: KeySource) -> list[VerificationKey]:
-    if isinstance(source, Mapping):
-        members = source.get("keys")
-        if not isinstance(members, list):
-            raise JoseError("a JWK Set has a 'keys' array")
-        keys: list[VerificationKey] = []
-        for jwk in members:
-            if not isinstance(jwk, Mapping):
-                raise JoseError("a JWK is a JSON object")
-            try:
-                keys.append(VerificationKey.from_jwk(jwk))
-            except JoseError:
-                continue  # RFC 7517 section 5: ignore JWKs of unsupported types
-        return keys
-    return [k.verification_key() if isinstance(k, SigningKey) else k for k in source]
 
 
 def verify(token: str, keys: KeySource, *, algorithms: Collection[str]) -> tuple[JsonObject, JsonObject]:
     """(header, claims) of a compact JWS whose signature verifies with one of ``keys``.
 
-    ``algorithms`` lists what the caller accepts; ``none`` is refused even if listed. With a ``kid`` in the
-    header only keys with that ``kid`` are candidates; without one, every key that fits the algorithm is tried.
-    Claims (``exp``, ``aud``...) are not checked here: that is the caller's policy.
+    ``algorithms`` lists what the caller accepts, within ``SUPPORTED_ALGORITHMS`` (``none`` and HMAC are refused even
+    if listed). With a ``kid`` in the header only keys with that ``kid`` are candidates; without one, every key that
+    fits the algorithm is tried. Claims (``exp``, ``aud``...) are not checked here: that is ``core.claims``.
     """
     header, claims, signing_input, signature = _split(token)
     alg = header["alg"]
-    if alg.lower() == "none" or alg not in _ALGORITHMS:
+    if alg not in _ALGORITHMS:
         raise AlgorithmNotAllowed(f"algorithm {alg!r} is not supported")
     if alg not in algorithms:
         raise AlgorithmNotAllowed(f"algorithm {alg!r} is not allowed")
@@ -448,12 +360,12 @@ def verify(token: str, keys: KeySource, *, algorithms: Collection[str]) -> tuple
         raise MalformedToken("'kid' is not a string")
     candidates = [
         k
-        for k in _verification_keys(keys)
-        if (kid is None or k.kid == kid) and (k.alg is None or k.alg == alg) and _fits(alg, k.key)
+        for k in verification_keys(keys)
+        if (kid is None or k.kid == kid) and k.alg in (None, alg) and k.use in (None, "sig") and _fits(alg, k.key)
     ]
     if not candidates:
         raise UnknownKey(f"no key for kid={kid!r} alg={alg}")
-    data = signing_input.encode("ascii")
-    if any(_verify_bytes(alg, k.key, signature, data) for k in candidates):
+    model = _MODELS[alg]
+    if any(model.verify(signing_input, signature, k.key) for k in candidates):
         return header, claims
     raise BadSignature("signature verification failed")

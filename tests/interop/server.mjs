@@ -5,7 +5,8 @@
 // - Introspection (RFC 7662) and signed introspection responses (RFC 9701, `jwtIntrospection`, RS256) are on.
 // - Introspection clients: `gw-basic` (client_secret_basic), `gw-post` (client_secret_post), secrets
 //   `gw-basic-secret` / `gw-post-secret`, and `gw-jwt` (private_key_jwt) whose public JWKS is read from the
-//   file named by $CLIENT_JWKS_FILE (the test generates that key).
+//   file named by $CLIENT_JWKS_FILE (the test generates that key); `gw-jwt-kid` (private_key_jwt) registers the
+//   same public keys under a `kid` of its own, `gw-client-key-1`, as an operator who names keys would.
 // - Discovery at /.well-known/openid-configuration (oidc-provider does not serve the RFC 8414 path).
 //
 // Environment: PORT (required). Prints `listening on http://127.0.0.1:PORT` when ready.
@@ -30,6 +31,9 @@ function signingKey(type, options, alg, kid) {
 const clientJwks = process.env.CLIENT_JWKS_FILE
   ? JSON.parse(readFileSync(process.env.CLIENT_JWKS_FILE, 'utf8'))
   : { keys: [] };
+
+const CLIENT_KEY_KID = 'gw-client-key-1';
+const clientJwksWithOwnKid = { keys: clientJwks.keys.map((jwk) => ({ ...jwk, kid: CLIENT_KEY_KID })) };
 
 const introspectionClient = (id, extra) => ({
   client_id: id,
@@ -58,6 +62,11 @@ const configuration = {
       token_endpoint_auth_method: 'private_key_jwt',
       token_endpoint_auth_signing_alg: 'ES256',
       jwks: clientJwks,
+    }),
+    introspectionClient('gw-jwt-kid', {
+      token_endpoint_auth_method: 'private_key_jwt',
+      token_endpoint_auth_signing_alg: 'ES256',
+      jwks: clientJwksWithOwnKid,
     }),
   ],
   jwks: {

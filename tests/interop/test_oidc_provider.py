@@ -24,6 +24,7 @@ from .conftest import REPO, RESOURCE, OidcProvider
 pytestmark = pytest.mark.e2e
 
 GATEWAY_ISSUER = "https://gateway.test"
+CLIENT_KEY_KID = "gw-client-key-1"  # server.mjs registers gw-jwt-kid's public key under this kid
 SECRETS = {"client_secret_basic": ("gw-basic", "gw-basic-secret"), "client_secret_post": ("gw-post", "gw-post-secret")}
 
 
@@ -105,6 +106,29 @@ def test_minted_jwt_verifies_and_carries_the_claims(
     gw, admin = start(gateway, config(echo_api, plugin(oidc_provider, mode, method)))
     header, claims = verified(upstream_jwt(gw, oidc_provider.issue_token()), admin)
     assert_rfc9068(header, claims)
+
+
+@pytest.mark.parametrize("key_id", [None, CLIENT_KEY_KID])
+def test_private_key_jwt_when_the_registered_key_has_a_kid_of_its_own(
+    oidc_provider: OidcProvider, echo_api: Process, gateway: GatewayFactory, key_id: str | None
+) -> None:
+    # Without client_private_key_id the assertion carries no kid (the AS tries the client's keys); with it, that
+    # kid. A kid the AS did not register for the client (the key's thumbprint, as the gateway once sent) is refused.
+    extra: dict[str, Any] = {"client_id": "gw-jwt-kid"} | ({"client_private_key_id": key_id} if key_id else {})
+    gw, admin = start(gateway, config(echo_api, plugin(oidc_provider, "json", "private_key_jwt", **extra)))
+    header, claims = verified(upstream_jwt(gw, oidc_provider.issue_token()), admin)
+    assert_rfc9068(header, claims)
+
+
+def test_private_key_jwt_with_a_kid_the_server_does_not_know_is_502(
+    oidc_provider: OidcProvider, echo_api: Process, gateway: GatewayFactory
+) -> None:
+    thumbprint = jose.SigningKey.from_pem_file(oidc_provider.client_key_file).kid
+    options = plugin(oidc_provider, "json", "private_key_jwt", client_id="gw-jwt-kid", client_private_key_id=thumbprint)
+    gw, _ = start(gateway, config(echo_api, options))
+    result = gw.get_with_token(oidc_provider.issue_token())
+    assert result.status == 502
+    assert "rejected the gateway's client credentials" in gw.stderr()
 
 
 @pytest.mark.parametrize("mode", ["json", "signed"])

@@ -153,6 +153,23 @@ async def test_private_key_jwt_sends_a_fresh_short_assertion(tmp_path: Path) -> 
     assert len(set(jtis)) == 2
 
 
+@pytest.mark.parametrize("key_id", [None, "gw-key-1"])
+async def test_assertion_header_carries_a_kid_only_when_client_private_key_id_is_set(
+    tmp_path: Path, key_id: str | None
+) -> None:
+    # an AS that registered the key under a kid of its own refuses any other kid, the thumbprint included
+    key = jose.SigningKey.generate("ES256", kid=key_id)  # the key as the AS registered it
+    (tmp_path / "client.pem").write_bytes(key.private_pem())
+    server = FakeServer({INTROSPECT: json_response({"active": False})})
+    options = plugin(introspection_response="json", client_auth_method="private_key_jwt", client_secret="",
+                     client_private_key_file=str(tmp_path / "client.pem"), client_private_key_id=key_id)
+    await HttpIntrospector(server).introspect("tok", options)
+    assertion = form(server.sent[0].body)["client_assertion"][0]
+    header, _ = jose.verify(assertion, [key], algorithms=["ES256"])
+    expected = {"alg": "ES256", "typ": "JWT"} | ({"kid": key_id} if key_id else {})
+    assert header == expected
+
+
 async def test_assertion_audience_defaults_to_the_endpoint_without_issuer(tmp_path: Path) -> None:
     key = jose.SigningKey.generate("EdDSA")
     (tmp_path / "client.pem").write_bytes(key.private_pem())

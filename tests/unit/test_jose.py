@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import warnings
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.ed448 import Ed448PrivateKey
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
@@ -78,7 +81,7 @@ def test_es256_signature_is_raw_r_s(keys: dict[str, SigningKey]) -> None:
     signature = b64url_decode(sig_part)
     assert len(signature) == 64
     r, s = int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
-    public = key.public_key()
+    public = serialization.load_pem_private_key(key.private_pem(), password=None).public_key()
     assert isinstance(public, ec.EllipticCurvePublicKey)
     public.verify(encode_dss_signature(r, s), signing_input.encode(), ec.ECDSA(hashes.SHA256()))
     # and a DER signature in its place is refused
@@ -99,8 +102,17 @@ def test_public_jwk_members(keys: dict[str, SigningKey]) -> None:
     assert keys["EdDSA"].public_jwk()["crv"] == "Ed25519"
 
 
+@pytest.mark.parametrize("alg", ["ES256", "ES512", "RS256", "EdDSA"])
+def test_default_kid_is_the_rfc7638_thumbprint(keys: dict[str, SigningKey], alg: str) -> None:
+    # RFC 7638 section 3: SHA-256 of the required public members, sorted, no whitespace; computed here by hand
+    jwk = keys[alg].public_jwk()
+    required = {"EC": ("crv", "kty", "x", "y"), "RSA": ("e", "kty", "n"), "OKP": ("crv", "kty", "x")}[jwk["kty"]]
+    canonical = json.dumps({name: jwk[name] for name in required}, separators=(",", ":"), sort_keys=True)
+    assert keys[alg].kid == b64url_encode(hashlib.sha256(canonical.encode()).digest())
+
+
 def test_rfc7638_thumbprint_example() -> None:
-    # RFC 7638 section 3.1
+    # RFC 7638 section 3.1: the example key, as a JWK Set member with no kid of its own
     jwk = {
         "kty": "RSA",
         "n": "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECP"
@@ -109,7 +121,9 @@ def test_rfc7638_thumbprint_example() -> None:
         "XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw",
         "e": "AQAB",
     }
-    assert jose.thumbprint(jose.public_key_from_jwk(jwk)) == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
+    key = jose.VerificationKey.from_jwk(jwk)
+    assert key.kid is None  # a kid-less JWK stays kid-less (a candidate for tokens without kid only)
+    assert key.key.thumbprint() == "NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs"
 
 
 @pytest.mark.parametrize("alg", ["ES256", "RS256", "EdDSA"])
@@ -258,3 +272,73 @@ def test_sign_cannot_override_alg_or_kid(keys: dict[str, SigningKey]) -> None:
     key = keys["ES256"]
     header, _ = decode_unverified(key.sign(CLAIMS, {"alg": "none", "kid": "evil"}))
     assert (header["alg"], header["kid"]) == ("ES256", key.kid)
+
+
+def _jwk_of(public: Any) -> dict[str, Any]:
+    """A public JWK built by hand from a ``cryptography`` key (for key types this module refuses)."""
+    if isinstance(public, rsa.RSAPublicKey):
+        numbers = public.public_numbers()
+        return {"kty": "RSA", "n": b64url_encode(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")),
+                "e": b64url_encode(numbers.e.to_bytes(3, "big"))}
+    if isinstance(public, ec.EllipticCurvePublicKey):
+        point = public.public_numbers()
+        return {"kty": "EC", "crv": "secp256k1", "x": b64url_encode(point.x.to_bytes(32, "big")),
+                "y": b64url_encode(point.y.to_bytes(32, "big"))}
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return {"kty": "OKP", "crv": "Ed448", "x": b64url_encode(raw)}
+
+
+def test_jwks_leaves_out_keys_this_module_does_not_verify_with(keys: dict[str, SigningKey]) -> None:
+    unsupported = [
+        _jwk_of(rsa.generate_private_key(public_exponent=65537, key_size=1024).public_key()),  # noqa: S505 (too short)
+        _jwk_of(ec.generate_private_key(ec.SECP256K1()).public_key()),  # ES256K: not in the allowlist
+        _jwk_of(Ed448PrivateKey.generate().public_key()),  # EdDSA here is Ed25519 only
+        {"kty": "EC", "crv": "P-256", "x": "AAAA", "y": "AAAA"},  # not a point
+    ]
+    assert jose.verification_keys({"keys": unsupported}) == []
+    published = {"keys": [*unsupported, keys["ES256"].public_jwk()]}
+    assert verify(keys["ES256"].sign(CLAIMS), published, algorithms=["ES256"])[1] == CLAIMS
+    assert [k.kid for k in jose.verification_keys(published)] == [keys["ES256"].kid]
+
+
+@pytest.mark.parametrize("member", [{"use": "enc"}, {"key_ops": ["sign"]}, {"use": None, "key_ops": ["encrypt"]}])
+def test_a_key_not_for_verifying_is_never_a_candidate(keys: dict[str, SigningKey], member: dict[str, Any]) -> None:
+    published = jwks([keys["ES256"]])
+    published["keys"][0].update(member)
+    published["keys"][0] = {k: v for k, v in published["keys"][0].items() if v is not None}
+    with pytest.raises(UnknownKey):
+        verify(keys["ES256"].sign(CLAIMS), published, algorithms=["ES256"])
+    published["keys"][0].update(use="sig", key_ops=["verify"])
+    assert verify(keys["ES256"].sign(CLAIMS), published, algorithms=["ES256"])[1] == CLAIMS
+
+
+def test_crit_b64_refused_too(keys: dict[str, SigningKey]) -> None:
+    # joserfc understands RFC 7797's b64; this module understands no extension at all
+    token = keys["ES256"].sign(CLAIMS, {"crit": ["b64"], "b64": True})
+    with pytest.raises(MalformedToken):
+        verify(token, [keys["ES256"]], algorithms=["ES256"])
+
+
+def test_duplicate_alg_refused_even_when_the_signature_verifies() -> None:
+    # the verifier must never see a different header from the reader's: duplicates are refused before verifying
+    private = ec.generate_private_key(ec.SECP256R1())
+    key = SigningKey(private, kid="k")
+    header = b64url_encode(b'{"alg":"ES512","alg":"ES256","kid":"k"}')
+    signing_input = f"{header}.{PAYLOAD}"
+    r, s = decode_dss_signature(private.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+    token = f"{signing_input}.{b64url_encode(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+    with pytest.raises(MalformedToken, match="duplicate"):
+        verify(token, [key], algorithms=["ES256", "ES512"])
+    clean = b64url_encode(b'{"alg":"ES256","kid":"k"}')
+    signing_input = f"{clean}.{PAYLOAD}"
+    r, s = decode_dss_signature(private.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256())))
+    token = f"{signing_input}.{b64url_encode(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+    assert verify(token, [key], algorithms=["ES256"])[1] == CLAIMS  # the same signing done right verifies
+
+
+def test_eddsa_warns_nothing(keys: dict[str, SigningKey]) -> None:
+    # joserfc's registry warns on every EdDSA use (RFC 9864 deprecates the name); the gateway's logs stay quiet
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        verify(keys["EdDSA"].sign(CLAIMS), jwks([keys["EdDSA"]]), algorithms=["EdDSA"])
+    assert caught == []

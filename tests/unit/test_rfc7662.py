@@ -11,7 +11,7 @@ from phantom_token.core.errors import IntrospectionUnavailable
 from phantom_token.core.ports import Active, Inactive
 from phantom_token.introspection.rfc7662 import basic_credentials, build_request, read_jwt_response
 
-from .fakes import make_jwt
+from .fakes import b64, make_jwt
 
 
 @pytest.mark.parametrize("token", ["a&b=c", "a+b/c==", "100%", "plain"])
@@ -55,6 +55,11 @@ def test_inactive_answers(status: int, body: bytes) -> None:
         (200, b"{broken", "neither a JWT nor JSON"),
         (200, "é.é.é".encode(), "not a JWT"),
         (200, b"", "not a JWT"),
+        # the one strict reader (phantom_token.jose): duplicate members, NaN, non-canonical base64url
+        (200, make_jwt({"sub": "a"}).replace(b64(b'{"sub": "a"}'), b64(b'{"sub":"a","sub":"b"}')).encode(),
+         "not a JWT .duplicate member"),
+        (200, make_jwt({"sub": "a"}).replace(b64(b'{"sub": "a"}'), b64(b'{"exp":NaN}')).encode(), "not a JWT"),
+        (200, (make_jwt({"sub": "a"}) + "B").encode(), "not a JWT .not canonical base64url"),
     ],
 )
 def test_server_faults_are_unavailable(status: int, body: bytes, reason: str) -> None:

@@ -68,8 +68,10 @@ PLUGIN_OPTIONS = OptionTable(
         Option("client_auth_method", "text", "how the gateway authenticates to the AS", choices=CLIENT_AUTH_METHODS),
         Option("client_private_key_file", "text", "signs the RFC 7523 client assertion", non_empty=True,
                shown_type=_KEY, shown_default="required for `private_key_jwt`"),
-        Option("client_private_key_id", "text", "the assertion's `kid`", non_empty=True,
-               shown_default="RFC 7638 thumbprint"),
+        Option("client_private_key_id", "text",
+               "the assertion's `kid`; set it only to the `kid` the AS registered the key under (an AS that "
+               "registered one refuses any other; without a `kid` it tries the client's keys)", non_empty=True,
+               shown_default="none: no `kid`"),
         Option("client_assertion_audience", "text", "the assertion's `aud`", non_empty=True,
                shown_type="http(s) URL", shown_default="`issuer`, else the endpoint"),
         Option("client_cert_file", "text", "the TLS client certificate (RFC 8705)", non_empty=True,

@@ -50,7 +50,7 @@ class PluginConfig:
     honor_cache_control: bool = True  # false: ignore the answer's Cache-Control (servers that always say no-store)
     client_auth_method: str = "client_secret_basic"  # one of CLIENT_AUTH_METHODS
     client_private_key_file: str | None = None  # private_key_jwt (RFC 7523)
-    client_private_key_id: str | None = None  # its `kid`; default: the key's RFC 7638 thumbprint
+    client_private_key_id: str | None = None  # the assertion header's `kid`; unset: no `kid` is sent
     client_assertion_audience: str | None = None  # default: `issuer`, else the introspection endpoint
     client_cert_file: str | None = None  # tls_client_auth (RFC 8705)
     client_key_file: str | None = None

@@ -25,8 +25,8 @@ from phantom_token.config.settings import PluginConfig, Route
 from phantom_token.core import claims as token_claims
 from phantom_token.core import verdict as v
 from phantom_token.core.bearer import BearerToken, Problem, extract, fingerprint
+from phantom_token.core.claims import numeric_claim
 from phantom_token.core.errors import IntrospectionUnavailable
-from phantom_token.core.jwt import numeric_claim
 from phantom_token.core.keys import namespaced_key, token_digest
 from phantom_token.core.ports import (
     Active,

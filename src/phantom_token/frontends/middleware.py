@@ -33,11 +33,12 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from phantom_token.config.settings import Settings
-from phantom_token.core.jwt import MalformedJwt, read_claims
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
 from phantom_token.gateway import Gateway
 from phantom_token.http.uri import InvalidTarget, normalise_host, normalise_path
+from phantom_token.jose import MalformedToken as MalformedJwt
+from phantom_token.jose import decode_unverified as read_claims
 
 log = logging.getLogger("phantom_token.asgi")
 

@@ -29,7 +29,7 @@ from phantom_token.core.ports import IntrospectionResult
 from phantom_token.http.client import ClientError, ClientResponse, MiB
 from phantom_token.introspection.client_auth import client_authentication
 from phantom_token.introspection.discovery import MetadataError, ServerMetadata, metadata_urls, read_metadata
-from phantom_token.introspection.jwks import JwksCache
+from phantom_token.introspection.jwks import JwksCache, JwkSet
 from phantom_token.introspection.rfc7662 import (
     ACCEPT_JSON,
     ACCEPT_JWT,
@@ -121,7 +121,7 @@ class HttpIntrospector:
         check_status(response.status)
         jwks = await self._jwks_cache(plugin)
 
-        def read(keys: dict[str, object]) -> IntrospectionResult:
+        def read(keys: JwkSet) -> IntrospectionResult:
             return read_signed_response(
                 response.status, response.headers, response.body, keys=keys, issuer=plugin.issuer or "",
                 client_id=plugin.client_id, now=self._clock(), clock_skew_seconds=plugin.clock_skew_seconds,

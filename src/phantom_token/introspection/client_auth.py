@@ -5,7 +5,9 @@
 - ``private_key_jwt`` (RFC 7523 section 2.2, OpenID Connect Core section 9): ``client_assertion_type`` and a
   ``client_assertion`` signed with ``client_private_key_file``: ``iss`` = ``sub`` = client_id, ``aud`` =
   ``client_assertion_audience`` (default: the issuer, else the introspection endpoint), a unique ``jti``, ``iat``,
-  and ``exp`` ``ASSERTION_LIFETIME_SECONDS`` later (short, so a captured assertion is soon worthless).
+  and ``exp`` ``ASSERTION_LIFETIME_SECONDS`` later (short, so a captured assertion is soon worthless). The header
+  carries a ``kid`` only when ``client_private_key_id`` names one: an authorization server that registered the key
+  under a ``kid`` of its own refuses any other (oidc-provider does), and without a ``kid`` it tries the client's keys.
 - ``tls_client_auth`` (RFC 8705 section 2.1): the TLS client certificate does it (the adapter's SSL context);
   the body names the client with ``client_id``.
 """
@@ -55,7 +57,7 @@ def client_authentication(
             "iat": issued,
             "exp": issued + ASSERTION_LIFETIME_SECONDS,
         }
-        assertion = key.sign(claims)
+        assertion = key.sign(claims, with_kid=plugin.client_private_key_id is not None)
         params = [("client_assertion_type", ASSERTION_TYPE), ("client_assertion", assertion)]
         return ClientAuthentication([], params)
     if method == "tls_client_auth":

@@ -7,6 +7,8 @@ Invariants:
   ``min_refresh_interval`` seconds whatever the traffic, so forged ``kid`` values cannot make the gateway
   hammer the JWKS endpoint (the regular fetches do not count: a kid that appeared just after one is still found).
 - Concurrent callers share one fetch. No I/O here but through the injected ``fetch``.
+- A fetched document is parsed into keys once (``jose.verification_keys``), not on every signed answer; members of
+  a type or size ``jose`` does not verify with are left out (RFC 7517 section 5).
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
 
+from phantom_token import jose
 from phantom_token.core.errors import IntrospectionUnavailable
 
 log = logging.getLogger("phantom_token.introspection")
@@ -25,18 +27,21 @@ log = logging.getLogger("phantom_token.introspection")
 Fetch = Callable[[], Awaitable[bytes]]
 """Fetches the JWKS document's body; raises ``IntrospectionUnavailable`` when it cannot."""
 
-JwkSet = dict[str, Any]
+JwkSet = tuple[jose.VerificationKey, ...]
 
 
 def read_jwks(body: bytes) -> JwkSet:
-    """A JWK Set document (RFC 7517 section 5); raises ``IntrospectionUnavailable`` when it is not one."""
+    """The keys of a JWK Set document (RFC 7517 section 5); raises ``IntrospectionUnavailable`` when it is not one."""
     try:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise IntrospectionUnavailable("the JWKS is not JSON") from None
-    if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+    if not isinstance(document, dict):
         raise IntrospectionUnavailable("the JWKS is not a JWK Set (an object with a 'keys' array)")
-    return document
+    try:
+        return tuple(jose.verification_keys(document))
+    except jose.JoseError as exc:
+        raise IntrospectionUnavailable(f"the JWKS is not a JWK Set ({exc})") from None
 
 
 class JwksCache:

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from urllib.parse import quote, quote_plus
 
 from phantom_token.core.errors import IntrospectionUnavailable
-from phantom_token.core.jwt import MalformedJwt, read_claims
 from phantom_token.core.ports import Active, Inactive, IntrospectionResult
 from phantom_token.core.ttl import parse_cache_control
+from phantom_token.jose import MalformedToken, decode_unverified
 
 FORM = "application/x-www-form-urlencoded"
 ACCEPT_JWT = "application/jwt"
@@ -73,10 +73,10 @@ def read_jwt_response(status: int, headers: list[tuple[str, str]], body: bytes) 
         return _read_json_in_jwt_mode(text)
     try:
         jwt = text.decode("ascii")
-        _header, claims = read_claims(jwt)
+        _header, claims = decode_unverified(jwt)
     except UnicodeDecodeError:
         raise IntrospectionUnavailable("the 200 body is not a JWT (not ASCII)") from None
-    except MalformedJwt as exc:
+    except MalformedToken as exc:
         raise IntrospectionUnavailable(f"the 200 body is not a JWT ({exc})") from None
     return Active(jwt, claims, parse_cache_control(header_values(headers, "cache-control")))
 
