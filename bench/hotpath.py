@@ -1,7 +1,8 @@
 """CPU per request of the Python hot path alone, no sockets: ``serve`` at cache hit and ``authz`` at cache hit.
 
-The real ``ProxyProtocol`` (with the real engine, router, memory cache and upstream ``Connection``) and the real
-decision protocol are driven through in-memory transports: a request is fed to ``data_received``, the upstream's
+The real server protocol with the proxy's ``ProxyHandler`` (and the real engine, router, memory cache and upstream
+``Connection``) and with the decision service's ``DecisionHandler`` are driven through in-memory transports: a
+request is fed to ``data_received``, the upstream's
 response (the five headers nginx sends) to the upstream connection. What is left out is exactly what nginx pays
 too: the event loop and the syscalls. Use it to compare changes to the hot path; ``bench/run.py`` gives the real
 figures.
@@ -130,12 +131,12 @@ async def main(requests: int, profile: bool) -> None:
     assert plugin is not None
     await app.cache.put(cache_key(plugin, TOKEN), CacheEntry("Bearer " + JWT, frozenset(), time.time() + 1e6))
 
-    from phantom_token.frontends.proxy import ProxyProtocol, _Shared
+    from phantom_token.frontends.proxy import ProxyHandler, _Shared
     from phantom_token.http.client import Connection
-    from phantom_token.http.server import ServerLimits, ServerState
+    from phantom_token.http.server import ServerLimits, ServerProtocol, ServerState
 
     shared = _Shared(app.engine, settings, app.metrics.observe_response)
-    client = ProxyProtocol(ServerState(ServerLimits()), shared)
+    client = ServerProtocol(ServerState(ServerLimits()), lambda conn: ProxyHandler(conn, shared))
     client_out = MemoryTransport(("127.0.0.1", 50000))
     client.connection_made(client_out)
     upstream = settings.routes[0].upstream
@@ -164,8 +165,8 @@ async def main(requests: int, profile: bool) -> None:
 
     from phantom_token.frontends import decisions
 
-    authz = decisions.DecisionProtocol(ServerState(ServerLimits()),
-                                       decisions._Shared(app.engine, settings, app.metrics.observe_response))
+    authz_shared = decisions._Shared(app.engine, settings, app.metrics.observe_response)
+    authz = ServerProtocol(ServerState(ServerLimits()), lambda conn: decisions.DecisionHandler(conn, authz_shared))
     authz_out = MemoryTransport(("127.0.0.1", 50001))
     authz.connection_made(authz_out)
 

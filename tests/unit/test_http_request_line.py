@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from phantom_token.http.server import _version_at
+from phantom_token.http.request_head import version_at
 
 
 @pytest.mark.parametrize(("data", "method", "target", "version"), [
@@ -23,4 +23,4 @@ from phantom_token.http.server import _version_at
 ])
 def test_the_version_is_read_where_the_request_line_has_it(data: bytes, method: bytes, target: bytes,
                                                            version: int) -> None:
-    assert _version_at(data, len(method) + 1 + len(target)) == version
+    assert version_at(data, len(method) + 1 + len(target)) == version

@@ -11,7 +11,7 @@ from typing import Protocol
 from phantom_token.config.settings import Settings
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.verdict import Verdict
-from phantom_token.http.server import ServerLimits
+from phantom_token.http.connection import ServerLimits
 
 
 class Authorizer(Protocol):

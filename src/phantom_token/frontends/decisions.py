@@ -46,16 +46,10 @@ from phantom_token.config.settings import Settings
 from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
 from phantom_token.frontends import Authorizer, Observe, listener_limits
-from phantom_token.http.server import (
-    HttpServer,
-    HttpServerProtocol,
-    RequestHead,
-    ServerLimits,
-    ServerState,
-    encode_headers,
-    start_server,
-    status_line,
-)
+from phantom_token.http.connection import RequestHandler, ServerConnection, ServerLimits
+from phantom_token.http.request_head import RequestHead
+from phantom_token.http.responses import encode_headers, status_line
+from phantom_token.http.server import HttpServer, start_server
 from phantom_token.http.uri import InvalidTarget, normalise_host, normalise_path
 from phantom_token.memo import remember
 
@@ -227,6 +221,7 @@ def decision_response(verdict: Verdict) -> tuple[int, list[tuple[str, str]], byt
 
 class _Shared:
     def __init__(self, engine: Authorizer, settings: Settings, observe: Observe | None) -> None:
+        self.loop = asyncio.get_running_loop()
         self.engine = engine
         # Bound once: ``Authorizer`` is a protocol, so compiled code would look the method up by name per request.
         self.try_authorize: Callable[[RequestInfo], Verdict | None] = engine.try_authorize
@@ -258,21 +253,17 @@ class _Shared:
         return payload
 
 
-class DecisionProtocol(HttpServerProtocol):
+class DecisionHandler(RequestHandler):
     """One connection from a gateway. The request body, if any, is read and discarded."""
 
-    def __init__(self, state: ServerState, shared: _Shared) -> None:
-        super().__init__(state)
+    def __init__(self, conn: ServerConnection, shared: _Shared) -> None:
+        self.conn = conn
         self._shared = shared
         self._engine = shared.engine
         self._try_authorize = shared.try_authorize
-        self._trusted = False
+        self._trusted = shared.trusts(conn.client_ip)
         self._task: asyncio.Task[None] | None = None
         self._memo = TokenMemo()  # a gateway's connection carries many clients' tokens; a repeat still saves work
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self._trusted = self._shared.trusts(self.client_ip)
 
     def handle_request(self, head: RequestHead) -> None:
         if not self._trusted:
@@ -289,8 +280,8 @@ class DecisionProtocol(HttpServerProtocol):
         info.memo = self._memo
         verdict = self._try_authorize(info)
         if verdict is None:
-            self.pause_reading(PAUSE_DECISION)
-            self._task = self.loop.create_task(self._authorize(head, info))
+            self.conn.pause_reading(PAUSE_DECISION)
+            self._task = self._shared.loop.create_task(self._authorize(head, info))
             return
         self._reply(head, verdict)
 
@@ -313,8 +304,9 @@ class DecisionProtocol(HttpServerProtocol):
             logger.error("authorization failed: %s", type(exc).__name__)
             verdict = server_error()
         self._task = None
-        if self.active is head and not self.responded and not self.closed:
-            self.resume_reading(PAUSE_DECISION)
+        conn = self.conn
+        if conn.active is head and not conn.responded and not conn.closed:
+            conn.resume_reading(PAUSE_DECISION)
             self._reply(head, verdict)
 
     def _reply(self, head: RequestHead, verdict: Verdict) -> None:
@@ -324,26 +316,27 @@ class DecisionProtocol(HttpServerProtocol):
             if payload is not None:
                 if observe is not None:
                     observe(200)
-                keep_alive = self.should_keep_alive(head) and self.can_drain(head)
-                self.write(payload if keep_alive else payload[:-2] + b"Connection: close\r\n\r\n")
-                self.finish_response(keep_alive)
+                conn = self.conn
+                keep_alive = conn.should_keep_alive(head) and conn.can_drain(head)
+                conn.write(payload if keep_alive else payload[:-2] + b"Connection: close\r\n\r\n")
+                conn.finish_response(keep_alive)
                 return
             verdict = server_error(verdict.route)
         status, headers, body = decision_response(verdict)
         if observe is not None:
             observe(status)
         try:
-            self.send_response(status, headers, body)
+            self.conn.send_response(status, headers, body)
         except ValueError:  # a JWT with CR or LF would split the response: the authorization server's fault
             status, headers, body = decision_response(server_error(verdict.route))
-            self.send_response(status, headers, body)
+            self.conn.send_response(status, headers, body)
 
 
 async def start_decisions(engine: Authorizer, settings: Settings, host: str, port: int, *, reuse_port: bool = False,
                           observe: Observe | None = None, limits: ServerLimits | None = None) -> HttpServer:
     """Listen on ``host:port`` and answer decision requests (contract section 10)."""
     shared = _Shared(engine, settings, observe)
-    return await start_server(lambda state: DecisionProtocol(state, shared), host, port,
+    return await start_server(lambda conn: DecisionHandler(conn, shared), host, port,
                               limits=limits or listener_limits(settings),
                               reuse_port=reuse_port)
 
@@ -354,7 +347,7 @@ __all__ = [
     "FORWARDED_PATH",
     "NGINX_PATH",
     "BadDecisionRequest",
-    "DecisionProtocol",
+    "DecisionHandler",
     "decision_response",
     "is_trusted",
     "original_request",

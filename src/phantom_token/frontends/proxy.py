@@ -1,18 +1,16 @@
 """The reverse-proxy front door (``phantom-token serve``): contract section 9.
 
 Each request becomes a ``RequestInfo``; the engine's ``Verdict`` is applied as it is: a ``Deny`` is answered
-here, an ``Allow`` is forwarded to ``allow.route.upstream`` over a pooled keep-alive connection.
+here, an ``Allow`` is forwarded to ``allow.route.upstream`` over a pooled keep-alive connection. ``ProxyHandler`` is
+both the ``RequestHandler`` of a client connection and the ``ResponseSink`` of the upstream connection it forwards
+on (a mypyc trait, so compiled code calls it directly both ways).
 
 Invariants:
 - Nothing is written upstream before the engine allowed the request. On a denial the request body is read and
   discarded, or the connection is closed when the rest is large or the client still waits for 100-continue.
-- The upstream sees exactly one ``Authorization`` header when the verdict carries one (every client one removed).
-  Hop-by-hop headers (RFC 9110 7.6.1) and those named in ``Connection`` are removed in both directions, but
-  ``Connection`` never removes what the gateway sets or frames the message with: the request's ``Content-Length`` or
-  ``Transfer-Encoding: chunked`` is written by the gateway from what it parsed (never copied), as are ``Host``,
-  ``Authorization`` and ``X-Forwarded-*``; a response keeps its ``Content-Length`` whatever its ``Connection`` says.
-  ``X-Forwarded-For`` gets the client address appended, ``X-Forwarded-Proto``/``-Host`` are replaced. Headers whose
-  names hold ``_`` are never forwarded (the server ignores them).
+- What goes upstream and back is built by the pure functions of ``frontends.forwarding`` (hop-by-hop headers, the
+  gateway's own framing, Authorization, Host, X-Forwarded-*), each remembered per connection (``_Memo``) or per
+  listener (``_Shared``) when it repeats; the memos hold no query string and never another connection's token.
 - The path sent upstream is the normalised one the route matched (``phantom_token.http.uri``), after Kong's
   ``strip_path``; the query string goes as received.
 - Bodies stream both ways and at most one socket read is held per side: the client is not read while the upstream's
@@ -37,6 +35,13 @@ from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.routes import upstream_path
 from phantom_token.core.verdict import Allow, Deny, Verdict, bad_gateway, gateway_timeout, server_error
 from phantom_token.frontends import Authorizer, Observe, listener_limits
+from phantom_token.frontends.forwarding import (
+    HOP_BY_HOP,
+    gateway_lines,
+    host_header,
+    request_lines,
+    rewrite_response_head,
+)
 from phantom_token.http.client import (
     ClientError,
     Connection,
@@ -46,72 +51,18 @@ from phantom_token.http.client import (
     RequestTimeout,
     ResponseSink,
     StaleConnection,
-    head_fields,
 )
-from phantom_token.http.server import (
-    HttpServer,
-    HttpServerProtocol,
-    RequestHead,
-    ServerLimits,
-    ServerState,
-    start_server,
-    status_line,
-)
+from phantom_token.http.connection import RequestHandler, ServerConnection, ServerLimits
+from phantom_token.http.request_head import RequestHead
+from phantom_token.http.server import HttpServer, start_server
 from phantom_token.memo import remember
 
 logger: Final = logging.getLogger("phantom_token.http")
-
-HOP_BY_HOP: Final = frozenset({"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"})
-_HOP_BY_HOP_BYTES: Final = frozenset(name.encode() for name in HOP_BY_HOP)
-# Request headers that need more than copying; everything else is copied byte for byte unless ``Connection`` names
-# it. These never are: the gateway writes the framing (Content-Length, Transfer-Encoding), Host, Authorization and
-# X-Forwarded-* itself, so a Connection token naming one of them is ignored. Expect is answered here. "" stands for
-# every name with "_" (the server ignores those headers: http.server._lname).
-_SPECIAL: Final = HOP_BY_HOP | {"content-length", "host", "authorization", "expect", "x-forwarded-for",
-                                "x-forwarded-proto", "x-forwarded-host", ""}
-# Response headers a Connection token cannot remove: the framing the client reads the body by.
-_FRAMING_BYTES: Final = frozenset({b"content-length", b"transfer-encoding"})
-
-# How a hop-by-hop header line starts in a lower-cased response head (llhttp allows no space before the colon).
-_HOP_MARKERS: Final = tuple(b"\n" + name + b":" for name in sorted(_HOP_BY_HOP_BYTES))
 
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 PAUSE_VERDICT: Final = 8  # waiting for the engine or for an upstream connection
 PAUSE_UPSTREAM: Final = 16  # the upstream's write buffer is full
-
-
-def rewrite_response_head(raw: bytes, status: int) -> tuple[bytes, bool, bool]:
-    """The response head as sent to the client, without its final empty line: our status line, then the header
-    lines as received (llhttp validated them) minus the hop-by-hop ones and those named in ``Connection`` (never
-    Content-Length: ``Connection: Content-Length`` would leave a keep-alive client without a length). Also
-    whether it has Content-Length, and whether it may be remembered (no Set-Cookie, small)."""
-    low = raw.lower()
-    length = b"\ncontent-length:" in low
-    named: set[bytes] = set()
-    cuts: list[tuple[int, int]] = []
-    for marker in _HOP_MARKERS:
-        at = low.find(marker)
-        while at >= 0:
-            line_end = low.find(b"\r\n", at) + 2
-            cuts.append((at + 1, line_end))
-            if marker == b"\nconnection:":
-                named |= {token.strip() for token in low[at + 12:line_end - 2].split(b",")}
-            at = low.find(marker, line_end - 1)
-    named -= _HOP_BY_HOP_BYTES | _FRAMING_BYTES  # a Connection token never removes the framing
-    parts = [status_line(status)]
-    if named:  # rare: the upstream named further hop-by-hop headers in Connection
-        for name, value in head_fields(raw):
-            lname = name.lower()
-            if lname not in _HOP_BY_HOP_BYTES and lname not in named:
-                parts += (name, b": ", value, b"\r\n")
-    else:
-        pos = raw.find(b"\r\n") + 2
-        for cut_start, cut_end in sorted(cuts):
-            parts.append(raw[pos:cut_start])
-            pos = cut_end
-        parts.append(raw[pos:-2])
-    return b"".join(parts), length, len(raw) <= 2048 and b"\nset-cookie:" not in low
 
 
 class _Origin:
@@ -123,15 +74,14 @@ class _Origin:
         self.upstream = upstream
         self.key: PoolKey = (upstream.scheme, upstream.host, upstream.port, context)
         self.idle = pool.idle_list(self.key)
-        default = 443 if upstream.scheme == "https" else 80
-        host = f"[{upstream.host}]" if ":" in upstream.host else upstream.host
-        self.host_header = (host if upstream.port == default else f"{host}:{upstream.port}").encode("idna")
+        self.host_header = host_header(upstream)
 
 
 class _Shared:
     """Per-listener state shared by all client connections."""
 
     def __init__(self, engine: Authorizer, settings: Settings, observe: Observe | None) -> None:
+        self.loop = asyncio.get_running_loop()
         self.engine = engine
         # Bound once: ``Authorizer`` is a protocol, so compiled code would look the method up by name per request.
         self.try_authorize: Callable[[RequestInfo], Verdict | None] = engine.try_authorize
@@ -183,65 +133,47 @@ class _Shared:
         return origin
 
 
-class _Sink(ResponseSink):
-    """Hands a proxy connection the responses of its upstream connection (the proxy cannot itself be a
-    ``ResponseSink``: it already is an ``HttpServerProtocol``). Made once per client connection."""
+class _Memo:
+    """What one client connection last sent and received, compared with the next request and response before the
+    shared, hashed memos are asked (a keep-alive client repeats itself). It holds only that connection's own data
+    (its last path, the response head it last got, the gateway lines built for its own token's JWT), for the
+    connection's life."""
 
-    __slots__ = ("proxy",)
+    __slots__ = ("lines", "lines_auth", "lines_host", "lines_route", "path", "path_route", "raw_head",
+                 "rewritten_head", "target", "tokens")
 
-    def __init__(self, proxy: ProxyProtocol) -> None:
-        self.proxy = proxy
-
-    def upstream_head(self, status: int, head: bytes, has_body: bool) -> None:
-        self.proxy.upstream_head(status, head, has_body)
-
-    def upstream_body(self, data: bytes) -> None:
-        self.proxy.upstream_body(data)
-
-    def upstream_flush(self) -> None:
-        self.proxy.upstream_flush()
-
-    def upstream_end(self) -> None:
-        self.proxy.upstream_end()
-
-    def upstream_failed(self, exc: ClientError) -> None:
-        self.proxy.upstream_failed(exc)
-
-    def upstream_write_paused(self) -> None:
-        self.proxy.upstream_write_paused()
-
-    def upstream_write_resumed(self) -> None:
-        self.proxy.upstream_write_resumed()
+    def __init__(self) -> None:
+        self.tokens = TokenMemo()  # the engine's: the token this connection last sent and its cache key
+        # The last response head from upstream and its rewrite (a hit of the shared memo): comparing bytes is
+        # cheaper than hashing them.
+        self.raw_head = b""
+        self.rewritten_head: tuple[bytes, bool] = (b"", False)
+        # The last request path, its route and the upstream path for it (from the shared memo).
+        self.path = ""
+        self.path_route: Route | None = None
+        self.target = b""
+        # The gateway's own header lines of the last request sent upstream and what they were made from.
+        self.lines = b""
+        self.lines_auth: str | None = None  # compared by identity: the cache entry's own string
+        self.lines_route: Route | None = None  # its upstream (origin) and preserve_host decide the Host line
+        self.lines_host = ""
 
 
-class ProxyProtocol(HttpServerProtocol):
-    """One client connection of the proxy; its ``_Sink`` gives it the upstream's responses."""
+class ProxyHandler(RequestHandler, ResponseSink):
+    """One client connection of the proxy: its requests (``RequestHandler``), and the responses of the upstream
+    connection it forwards them on (``ResponseSink``)."""
 
-    def __init__(self, state: ServerState, shared: _Shared) -> None:
-        super().__init__(state)
+    def __init__(self, conn: ServerConnection, shared: _Shared) -> None:
+        self.conn = conn
+        self._send = conn.send
+        self._is_closing = conn.is_closing
         self._shared = shared
         self._engine = shared.engine
         self._try_authorize = shared.try_authorize
         self._origins = shared.origins
         self._response_heads = shared.response_heads
-        # The last response head from upstream and its rewrite (a memo hit of ``response_heads``): comparing bytes
-        # is cheaper than hashing them for the memo.
-        self._last_raw = b""
-        self._last_rewritten: tuple[bytes, bool] = (b"", False)
-        # The last request path, its route and the path sent upstream for it (from the shared memo): a str compare
-        # instead of two hashed look-ups when a client asks for the same path again.
-        self._last_path = ""
-        self._last_path_route: Route | None = None
-        self._last_target = b""
-        self._memo = TokenMemo()
-        # The gateway's own header lines of the last request sent upstream (Authorization, Host, X-Forwarded-*, the
-        # final empty line) and what they were made from: a keep-alive client sends the same Host and token
-        # request after request, so they are built once per connection and token.
-        self._tail = b""
-        self._tail_auth: str | None = None  # compared by identity: the cache entry's own string
-        self._tail_route: Route | None = None  # its upstream (origin) and preserve_host decide the Host line
-        self._tail_host = ""
-        self._ip = b""
+        self._memo = _Memo()
+        self._ip = conn.client_ip.encode("ascii")
         self._route: Route | None = None
         self._upstream: Connection | None = None
         self._replay: tuple[_Origin, bytes] | None = None
@@ -252,11 +184,6 @@ class ProxyProtocol(HttpServerProtocol):
         self._head_written = False
         self._chunk_out = False
         self._keep_alive = True
-        self._sink = _Sink(self)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self._ip = self.client_ip.encode("ascii")
 
     # -- requests from the client --------------------------------------------------------------------------------
 
@@ -266,12 +193,12 @@ class ProxyProtocol(HttpServerProtocol):
         self._out_head = None
         self._pending = None
         self._route = None
-        info = RequestInfo(head.method, head.host, head.path, head.headers, self._memo)
+        info = RequestInfo(head.method, head.host, head.path, head.headers, self._memo.tokens)
         verdict = self._try_authorize(info)
         if verdict is None:
             self._pending = []
-            self.pause_reading(PAUSE_VERDICT)
-            self._task = self.loop.create_task(self._authorize(head, info))
+            self.conn.pause_reading(PAUSE_VERDICT)
+            self._task = self._shared.loop.create_task(self._authorize(head, info))
             return
         self._apply(head, verdict)
 
@@ -310,7 +237,8 @@ class ProxyProtocol(HttpServerProtocol):
             logger.error("authorization failed: %s", type(exc).__name__)
             verdict = server_error()
         self._task = None
-        if self.active is head and not self.responded and not self.closed:
+        conn = self.conn
+        if conn.active is head and not conn.responded and not conn.closed:
             self._apply(head, verdict)
 
     def _apply(self, head: RequestHead, verdict: Verdict) -> None:
@@ -336,19 +264,20 @@ class ProxyProtocol(HttpServerProtocol):
     def _connect_later(self, head: RequestHead, origin: _Origin, request_head: bytes) -> None:
         if self._pending is None:
             self._pending = []
-        self.pause_reading(PAUSE_VERDICT)
-        self._task = self.loop.create_task(self._connect(head, origin, request_head))
+        self.conn.pause_reading(PAUSE_VERDICT)
+        self._task = self._shared.loop.create_task(self._connect(head, origin, request_head))
 
     async def _connect(self, head: RequestHead, origin: _Origin, request_head: bytes) -> None:
         try:
             conn = await self._shared.pool.connect(origin.key, self._shared.connect_timeout)
         except ClientError as exc:
             self._task = None
-            if self.active is head and not self.responded:
+            if self.conn.active is head and not self.conn.responded:
                 self.upstream_failed(exc)
             return
         self._task = None
-        if self.active is not head or self.responded or self.closed:
+        client = self.conn
+        if client.active is not head or client.responded or client.closed:
             self._shared.pool.release(conn)
             return
         self._forward(head, conn, request_head, origin, fresh=True)
@@ -356,7 +285,7 @@ class ProxyProtocol(HttpServerProtocol):
     def _forward(self, head: RequestHead, conn: Connection, request_head: bytes, origin: _Origin, *,
                  fresh: bool) -> None:
         try:
-            conn.begin(self._sink, request_head, head_request=head.method == "HEAD", timeout=self._shared.timeout,
+            conn.begin(self, request_head, head_request=head.method == "HEAD", timeout=self._shared.timeout,
                        chunked=head.chunked)
         except StaleConnection:
             if fresh:
@@ -377,97 +306,66 @@ class ProxyProtocol(HttpServerProtocol):
         if head.complete:
             conn.end_body()
         else:
-            self.send_continue(head)
-        self.resume_reading(PAUSE_VERDICT)
+            self.conn.send_continue(head)
+        self.conn.resume_reading(PAUSE_VERDICT)
 
     def _request_head(self, head: RequestHead, allow: Allow, origin: _Origin) -> bytes:
-        """The head sent upstream: method, rewritten path, the client's headers minus hop-by-hop ones, and
-        Host, Authorization and X-Forwarded-* set by the gateway."""
+        """The head sent upstream (``forwarding``): the request line with the route's upstream path, the client's
+        headers as forwarded, and the gateway's own lines, each from this connection's memo when it repeats."""
+        memo = self._memo
         route = allow.route
         path = head.path
-        if path == self._last_path and route is self._last_path_route:
-            target = self._last_target
+        if path == memo.path and route is memo.path_route:
+            target = memo.target
         else:
             target = self._shared.upstream_path(route, path)
-            self._last_path, self._last_path_route, self._last_target = path, route, target
+            memo.path, memo.path_route, memo.target = path, route, target
         if head.query:
             target = b"%b?%b" % (target, head.query.encode("latin-1"))
-        parts = [head.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
-        tokens = head.connection_tokens
         authorization = allow.authorization
-        forwarded_for: bytes | None = None
-        raw_headers, lnames = head.raw_headers, head.lnames
-        for i in range(len(raw_headers)):  # indexes, not zip(): the compiled loop then makes no iterator objects
-            lname = lnames[i]
-            if lname not in _SPECIAL:
-                if lname not in tokens:
-                    name, value = raw_headers[i]
-                    parts.extend((name, b": ", value, b"\r\n"))
-            elif lname == "authorization":
-                if authorization is None:  # a route without the plugin: the client's own goes through
-                    name, value = raw_headers[i]
-                    parts.extend((name, b": ", value, b"\r\n"))
-            elif lname == "x-forwarded-for":
-                value = raw_headers[i][1]
-                forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
-        # The framing is the gateway's own, from what the server parsed (llhttp refused CL with TE and duplicates)
-        if head.chunked:
-            parts.append(b"Transfer-Encoding: chunked\r\n")
-        elif head.content_length is not None:
-            parts.append(b"Content-Length: %d\r\n" % head.content_length)
+        parts, forwarded_for = request_lines(head, target, authorization)
         raw_host = head.raw_host
-        if (forwarded_for is None and authorization is self._tail_auth and route is self._tail_route
-                and raw_host == self._tail_host and self._tail):
-            parts.append(self._tail)
+        if (forwarded_for is None and authorization is memo.lines_auth and route is memo.lines_route
+                and raw_host == memo.lines_host and memo.lines):
+            parts.append(memo.lines)
         else:
-            parts.append(self._gateway_lines(route, origin, authorization, raw_host, forwarded_for))
+            raw = raw_host.encode("latin-1")
+            host = raw if route.preserve_host and raw else origin.host_header
+            lines = gateway_lines(authorization, host, raw, self._ip, forwarded_for)
+            if forwarded_for is None:  # a client's own X-Forwarded-For makes the lines its own: not remembered
+                memo.lines, memo.lines_auth, memo.lines_route, memo.lines_host = lines, authorization, route, raw_host
+            parts.append(lines)
         return b"".join(parts)
-
-    def _gateway_lines(self, route: Route, origin: _Origin, authorization: str | None, raw_host: str,
-                       forwarded_for: bytes | None) -> bytes:
-        """Authorization, Host and X-Forwarded-* as the gateway sets them, and the head's final empty line;
-        remembered for the next request unless the client sent its own X-Forwarded-For."""
-        raw = raw_host.encode("latin-1")
-        host = raw if route.preserve_host and raw else origin.host_header
-        parts = [b"Authorization: " + authorization.encode("latin-1") + b"\r\n" if authorization is not None
-                 else b"",
-                 b"Host: %b\r\nX-Forwarded-For: %b\r\nX-Forwarded-Proto: http\r\n" % (
-                     host, forwarded_for + b", " + self._ip if forwarded_for else self._ip)]
-        if raw:
-            parts.extend((b"X-Forwarded-Host: ", raw, b"\r\n"))
-        parts.append(b"\r\n")
-        lines = b"".join(parts)
-        if forwarded_for is None:
-            self._tail, self._tail_auth, self._tail_route, self._tail_host = lines, authorization, route, raw_host
-        return lines
 
     def _deny(self, head: RequestHead, deny: Deny) -> None:
         self._status = deny.status
         self._pending = None
         self._observe(deny.status)
-        self.resume_reading(PAUSE_VERDICT)  # what is left of the body has to be read to be discarded
-        self.send_response(deny.status, deny.headers(), deny.body())
+        self.conn.resume_reading(PAUSE_VERDICT)  # what is left of the body has to be read to be discarded
+        self.conn.send_response(deny.status, deny.headers(), deny.body())
 
     def _observe(self, status: int) -> None:
         observe = self._shared.observe
         if observe is not None:
             observe(status)
 
-    # -- the upstream's response (through _Sink) --------------------------------------------------------------------
+    # -- the upstream's response (ResponseSink) ----------------------------------------------------------------------
 
     def upstream_head(self, status: int, raw: bytes, has_body: bool) -> None:
-        head = self.active
+        client = self.conn
+        head = client.active
         assert head is not None
         self._status = status
-        keep_alive = self.should_keep_alive(head) and self.can_drain(head)
-        if raw == self._last_raw:  # the same head as the last response (nginx's change once a second, with Date)
-            whole, length = self._last_rewritten
+        keep_alive = client.should_keep_alive(head) and client.can_drain(head)
+        memo = self._memo
+        if raw == memo.raw_head:  # the same head as the last response (nginx's change once a second, with Date)
+            whole, length = memo.rewritten_head
         else:
             known = self._response_heads.get(raw)
             if known is None:
                 whole, length = self._shared.rewrite_response_head(raw, status)
             else:  # only heads the shared memo keeps: small, no Set-Cookie
-                self._last_raw, self._last_rewritten = raw, known
+                memo.raw_head, memo.rewritten_head = raw, known
                 whole, length = known
         self._chunk_out = False
         self._keep_alive = keep_alive
@@ -491,32 +389,31 @@ class ProxyProtocol(HttpServerProtocol):
         self._out_head = b"".join(parts)
 
     def upstream_body(self, data: bytes) -> None:
-        transport = self.transport
-        if not data or transport is None or self._is_closing():
+        if not data or self._is_closing():
             return
         out = self._out_head
         if out is not None:
             self._out_head = None
             self._head_written = True
         if self._chunk_out:
-            pieces = [out or b"", b"%x\r\n" % len(data), data, b"\r\n"]
+            pieces = (out or b"", b"%x\r\n" % len(data), data, b"\r\n")
             if len(data) < 16384:
                 self._send(b"".join(pieces))
             else:
-                transport.writelines(pieces)
+                self.conn.out.writelines(pieces)
         elif out is None:
             self._send(data)
         elif len(data) < 16384:
             self._send(out + data)  # head and body in one send(): one small copy beats a second syscall
         else:
-            transport.writelines((out, data))
+            self.conn.out.writelines((out, data))
 
     def upstream_flush(self) -> None:
         out = self._out_head
         if out is not None:
             self._out_head = None
             self._head_written = True
-            self.write(out)
+            self.conn.write(out)
 
     def upstream_end(self) -> None:
         self._upstream = None
@@ -524,25 +421,26 @@ class ProxyProtocol(HttpServerProtocol):
         self._out_head = None
         self._head_written = True
         if self._chunk_out:
-            self.write(out + b"0\r\n\r\n" if out is not None else b"0\r\n\r\n")
+            self.conn.write(out + b"0\r\n\r\n" if out is not None else b"0\r\n\r\n")
         elif out is not None:
-            self.write(out)
+            self.conn.write(out)
         self._observe(self._status)
-        self.resume_reading(PAUSE_UPSTREAM | PAUSE_VERDICT)
-        self.finish_response(self._keep_alive)
+        self.conn.resume_reading(PAUSE_UPSTREAM | PAUSE_VERDICT)
+        self.conn.finish_response(self._keep_alive)
 
     def upstream_failed(self, exc: ClientError) -> None:
         self._upstream = None
-        head = self.active
-        if head is None or self.responded or self.closed:
+        client = self.conn
+        head = client.active
+        if head is None or client.responded or client.closed:
             return
         route = self._route
         where = f"{route.upstream.host}:{route.upstream.port}" if route and route.upstream else "upstream"
         if self._head_written:
             logger.warning("upstream %s failed mid-response, dropping the client connection: %s", where, exc)
             self._observe(self._status)
-            self.responded = True
-            self.abort()
+            client.responded = True
+            client.abort()
             return
         replay, self._replay = self._replay, None
         if replay is not None and isinstance(exc, ProtocolError) and not self._head_written:
@@ -554,10 +452,10 @@ class ProxyProtocol(HttpServerProtocol):
         self._deny(head, gateway_timeout(route) if isinstance(exc, RequestTimeout) else bad_gateway(route))
 
     def upstream_write_paused(self) -> None:
-        self.pause_reading(PAUSE_UPSTREAM)
+        self.conn.pause_reading(PAUSE_UPSTREAM)
 
     def upstream_write_resumed(self) -> None:
-        self.resume_reading(PAUSE_UPSTREAM)
+        self.conn.resume_reading(PAUSE_UPSTREAM)
 
 
 async def start_proxy(engine: Authorizer, settings: Settings, host: str, port: int, *, reuse_port: bool = False,
@@ -565,9 +463,9 @@ async def start_proxy(engine: Authorizer, settings: Settings, host: str, port: i
     """Listen on ``host:port`` and proxy every request the engine allows. ``close()``/``wait_closed()`` drain
     in-flight requests, then close the upstream pool."""
     shared = _Shared(engine, settings, observe)
-    return await start_server(lambda state: ProxyProtocol(state, shared), host, port,
+    return await start_server(lambda conn: ProxyHandler(conn, shared), host, port,
                               limits=limits or listener_limits(settings),
                               reuse_port=reuse_port, on_closed=shared.pool.aclose)
 
 
-__all__ = ["HOP_BY_HOP", "Observe", "ProxyProtocol", "start_proxy"]
+__all__ = ["HOP_BY_HOP", "Observe", "ProxyHandler", "start_proxy"]

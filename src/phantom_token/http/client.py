@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from phantom_token._trait import trait
 from phantom_token.http.messages import RawHeaders, drop_before_connected, not_connected
 
 logger: Final = logging.getLogger("phantom_token.http")
@@ -119,12 +120,14 @@ class ClientResponse:
         return None
 
 
+@trait
 class ResponseSink:
     """Who receives a response from a ``Connection``. Exactly one of ``upstream_end`` and ``upstream_failed`` is
     called per request, after which the sink is detached.
 
-    A base class rather than a Protocol: in the compiled build (phantom_token/compiled.py) the connection then calls
-    its sink's methods directly, four times per response, instead of looking each up by name."""
+    A mypyc trait rather than a Protocol: in the compiled build (phantom_token/compiled.py) the connection then calls
+    its sink's methods directly, four times per response, instead of looking each up by name; and a trait can be a
+    second base, so the proxy's request handler receives its upstream's responses itself."""
 
     def upstream_head(self, status: int, head: bytes, has_body: bool) -> None:
         """``head`` is the response head as received (status line, header lines, the empty line), already

@@ -1,0 +1,124 @@
+"""What the proxy sends upstream and back, as pure functions of what was parsed (contract section 9).
+
+- ``request_lines``: the request line and the client's header lines as forwarded, with the gateway's own framing.
+- ``gateway_lines``: ``Authorization``, ``Host`` and ``X-Forwarded-*`` as the gateway sets them, and the head's end.
+- ``rewrite_response_head``: the upstream's response head as the client receives it.
+
+Invariants:
+- Hop-by-hop headers (RFC 9110 7.6.1) and those named in ``Connection`` are removed in both directions, but
+  ``Connection`` never removes what the gateway sets or frames the message with: the request's ``Content-Length``
+  or ``Transfer-Encoding: chunked`` is written from what the server parsed (never copied), as are ``Host``,
+  ``Authorization`` and ``X-Forwarded-*``; a response keeps its ``Content-Length`` whatever its ``Connection`` says.
+- Headers whose names hold ``_`` are never forwarded (the server ignores them: ``lnames`` has "" for them).
+- The upstream sees exactly one ``Authorization`` header when the verdict carries one (every client one removed);
+  on a route without the plugin the client's own goes through.
+- No I/O, no state: the proxy keeps its memos (``frontends.proxy``) and calls these on a miss.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from phantom_token.config.settings import Upstream
+from phantom_token.http.client import head_fields
+from phantom_token.http.request_head import RequestHead
+from phantom_token.http.responses import status_line
+
+HOP_BY_HOP: Final = frozenset({"connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"})
+_HOP_BY_HOP_BYTES: Final = frozenset(name.encode() for name in HOP_BY_HOP)
+# Request headers that need more than copying; everything else is copied byte for byte unless ``Connection`` names
+# it. These never are: the gateway writes the framing (Content-Length, Transfer-Encoding), Host, Authorization and
+# X-Forwarded-* itself, so a Connection token naming one of them is ignored. Expect is answered by the gateway. ""
+# stands for every name with "_" (the server ignores those headers: http.request_head).
+_SPECIAL: Final = HOP_BY_HOP | {"content-length", "host", "authorization", "expect", "x-forwarded-for",
+                                "x-forwarded-proto", "x-forwarded-host", ""}
+# Response headers a Connection token cannot remove: the framing the client reads the body by.
+_FRAMING_BYTES: Final = frozenset({b"content-length", b"transfer-encoding"})
+# How a hop-by-hop header line starts in a lower-cased response head (llhttp allows no space before the colon).
+_HOP_MARKERS: Final = tuple(b"\n" + name + b":" for name in sorted(_HOP_BY_HOP_BYTES))
+
+
+def request_lines(head: RequestHead, target: bytes, authorization: str | None) -> tuple[list[bytes], bytes | None]:
+    """The request line for ``target`` (the upstream path and query) and the client's header lines as forwarded,
+    with the framing; and the client's ``X-Forwarded-For`` values joined (None when it sent none). The caller
+    appends ``gateway_lines`` and joins."""
+    parts = [head.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
+    tokens = head.connection_tokens
+    forwarded_for: bytes | None = None
+    raw_headers, lnames = head.raw_headers, head.lnames
+    for i in range(len(raw_headers)):  # indexes, not zip(): the compiled loop then makes no iterator objects
+        lname = lnames[i]
+        if lname not in _SPECIAL:
+            if lname not in tokens:
+                name, value = raw_headers[i]
+                parts.extend((name, b": ", value, b"\r\n"))
+        elif lname == "authorization":
+            if authorization is None:  # a route without the plugin: the client's own goes through
+                name, value = raw_headers[i]
+                parts.extend((name, b": ", value, b"\r\n"))
+        elif lname == "x-forwarded-for":
+            value = raw_headers[i][1]
+            forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
+    # The framing is the gateway's own, from what the server parsed (llhttp refused CL with TE and duplicates)
+    if head.chunked:
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    elif head.content_length is not None:
+        parts.append(b"Content-Length: %d\r\n" % head.content_length)
+    return parts, forwarded_for
+
+
+def gateway_lines(authorization: str | None, host: bytes, raw_host: bytes, client_ip: bytes,
+                  forwarded_for: bytes | None) -> bytes:
+    """``Authorization`` (when the verdict carries one), ``Host``, ``X-Forwarded-For`` (the client's values, then
+    its address), ``X-Forwarded-Proto``, ``X-Forwarded-Host`` (the Host the client sent, when it sent one) and the
+    head's final empty line."""
+    parts = [b"Authorization: " + authorization.encode("latin-1") + b"\r\n" if authorization is not None else b"",
+             b"Host: %b\r\nX-Forwarded-For: %b\r\nX-Forwarded-Proto: http\r\n" % (
+                 host, forwarded_for + b", " + client_ip if forwarded_for else client_ip)]
+    if raw_host:
+        parts.extend((b"X-Forwarded-Host: ", raw_host, b"\r\n"))
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def host_header(upstream: Upstream) -> bytes:
+    """The ``Host`` value for an upstream: its host, and its port unless the scheme's default."""
+    default = 443 if upstream.scheme == "https" else 80
+    host = f"[{upstream.host}]" if ":" in upstream.host else upstream.host
+    return (host if upstream.port == default else f"{host}:{upstream.port}").encode("idna")
+
+
+def rewrite_response_head(raw: bytes, status: int) -> tuple[bytes, bool, bool]:
+    """The response head as sent to the client, without its final empty line: our status line, then the header
+    lines as received (llhttp validated them) minus the hop-by-hop ones and those named in ``Connection`` (never
+    Content-Length: ``Connection: Content-Length`` would leave a keep-alive client without a length). Also
+    whether it has Content-Length, and whether it may be remembered (no Set-Cookie, small)."""
+    low = raw.lower()
+    length = b"\ncontent-length:" in low
+    named: set[bytes] = set()
+    cuts: list[tuple[int, int]] = []
+    for marker in _HOP_MARKERS:
+        at = low.find(marker)
+        while at >= 0:
+            line_end = low.find(b"\r\n", at) + 2
+            cuts.append((at + 1, line_end))
+            if marker == b"\nconnection:":
+                named |= {token.strip() for token in low[at + 12:line_end - 2].split(b",")}
+            at = low.find(marker, line_end - 1)
+    named -= _HOP_BY_HOP_BYTES | _FRAMING_BYTES  # a Connection token never removes the framing
+    parts = [status_line(status)]
+    if named:  # rare: the upstream named further hop-by-hop headers in Connection
+        for name, value in head_fields(raw):
+            lname = name.lower()
+            if lname not in _HOP_BY_HOP_BYTES and lname not in named:
+                parts += (name, b": ", value, b"\r\n")
+    else:
+        pos = raw.find(b"\r\n") + 2
+        for cut_start, cut_end in sorted(cuts):
+            parts.append(raw[pos:cut_start])
+            pos = cut_end
+        parts.append(raw[pos:-2])
+    return b"".join(parts), length, len(raw) <= 2048 and b"\nset-cookie:" not in low
+
+
+__all__ = ["HOP_BY_HOP", "gateway_lines", "host_header", "request_lines", "rewrite_response_head"]

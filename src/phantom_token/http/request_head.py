@@ -1,0 +1,196 @@
+"""One request head as the server parsed it, and the rules that turn llhttp's pieces into it.
+
+``index_headers`` and ``split_target`` run once per request head; everything here is pure except the bounded,
+process-wide memos of header names and Host values (which hold no token: names, and valid Host values only).
+
+Invariants:
+- ``path`` is the normalised path and ``host`` the normalised host (``phantom_token.http.uri``); a target or Host
+  that is not valid or is ambiguous raises ``Reject(400)``. An absolute-form target's authority wins over the Host
+  header (RFC 9112 3.2.2).
+- A header whose name holds ``_`` is ignored (nginx's ``underscores_in_headers off``): it is in ``raw_headers`` with
+  ``""`` in ``lnames``, and nowhere in ``headers``.
+- An upgrade request with a body raises ``Reject(400)``: llhttp stops at the head of an upgrade and never parses
+  its body.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from phantom_token.http.messages import RawHeaders
+from phantom_token.http.uri import InvalidTarget, normalise_host, normalise_path, plain_path_end
+from phantom_token.memo import remember
+
+
+class Reject(Exception):
+    """Raised inside a parser callback to stop parsing and answer ``status``."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class RequestHead:
+    """The parsed head of one request. ``headers`` maps lower-case names to every value (ISO-8859-1);
+    ``lnames`` holds the lower-case name of each entry of ``raw_headers`` at the same index."""
+
+    __slots__ = ("body_received", "chunked", "complete", "connection_tokens", "content_length", "early_body",
+                 "expect_continue", "headers", "host", "http10", "keep_alive", "lnames", "method", "path", "query",
+                 "raw_headers", "raw_host", "target")
+
+    def __init__(self, method: str, target: bytes, raw_headers: RawHeaders, keep_alive: bool, http10: bool) -> None:
+        self.method = method
+        self.target = target
+        self.raw_headers = raw_headers
+        self.keep_alive = keep_alive
+        self.http10 = http10
+        self.lnames: list[str] = []
+        self.headers: dict[str, list[str]] = {}
+        self.path = "/"
+        self.query = ""
+        self.host = ""
+        self.raw_host = ""
+        self.content_length: int | None = None
+        self.chunked = False
+        self.expect_continue = False
+        self.connection_tokens: frozenset[str] = frozenset()
+        self.early_body: list[bytes] | None = None  # body parsed while the request waited in the pipeline
+        self.complete = False  # the whole request (head and body) has been received
+        self.body_received = 0
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+def split_target(head: RequestHead) -> None:
+    """The normalised path (``phantom_token.http.uri``: routes match it and it is what is forwarded) and the query
+    string as received; for an absolute-form target also its authority, which wins over the Host header (RFC 9112
+    3.2.2)."""
+    target = head.target
+    try:
+        if target[:1] == b"/":
+            end = plain_path_end(target)
+            if end == len(target):
+                head.path = target.decode("latin-1")
+            elif end > 0:
+                head.path = target[:end].decode("latin-1")
+                head.query = target[end + 1 :].decode("latin-1")
+            else:
+                raw_path, _sep, raw_query = target.partition(b"?")
+                head.path = normalise_path(raw_path.decode("latin-1"))
+                head.query = raw_query.decode("latin-1")
+            return
+        if target == b"*":
+            head.path = "*"
+            return
+        scheme, sep, rest = target.decode("latin-1").partition("://")
+        if not sep or scheme.lower() not in ("http", "https"):
+            raise Reject(400, "invalid request target")
+        end = len(rest)
+        for mark in "/?#":
+            at = rest.find(mark)
+            if 0 <= at < end:
+                end = at
+        authority = rest[:end]
+        if "@" in authority:  # RFC 9110 4.2.4: userinfo is never sent in a target
+            raise Reject(400, "invalid request target")
+        host = normalise_host(authority)
+        if not host:
+            raise Reject(400, "invalid request target")
+        path, _, query = rest[end:].partition("?")
+        head.path = normalise_path(path or "/")
+        head.query = query
+        head.raw_host = authority
+        head.host = host
+    except InvalidTarget as exc:
+        raise Reject(400, exc.reason) from exc
+
+
+def version_at(data: bytes, pos: int) -> int:
+    """10 or 11 when ``data`` holds b" HTTP/1.0\\r" or b" HTTP/1.1\\r" at ``pos``; 0 otherwise.
+
+    ``pos`` is where the request line's second space is when the line starts the read: ``len(method) + 1 +
+    len(target)``, both as llhttp parsed them. That needs no search: a request line has single spaces and its
+    method and target hold none, so the bytes match only where the line really has its version (after an empty line
+    llhttp skipped, or when the line did not start the read or is not all in it, they do not, and the parser is
+    asked instead)."""
+    # byte by byte (compiled, an index is a C read; a slice would be a new bytes object)
+    if (pos + 9 >= len(data) or data[pos] != 32 or data[pos + 1] != 72 or data[pos + 2] != 84
+            or data[pos + 3] != 84 or data[pos + 4] != 80 or data[pos + 5] != 47 or data[pos + 6] != 49
+            or data[pos + 7] != 46 or data[pos + 9] != 13):
+        return 0
+    minor = data[pos + 8]
+    return 11 if minor == 49 else 10 if minor == 48 else 0  # b"1", b"0"
+
+
+METHODS: Final = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE")}
+
+# Header names as sent -> lower-case str. Clients send the same few names over and over; one lookup replaces a
+# decode and a lower() per header. Bounded: a client inventing names only makes it start over.
+_LNAMES: Final[dict[bytes, str]] = {}
+
+
+def _lname(name: bytes) -> str:
+    """The lower-case name, or "" for a name with ``_``: such headers are ignored as nginx ignores them by default
+    (``underscores_in_headers off``), so ``X_Forwarded_Host`` can never alias a header the gateway sets for a
+    framework that folds ``_`` into ``-``. They stay in ``raw_headers`` (at "" in ``lnames``) and nowhere else."""
+    lname = name.decode("latin-1").lower()
+    return remember(_LNAMES, name, "" if "_" in lname else lname, 1024)
+
+
+def index_headers(head: RequestHead) -> None:
+    """One pass over the raw headers for the lower-case mapping, then what framing and routing need from it."""
+    headers = head.headers
+    lnames = head.lnames
+    for name, value in head.raw_headers:
+        lname = _LNAMES.get(name)
+        if lname is None:
+            lname = _lname(name)
+        lnames.append(lname)
+        if not lname:
+            continue
+        values = headers.get(lname)
+        if values is None:
+            headers[lname] = [value.decode("latin-1")]
+        else:
+            values.append(value.decode("latin-1"))
+    hosts = headers.get("host")
+    if hosts is not None:
+        if len(hosts) > 1:
+            raise Reject(400, "more than one Host header")
+        host = head.raw_host = hosts[0]
+        known = _HOSTS.get(host)
+        if known is None:
+            try:
+                known = remember(_HOSTS, host, normalise_host(host), 1024)
+            except InvalidTarget as exc:
+                raise Reject(400, exc.reason) from exc
+        head.host = known
+    elif not head.http10:
+        raise Reject(400, "missing Host header")
+    length = headers.get("content-length")
+    if length is not None:
+        head.content_length = int(length[0])  # llhttp already checked digits-only and no duplicates
+    if "transfer-encoding" in headers:
+        head.chunked = True  # llhttp only accepts a request TE whose last coding is chunked
+    expect = headers.get("expect")
+    if expect is not None:
+        # Other expectations are ignored (RFC 9110 10.1.1 allows it).
+        head.expect_continue = expect[-1].strip().lower() == "100-continue" and not head.http10
+    connection = headers.get("connection")
+    if connection is not None:
+        tokens = head.connection_tokens = frozenset(t.strip().lower() for value in connection for t in value.split(","))
+        if "upgrade" in tokens and "upgrade" in headers and (head.chunked or head.content_length):
+            # llhttp stops at the head of an upgrade and never parses its body: what follows would be taken for
+            # the body by the upstream but not by us (and the request would wait for it forever)
+            raise Reject(400, "upgrade request with a body")
+
+
+# Valid Host header values -> the host as routes compare it (``normalise_host``: lower case, no trailing dot, no
+# port). Few distinct values; bounded like _LNAMES; an invalid value is never stored.
+_HOSTS: Final[dict[str, str]] = {}
+
+
+__all__ = ["METHODS", "Reject", "RequestHead", "index_headers", "split_target", "version_at"]
