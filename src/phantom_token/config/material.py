@@ -9,11 +9,12 @@ objects from the ``Material`` instead of reading the files again. ``load_materia
 ``Settings`` built in code (tests, the ASGI middleware's ``from_settings``).
 
 Invariants:
-- A file is read once per distinct need: the same key file with the same algorithm and ``kid``, or the same
-  (verify, CA, certificate, key) quadruple, is loaded once and shared.
+- Each key file is read once, however many needs name it; each SSL context is built once per distinct (verify,
+  CA, certificate, key) quadruple (``ssl`` reads those files itself) and shared by the plugins that name it.
 - A problem names the file's field and the error's kind, never the file's content nor a key.
-- ``Material`` holds what was loaded and nothing else; asking it for something no need named raises ``KeyError``
-  (the caller loaded the material of other settings).
+- ``Material`` holds what was loaded and nothing else (its mappings are read-only); asking it for something no
+  need named raises ``KeyError`` (the caller loaded the material of other settings).
+- ``Need.at`` only orders problems: ``config.loader`` inserts a file's problem among the parser's at that index.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 
 from phantom_token.config.errors import ConfigError, ConfigProblem
@@ -82,7 +84,7 @@ class Need:
 class Material:
     """Every key and SSL context the configuration names, loaded. Read-only after ``load_needs``."""
 
-    keys: Mapping[KeyFile, SigningKey] = field(default_factory=lambda: MappingProxyType({}))
+    keys: Mapping[KeyFile, SigningKey] = field(default_factory=lambda: MappingProxyType({}), repr=False)
     contexts: Mapping[TlsFiles, ssl.SSLContext] = field(default_factory=lambda: MappingProxyType({}))
 
     def jwt_keys(self, jwt: JwtSettings) -> tuple[SigningKey | None, tuple[SigningKey, ...]]:
@@ -90,23 +92,16 @@ class Material:
         current, previous = jwt_key_files(jwt)
         return (self.keys[current] if current else None), tuple(self.keys[key] for key in previous)
 
-    def assertion_key(self, plugin: PluginConfig) -> SigningKey | None:
-        """The key that signs the plugin's client assertion; None unless it uses ``private_key_jwt``."""
-        wanted = assertion_key_file(plugin)
-        return self.keys[wanted] if wanted is not None else None
-
-    def context(self, plugin: PluginConfig) -> ssl.SSLContext:
-        """The SSL context for every HTTPS call this plugin makes to the AS."""
-        return self.contexts[tls_files(plugin)]
-
 
 def jwt_key_files(jwt: JwtSettings) -> tuple[KeyFile | None, tuple[KeyFile, ...]]:
+    """What ``phantom_token.jwt`` names: the current key (None: generated at start) and the previous ones."""
     current = KeyFile(jwt.key_file, jwt.alg, jwt.kid) if jwt.key_file is not None else None
     previous = KeyFile(jwt.previous_key_file, None, jwt.previous_kid) if jwt.previous_key_file is not None else None
     return current, (previous,) if previous is not None else ()
 
 
 def assertion_key_file(plugin: PluginConfig) -> KeyFile | None:
+    """The key that signs the plugin's client assertion; None unless it uses ``private_key_jwt``."""
     path = plugin.client_private_key_file
     if plugin.client_auth_method != "private_key_jwt" or path is None:
         return None
@@ -114,15 +109,16 @@ def assertion_key_file(plugin: PluginConfig) -> KeyFile | None:
 
 
 def tls_files(plugin: PluginConfig) -> TlsFiles:
+    """What the SSL context of the plugin's calls to the AS is made of."""
     return TlsFiles(plugin.verify_ssl, plugin.ca_file, plugin.client_cert_file, plugin.client_key_file)
 
 
-def plugin_needs(where: str, plugin: PluginConfig, at: int = 0) -> list[Need]:
-    """What one plugin block needs: its SSL context, and its assertion key with ``private_key_jwt``."""
-    needs = [Need(where, "config.", "ca_file", tls_files(plugin), at)]
+def plugin_needs(where: str, plugin: PluginConfig) -> list[Need]:
+    """What one plugin needs: its SSL context, and its assertion key with ``private_key_jwt``."""
+    needs = [Need(where, "config.", "ca_file", tls_files(plugin))]
     key = assertion_key_file(plugin)
     if key is not None:
-        needs.append(Need(where, "config.", "client_private_key_file", key, at))
+        needs.append(Need(where, "config.", "client_private_key_file", key))
     return needs
 
 
@@ -147,12 +143,13 @@ def load_needs(source: str, needs: Iterable[Need]) -> tuple[Material, list[tuple
     """Read every file the needs name, once each; the material, and each problem with its need's ``at``."""
     keys: dict[KeyFile, SigningKey] = {}
     contexts: dict[TlsFiles, ssl.SSLContext] = {}
+    pems: dict[str, bytes | str] = {}  # path -> the PEM, or why it cannot be read: a key file is read once
     problems: list[tuple[int, ConfigProblem]] = []
     failed: dict[KeyFile | TlsFiles, list[tuple[str, str]]] = {}  # (option, why): a bad file is read once too
     for need in needs:
         what = need.what
         if what not in keys and what not in contexts and what not in failed:
-            whys = _load_key(what, keys) if isinstance(what, KeyFile) else _load_context(what, contexts)
+            whys = _load_key(what, keys, pems) if isinstance(what, KeyFile) else _load_context(what, contexts)
             if whys:
                 failed[what] = whys
         for option, why in failed.get(what, ()):
@@ -160,11 +157,18 @@ def load_needs(source: str, needs: Iterable[Need]) -> tuple[Material, list[tuple
     return Material(MappingProxyType(keys), MappingProxyType(contexts)), problems
 
 
-def _load_key(key: KeyFile, into: dict[KeyFile, SigningKey]) -> list[tuple[str, str]]:
+def _load_key(key: KeyFile, into: dict[KeyFile, SigningKey], pems: dict[str, bytes | str]) -> list[tuple[str, str]]:
+    """The key, or why not (``pems``: the files read so far, so that two needs of one file read it once)."""
+    if key.path not in pems:
+        try:
+            pems[key.path] = Path(key.path).read_bytes()
+        except OSError as exc:
+            pems[key.path] = f"cannot read the file: {exc.strerror}"
+    pem = pems[key.path]
+    if isinstance(pem, str):
+        return [("", pem)]
     try:
-        into[key] = SigningKey.from_pem_file(key.path, key.alg, key.kid)
-    except OSError as exc:
-        return [("", f"cannot read the file: {exc.strerror}")]
+        into[key] = SigningKey.from_pem(pem, key.alg, key.kid)
     except JoseError:
         return [("", _NOT_A_KEY)]
     return []
@@ -205,7 +209,7 @@ def ssl_context(files: TlsFiles) -> ssl.SSLContext:
 def signing_key(key: KeyFile) -> SigningKey:
     """One private key, read now; ``ValueError`` says why it is unusable (as ``ssl_context``)."""
     keys: dict[KeyFile, SigningKey] = {}
-    whys = _load_key(key, keys)
+    whys = _load_key(key, keys, {})
     if whys:
         raise ValueError(whys[0][1])
     return keys[key]
