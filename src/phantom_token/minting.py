@@ -6,9 +6,11 @@ expire. With no ``key_file`` a key is generated once per process tree (before ``
 share it) and a warning says that other replicas, and this process after a restart, will not know it.
 
 The key files are read once, with the rest of the key and TLS material (``config.material``), when the
-configuration is loaded; this module takes the loaded keys from the ``Material`` and never reads a file.
+configuration is loaded; this module takes the loaded keys from that ``Material`` (given none, for settings built
+in code, it loads it with ``load_material``).
 
-Invariants: private keys never leave this module except as signatures; the JWKS holds public halves only.
+Invariants: the signing keys are used here only, and only to sign (nothing else takes them from the ``Material``);
+the JWKS holds public halves only.
 """
 
 from __future__ import annotations

@@ -89,9 +89,9 @@ class HttpIntrospector:
         self._client = client
         self._clock = clock
         self._refresh_after = metadata_refresh_seconds
-        loaded = material or Material()
-        self._contexts: dict[TlsFiles, ssl.SSLContext] = dict(loaded.contexts)
-        self._assertion_keys: dict[KeyFile, SigningKey] = dict(loaded.keys)
+        self._material = material or Material()  # looked up for client assertion keys and SSL contexts only
+        self._contexts: dict[TlsFiles, ssl.SSLContext] = {}  # what the material did not cover, read on first use
+        self._assertion_keys: dict[KeyFile, SigningKey] = {}
         self._discovered: dict[str, _Discovered] = {}
         self._discovery_locks: dict[str, asyncio.Lock] = {}
         self._jwks: dict[str, JwksCache] = {}
@@ -210,7 +210,7 @@ class HttpIntrospector:
         wanted = assertion_key_file(plugin)
         if wanted is None:
             return None
-        key = self._assertion_keys.get(wanted)
+        key = self._material.keys.get(wanted) or self._assertion_keys.get(wanted)
         if key is None:  # not in the material: read once, now
             try:
                 key = signing_key(wanted)
@@ -221,7 +221,7 @@ class HttpIntrospector:
 
     def _context(self, plugin: PluginConfig) -> ssl.SSLContext:
         files = tls_files(plugin)
-        context = self._contexts.get(files)
+        context = self._material.contexts.get(files) or self._contexts.get(files)
         if context is None:  # not in the material: read once, now
             try:
                 context = ssl_context(files)
