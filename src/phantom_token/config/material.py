@@ -24,10 +24,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from phantom_token.config.errors import ConfigError, ConfigProblem
 from phantom_token.config.settings import JwtSettings, PluginConfig, Settings
-from phantom_token.jose import JoseError, SigningKey
+
+if TYPE_CHECKING:  # imported when a key is read: a file that names none never loads the JOSE library
+    from phantom_token.jose import SigningKey
 
 __all__ = [
     "KeyFile",
@@ -167,6 +170,8 @@ def _load_key(key: KeyFile, into: dict[KeyFile, SigningKey], pems: dict[str, byt
     pem = pems[key.path]
     if isinstance(pem, str):
         return [("", pem)]
+    from phantom_token.jose import JoseError, SigningKey
+
     try:
         into[key] = SigningKey.from_pem(pem, key.alg, key.kid)
     except JoseError:
