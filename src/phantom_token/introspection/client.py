@@ -215,7 +215,7 @@ class HttpIntrospector:
             try:
                 key = signing_key(wanted)
             except ValueError as exc:
-                raise IntrospectionUnavailable(f"client_private_key_file {exc}") from exc
+                raise IntrospectionUnavailable(f"cannot load client_private_key_file: {exc}") from exc
             self._assertion_keys[wanted] = key
         return key
 
