@@ -3,6 +3,8 @@
 Exit codes: 0 success (and after a graceful SIGTERM), 1 invalid configuration, 2 usage error.
 This module parses arguments and checks the configuration before anything starts; ``serve`` and ``authz`` then
 run through ``phantom_token.process`` (imported only for them, so ``check``, ``purge`` and ``jwks`` stay light).
+Loading the configuration also loads the key and TLS files it names (``config.material``), once: ``check``
+reports an unusable one, and ``serve``/``authz``/``jwks`` use the loaded keys and SSL contexts.
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ from collections.abc import Sequence
 from phantom_token import __version__, compiled
 from phantom_token.addresses import parse_listen
 from phantom_token.config.errors import ConfigError
-from phantom_token.config.loader import format_problems
-from phantom_token.config.settings import Settings
+from phantom_token.config.loader import Configuration, format_problems
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -62,15 +63,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _serve(args)
 
 
-def _load(config: str | None, *, require_upstream: bool) -> Settings:
-    from phantom_token.config.loader import load_settings, resolve_config_path
+def _load(config: str | None, *, require_upstream: bool) -> Configuration:
+    from phantom_token.config.loader import load_configuration, resolve_config_path
 
-    return load_settings(resolve_config_path(config, os.environ), require_upstream=require_upstream)
+    return load_configuration(resolve_config_path(config, os.environ), require_upstream=require_upstream)
 
 
 def _check(config: str | None) -> int:
     try:
-        settings = _load(config, require_upstream=False)
+        settings = _load(config, require_upstream=False).settings
     except ConfigError as err:
         print(format_problems(err), file=sys.stderr)
         return 1
@@ -85,19 +86,16 @@ def _jwks(config: str | None) -> int:
     from phantom_token.minting import JwtMinter, signing_keys
 
     try:
-        settings = _load(config, require_upstream=False)
+        loaded = _load(config, require_upstream=False)
     except ConfigError as err:
         print(format_problems(err), file=sys.stderr)
         return 1
+    settings = loaded.settings
     if settings.jwt.key_file is None:
         print("phantom-token: phantom_token.jwt.key_file is not set: the gateway generates a key at start, whose "
               "JWKS only its admin listener serves (/.well-known/jwks.json)", file=sys.stderr)
         return 1
-    try:
-        key, previous = signing_keys(settings)
-    except ConfigError as err:
-        print(format_problems(err), file=sys.stderr)
-        return 1
+    key, previous = signing_keys(settings, loaded.material)
     print(json.dumps(JwtMinter(key, settings.jwt.issuer or "", 0, previous).jwks(), indent=2))
     return 0
 
@@ -109,7 +107,7 @@ def _purge(args: argparse.Namespace) -> int:
     from phantom_token.admin_client import admin_url_from, post_purge
 
     try:
-        settings = _load(args.config, require_upstream=False)
+        settings = _load(args.config, require_upstream=False).settings
     except ConfigError as err:
         print(format_problems(err), file=sys.stderr)
         return 1
@@ -138,10 +136,11 @@ def _serve(args: argparse.Namespace) -> int:
     from phantom_token.log import setup_logging
 
     try:
-        settings = _load(args.config, require_upstream=args.command == "serve")
+        loaded = _load(args.config, require_upstream=args.command == "serve")
     except ConfigError as err:
         print(format_problems(err), file=sys.stderr)
         return 1
+    settings, material = loaded.settings, loaded.material
     listen = args.listen or settings.listen
     admin = args.admin_listen or settings.admin_listen
     workers = args.workers or settings.workers
@@ -155,20 +154,12 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"phantom-token: {exc}", file=sys.stderr)
         return 2
     setup_logging(args.log_format or settings.log_format, args.log_level or settings.log_level)
-    try:
-        _load_signing_keys(settings)  # before --workers fork, so that every worker signs with the same key
-    except ConfigError as err:
-        print(format_problems(err), file=sys.stderr)
-        return 1
-    from phantom_token.process import Supervisor, worker
-
-    if workers == 1:
-        return worker(settings, args.command, listen, admin, reuse_port=False, ready_fd=None)
-    return Supervisor(settings, args.command, listen, admin, workers).run()
-
-
-def _load_signing_keys(settings: Settings) -> None:
     from phantom_token.minting import needs_minter, signing_keys
 
     if needs_minter(settings):
-        signing_keys(settings)
+        signing_keys(settings, material)  # before --workers fork, so that every worker signs with the same key
+    from phantom_token.process import Supervisor, worker
+
+    if workers == 1:
+        return worker(settings, material, args.command, listen, admin, reuse_port=False, ready_fd=None)
+    return Supervisor(settings, material, args.command, listen, admin, workers).run()

@@ -5,7 +5,9 @@ decision service) through ``phantom_token.process``, and the ASGI middleware (``
 application's own server. Listeners, signals and processes are not its business (``phantom_token.process``).
 
 Invariants:
-- Building does no I/O: the objects exist, nothing is connected or fetched yet.
+- Building does no I/O when given the ``Material`` loaded with the configuration (``config.loader``): the keys and
+  SSL contexts are taken from it, nothing is connected or fetched yet. Without it (settings built in code), the
+  material is loaded here, once, by ``load_material`` (a ``ConfigError`` names any unusable file).
 - ``open()`` runs once before the first request that needs I/O (the cache's shared store, introspection discovery;
   discovery failing raises, so a process refuses to start); ``close()`` once after the last request (the HTTP
   client, then the cache). Open order: cache, introspection; close order: HTTP client, cache.
@@ -16,6 +18,7 @@ Invariants:
 from __future__ import annotations
 
 from phantom_token.cache.stack import build_cache
+from phantom_token.config.material import Material, load_material
 from phantom_token.config.settings import Settings
 from phantom_token.core.engine import Engine
 from phantom_token.core.routes import Router
@@ -28,14 +31,15 @@ from phantom_token.minting import build_minter
 class Gateway:
     """The engine and its adapters for one ``Settings``: what ``serve``, ``authz`` and the ASGI middleware share."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, material: Material | None = None) -> None:
         self.settings = settings
+        self.material = material if material is not None else load_material(settings)
         self.metrics = Metrics()
         self.client = HttpClient()
         self.caches = build_cache(settings)
         self.cache = self.caches.cache
-        self.introspector = HttpIntrospector(self.client)
-        self.minter = build_minter(settings)  # None unless a route mints JWTs (json/signed) or a key is configured
+        self.introspector = HttpIntrospector(self.client, material=self.material)
+        self.minter = build_minter(settings, self.material)  # None unless a route mints JWTs or a key is configured
         self.router = Router(settings.routes)
         self.engine = Engine(self.router, self.cache, self.introspector, metrics=self.metrics,
                              coordinator=self.caches.coordinator, minter=self.minter)

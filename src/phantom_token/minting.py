@@ -5,7 +5,12 @@ Keys come from ``phantom_token.jwt``: ``key_file`` (PEM: EC P-256 by default, RS
 expire. With no ``key_file`` a key is generated once per process tree (before ``--workers`` fork, so the workers
 share it) and a warning says that other replicas, and this process after a restart, will not know it.
 
-Invariants: private keys never leave this module except as signatures; the JWKS holds public halves only.
+The key files are read once, with the rest of the key and TLS material (``config.material``), when the
+configuration is loaded; this module takes the loaded keys from that ``Material`` (given none, for settings built
+in code, it loads it with ``load_material``).
+
+Invariants: the signing keys are used here only, and only to sign (nothing else takes them from the ``Material``);
+the JWKS holds public halves only.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import logging
 from typing import Any
 
 from phantom_token import jose
-from phantom_token.config.errors import ConfigError, ConfigProblem
+from phantom_token.config.material import Material, load_material
 from phantom_token.config.settings import JwtSettings, Settings
 
 log = logging.getLogger("phantom_token.jwt")
@@ -22,7 +27,7 @@ log = logging.getLogger("phantom_token.jwt")
 AT_JWT = "at+jwt"  # RFC 9068 section 2.1
 DEFAULT_ALG = "ES256"
 
-_loaded: dict[tuple[JwtSettings, str], tuple[jose.SigningKey, tuple[jose.SigningKey, ...]]] = {}
+_generated: dict[tuple[JwtSettings, str], jose.SigningKey] = {}
 
 
 class JwtMinter:
@@ -63,43 +68,32 @@ def needs_minter(settings: Settings) -> bool:
     )
 
 
-def signing_keys(settings: Settings) -> tuple[jose.SigningKey, tuple[jose.SigningKey, ...]]:
-    """The current and previous keys of ``phantom_token.jwt``; loaded (or generated) once per process tree."""
-    cache_key = (settings.jwt, settings.source)
-    if cache_key not in _loaded:
-        _loaded[cache_key] = _load(settings.jwt, settings.source)
-    return _loaded[cache_key]
+def signing_keys(
+    settings: Settings, material: Material | None = None
+) -> tuple[jose.SigningKey, tuple[jose.SigningKey, ...]]:
+    """The current and previous keys of ``phantom_token.jwt``: those of ``material`` (loaded for ``settings``, or by
+    ``load_material`` when not given), the current one generated once per process tree when ``key_file`` is unset."""
+    key, previous = (material if material is not None else load_material(settings)).jwt_keys(settings.jwt)
+    if key is None:
+        key = _generated_key(settings.jwt, settings.source)
+    return key, previous
 
 
-def build_minter(settings: Settings) -> JwtMinter | None:
+def build_minter(settings: Settings, material: Material | None = None) -> JwtMinter | None:
     """The minter for these settings, or None when nothing mints and no key is configured."""
     if not needs_minter(settings):
         return None
-    key, previous = signing_keys(settings)
+    key, previous = signing_keys(settings, material)
     issuer = settings.jwt.issuer or ""
     return JwtMinter(key, issuer, settings.jwt.max_lifetime_seconds, previous)
 
 
-def _load(jwt: JwtSettings, source: str) -> tuple[jose.SigningKey, tuple[jose.SigningKey, ...]]:
-    if jwt.key_file is None:
-        key = jose.SigningKey.generate(jwt.alg or DEFAULT_ALG, jwt.kid)
+def _generated_key(jwt: JwtSettings, source: str) -> jose.SigningKey:
+    known = _generated.get((jwt, source))
+    if known is None:
+        known = _generated[(jwt, source)] = jose.SigningKey.generate(jwt.alg or DEFAULT_ALG, jwt.kid)
         log.warning(
             "phantom_token.jwt.key_file is not set: generated a %s signing key (kid=%s) for this process; other "
-            "replicas will not share it and JWTs it signed stop verifying after a restart", key.alg, key.kid,
+            "replicas will not share it and JWTs it signed stop verifying after a restart", known.alg, known.kid,
         )
-    else:
-        key = _read(source, "jwt.key_file", jwt.key_file, jwt.alg, jwt.kid)
-    previous: tuple[jose.SigningKey, ...] = ()
-    if jwt.previous_key_file is not None:
-        previous = (_read(source, "jwt.previous_key_file", jwt.previous_key_file, None, jwt.previous_kid),)
-    return key, previous
-
-
-def _read(source: str, field: str, path: str, alg: str | None, kid: str | None) -> jose.SigningKey:
-    try:
-        return jose.SigningKey.from_pem_file(path, alg, kid)
-    except OSError as exc:
-        why = f"cannot read the key file: {exc.strerror}"
-    except jose.JoseError as exc:
-        why = str(exc)
-    raise ConfigError([ConfigProblem(source, "phantom_token", field, why)])
+    return known

@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from phantom_token.addresses import display, parse_listen
 from phantom_token.admin import admin_handler
 from phantom_token.cache.purge import Purger, namespaces
+from phantom_token.config.material import Material
 from phantom_token.config.settings import Settings
 from phantom_token.errors import PhantomTokenError
 from phantom_token.frontends.decisions import start_decisions
@@ -133,10 +134,13 @@ def announce(command: str, urls: list[str]) -> None:
     print(f"phantom-token {command} listening on {urls[0]}{extra}", flush=True)
 
 
-def worker(settings: Settings, command: str, listen: str, admin: str | None, *, reuse_port: bool,
-           ready_fd: int | None) -> int:
-    """Run one process's ``Listeners`` until SIGTERM or SIGINT; the exit status (1: could not start)."""
-    listeners = Listeners(Gateway(settings), command)
+def worker(settings: Settings, material: Material, command: str, listen: str, admin: str | None, *,
+           reuse_port: bool, ready_fd: int | None) -> int:
+    """Run one process's ``Listeners`` until SIGTERM or SIGINT; the exit status (1: could not start).
+
+    ``material`` is the configuration's, loaded once before any worker forks: no worker reads a key file again.
+    """
+    listeners = Listeners(Gateway(settings, material), command)
 
     def ready(urls: list[str]) -> None:
         if ready_fd is None:
@@ -166,8 +170,10 @@ class Supervisor:
     Only the first worker runs the admin listener, so /metrics shows that worker's counters.
     """
 
-    def __init__(self, settings: Settings, command: str, listen: str, admin: str | None, workers: int) -> None:
-        self.settings, self.command, self.listen, self.admin, self.workers = settings, command, listen, admin, workers
+    def __init__(self, settings: Settings, material: Material, command: str, listen: str, admin: str | None,
+                 workers: int) -> None:
+        self.settings, self.material, self.command = settings, material, command
+        self.listen, self.admin, self.workers = listen, admin, workers
         self.children: dict[int, int] = {}  # pid -> worker index
         self.stopping = False
 
@@ -177,7 +183,8 @@ class Supervisor:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             admin = self.admin if index == 0 else None
-            os._exit(worker(self.settings, self.command, self.listen, admin, reuse_port=True, ready_fd=ready_fd))
+            os._exit(worker(self.settings, self.material, self.command, self.listen, admin, reuse_port=True,
+                            ready_fd=ready_fd))
         self.children[pid] = index
 
     def run(self) -> int:

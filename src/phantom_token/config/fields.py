@@ -18,9 +18,12 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from phantom_token.config.errors import ConfigProblem
+
+if TYPE_CHECKING:
+    from phantom_token.config.material import Need
 
 __all__ = ["Block", "Context", "type_name"]
 
@@ -28,13 +31,15 @@ T = TypeVar("T")
 
 
 class Context:
-    """What every reader needs: where problems go, the environment for vault references, the mode."""
+    """What every reader needs: where problems go, the environment for vault references, the mode; and where the
+    key and TLS files the parsers find named go (``needs``: ``config.material`` reads them after parsing)."""
 
     def __init__(self, source: str, environ: Mapping[str, str], require_upstream: bool) -> None:
         self.source = source
         self.environ = environ
         self.require_upstream = require_upstream
         self.problems: list[ConfigProblem] = []
+        self.needs: list[Need] = []
 
     def problem(self, where: str, field: str, why: str) -> None:
         self.problems.append(ConfigProblem(self.source, where, field, why))

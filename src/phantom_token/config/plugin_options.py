@@ -7,9 +7,9 @@ Invariants:
 - The rules that tie options together live here: ``introspection_endpoint`` is required unless ``issuer`` is set;
   ``signed`` needs ``issuer``; ``client_secret`` is required by the ``client_secret_*`` methods; the key and
   certificate files belong to exactly one method each and are required by it.
-- The files the block names are opened here, at load time (private keys through ``phantom_token.jose``, CA and
-  client certificates through ``ssl``), so a bad file is a configuration problem, not a failure at the first
-  request. Only the error's kind is reported, never the file's content.
+- No file is opened here: each file the block names is recorded as a ``Need`` in the context (with the number of
+  problems so far, so that a bad file is reported where its option is read), and ``config.material`` reads them
+  all in one step after parsing. A bad file is still a configuration problem, never a failure at a request.
 - A block with any problem gives None, never a half-valid ``PluginConfig``; problems are recorded in the order the
   options are read below (the order ``phantom-token check`` prints them).
 """
@@ -17,16 +17,16 @@ Invariants:
 from __future__ import annotations
 
 import re
-import ssl
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from phantom_token.config.fields import Block, Context
+from phantom_token.config.material import KeyFile, Need, TlsFiles
 from phantom_token.config.options import Option, OptionTable
 from phantom_token.config.settings import CLIENT_AUTH_METHODS, RESPONSE_MODES, PluginConfig
 
-__all__ = ["PLUGIN_OPTIONS", "parse_plugin_config", "unusable_private_key"]
+__all__ = ["PLUGIN_OPTIONS", "parse_plugin_config"]
 
 _URL = "`http://` or `https://` URL"
 _KEY = "readable PEM private key"
@@ -100,19 +100,22 @@ def parse_plugin_config(ctx: Context, where: str, raw: Mapping[Any, Any]) -> Plu
     realm = opts.text(block, "realm")
     if realm is not None and (not _REALM.fullmatch(realm) or '"' in realm or "\\" in realm):
         block.problem("realm", "must be printable ASCII without '\"' or '\\'")
+    token_cache_seconds = opts.integer(block, "token_cache_seconds")
+    scope = _scope(block)
+    verify_ssl = opts.flag(block, "verify_ssl")
     config = PluginConfig(
         introspection_endpoint=endpoint or "",
         client_id=client_id or "",
         client_secret=client_secret or "",
-        token_cache_seconds=opts.integer(block, "token_cache_seconds"),
-        scope=_scope(block),
-        verify_ssl=opts.flag(block, "verify_ssl"),
+        token_cache_seconds=token_cache_seconds,
+        scope=scope,
+        verify_ssl=verify_ssl,
         realm=realm,
         run_on_preflight=opts.flag(block, "run_on_preflight"),
         max_token_length=opts.integer(block, "max_token_length"),
         introspection_timeout_seconds=opts.number(block, "introspection_timeout_seconds"),
         negative_cache_seconds=opts.integer(block, "negative_cache_seconds"),
-        **_standards_options(block, method),
+        **_standards_options(block, method, verify_ssl),
     )
     return config if len(ctx.problems) == before else None
 
@@ -143,7 +146,7 @@ def _scope(block: Block) -> tuple[str, ...]:
 # ------------------------------------------------------------- standards-based authorization servers (issue 3)
 
 
-def _standards_options(block: Block, method: str) -> dict[str, Any]:
+def _standards_options(block: Block, method: str, verify_ssl: bool) -> dict[str, Any]:
     """The plugin options for RFC 7662 / RFC 9701 servers: mode, discovery, claim checks, client authentication."""
     opts = PLUGIN_OPTIONS
     mode = opts.word(block, "introspection_response")
@@ -167,10 +170,9 @@ def _standards_options(block: Block, method: str) -> dict[str, Any]:
         "clock_skew_seconds": opts.integer(block, "clock_skew_seconds"),
         "honor_cache_control": opts.flag(block, "honor_cache_control"),
         "client_auth_method": method,
-        "client_private_key_file": _private_key_file(block, method),
-        "client_private_key_id": opts.text(block, "client_private_key_id"),
+        **_private_key(block, method),
         "client_assertion_audience": urls["client_assertion_audience"],
-        **_tls_files(block, method),
+        **_tls_files(block, method, verify_ssl),
     }
 
 
@@ -195,41 +197,22 @@ def _only_for(block: Block, key: str, method: str, wanted: str) -> str | None:
     return value
 
 
-def _private_key_file(block: Block, method: str) -> str | None:
+def _private_key(block: Block, method: str) -> dict[str, str | None]:
+    """``client_private_key_file`` (a ``Need`` with ``private_key_jwt``) and ``client_private_key_id``."""
     path = _only_for(block, "client_private_key_file", method, "private_key_jwt")
+    at = len(block.ctx.problems)
+    kid = PLUGIN_OPTIONS.text(block, "client_private_key_id")
     if path is not None and method == "private_key_jwt":
-        why = unusable_private_key(path, None)
-        if why is not None:
-            block.problem("client_private_key_file", why)
-    return path
+        block.ctx.needs.append(Need(block.where, "config.", "client_private_key_file", KeyFile(path, None, kid), at))
+    return {"client_private_key_file": path, "client_private_key_id": kid}
 
 
-def unusable_private_key(path: str, alg: str | None) -> str | None:
-    """Why the PEM file at ``path`` cannot sign (with ``alg`` when given), or None when it can."""
-    from phantom_token.jose import JoseError, SigningKey
-
-    try:
-        SigningKey.from_pem_file(path, alg)
-    except OSError as exc:
-        return f"cannot read the file: {exc.strerror}"
-    except JoseError:
-        return "is not a PEM private key (EC P-256/384/521, RSA >= 2048 bits or Ed25519) that fits the algorithm"
-    return None
-
-
-def _tls_files(block: Block, method: str) -> dict[str, str | None]:
+def _tls_files(block: Block, method: str, verify_ssl: bool) -> dict[str, str | None]:
+    """The TLS files, and the ``Need`` of the plugin's SSL context (every plugin has one: the system store)."""
     cert = _only_for(block, "client_cert_file", method, "tls_client_auth")
     key = _only_for(block, "client_key_file", method, "tls_client_auth")
     ca_file = PLUGIN_OPTIONS.text(block, "ca_file")
-    if ca_file is not None:
-        try:
-            ssl.create_default_context(cafile=ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            block.problem("ca_file", f"is not a readable PEM file of CA certificates ({type(exc).__name__})")
-    if cert is not None and key is not None and method == "tls_client_auth":
-        try:
-            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key)
-        except (OSError, ssl.SSLError) as exc:
-            why = f"with client_key_file, is not a readable PEM certificate and matching key ({type(exc).__name__})"
-            block.problem("client_cert_file", why)
+    presented = cert is not None and key is not None and method == "tls_client_auth"
+    files = TlsFiles(verify_ssl, ca_file, cert if presented else None, key if presented else None)
+    block.ctx.needs.append(Need(block.where, "config.", "ca_file", files, len(block.ctx.problems)))
     return {"client_cert_file": cert, "client_key_file": key, "ca_file": ca_file}

@@ -10,7 +10,8 @@ Invariants:
 - ``cache.encryption_key`` only applies with ``cache.redis_url`` and has at least ``MIN_ENCRYPTION_KEY_CHARS``
   characters; neither it nor ``redis_url`` (which may carry a password) nor ``admin_token`` ever appears in a
   message.
-- The key files named in ``jwt`` are opened here, at load time, through ``phantom_token.jose``.
+- The key files named in ``jwt`` are not opened here: each is recorded as a ``Need`` (``config.material`` reads
+  them after parsing, and reports a bad one where its option is read).
 - Problems are recorded in the order the options are read below (the order ``phantom-token check`` prints them).
 """
 
@@ -23,8 +24,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from phantom_token.config.fields import Block, Context
+from phantom_token.config.material import KeyFile, Need
 from phantom_token.config.options import Option, OptionTable
-from phantom_token.config.plugin_options import unusable_private_key
 from phantom_token.config.settings import (
     DEFAULT_TRUSTED_PROXIES,
     MIN_ENCRYPTION_KEY_CHARS,
@@ -218,18 +219,20 @@ def _jwt(block: Block, routes: tuple[Route, ...]) -> JwtSettings:
     if alg is not None and alg not in SUPPORTED_ALGORITHMS:
         jwt.problem("alg", "must be one of " + ", ".join(sorted(SUPPORTED_ALGORITHMS)))
         alg = None
-    files = {}
-    for key, key_alg in (("key_file", alg), ("previous_key_file", None)):
-        path = files[key] = opts.text(jwt, key)
-        why = unusable_private_key(path, key_alg) if path is not None else None
-        if why is not None:
-            jwt.problem(key, why)
+    key_file, at = opts.text(jwt, "key_file"), len(jwt.ctx.problems)
+    previous_key_file, previous_at = opts.text(jwt, "previous_key_file"), len(jwt.ctx.problems)
+    kid, previous_kid = opts.text(jwt, "kid"), opts.text(jwt, "previous_kid")
+    if key_file is not None:
+        jwt.ctx.needs.append(Need(jwt.where, "jwt.", "key_file", KeyFile(key_file, alg, kid), at))
+    if previous_key_file is not None:
+        previous = KeyFile(previous_key_file, None, previous_kid)
+        jwt.ctx.needs.append(Need(jwt.where, "jwt.", "previous_key_file", previous, previous_at))
     return JwtSettings(
         issuer=issuer,
-        key_file=files["key_file"],
+        key_file=key_file,
         alg=alg,
-        kid=opts.text(jwt, "kid"),
-        previous_key_file=files["previous_key_file"],
-        previous_kid=opts.text(jwt, "previous_kid"),
+        kid=kid,
+        previous_key_file=previous_key_file,
+        previous_kid=previous_kid,
         max_lifetime_seconds=opts.integer(jwt, "max_lifetime_seconds"),
     )

@@ -29,9 +29,10 @@ import asyncio
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
+from phantom_token.config.material import Material
 from phantom_token.config.settings import Settings
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
@@ -39,6 +40,9 @@ from phantom_token.gateway import Gateway
 from phantom_token.http.uri import InvalidTarget, normalise_host, normalise_path
 from phantom_token.jose import MalformedToken as MalformedJwt
 from phantom_token.jose import decode_unverified as read_claims
+
+if TYPE_CHECKING:
+    from phantom_token.config.loader import Configuration
 
 log = logging.getLogger("phantom_token.asgi")
 
@@ -56,7 +60,13 @@ _SAFE = "/!$&'()*+,;=:@~-._"  # what quote() keeps of a decoded path: RFC 3986 p
 def settings_from_options(plugin_options: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Settings:
     """Settings with one route for every path whose plugin ``config`` is ``plugin_options`` (validated as a file
     would be; raises ``ConfigError``)."""
-    from phantom_token.config.loader import parse_settings
+    return configuration_from_options(plugin_options, environ).settings
+
+
+def configuration_from_options(plugin_options: Mapping[str, Any],
+                               environ: Mapping[str, str] | None = None) -> Configuration:
+    """``settings_from_options``'s settings, with the key and TLS files they name loaded."""
+    from phantom_token.config.loader import parse_configuration
 
     document = {
         "_format_version": "2.1",
@@ -66,31 +76,37 @@ def settings_from_options(plugin_options: Mapping[str, Any], environ: Mapping[st
             "plugins": [{"name": "phantom-token", "config": dict(plugin_options)}],
         }],
     }
-    return parse_settings(document, source="<PhantomTokenMiddleware>", environ=environ, require_upstream=False)
+    return parse_configuration(document, source="<PhantomTokenMiddleware>", environ=environ, require_upstream=False)
 
 
 class PhantomTokenMiddleware:
     """Swap the opaque bearer token for the JWT before the wrapped ASGI app sees the request."""
 
     def __init__(self, app: ASGIApp, **plugin_options: Any) -> None:
-        self._setup(app, settings_from_options(plugin_options))
+        loaded = configuration_from_options(plugin_options)
+        self._setup(app, loaded.settings, loaded.material)
 
     @classmethod
     def from_config(cls, app: ASGIApp, path: str | os.PathLike[str]) -> PhantomTokenMiddleware:
         """The middleware for the routes of a Kong-format file (services need no ``url``)."""
-        from phantom_token.config.loader import load_settings
+        from phantom_token.config.loader import load_configuration
 
-        return cls.from_settings(app, load_settings(path, require_upstream=False))
+        loaded = load_configuration(path, require_upstream=False)
+        return cls.from_settings(app, loaded.settings, loaded.material)
 
     @classmethod
-    def from_settings(cls, app: ASGIApp, settings: Settings) -> PhantomTokenMiddleware:
+    def from_settings(
+        cls, app: ASGIApp, settings: Settings, material: Material | None = None
+    ) -> PhantomTokenMiddleware:
+        """The middleware for ``settings``; the key and TLS files they name are loaded now unless ``material`` is
+        given (``config.loader.load_configuration`` gives both)."""
         middleware = cls.__new__(cls)
-        middleware._setup(app, settings)
+        middleware._setup(app, settings, material)
         return middleware
 
-    def _setup(self, app: ASGIApp, settings: Settings) -> None:
+    def _setup(self, app: ASGIApp, settings: Settings, material: Material | None = None) -> None:
         self.app = app
-        self.gateway = Gateway(settings)
+        self.gateway = Gateway(settings, material)
         self.engine = self.gateway.engine
         self.is_open = False
         self._opening: asyncio.Lock | None = None
@@ -228,4 +244,11 @@ async def _send_deny(deny: Deny, head: bool, send: Send) -> None:
     await send({"type": "http.response.body", "body": b"" if head else body})
 
 
-__all__ = ["CLAIMS_KEY", "PhantomTokenMiddleware", "allowed_scope", "request_info", "settings_from_options"]
+__all__ = [
+    "CLAIMS_KEY",
+    "PhantomTokenMiddleware",
+    "allowed_scope",
+    "configuration_from_options",
+    "request_info",
+    "settings_from_options",
+]

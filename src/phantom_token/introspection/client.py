@@ -5,9 +5,14 @@ Foreign errors (connect, timeout, TLS, protocol, oversized body) become ``Intros
 the boundary, so the engine sees one vocabulary. Reading the answers is pure and lives in ``rfc7662`` (Curity JWT,
 RFC 7662 JSON), ``rfc9701`` (signed), ``discovery`` (RFC 8414) and ``client_auth`` (how the gateway authenticates).
 
-Lifespan: ``start`` (called once by the composition root) loads client keys and TLS material and fetches the
-metadata of every issuer whose endpoints are to be discovered; a failure there stops start-up with a clear
-message (``MetadataError``), because a gateway that cannot know its endpoint can answer nothing but 502.
+Client keys and SSL contexts come from the ``Material`` loaded with the configuration (``config.material``): no
+file is read here for a plugin the material covers. A plugin it does not cover (an introspector built in code
+without material) has its files read on first use, once, and an unusable file makes that call unavailable.
+
+Lifespan: ``start`` (called once by the composition root) makes sure every plugin has its keys and SSL context
+and fetches the metadata of every issuer whose endpoints are to be discovered; a failure there stops start-up
+with a clear message (``MetadataError``), because a gateway that cannot know its endpoint can answer nothing
+but 502.
 Afterwards metadata is refreshed every ``metadata_refresh_seconds`` on use; a failed refresh keeps the last good
 metadata (with a warning).
 """
@@ -23,6 +28,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from phantom_token.config.material import (
+    KeyFile,
+    Material,
+    TlsFiles,
+    assertion_key_file,
+    signing_key,
+    ssl_context,
+    tls_files,
+)
 from phantom_token.config.settings import PluginConfig
 from phantom_token.core.errors import IntrospectionUnavailable
 from phantom_token.core.ports import IntrospectionResult
@@ -39,24 +53,12 @@ from phantom_token.introspection.rfc7662 import (
     read_jwt_response,
 )
 from phantom_token.introspection.rfc9701 import ACCEPT_SIGNED, UnknownSigningKey, read_signed_response
-from phantom_token.jose import JoseError, SigningKey
+from phantom_token.jose import SigningKey
 
 log = logging.getLogger("phantom_token.introspection")
 
 MAX_RESPONSE_BYTES = 1 << 20
 ACCEPT = {"jwt": ACCEPT_JWT, "json": ACCEPT_JSON, "signed": ACCEPT_SIGNED}
-
-
-def ssl_context(verify: bool, ca_file: str | None = None, cert_file: str | None = None,
-                key_file: str | None = None) -> ssl.SSLContext:
-    """Trust ``ca_file`` (else the system store); present ``cert_file``/``key_file`` (RFC 8705) when given."""
-    context = ssl.create_default_context(cafile=ca_file)
-    if not verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    if cert_file is not None:
-        context.load_cert_chain(cert_file, key_file)
-    return context
 
 
 def needs_discovery(plugin: PluginConfig) -> bool:
@@ -82,19 +84,21 @@ class Requester(Protocol):
 
 
 class HttpIntrospector:
-    def __init__(self, client: Requester, *, clock: Callable[[], float] = time.time,
-                 metadata_refresh_seconds: float = 3600.0) -> None:
+    def __init__(self, client: Requester, *, material: Material | None = None,
+                 clock: Callable[[], float] = time.time, metadata_refresh_seconds: float = 3600.0) -> None:
         self._client = client
         self._clock = clock
         self._refresh_after = metadata_refresh_seconds
-        self._contexts: dict[tuple[bool, str | None, str | None, str | None], ssl.SSLContext] = {}
-        self._assertion_keys: dict[tuple[str, str | None], SigningKey] = {}
+        self._material = material or Material()  # looked up for client assertion keys and SSL contexts only
+        self._contexts: dict[TlsFiles, ssl.SSLContext] = {}  # what the material did not cover, read on first use
+        self._assertion_keys: dict[KeyFile, SigningKey] = {}
         self._discovered: dict[str, _Discovered] = {}
         self._discovery_locks: dict[str, asyncio.Lock] = {}
         self._jwks: dict[str, JwksCache] = {}
 
     async def start(self, plugins: Iterable[PluginConfig]) -> None:
-        """Load keys and TLS material, discover endpoints; raises ``MetadataError`` naming what failed."""
+        """Check every plugin has its key and SSL context, discover endpoints; raises ``MetadataError`` naming what
+        failed (``IntrospectionUnavailable`` when a file the material did not cover is unusable)."""
         for plugin in plugins:
             self._context(plugin)
             if plugin.client_auth_method == "private_key_jwt":
@@ -203,28 +207,27 @@ class HttpIntrospector:
     # --- authentication material and transport ------------------------------------------------------------
 
     def _assertion_key(self, plugin: PluginConfig) -> SigningKey | None:
-        path = plugin.client_private_key_file
-        if plugin.client_auth_method != "private_key_jwt" or path is None:
+        wanted = assertion_key_file(plugin)
+        if wanted is None:
             return None
-        cache_key = (path, plugin.client_private_key_id)
-        key = self._assertion_keys.get(cache_key)
-        if key is None:
+        key = self._material.keys.get(wanted) or self._assertion_keys.get(wanted)
+        if key is None:  # not in the material: read once, now
             try:
-                key = SigningKey.from_pem_file(path, kid=plugin.client_private_key_id)
-            except (OSError, JoseError) as exc:
+                key = signing_key(wanted)
+            except ValueError as exc:
                 raise IntrospectionUnavailable(f"cannot load client_private_key_file: {exc}") from exc
-            self._assertion_keys[cache_key] = key
+            self._assertion_keys[wanted] = key
         return key
 
     def _context(self, plugin: PluginConfig) -> ssl.SSLContext:
-        key = (plugin.verify_ssl, plugin.ca_file, plugin.client_cert_file, plugin.client_key_file)
-        context = self._contexts.get(key)
-        if context is None:
+        files = tls_files(plugin)
+        context = self._material.contexts.get(files) or self._contexts.get(files)
+        if context is None:  # not in the material: read once, now
             try:
-                context = ssl_context(*key)
-            except (OSError, ssl.SSLError) as exc:
-                raise IntrospectionUnavailable(f"cannot load the TLS files (ca_file, client_cert_file): {exc}") from exc
-            self._contexts[key] = context
+                context = ssl_context(files)
+            except ValueError as exc:
+                raise IntrospectionUnavailable(f"cannot load the TLS files: {exc}") from exc
+            self._contexts[files] = context
         return context
 
     async def _get(self, url: str, plugin: PluginConfig) -> bytes:
