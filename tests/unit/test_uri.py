@@ -6,7 +6,7 @@ import pytest
 
 from phantom_token.config.settings import Route, Upstream
 from phantom_token.core.routes import Router, upstream_path
-from phantom_token.http.uri import InvalidTarget, normalise_host, normalise_path, plain_path_end
+from phantom_token.http.uri import InvalidTarget, normalise_host, normalise_path, plain_path_end, split_absolute
 
 PATH_CASES = [
     ("/", "/"),
@@ -150,3 +150,22 @@ def test_a_path_plain_path_end_passes_is_its_own_normal_form() -> None:
     for path in samples:
         if plain_path_end(path.encode("latin-1")) >= 0:
             assert normalise_path(path) == path, path
+
+
+@pytest.mark.parametrize(
+    ("uri", "parts"),
+    [
+        ("http://API.example.com./a?b", ("API.example.com.", "api.example.com", "/a?b")),
+        ("HTTPS://h:8443", ("h:8443", "h", "")),
+        ("http://h?q", ("h", "h", "?q")),
+        ("http://[::1]:80/x#f", ("[::1]:80", "[::1]", "/x#f")),
+    ],
+)
+def test_an_absolute_uri_splits_into_authority_host_and_the_rest(uri: str, parts: tuple[str, str, str]) -> None:
+    assert split_absolute(uri) == parts
+
+
+@pytest.mark.parametrize("uri", ["ftp://h/x", "h/x", "http:/h/x", "http://user@h/x", "http:///x", "http://a..b/x"])
+def test_other_absolute_uris_are_refused(uri: str) -> None:
+    with pytest.raises(InvalidTarget):
+        split_absolute(uri)

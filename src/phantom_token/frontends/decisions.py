@@ -50,7 +50,7 @@ from phantom_token.http.connection import RequestHandler, ServerConnection, Serv
 from phantom_token.http.request_head import RequestHead
 from phantom_token.http.responses import encode_headers, status_line
 from phantom_token.http.server import HttpServer, start_server
-from phantom_token.http.uri import InvalidTarget, normalise_host, normalise_path
+from phantom_token.http.uri import InvalidTarget, normalise_host, normalise_path, split_absolute
 from phantom_token.memo import remember
 
 logger: Final = logging.getLogger("phantom_token.http")
@@ -119,29 +119,23 @@ _NORMAL_HOSTS: Final[dict[str, str]] = {}  # forwarded hosts -> normal form (bou
 def _split_uri(uri: str, name: str) -> tuple[str, str | None]:
     """(normalised path, host or None) of an origin-form (``/p?q``) or absolute-form (``https://h/p?q``) URI;
     raises ``BadDecisionRequest`` for anything else."""
-    authority = None
+    host = None
     if uri.startswith("/"):
         path = uri
-    elif uri[:8].lower().startswith(("http://", "https://")):
-        rest = uri.partition("://")[2]
-        end = len(rest)
-        for mark in "/?#":
-            at = rest.find(mark)
-            if 0 <= at < end:
-                end = at
-        authority, path = rest[:end], rest[end:] or "/"
-        if "@" in authority:
-            raise BadDecisionRequest(f"The {name} of the decision request carries userinfo")
     else:
-        raise BadDecisionRequest(f"The {name} of the decision request is not a path or an http(s) URL")
-    path = path.partition("?")[0]
+        try:
+            _, host, path = split_absolute(uri)
+        except InvalidTarget as exc:
+            raise BadDecisionRequest(f"The {name} of the decision request is not a path or a valid http(s) URL "
+                                     f"({exc.reason})") from exc
+    path = path.partition("?")[0] or "/"
     normal = _NORMAL_PATHS.get(path)
     if normal is None:
         try:
             normal = remember(_NORMAL_PATHS, path, normalise_path(path), 1024)
         except InvalidTarget as exc:
             raise BadDecisionRequest(f"The {name} of the decision request has an invalid path ({exc.reason})") from exc
-    return normal, None if authority is None else _host(authority, name)
+    return normal, host
 
 
 # Original paths -> their normal form: gateways ask about the same paths over and over, and a lookup is cheaper

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Final
 
 from phantom_token.http.messages import RawHeaders
-from phantom_token.http.uri import InvalidTarget, normalise_host, normalise_path, plain_path_end
+from phantom_token.http.uri import InvalidTarget, normalise_host, normalise_path, plain_path_end, split_absolute
 from phantom_token.memo import remember
 
 
@@ -85,21 +85,8 @@ def split_target(head: RequestHead) -> None:
         if target == b"*":
             head.path = "*"
             return
-        scheme, sep, rest = target.decode("latin-1").partition("://")
-        if not sep or scheme.lower() not in ("http", "https"):
-            raise Reject(400, "invalid request target")
-        end = len(rest)
-        for mark in "/?#":
-            at = rest.find(mark)
-            if 0 <= at < end:
-                end = at
-        authority = rest[:end]
-        if "@" in authority:  # RFC 9110 4.2.4: userinfo is never sent in a target
-            raise Reject(400, "invalid request target")
-        host = normalise_host(authority)
-        if not host:
-            raise Reject(400, "invalid request target")
-        path, _, query = rest[end:].partition("?")
+        authority, host, rest = split_absolute(target.decode("latin-1"))
+        path, _, query = rest.partition("?")
         head.path = normalise_path(path or "/")
         head.query = query
         head.raw_host = authority

@@ -125,6 +125,27 @@ def _decode_unreserved(path: str) -> str:
     return "".join(out)
 
 
+def split_absolute(uri: str) -> tuple[str, str, str]:
+    """(authority as received, its normal host, the rest: path, query and fragment as received) of an absolute
+    http(s) URI; raises ``InvalidTarget`` for another scheme, userinfo (RFC 9110 4.2.4: never sent in a target), or
+    a missing or invalid host."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        raise InvalidTarget("not an http(s) URI")
+    end = len(rest)
+    for mark in "/?#":
+        at = rest.find(mark)
+        if 0 <= at < end:
+            end = at
+    authority = rest[:end]
+    if "@" in authority:
+        raise InvalidTarget("userinfo in the URI")
+    host = normalise_host(authority)
+    if not host:
+        raise InvalidTarget("no host in the URI")
+    return authority, host, rest[end:]
+
+
 def normalise_host(authority: str) -> str:
     """The host of a Host value or URI authority, lower case, without one trailing dot and without the port;
     raises ``InvalidTarget`` for an invalid one."""
@@ -156,4 +177,4 @@ def normalise_host(authority: str) -> str:
     return host
 
 
-__all__ = ["InvalidTarget", "normalise_host", "normalise_path", "plain_path_end"]
+__all__ = ["InvalidTarget", "normalise_host", "normalise_path", "plain_path_end", "split_absolute"]
