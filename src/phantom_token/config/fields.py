@@ -45,6 +45,19 @@ class Context:
         self.problems.append(ConfigProblem(self.source, where, field, why))
 
 
+def entity(ctx: Context, raw: object, kind: str, index: int) -> tuple[dict[Any, Any], str | None, str] | None:
+    """A Kong entity of a list (``kind`` with its owner, e.g. ``svc / route``) as a mapping, its name, and how
+    problems name it: by its name when it has one, else by its position; None (the problem noted) when it is not a
+    mapping."""
+    if not isinstance(raw, dict):
+        ctx.problem(f"{kind} #{index + 1}", "", f"expected a mapping, got {type_name(raw)}")
+        return None
+    name = raw.get("name")
+    if not isinstance(name, str) or not name:
+        return raw, None, f"{kind} #{index + 1}"
+    return raw, name, f"{kind} '{name}'"
+
+
 def type_name(value: object) -> str:
     if value is None:
         return "null"

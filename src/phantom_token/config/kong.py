@@ -19,7 +19,7 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from phantom_token.config.fields import Block, Context, type_name
+from phantom_token.config.fields import Block, Context, entity, type_name
 from phantom_token.config.kong_routes import (
     PluginDef,
     RouteDef,
@@ -145,13 +145,12 @@ _UNSUPPORTED_SERVICE = {
 
 def _parse_service(ctx: Context, raw: object, index: int, version: str) -> tuple[ServiceDef, list[RouteDef]] | None:
     """A service and its nested routes (their plugins attached; the service's own plugin on the service)."""
-    if not isinstance(raw, dict):
-        ctx.problem(f"service #{index + 1}", "", f"expected a mapping, got {type_name(raw)}")
+    found = entity(ctx, raw, "service", index)
+    if found is None:
         return None
-    name = raw.get("name") if isinstance(raw.get("name"), str) and raw.get("name") else None
-    label = f"service '{name}'" if name else f"service #{index + 1}"
+    data, name, label = found
     fields = SERVICE_FIELDS
-    block = Block(ctx, label, raw, fields.names, unsupported=_UNSUPPORTED_SERVICE)
+    block = Block(ctx, label, data, fields.names, unsupported=_UNSUPPORTED_SERVICE)
     block.text("name")
     block.accept("id")
     block.accept("tags", many=True)
@@ -160,7 +159,7 @@ def _parse_service(ctx: Context, raw: object, index: int, version: str) -> tuple
     fields.integer(block, "retries")
     enabled = fields.flag(block, "enabled")
     upstream = _parse_upstream(block)
-    refs = {n for n in (name, raw.get("id")) if isinstance(n, str) and n}
+    refs = {n for n in (name, data.get("id")) if isinstance(n, str) and n}
     service = ServiceDef(label, name or f"#{index + 1}", frozenset(refs), upstream, enabled)
     routes = []
     for i, item in enumerate(block.items("routes")):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from dataclasses import fields as dataclasses_fields
 from typing import Any
 
-from phantom_token.config.fields import Block, Context, type_name
+from phantom_token.config.fields import Block, Context, entity
 from phantom_token.config.options import OptionTable, kong_field
 from phantom_token.config.plugin_options import parse_plugin_config
 from phantom_token.config.settings import HeaderCondition, PluginConfig, Route, Upstream
@@ -146,14 +146,13 @@ def parse_route(
     nested: bool,
 ) -> RouteDef | None:
     """One route (``nested``: inside a service, else top-level with ``service:``), its own plugin attached."""
-    if not isinstance(raw, dict):
-        ctx.problem(f"{where_prefix}route #{index + 1}", "", f"expected a mapping, got {type_name(raw)}")
+    found = entity(ctx, raw, f"{where_prefix}route", index)
+    if found is None:
         return None
-    name = raw.get("name") if isinstance(raw.get("name"), str) and raw.get("name") else None
-    where = f"{where_prefix}route '{name}'" if name else f"{where_prefix}route #{index + 1}"
+    data, name, where = found
     fields = ROUTE_FIELDS
     known = fields.names if nested else fields.names | {"service"}
-    block = Block(ctx, where, raw, known)
+    block = Block(ctx, where, data, known)
     block.text("name")
     block.accept("id")
     block.accept("tags", "snis", "sources", "destinations", many=True)
@@ -190,7 +189,7 @@ def parse_route(
         regex_priority=fields.integer(block, "regex_priority"),
     )
     definition = RouteDef(
-        where, route, service, ref_names=frozenset(n for n in (name, raw.get("id")) if isinstance(n, str))
+        where, route, service, ref_names=frozenset(n for n in (name, data.get("id")) if isinstance(n, str))
     )
     for plugin in parse_plugins(ctx, block.items("plugins"), where, nested=True):
         definition.plugin = only_one(ctx, definition.plugin, plugin)
@@ -320,15 +319,13 @@ def parse_plugins(ctx: Context, raws: list[Any], owner: str, *, nested: bool) ->
 
 
 def _parse_plugin(ctx: Context, raw: object, owner: str, index: int, *, nested: bool) -> PluginDef | None:
-    prefix = f"{owner} / " if owner else ""
-    if not isinstance(raw, dict):
-        ctx.problem(f"{prefix}plugin #{index + 1}", "", f"expected a mapping, got {type_name(raw)}")
+    found = entity(ctx, raw, f"{owner} / plugin" if owner else "plugin", index)
+    if found is None:
         return None
-    name = raw.get("name")
-    where = f"{prefix}plugin '{name}'" if isinstance(name, str) and name else f"{prefix}plugin #{index + 1}"
+    data, _, where = found
     known = PLUGIN_FIELDS.names - _TOP_LEVEL_ONLY if nested else PLUGIN_FIELDS.names
     unsupported = {"consumer": "consumer-scoped plugins are not supported by phantom-token"}
-    block = Block(ctx, where, raw, known, unsupported=unsupported)
+    block = Block(ctx, where, data, known, unsupported=unsupported)
     plugin_name = block.text("name", required=True)
     if plugin_name != PLUGIN_NAME:
         if plugin_name is not None:
@@ -344,8 +341,8 @@ def _parse_plugin(ctx: Context, raw: object, owner: str, index: int, *, nested: 
     config = parse_plugin_config(ctx, where, config_raw) if config_raw is not None else None
     plugin = PluginDef(where, config if enabled else None, enabled)
     if not nested:
-        plugin.service_ref = _ref_name(raw.get("service"))
-        plugin.route_ref = _ref_name(raw.get("route"))
+        plugin.service_ref = _ref_name(data.get("service"))
+        plugin.route_ref = _ref_name(data.get("route"))
     return plugin
 
 

@@ -103,17 +103,21 @@ def _single(headers: dict[str, list[str]], name: str) -> str | None:
     return values[0].strip()
 
 
-def _host(authority: str, name: str) -> str:
-    normal = _NORMAL_HOSTS.get(authority)
+def _normal(memo: dict[str, str], value: str, normalise: Callable[[str], str], problem: str) -> str:
+    """``normalise(value)``, remembered in ``memo``: gateways ask about the same few paths and hosts over and over,
+    and a lookup is cheaper than the scan. Bounded (a full memo starts over); nothing is stored for an invalid
+    value, which is a ``BadDecisionRequest`` saying ``problem``."""
+    normal = memo.get(value)
     if normal is None:
         try:
-            normal = remember(_NORMAL_HOSTS, authority, normalise_host(authority), 1024)
+            normal = remember(memo, value, normalise(value), 1024)
         except InvalidTarget as exc:
-            raise BadDecisionRequest(f"The {name} of the decision request is not a valid host") from exc
+            raise BadDecisionRequest(f"{problem} ({exc.reason})") from exc
     return normal
 
 
-_NORMAL_HOSTS: Final[dict[str, str]] = {}  # forwarded hosts -> normal form (bounded; invalid ones never stored)
+_NORMAL_PATHS: Final[dict[str, str]] = {}  # original paths (never a query string) -> normal form
+_NORMAL_HOSTS: Final[dict[str, str]] = {}  # forwarded hosts -> normal form
 
 
 def _split_uri(uri: str, name: str) -> tuple[str, str | None]:
@@ -128,19 +132,9 @@ def _split_uri(uri: str, name: str) -> tuple[str, str | None]:
         except InvalidTarget as exc:
             raise BadDecisionRequest(f"The {name} of the decision request is not a path or a valid http(s) URL "
                                      f"({exc.reason})") from exc
-    path = path.partition("?")[0] or "/"
-    normal = _NORMAL_PATHS.get(path)
-    if normal is None:
-        try:
-            normal = remember(_NORMAL_PATHS, path, normalise_path(path), 1024)
-        except InvalidTarget as exc:
-            raise BadDecisionRequest(f"The {name} of the decision request has an invalid path ({exc.reason})") from exc
-    return normal, host
-
-
-# Original paths -> their normal form: gateways ask about the same paths over and over, and a lookup is cheaper
-# than the scan. Bounded (a full memo starts over); never a query string, and nothing is stored for an invalid path.
-_NORMAL_PATHS: Final[dict[str, str]] = {}
+    path = _normal(_NORMAL_PATHS, path.partition("?")[0] or "/", normalise_path,
+                   f"The {name} of the decision request has an invalid path")
+    return path, host
 
 
 def _original(method: str, host: str, headers: dict[str, list[str]], uri_name: str, uri: str, method_name: str,
@@ -149,7 +143,8 @@ def _original(method: str, host: str, headers: dict[str, list[str]], uri_name: s
     original_method = _single(headers, method_name) or method
     if uri_host is None:
         forwarded_host = _single(headers, host_name)
-        uri_host = _host(forwarded_host, host_name) if forwarded_host else host
+        uri_host = _normal(_NORMAL_HOSTS, forwarded_host, normalise_host,
+                           f"The {host_name} of the decision request is not a valid host") if forwarded_host else host
     return RequestInfo(original_method.upper(), uri_host, path, headers)
 
 
