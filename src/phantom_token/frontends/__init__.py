@@ -5,12 +5,13 @@ They never decide a verdict themselves; ``Authorizer`` is all they know of the e
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 from phantom_token.config.settings import Settings
 from phantom_token.core.request import RequestInfo
-from phantom_token.core.verdict import Verdict
+from phantom_token.core.verdict import Verdict, server_error
 from phantom_token.http.connection import ServerLimits
 
 
@@ -26,6 +27,19 @@ class Authorizer(Protocol):
         ...
 
 
+logger: Final = logging.getLogger("phantom_token.frontends")
+
+
+async def authorize(engine: Authorizer, request: RequestInfo) -> Verdict:
+    """The engine's full verdict. The engine answers its known faults itself (502 ``server_error`` with a log
+    line); anything else it raises is still a 502, logged by type only (its message may quote the request)."""
+    try:
+        return await engine.authorize(request)
+    except Exception as exc:
+        logger.error("authorization failed: %s", type(exc).__name__)
+        return server_error()
+
+
 Observe = Callable[[int], None]
 """Called once per answer with its status (``Metrics.observe_response`` counts them)."""
 
@@ -37,4 +51,4 @@ def listener_limits(settings: Settings) -> ServerLimits:
                         send_timeout=settings.send_timeout_seconds)
 
 
-__all__ = ["Authorizer", "Observe", "listener_limits"]
+__all__ = ["Authorizer", "Observe", "authorize", "listener_limits"]

@@ -45,7 +45,7 @@ from typing import Final
 from phantom_token.config.settings import Settings
 from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
-from phantom_token.frontends import Authorizer, Observe, listener_limits
+from phantom_token.frontends import Authorizer, Observe, authorize, listener_limits
 from phantom_token.http.connection import RequestHandler, ServerConnection, ServerLimits
 from phantom_token.http.request_head import RequestHead
 from phantom_token.http.responses import encode_headers, status_line
@@ -287,11 +287,7 @@ class DecisionHandler(RequestHandler):
         return False
 
     async def _authorize(self, head: RequestHead, info: RequestInfo) -> None:
-        try:
-            verdict = await self._engine.authorize(info)
-        except Exception as exc:
-            logger.error("authorization failed: %s", type(exc).__name__)
-            verdict = server_error()
+        verdict = await authorize(self._engine, info)
         self._task = None
         conn = self.conn
         if conn.active is head and not conn.responded and not conn.closed:

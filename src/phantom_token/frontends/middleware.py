@@ -35,7 +35,8 @@ from urllib.parse import quote, unquote
 from phantom_token.config.material import Material
 from phantom_token.config.settings import Settings
 from phantom_token.core.request import RequestInfo
-from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
+from phantom_token.core.verdict import Allow, Deny, Verdict
+from phantom_token.frontends import authorize
 from phantom_token.gateway import Gateway
 from phantom_token.http.uri import InvalidTarget, normalise_host, normalise_path
 from phantom_token.jose import MalformedToken as MalformedJwt
@@ -170,11 +171,7 @@ class PhantomTokenMiddleware:
     async def _authorize(self, info: RequestInfo) -> Verdict:
         if not self.is_open:
             await self.open()
-        try:
-            return await self.engine.authorize(info)
-        except Exception as exc:  # the engine answers its known faults itself; anything else is still a 502
-            log.error("authorization failed: %s", type(exc).__name__)
-            return server_error()
+        return await authorize(self.engine, info)
 
 
 def request_info(scope: Scope) -> RequestInfo:

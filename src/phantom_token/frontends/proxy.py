@@ -34,7 +34,7 @@ from phantom_token.config.settings import Route, Settings, Upstream
 from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.routes import upstream_path
 from phantom_token.core.verdict import Allow, Deny, Verdict, bad_gateway, gateway_timeout, server_error
-from phantom_token.frontends import Authorizer, Observe, listener_limits
+from phantom_token.frontends import Authorizer, Observe, authorize, listener_limits
 from phantom_token.frontends.forwarding import (
     HOP_BY_HOP,
     gateway_lines,
@@ -231,11 +231,7 @@ class ProxyHandler(RequestHandler, ResponseSink):
             self._upstream.resume_reading()
 
     async def _authorize(self, head: RequestHead, info: RequestInfo) -> None:
-        try:
-            verdict = await self._engine.authorize(info)
-        except Exception as exc:
-            logger.error("authorization failed: %s", type(exc).__name__)
-            verdict = server_error()
+        verdict = await authorize(self._engine, info)
         self._task = None
         conn = self.conn
         if conn.active is head and not conn.responded and not conn.closed:
