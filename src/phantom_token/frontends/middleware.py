@@ -8,7 +8,10 @@ mistake raises ``ConfigError`` when the middleware is built, never a 500 per req
 covers every path; with a file, its routes apply and a request no route matches is answered 404.
 
 Invariants:
-- Pure ASGI: this module imports no framework. Non-HTTP scopes (websocket) pass through untouched.
+- Pure ASGI: this module imports no framework. HTTP and WebSocket scopes are both decided (a WebSocket handshake
+  is a GET with the same headers); a denied WebSocket gets the section 8 response through the
+  ``websocket.http.response`` extension when the server offers it, else a close before accept (code 1008, which
+  servers answer with HTTP 403). Other scopes pass through.
 - Allowed: the app sees exactly one ``Authorization: Bearer <jwt>`` (the opaque token is gone) and the JWT's claims
   in ``scope["state"]["phantom_token_claims"]`` (Starlette: ``request.state.phantom_token_claims``). These are the
   claims the authorization server returned, NOT signature-verified here (the introspection channel is
@@ -151,20 +154,20 @@ class PhantomTokenMiddleware:
         if kind == "lifespan":
             await self._lifespan(scope, receive, send)
             return
-        if kind != "http":
+        if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
         try:
             info = request_info(scope)
         except InvalidTarget as exc:
             log.info("refused a request: %s", exc.reason)
-            await _send_deny(_MALFORMED, scope["method"] == "HEAD", send)
+            await _send_deny(_MALFORMED, scope, send)
             return
         verdict = self.engine.try_authorize(info)
         if verdict is None:
             verdict = await self._authorize(info)
         if isinstance(verdict, Deny):
-            await _send_deny(verdict, scope["method"] == "HEAD", send)
+            await _send_deny(verdict, scope, send)
             return
         await self.app(allowed_scope(scope, verdict, info.path), receive, send)
 
@@ -198,7 +201,7 @@ def request_info(scope: Scope) -> RequestInfo:
     else:
         server = scope.get("server")
         host = str(server[0]).lower() if server else ""
-    return RequestInfo(scope["method"], host, normalise_path(path), headers)
+    return RequestInfo(scope.get("method", "GET"), host, normalise_path(path), headers)  # a WebSocket: its GET
 
 
 def allowed_scope(scope: Scope, allow: Allow, path: str | None = None) -> Scope:
@@ -233,12 +236,18 @@ def _claims(allow: Allow) -> dict[str, object] | None:
         return None  # the engine only lets a well-formed JWT through; this is a belt for a minted header
 
 
-async def _send_deny(deny: Deny, head: bool, send: Send) -> None:
+async def _send_deny(deny: Deny, scope: Scope, send: Send) -> None:
     body = deny.body()
     headers = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in deny.headers()]
     headers.append((b"content-length", str(len(body)).encode()))
-    await send({"type": "http.response.start", "status": deny.status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if head else body})
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": deny.status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+    elif "websocket.http.response" in (scope.get("extensions") or {}):
+        await send({"type": "websocket.http.response.start", "status": deny.status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": body})
+    else:
+        await send({"type": "websocket.close", "code": 1008})  # before accept: the server answers HTTP 403
 
 
 __all__ = [
