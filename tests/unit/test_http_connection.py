@@ -16,6 +16,7 @@ from phantom_token.http.connection import (
     HEAD,
     IDLE,
     PAUSE_APP,
+    TUNNEL,
     Listening,
     Output,
     RequestHandler,
@@ -290,3 +291,97 @@ def test_a_lost_connection_aborts_the_active_request() -> None:
     assert handler.aborted == 1
     assert conn.state == CLOSED
     assert repr(conn) == "<ServerConnection CLOSED 192.0.2.7:4711>"
+
+
+class Tunneller(Handler):
+    """Forwards an upgrade as a proxy would: accepts it (``accept``) and records the tunnel's bytes."""
+
+    def __init__(self, conn: ServerConnection, hold: bool) -> None:
+        super().__init__(conn, hold=True)
+        self.tunnelled: list[bytes] = []
+
+    def handle_tunnel(self, data: bytes) -> None:
+        self.tunnelled.append(data)
+
+    def accept(self) -> bool:
+        head = self.conn.active
+        assert head is not None
+        if not self.conn.can_tunnel(head):
+            return False
+        self.conn.write(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        self.conn.start_tunnel()
+        return True
+
+
+def tunnel(limits: ServerLimits = DEFAULTS) -> tuple[ServerConnection, Tunneller, Recorder]:
+    out = Recorder()
+    made: list[Tunneller] = []
+
+    def make(conn: ServerConnection) -> Tunneller:
+        made.append(Tunneller(conn, hold=True))
+        return made[0]
+
+    conn = ServerConnection(Listening(limits), out, out.sent.append, out.is_closing, ("192.0.2.7", 4711), make, 100.0)
+    return conn, made[0], out
+
+
+UPGRADE = b"GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+
+
+def test_an_accepted_upgrade_becomes_a_tunnel_both_ways() -> None:
+    conn, handler, out = tunnel()
+    conn.receive(UPGRADE + b"early frame", 101.0)
+    assert handler.heads[0].upgrade
+    assert conn.state == ENDING  # no more requests are read; the early bytes wait, unread
+    assert out.calls == ["pause"]
+    assert handler.tunnelled == []
+    assert handler.accept()
+    assert conn.state == TUNNEL
+    assert handler.tunnelled == [b"early frame"]  # handed over first
+    assert out.calls == ["pause", "resume"]
+    conn.receive(b"\x81\x02hi", 102.0)
+    assert handler.tunnelled[-1] == b"\x81\x02hi"
+    conn.tunnel_send(b"\x81\x02yo")
+    assert out.text.endswith(b"\r\n\r\n\x81\x02yo")
+    conn.end_tunnel()
+    assert out.calls[-1] == "close"
+
+
+def test_a_refused_upgrade_is_answered_and_the_connection_closes() -> None:
+    conn, handler, out = tunnel()
+    conn.receive(UPGRADE + b"frame", 101.0)
+    handler.answer()  # a plain answer (a denial, or an upstream that did not switch)
+    assert out.text.startswith(b"HTTP/1.1 200 OK")
+    assert b"Connection: close\r\n" in out.text
+    assert out.calls[-1] == "close"
+    assert handler.tunnelled == []
+
+
+def test_a_request_without_upgrade_cannot_be_tunnelled() -> None:
+    conn, handler, _ = tunnel()
+    conn.receive(b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n", 101.0)  # no Connection: upgrade
+    assert not handler.heads[0].upgrade
+    assert not handler.accept()
+
+
+def test_an_idle_tunnel_is_closed_and_the_handler_told() -> None:
+    conn, handler, out = tunnel(ServerLimits(tunnel_idle_timeout=10.0))
+    conn.receive(UPGRADE, 101.0)
+    handler.accept()
+    assert conn.expire(104.0) == 109.0  # checked at least twice per timeout
+    conn.tunnel_send(b"data")  # bytes the other way count as activity, noticed at the next check
+    assert conn.expire(109.0) == 114.0
+    assert conn.expire(114.0) == 119.0
+    assert handler.aborted == 0
+    assert conn.expire(119.0) == -1.0
+    assert handler.aborted == 1
+    assert out.calls[-1] == "close"
+
+
+def test_eof_in_a_tunnel_ends_it() -> None:
+    conn, handler, _ = tunnel()
+    conn.receive(UPGRADE, 101.0)
+    handler.accept()
+    assert conn.receive_eof() is False
+    assert handler.aborted == 1
+    assert conn.state == CLOSED

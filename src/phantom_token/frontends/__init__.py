@@ -48,7 +48,8 @@ Observe = Callable[[int], None]
 def listener_limits(settings: Settings) -> ServerLimits:
     """The limits of a front door's listener, from the ``phantom_token`` section."""
     return ServerLimits(max_header_bytes=settings.max_header_bytes, max_body_bytes=settings.max_body_bytes,
-                        send_timeout=settings.send_timeout_seconds)
+                        send_timeout=settings.send_timeout_seconds,
+                        tunnel_idle_timeout=settings.upstream_timeout_seconds)
 
 
 __all__ = ["Authorizer", "Observe", "authorize", "listener_limits"]

@@ -103,16 +103,17 @@ def _single(headers: dict[str, list[str]], name: str) -> str | None:
     return values[0].strip()
 
 
-def _normal(memo: dict[str, str], value: str, normalise: Callable[[str], str], problem: str) -> str:
+def _normal(memo: dict[str, str], value: str, normalise: Callable[[str], str], name: str, problem: str) -> str:
     """``normalise(value)``, remembered in ``memo``: gateways ask about the same few paths and hosts over and over,
     and a lookup is cheaper than the scan. Bounded (a full memo starts over); nothing is stored for an invalid
-    value, which is a ``BadDecisionRequest`` saying ``problem``."""
+    value, which is a ``BadDecisionRequest`` saying that the header ``name`` ``problem`` (the message is made only
+    then: a hit costs one lookup)."""
     normal = memo.get(value)
     if normal is None:
         try:
             normal = remember(memo, value, normalise(value), 1024)
         except InvalidTarget as exc:
-            raise BadDecisionRequest(f"{problem} ({exc.reason})") from exc
+            raise BadDecisionRequest(f"The {name} of the decision request {problem} ({exc.reason})") from exc
     return normal
 
 
@@ -132,8 +133,7 @@ def _split_uri(uri: str, name: str) -> tuple[str, str | None]:
         except InvalidTarget as exc:
             raise BadDecisionRequest(f"The {name} of the decision request is not a path or a valid http(s) URL "
                                      f"({exc.reason})") from exc
-    path = _normal(_NORMAL_PATHS, path.partition("?")[0] or "/", normalise_path,
-                   f"The {name} of the decision request has an invalid path")
+    path = _normal(_NORMAL_PATHS, path.partition("?")[0] or "/", normalise_path, name, "has an invalid path")
     return path, host
 
 
@@ -143,8 +143,8 @@ def _original(method: str, host: str, headers: dict[str, list[str]], uri_name: s
     original_method = _single(headers, method_name) or method
     if uri_host is None:
         forwarded_host = _single(headers, host_name)
-        uri_host = _normal(_NORMAL_HOSTS, forwarded_host, normalise_host,
-                           f"The {host_name} of the decision request is not a valid host") if forwarded_host else host
+        uri_host = (_normal(_NORMAL_HOSTS, forwarded_host, normalise_host, host_name, "is not a valid host")
+                    if forwarded_host else host)
     return RequestInfo(original_method.upper(), uri_host, path, headers)
 
 

@@ -2,7 +2,7 @@
 
 - ``request_lines``: the request line and the client's header lines as forwarded, with the gateway's own framing.
 - ``gateway_lines``: ``Authorization``, ``Host`` and ``X-Forwarded-*`` as the gateway sets them, and the head's end.
-- ``rewrite_response_head``: the upstream's response head as the client receives it.
+- ``rewrite_response_head``: the upstream's response head as the client receives it; ``switching_head`` for a 101.
 
 Invariants:
 - Hop-by-hop headers (RFC 9110 7.6.1) and those named in ``Connection`` are removed in both directions, but
@@ -64,6 +64,9 @@ def request_lines(head: RequestHead, target: bytes, authorization: str | None) -
         parts.append(b"Transfer-Encoding: chunked\r\n")
     elif head.content_length is not None:
         parts.append(b"Content-Length: %d\r\n" % head.content_length)
+    if head.upgrade:  # asked again, hop by hop: the upstream may switch protocols (an upgrade has no body)
+        parts.extend((b"Connection: Upgrade\r\nUpgrade: ", ", ".join(head.headers["upgrade"]).encode("latin-1"),
+                      b"\r\n"))
     return parts, forwarded_for
 
 
@@ -121,4 +124,12 @@ def rewrite_response_head(raw: bytes, status: int) -> tuple[bytes, bool, bool]:
     return b"".join(parts), length, len(raw) <= 2048 and b"\nset-cookie:" not in low
 
 
-__all__ = ["HOP_BY_HOP", "gateway_lines", "host_header", "request_lines", "rewrite_response_head"]
+def switching_head(raw: bytes) -> bytes:
+    """The whole head sent to the client for the upstream's 101: rewritten as any other, with the hop-by-hop
+    ``Connection: Upgrade`` and the ``Upgrade`` the upstream chose said again."""
+    head, _, _ = rewrite_response_head(raw, 101)
+    chosen = b", ".join(value for name, value in head_fields(raw) if name.lower() == b"upgrade")
+    return head + b"Connection: Upgrade\r\nUpgrade: " + chosen + b"\r\n\r\n"
+
+
+__all__ = ["HOP_BY_HOP", "gateway_lines", "host_header", "request_lines", "rewrite_response_head", "switching_head"]

@@ -41,6 +41,7 @@ from phantom_token.frontends.forwarding import (
     host_header,
     request_lines,
     rewrite_response_head,
+    switching_head,
 )
 from phantom_token.http.client import (
     ClientError,
@@ -230,6 +231,10 @@ class ProxyHandler(RequestHandler, ResponseSink):
         if self._upstream is not None:
             self._upstream.resume_reading()
 
+    def handle_tunnel(self, data: bytes) -> None:
+        if self._upstream is not None:
+            self._upstream.send_body(data)
+
     async def _authorize(self, head: RequestHead, info: RequestInfo) -> None:
         verdict = await authorize(self._engine, info)
         self._task = None
@@ -282,7 +287,7 @@ class ProxyHandler(RequestHandler, ResponseSink):
                  fresh: bool) -> None:
         try:
             conn.begin(self, request_head, head_request=head.method == "HEAD", timeout=self._shared.timeout,
-                       chunked=head.chunked)
+                       chunked=head.chunked, upgrade=head.upgrade)
         except StaleConnection:
             if fresh:
                 self.upstream_failed(ClientError("the new connection closed at once"))
@@ -352,6 +357,9 @@ class ProxyHandler(RequestHandler, ResponseSink):
         head = client.active
         assert head is not None
         self._status = status
+        if status == 101:  # the upstream accepted the upgrade (the connection only lets it when one was asked)
+            self._switch(client, head, raw)
+            return
         keep_alive = client.should_keep_alive(head) and client.can_drain(head)
         memo = self._memo
         if raw == memo.raw_head:  # the same head as the last response (nginx's change once a second, with Date)
@@ -446,6 +454,25 @@ class ProxyHandler(RequestHandler, ResponseSink):
         self._out_head = None
         logger.warning("upstream %s failed: %s", where, exc)
         self._deny(head, gateway_timeout(route) if isinstance(exc, RequestTimeout) else bad_gateway(route))
+
+    def _switch(self, client: ServerConnection, head: RequestHead, raw: bytes) -> None:
+        if not client.can_tunnel(head):  # not the request llhttp stopped at: nothing sane can follow
+            logger.warning("upstream switched protocols for a request that cannot be tunnelled; closing")
+            self.handle_abort()
+            client.responded = True
+            client.abort()
+            return
+        client.write(switching_head(raw))
+        self._head_written = True
+        self._observe(101)
+        client.start_tunnel()
+
+    def upstream_tunnel(self, data: bytes) -> None:
+        self.conn.tunnel_send(data)
+
+    def upstream_closed(self) -> None:
+        self._upstream = None
+        self.conn.end_tunnel()
 
     def upstream_write_paused(self) -> None:
         self.conn.pause_reading(PAUSE_UPSTREAM)

@@ -152,6 +152,14 @@ class ResponseSink:
     def upstream_write_resumed(self) -> None:
         """It reads again."""
 
+    def upstream_tunnel(self, data: bytes) -> None:
+        """Bytes of the upgraded protocol, after a 101 to a request begun with ``upgrade=True``."""
+        raise NotImplementedError
+
+    def upstream_closed(self) -> None:
+        """The upgraded connection's other end closed (or failed): the tunnel is over."""
+        raise NotImplementedError
+
 
 class Connection(asyncio.Protocol):
     """One keep-alive connection to one origin, carrying one request at a time. The methods called on every
@@ -175,6 +183,9 @@ class Connection(asyncio.Protocol):
         self._in_head = True
         self._informational = False
         self._head_request = False
+        self._upgrade = False  # the request asked to switch protocols: a 101 opens a tunnel
+        self._switching = False  # the 101 arrived; llhttp is about to stop
+        self._tunnel = False  # bytes both ways are the upgraded protocol's (no more HTTP on this connection)
         self._chunked = False  # the request body is sent chunked
         self._request_sent = False
         self._keep_alive = True
@@ -207,13 +218,16 @@ class Connection(asyncio.Protocol):
 
     # -- driving a request ---------------------------------------------------------------------------------------
 
-    def begin(self, sink: ResponseSink, head: bytes, *, head_request: bool, timeout: float, chunked: bool) -> None:
+    def begin(self, sink: ResponseSink, head: bytes, *, head_request: bool, timeout: float, chunked: bool,
+              upgrade: bool = False) -> None:
         """Send a request head; the body follows with ``send_body``/``end_body``. Raises ``StaleConnection``
-        (nothing written) when the connection is already closed."""
+        (nothing written) when the connection is already closed. ``upgrade``: the request asks to switch protocols;
+        a 101 answer then makes the connection a tunnel (``send_body`` one way, ``upstream_tunnel`` the other)."""
         if self._closed or self._is_closing():
             raise StaleConnection
         self._sink = sink
         self._head_request = head_request
+        self._upgrade = upgrade
         self._chunked = chunked
         self._request_sent = False
         self._head_seen = False
@@ -229,7 +243,7 @@ class Connection(asyncio.Protocol):
     def send_body(self, data: bytes) -> None:
         if self._sink is None or not data or self._is_closing():
             return
-        if self._chunked:
+        if self._chunked and not self._tunnel:
             if len(data) < 8192:
                 self._send(b"%x\r\n%b\r\n" % (len(data), data))
             elif self.transport is not None:
@@ -286,7 +300,9 @@ class Connection(asyncio.Protocol):
         if sink is None:
             return
         self._sink = None
-        if self._head_seen and self._has_body and framing(head_fields(self._head)) == BODY_CLOSE:
+        if self._tunnel or self._switching:
+            sink.upstream_closed()
+        elif self._head_seen and self._has_body and framing(head_fields(self._head)) == BODY_CLOSE:
             sink.upstream_end()  # a body delimited by the close is complete now
         elif self._head_seen:
             sink.upstream_failed(ProtocolError("the connection closed in the middle of the response body"))
@@ -299,6 +315,9 @@ class Connection(asyncio.Protocol):
         expected = self._sink
         if expected is None:
             self.close()  # bytes nobody asked for: the connection's framing can no longer be trusted
+            return
+        if self._tunnel:
+            expected.upstream_tunnel(data)
             return
         self._t_last = self._time()
         if self._in_head:
@@ -318,6 +337,18 @@ class Connection(asyncio.Protocol):
                 self._fail(ProtocolError(f"response handling failed: {type(cause).__name__}"))
         except httptools.HttpParserError as exc:
             self._fail(ProtocolError(f"malformed response ({type(exc).__name__}: {exc})"))
+        except httptools.HttpParserUpgrade as upgrade:
+            if not self._switching:
+                self._fail(ProtocolError("the peer switched protocols unasked"))
+                return
+            self._tunnel = True
+            if self._timer is not None:  # the tunnel's idle time is the client side's to judge
+                self._timer.cancel()
+                self._timer = None
+            offset = upgrade.args[0] if upgrade.args and isinstance(upgrade.args[0], int) else len(data)
+            sink = self._sink
+            if sink is not None and offset < len(data):
+                sink.upstream_tunnel(data[offset:])
         else:
             if self._in_head and len(self._buf) > MAX_RESPONSE_HEAD:
                 self._fail(ProtocolError(f"response head larger than {MAX_RESPONSE_HEAD} bytes"))
@@ -354,6 +385,9 @@ class Connection(asyncio.Protocol):
         parser = self._parser
         status: int = parser.get_status_code()
         if status < 200:
+            if status == 101 and self._upgrade:
+                self._switch(head)
+                return
             self._informational = True  # 100/103: the real response follows; what is left of the read starts it
             return
         self._in_head = False
@@ -378,9 +412,23 @@ class Connection(asyncio.Protocol):
         if self._informational:
             self._informational = False
             return
+        if self._switching:
+            return  # llhttp stops next (HttpParserUpgrade): the connection becomes a tunnel, never pooled again
         self._complete()
 
     # -- internals ----------------------------------------------------------------------------------------------
+
+    def _switch(self, head: bytes) -> None:
+        self._switching = True
+        self._in_head = False
+        self._buf = b""
+        self._head = head
+        self._head_seen = True
+        self._keep_alive = False
+        self._has_body = False
+        sink = self._sink
+        if sink is not None:
+            sink.upstream_head(101, head, False)
 
     def _complete(self) -> None:
         sink = self._sink
@@ -409,6 +457,8 @@ class Connection(asyncio.Protocol):
         if self._closed:
             return
         now = self._time()
+        if self._tunnel:
+            return  # the client side judges an upgraded connection's idle time
         if self._sink is not None:
             deadline = now + self._timeout if self._reading_paused else self._t_last + self._timeout
             if now >= deadline:

@@ -16,7 +16,12 @@ The connection's state is one value (``state``):
     IDLE ──first byte──► HEAD ──head complete──► BODY ──body complete──► IDLE ...
       │                                                 (pipelined heads queue up while one is answered)
       ├──peer EOF, or an upgrade, with a response still owed──► ENDING ──owed responses written──► CLOSED
+      │                                                           └──the handler accepted the upgrade──► TUNNEL
       └──close decided (error, Connection: close, timeout, shutdown) or connection lost──────────► CLOSED
+
+In TUNNEL (an upgrade the upstream accepted with 101, e.g. WebSocket) bytes are no longer HTTP: they go to the
+handler as they come (``handle_tunnel``) and the handler's go back with ``tunnel_send``, until either side closes
+or nothing moves either way for ``tunnel_idle_timeout``.
 
 The request being answered is ``active`` (``responded`` once its response is written); the read side may be
 paused for several reasons at once (``PAUSE_*`` bits: a pipelined request waits, the client does not read, the
@@ -60,14 +65,16 @@ IDLE: Final = 0  # between requests: the next byte begins a request head
 HEAD: Final = 1  # a request head is arriving
 BODY: Final = 2  # the body of the request last parsed is arriving
 ENDING: Final = 3  # the peer will send no more requests (EOF, upgrade): the responses owed are written, then close
-CLOSED: Final = 4
-STATE_NAMES: Final = ("IDLE", "HEAD", "BODY", "ENDING", "CLOSED")
+TUNNEL: Final = 4  # an accepted upgrade: raw bytes both ways
+CLOSED: Final = 5
+STATE_NAMES: Final = ("IDLE", "HEAD", "BODY", "ENDING", "TUNNEL", "CLOSED")
 
 # Reasons to keep reading from the client paused; reading resumes only when none holds. Handlers add their own
 # bits above these (the proxy: 8, 16).
 PAUSE_PIPELINE: Final = 1  # a pipelined request waits for the one before it
 PAUSE_WRITE: Final = 2  # the client is not reading what we write
 PAUSE_APP: Final = 4  # the handler asked (e.g. the upstream cannot take the body yet)
+PAUSE_UPGRADE: Final = 32  # an upgrade request waits for the handler to accept it (its protocol's bytes wait too)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +86,7 @@ class ServerLimits:
     keepalive_timeout: float = 75.0
     drain_timeout: float = 30.0
     send_timeout: float = 60.0  # a client that reads nothing of what we write for this long is dropped
+    tunnel_idle_timeout: float = 60.0  # an upgraded connection with no byte either way for this long is closed
     max_body_bytes: int = 0  # a larger request body is answered 413; 0: no limit
 
 
@@ -144,6 +152,10 @@ class RequestHandler:
     def handle_write_resumed(self) -> None:
         """The client reads again."""
 
+    def handle_tunnel(self, data: bytes) -> None:
+        """Bytes from the client after ``ServerConnection.start_tunnel`` (not HTTP any more)."""
+        raise NotImplementedError
+
 
 class ServerConnection:
     """One client connection's HTTP/1.1 rules (see the module docstring). ``send``/``is_closing`` are the
@@ -180,6 +192,10 @@ class ServerConnection:
         self._t_rx = self._t_idle = now
         self._t_begin = 0.0
         self._t_blocked = 0.0  # when the client last stopped reading (write_paused)
+        self._upgrade: RequestHead | None = None  # the upgrade request llhttp stopped at, until it is decided
+        self._held = b""  # what followed that head in its read: the upgraded protocol's first bytes
+        self._tunnel_sent = False  # bytes went to the client since the tunnel's idle deadline was last checked
+        self._t_sent = 0.0  # when that was last noticed
         self.handler = make_handler(self)
         out.wake_at(now + min(limits.keepalive_timeout, limits.header_timeout))
 
@@ -192,6 +208,9 @@ class ServerConnection:
         """Bytes from the client."""
         state = self.state
         if state >= ENDING or self._pending_error is not None:
+            if state == TUNNEL:
+                self._t_rx = now
+                self.handler.handle_tunnel(data)
             return  # no more requests are read (after a parse error the parser must not be fed again)
         self._t_rx = now
         if state != HEAD:  # a head under way keeps the read it began in
@@ -206,10 +225,15 @@ class ServerConnection:
                 logger.error("connection from %s: internal error while parsing: %s", self._peer_text(),
                              type(cause).__name__, exc_info=cause)
                 self._reject(500, "internal error")
-        except httptools.HttpParserUpgrade:
-            # Upgrade is not supported: the request is answered as plain HTTP (RFC 9110 7.8 lets a server ignore
-            # it), but what follows it would be another protocol, so the connection ends after the response.
+        except httptools.HttpParserUpgrade as upgrade:
+            # What follows the head is another protocol: no more requests are read. The handler may accept the
+            # upgrade (``start_tunnel``); else the request is answered as plain HTTP (RFC 9110 7.8) and the
+            # connection ends after the response. Until then the new protocol's bytes wait, unread.
             self.state = ENDING
+            self._upgrade = self._queue[-1] if self._queue else self.active  # the head llhttp stopped at
+            offset = upgrade.args[0] if upgrade.args and isinstance(upgrade.args[0], int) else len(data)
+            self._held = data[offset:]
+            self.pause_reading(PAUSE_UPGRADE)
             if self.active is None:
                 self._close()
         except httptools.HttpParserError as exc:
@@ -221,6 +245,10 @@ class ServerConnection:
         state = self.state
         if state == CLOSED:
             return False  # lingering close: the client is done too
+        if state == TUNNEL:
+            self._abort_active_request()  # the handler closes its side (the upstream)
+            self._close()
+            return False
         if state in (HEAD, BODY):
             self._log_reject("connection closed in the middle of a request")
             self._abort_active_request()
@@ -252,6 +280,20 @@ class ServerConnection:
     def expire(self, now: float) -> float:
         """A deadline asked for came (or the shell's periodic check); the next time to be woken, or -1.0 for none."""
         if self.state == CLOSED:
+            return -1.0
+        if self.state == TUNNEL and not self._pause & PAUSE_WRITE:
+            # Idle means no byte either way. Bytes to the client are noticed here (at least twice per timeout), not
+            # timed one by one: the timeout holds to within half of itself.
+            idle = self.limits.tunnel_idle_timeout
+            if self._tunnel_sent:
+                self._tunnel_sent = False
+                self._t_sent = now
+            deadline = max(self._t_rx, self._t_sent) + idle
+            if now < deadline:
+                return min(deadline, now + idle / 2)
+            self._log_reject("upgraded connection idle")
+            self._abort_active_request()
+            self._close()
             return -1.0
         deadline, reason = self._deadline()
         if deadline < 0.0:
@@ -339,6 +381,33 @@ class ServerConnection:
         """Drop the connection at once (used when a response was cut short)."""
         if self.state != CLOSED:
             self.out.abort()
+
+    # -- upgrades ----------------------------------------------------------------------------------------------------
+
+    def can_tunnel(self, head: RequestHead) -> bool:
+        """Whether ``head`` is an upgrade request whose connection can become a tunnel (llhttp stopped at it)."""
+        return head.upgrade and head is self._upgrade and self.state == ENDING
+
+    def start_tunnel(self) -> None:
+        """The handler wrote the 101 head: from now on bytes both ways are the new protocol's. What the client sent
+        after the request head is handed over first."""
+        self.state = TUNNEL
+        self._upgrade = None
+        held, self._held = self._held, b""
+        self.out.wake_at(self._t_rx + self.limits.tunnel_idle_timeout / 2)
+        self.resume_reading(PAUSE_UPGRADE)
+        if held:
+            self.handler.handle_tunnel(held)
+
+    def tunnel_send(self, data: bytes) -> None:
+        """Bytes for the client from the other end of the tunnel."""
+        self._tunnel_sent = True
+        self.write(data)
+
+    def end_tunnel(self) -> None:
+        """The other end closed: close once what is written is flushed."""
+        self.responded = True
+        self._close()
 
     # -- httptools callbacks -------------------------------------------------------------------------------------
 
@@ -546,7 +615,9 @@ __all__ = [
     "IDLE",
     "PAUSE_APP",
     "PAUSE_PIPELINE",
+    "PAUSE_UPGRADE",
     "PAUSE_WRITE",
+    "TUNNEL",
     "Listening",
     "Output",
     "RequestHandler",

@@ -37,7 +37,7 @@ class RequestHead:
 
     __slots__ = ("body_received", "chunked", "complete", "connection_tokens", "content_length", "early_body",
                  "expect_continue", "headers", "host", "http10", "keep_alive", "lnames", "method", "path", "query",
-                 "raw_headers", "raw_host", "target")
+                 "raw_headers", "raw_host", "target", "upgrade")
 
     def __init__(self, method: str, target: bytes, raw_headers: RawHeaders, keep_alive: bool, http10: bool) -> None:
         self.method = method
@@ -55,6 +55,7 @@ class RequestHead:
         self.chunked = False
         self.expect_continue = False
         self.connection_tokens: frozenset[str] = frozenset()
+        self.upgrade = False  # Connection: upgrade with an Upgrade header (llhttp then stops at the head)
         self.early_body: list[bytes] | None = None  # body parsed while the request waited in the pipeline
         self.complete = False  # the whole request (head and body) has been received
         self.body_received = 0
@@ -169,10 +170,12 @@ def index_headers(head: RequestHead) -> None:
     connection = headers.get("connection")
     if connection is not None:
         tokens = head.connection_tokens = frozenset(t.strip().lower() for value in connection for t in value.split(","))
-        if "upgrade" in tokens and "upgrade" in headers and (head.chunked or head.content_length):
-            # llhttp stops at the head of an upgrade and never parses its body: what follows would be taken for
-            # the body by the upstream but not by us (and the request would wait for it forever)
-            raise Reject(400, "upgrade request with a body")
+        if "upgrade" in tokens and "upgrade" in headers:
+            if head.chunked or head.content_length:
+                # llhttp stops at the head of an upgrade and never parses its body: what follows would be taken
+                # for the body by the upstream but not by us (and the request would wait for it forever)
+                raise Reject(400, "upgrade request with a body")
+            head.upgrade = True
 
 
 # Valid Host header values -> the host as routes compare it (``normalise_host``: lower case, no trailing dot, no
