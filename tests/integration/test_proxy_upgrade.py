@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from phantom_token.config.settings import Route, Settings, Upstream
 from phantom_token.frontends.proxy import start_proxy
 from phantom_token.http.server import HttpServer, ServerLimits
-from tests.integration.test_proxy import JWT, FakeAuthorizer
+from tests.integration.test_proxy import JWT, FakeAuthorizer, make, request, shutdown
 
 
 class EchoServer:
@@ -128,3 +128,20 @@ async def test_a_busy_tunnel_is_not_idle() -> None:
         r.proxy.close()
         await r.proxy.wait_closed()
         server.close()
+
+
+@pytest.mark.parametrize("protocol", [b"h2c", b"websocket, h2c", b"TLS/1.0"])
+async def test_only_a_websocket_upgrade_is_asked_of_the_upstream(protocol: bytes) -> None:
+    # h2c smuggling: an upstream that switched to HTTP/2 would take requests the gateway never decides
+    h = await make()
+    try:
+        raw = (b"GET /api/x HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: " + protocol
+               + b"\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+        writer, responses = await request(h.port, raw)
+        response = await responses.next()
+        writer.close()
+    finally:
+        await shutdown(h)
+    assert response.status == 200
+    names = {name.lower() for name, _ in h.upstream.requests[0].headers}
+    assert names.isdisjoint({"upgrade", "connection", "http2-settings"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from phantom_token.config.settings import Upstream
-from phantom_token.frontends.forwarding import gateway_lines, host_header, request_lines, rewrite_response_head
+from phantom_token.frontends.forwarding import gateway_lines, host_header, request_lines, rewrite_response_head, tunnels
 from phantom_token.http.request_head import RequestHead, index_headers, split_target
 
 
@@ -97,3 +97,13 @@ def test_a_response_head_with_set_cookie_is_never_remembered() -> None:
     head, length, rememberable = rewrite_response_head(raw, 200)
     assert head == b"HTTP/1.1 200 OK\r\nSet-Cookie: s=1\r\n"
     assert (length, rememberable) == (False, False)
+
+
+@pytest.mark.parametrize(("upgrade", "asked"), [(b"websocket", True), (b"WebSocket", True), (b"h2c", False),
+                                                (b"websocket, h2c", False)])
+def test_only_a_websocket_upgrade_is_forwarded(upgrade: bytes, asked: bool) -> None:
+    head = parsed(b"/x", (b"Host", b"gw"), (b"Connection", b"Upgrade"), (b"Upgrade", upgrade))
+    assert head.upgrade
+    assert tunnels(head) is asked
+    assert forwarded(head)[0].endswith(b"Connection: Upgrade\r\nUpgrade: websocket\r\n") is asked
+    assert b"h2c" not in forwarded(head)[0]

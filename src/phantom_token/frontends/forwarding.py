@@ -10,6 +10,9 @@ Invariants:
   or ``Transfer-Encoding: chunked`` is written from what the server parsed (never copied), as are ``Host``,
   ``Authorization`` and ``X-Forwarded-*``; a response keeps its ``Content-Length`` whatever its ``Connection`` says.
 - Headers whose names hold ``_`` are never forwarded (the server ignores them: ``lnames`` has "" for them).
+- Only a WebSocket upgrade is asked of the upstream (``tunnels``). Any other ``Upgrade`` (``h2c`` above all) is
+  dropped like every hop-by-hop header: an upstream that switched to HTTP/2 would take requests on that connection
+  that the gateway never sees, let alone decides ("h2c smuggling").
 - The upstream sees exactly one ``Authorization`` header when the verdict carries one (every client one removed);
   on a route without the plugin the client's own goes through.
 - No I/O, no state: the proxy keeps its memos (``frontends.proxy``) and calls these on a miss.
@@ -64,10 +67,15 @@ def request_lines(head: RequestHead, target: bytes, authorization: str | None) -
         parts.append(b"Transfer-Encoding: chunked\r\n")
     elif head.content_length is not None:
         parts.append(b"Content-Length: %d\r\n" % head.content_length)
-    if head.upgrade:  # asked again, hop by hop: the upstream may switch protocols (an upgrade has no body)
-        parts.extend((b"Connection: Upgrade\r\nUpgrade: ", ", ".join(head.headers["upgrade"]).encode("latin-1"),
-                      b"\r\n"))
+    if head.upgrade and tunnels(head):  # asked again, hop by hop: the upstream may switch (an upgrade has no body)
+        parts.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
     return parts, forwarded_for
+
+
+def tunnels(head: RequestHead) -> bool:
+    """Whether ``head`` asks for a WebSocket, the one upgrade the gateway forwards (see the module docstring)."""
+    values = head.headers.get("upgrade")
+    return head.upgrade and values is not None and len(values) == 1 and values[0].strip().lower() == "websocket"
 
 
 def gateway_lines(authorization: str | None, host: bytes, raw_host: bytes, client_ip: bytes,
@@ -132,4 +140,5 @@ def switching_head(raw: bytes) -> bytes:
     return head + b"Connection: Upgrade\r\nUpgrade: " + chosen + b"\r\n\r\n"
 
 
-__all__ = ["HOP_BY_HOP", "gateway_lines", "host_header", "request_lines", "rewrite_response_head", "switching_head"]
+__all__ = ["HOP_BY_HOP", "gateway_lines", "host_header", "request_lines", "rewrite_response_head", "switching_head",
+           "tunnels"]

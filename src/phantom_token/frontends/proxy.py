@@ -42,6 +42,7 @@ from phantom_token.frontends.forwarding import (
     request_lines,
     rewrite_response_head,
     switching_head,
+    tunnels,
 )
 from phantom_token.http.client import (
     ClientError,
@@ -287,7 +288,7 @@ class ProxyHandler(RequestHandler, ResponseSink):
                  fresh: bool) -> None:
         try:
             conn.begin(self, request_head, head_request=head.method == "HEAD", timeout=self._shared.timeout,
-                       chunked=head.chunked, upgrade=head.upgrade)
+                       chunked=head.chunked, upgrade=head.upgrade and tunnels(head))
         except StaleConnection:
             if fresh:
                 self.upstream_failed(ClientError("the new connection closed at once"))
