@@ -385,3 +385,11 @@ def test_eof_in_a_tunnel_ends_it() -> None:
     assert conn.receive_eof() is False
     assert handler.aborted == 1
     assert conn.state == CLOSED
+
+
+def test_bytes_that_arrive_while_an_upgrade_is_decided_are_held_for_the_tunnel() -> None:
+    conn, handler, _ = tunnel()
+    conn.receive(UPGRADE + b"one", 101.0)
+    conn.receive(b"two", 101.1)  # a read already under way when reading paused
+    handler.accept()
+    assert b"".join(handler.tunnelled) == b"onetwo"

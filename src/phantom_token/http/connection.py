@@ -211,6 +211,8 @@ class ServerConnection:
             if state == TUNNEL:
                 self._t_rx = now
                 self.handler.handle_tunnel(data)
+            elif self._upgrade is not None:  # a read already under way when reading paused: the tunnel's too
+                self._held += data
             return  # no more requests are read (after a parse error the parser must not be fed again)
         self._t_rx = now
         if state != HEAD:  # a head under way keeps the read it began in
