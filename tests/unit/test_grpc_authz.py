@@ -5,23 +5,23 @@ tests/e2e/test_grpc_authz.py."""
 from __future__ import annotations
 
 from ipaddress import ip_network
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 pytest.importorskip("grpc", reason="the grpc extra is not installed (scripts/setup installs it)")
 
-from envoy.service.auth.v3 import external_auth_pb2  # noqa: E402
-from google.protobuf import json_format  # noqa: E402
-from google.rpc import code_pb2  # noqa: E402
+from envoy.service.auth.v3 import external_auth_pb2
+from google.protobuf import json_format
+from google.rpc import code_pb2
 
-from phantom_token.config.settings import PluginConfig, Route, Settings  # noqa: E402
-from phantom_token.core import verdict as v  # noqa: E402
-from phantom_token.core.bearer import fingerprint  # noqa: E402
-from phantom_token.core.request import RequestInfo  # noqa: E402
-from phantom_token.core.verdict import Verdict  # noqa: E402
-from phantom_token.frontends.decisions import BadDecisionRequest, decision_response  # noqa: E402
-from phantom_token.frontends.grpc_authz import (  # noqa: E402
+from phantom_token.config.settings import PluginConfig, Route, Settings
+from phantom_token.core import verdict as v
+from phantom_token.core.bearer import fingerprint
+from phantom_token.core.request import RequestInfo
+from phantom_token.core.verdict import Verdict
+from phantom_token.frontends.decisions import BadDecisionRequest, decision_response
+from phantom_token.frontends.grpc_authz import (
     AuthorizationService,
     HeadersTooLarge,
     check_response,
@@ -77,7 +77,7 @@ def test_a_path_or_host_serve_refuses_is_a_400(path: str, host: str, why: str) -
 
 
 def test_a_check_without_http_attributes_is_a_400() -> None:
-    with pytest.raises(BadDecisionRequest, match="no attributes.request.http"):
+    with pytest.raises(BadDecisionRequest, match=r"no attributes\.request\.http"):
         request_info(external_auth_pb2.CheckRequest(), 65536)
 
 
@@ -113,7 +113,8 @@ def test_allow_without_the_plugin_changes_nothing() -> None:
     response = check_response(v.Allow(OPEN), RequestInfo("GET", "h", "/public", {"dpop": ["x"]}))
     assert response.status.code == code_pb2.OK
     assert response.HasField("ok_response")
-    assert not response.ok_response.headers and not response.ok_response.headers_to_remove
+    assert not response.ok_response.headers
+    assert not response.ok_response.headers_to_remove
     assert not response.HasField("dynamic_metadata")
 
 
@@ -172,21 +173,24 @@ async def _ask(engine: FakeEngine, request: Any, peer: str = "ipv4:127.0.0.1:1",
                ) -> tuple[Any, list[int]]:
     seen: list[int] = []
     service = AuthorizationService(engine, settings or Settings(()), seen.append)
-    return await service.Check(request, FakeContext(peer)), seen
+    return await service.Check(request, cast(Any, FakeContext(peer))), seen
 
 
 async def test_a_cache_hit_is_answered_without_the_async_path() -> None:
     engine = FakeEngine(v.Allow(ROUTE, JWT, 10.0))
     response, seen = await _ask(engine, check())
-    assert response.status.code == code_pb2.OK and seen == [200]
+    assert response.status.code == code_pb2.OK
+    assert seen == [200]
     assert engine.asked[0].path == "/api/x"
 
 
 async def test_a_miss_is_asked_of_the_engine_and_an_unexpected_error_is_a_502() -> None:
     response, seen = await _ask(FakeEngine(None, v.forbidden(("admin",))), check())
-    assert response.status.code == code_pb2.PERMISSION_DENIED and seen == [403]
+    assert response.status.code == code_pb2.PERMISSION_DENIED
+    assert seen == [403]
     response, seen = await _ask(FakeEngine(None, None), check())
-    assert response.denied_response.status.code == 502 and seen == [502]
+    assert response.denied_response.status.code == 502
+    assert seen == [502]
 
 
 async def test_an_untrusted_peer_gets_403_and_the_engine_is_not_asked() -> None:
@@ -194,7 +198,8 @@ async def test_an_untrusted_peer_gets_403_and_the_engine_is_not_asked() -> None:
     settings = Settings((), trusted_proxies=(ip_network("192.0.2.0/24"),))
     for peer in ("ipv4:127.0.0.1:1", "unix:/tmp/x"):
         response, seen = await _ask(engine, check(), peer, settings)
-        assert response.status.code == code_pb2.PERMISSION_DENIED and seen == [403]
+        assert response.status.code == code_pb2.PERMISSION_DENIED
+        assert seen == [403]
         assert b"trusted proxies only" in response.denied_response.body.encode()
     assert engine.asked == []
     response, _ = await _ask(engine, check(), "ipv4:192.0.2.7:1", settings)
@@ -204,7 +209,8 @@ async def test_an_untrusted_peer_gets_403_and_the_engine_is_not_asked() -> None:
 async def test_bad_requests_are_clear_denials() -> None:
     engine = FakeEngine(v.Allow(ROUTE, JWT, 10.0))
     response, seen = await _ask(engine, external_auth_pb2.CheckRequest())
-    assert response.status.code == code_pb2.INVALID_ARGUMENT and seen == [400]
+    assert response.status.code == code_pb2.INVALID_ARGUMENT
+    assert seen == [400]
     huge = check(headers={f"x-{i}": "v" * 1000 for i in range(100)})
     response, seen = await _ask(engine, huge)
     assert (response.status.code, response.denied_response.status.code, seen) == (code_pb2.INVALID_ARGUMENT, 431,
