@@ -52,6 +52,7 @@ from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
 from phantom_token.frontends import Authorizer, Observe, authorize
 from phantom_token.frontends.decisions import BadDecisionRequest, decision_response, is_trusted, untrusted_peer
 from phantom_token.http.uri import InvalidTarget, normalise_host, normalise_path
+from phantom_token.memo import remember
 
 logger: Final = logging.getLogger("phantom_token.grpc")
 
@@ -98,6 +99,22 @@ def headers_too_large() -> Deny:
     return Deny(431, "invalid_request", "The request headers are larger than the decision service accepts")
 
 
+_PATHS: Final[dict[str, str]] = {}  # paths as Envoy sent them (never a query string) -> normal form
+_HOSTS: Final[dict[str, str]] = {}  # hosts as sent -> normal form
+
+
+def _normal(memo: dict[str, str], value: str, normalise: Callable[[str], str], what: str) -> str:
+    """``normalise(value)``, remembered (gateways ask about the same few paths and hosts; bounded by
+    ``memo.remember``); an invalid value is never stored and is a ``BadDecisionRequest``."""
+    normal = memo.get(value)
+    if normal is None:
+        try:
+            normal = remember(memo, value, normalise(value), 1024)
+        except InvalidTarget as exc:
+            raise _bad(f"The check request has an invalid {what} ({exc.reason})") from exc
+    return normal
+
+
 def request_info(check: CheckRequest, max_header_bytes: int) -> RequestInfo:
     """The request Envoy asks about. Raises ``BadDecisionRequest`` (400) or ``HeadersTooLarge`` (431)."""
     if not check.HasField("attributes") or not check.attributes.request.HasField("http"):
@@ -108,16 +125,10 @@ def request_info(check: CheckRequest, max_header_bytes: int) -> RequestInfo:
     target = http.path
     if not target.startswith("/"):
         raise _bad("The check request's path is not an origin-form request target")
-    try:
-        path = normalise_path(target.partition("?")[0] or "/")
-    except InvalidTarget as exc:
-        raise _bad(f"The check request has an invalid path ({exc.reason})") from exc
+    path = _normal(_PATHS, target.partition("?")[0] or "/", normalise_path, "path")
     if not http.host:
         raise _bad("The check request has no host")
-    try:
-        host = normalise_host(http.host)
-    except InvalidTarget as exc:
-        raise _bad(f"The check request has an invalid host ({exc.reason})") from exc
+    host = _normal(_HOSTS, http.host, normalise_host, "host")
     return RequestInfo(http.method.upper(), host, path, _headers(http, max_header_bytes))
 
 
@@ -185,12 +196,20 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         self._trusted_proxies = settings.trusted_proxies
         self._max_header_bytes = settings.max_header_bytes
         self._observe = observe
+        self._trust: dict[str, bool] = {}  # peer IP -> trusted; Envoys are few (bounded as the HTTP listener's)
+
+    def _trusts(self, peer: str) -> bool:
+        address = peer.rpartition(":")[0]  # without the port, which changes with every connection
+        trusted = self._trust.get(address)
+        if trusted is None:
+            trusted = remember(self._trust, address, is_trusted(peer_ip(peer), self._trusted_proxies), 4097)
+        return trusted
 
     async def Check(self, check: CheckRequest, context: grpc.aio.ServicerContext[Any, Any]) -> CheckResponse:
         info: RequestInfo | None = None
         try:
             verdict: Verdict
-            if not is_trusted(peer_ip(context.peer()), self._trusted_proxies):
+            if not self._trusts(context.peer()):
                 verdict = untrusted_peer()
             else:
                 try:
