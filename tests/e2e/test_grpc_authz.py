@@ -338,3 +338,34 @@ def test_tls_with_client_certificates(auth_server: AuthServer, tmp_path: Path, e
         assert re.search(r"token|Bearer", authz.process.stderr()) is None
     finally:
         assert authz.process.stop() == 0
+
+
+# --- the mesh examples (no cluster here: their structure, and the configuration phantom-token loads) --------------
+
+
+def test_istio_and_contour_examples_are_valid_yaml_wired_to_the_grpc_listener() -> None:
+    import yaml
+
+    from phantom_token.config.loader import parse_settings
+
+    istio = list(yaml.safe_load_all((EXAMPLES / "istio" / "phantom-token-istio.yaml").read_text("utf-8")))
+    assert [doc["kind"] for doc in istio] == ["IstioOperator", "ConfigMap", "Deployment", "ServiceAccount", "Service",
+                                              "AuthorizationPolicy", "AuthorizationPolicy"]
+    provider = istio[0]["spec"]["meshConfig"]["extensionProviders"][0]
+    assert provider["envoyExtAuthzGrpc"]["failOpen"] is False
+    assert "includeRequestBodyInCheck" not in provider["envoyExtAuthzGrpc"]
+    settings = parse_settings(yaml.safe_load(istio[1]["data"]["phantom-token.yml"]), source="istio",
+                              environ={"INTROSPECTION_SECRET": "s"}, require_upstream=False)
+    assert settings.grpc_listen is not None
+    port = int(settings.grpc_listen.rpartition(":")[2])
+    assert provider["envoyExtAuthzGrpc"]["port"] == port
+    assert istio[4]["spec"]["ports"][0]["port"] == port
+    assert istio[2]["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["grpc"]["port"] == port
+    custom = istio[-1]["spec"]
+    assert (custom["action"], custom["provider"]["name"]) == ("CUSTOM", provider["name"])
+    contour = list(yaml.safe_load_all((EXAMPLES / "contour" / "phantom-token-contour.yaml").read_text("utf-8")))
+    assert [doc["kind"] for doc in contour] == ["ExtensionService", "HTTPProxy"]
+    assert contour[0]["spec"]["services"][0]["port"] == port
+    authorization = contour[1]["spec"]["virtualhost"]["authorization"]
+    assert authorization["failOpen"] is False
+    assert authorization["extensionRef"]["name"] == contour[0]["metadata"]["name"]
