@@ -18,6 +18,7 @@ from phantom_token import __version__, compiled
 from phantom_token.addresses import parse_listen
 from phantom_token.config.errors import ConfigError
 from phantom_token.config.loader import Configuration, format_problems
+from phantom_token.config.settings import LISTEN_OFF
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,7 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("serve", "run the gateway (reverse proxy)"), ("authz", "run the decision service")):
         command = commands.add_parser(name, help=text)
         command.add_argument("-c", "--config", help="config file (default: $PHANTOM_TOKEN_CONFIG, phantom-token.yml)")
-        command.add_argument("--listen", help="HOST:PORT to listen on (default from the file, else 127.0.0.1:3000)")
+        command.add_argument("--listen", help="HOST:PORT to listen on (default from the file, else 127.0.0.1:3000)"
+                             + ("; 'off' with --grpc-listen: gRPC only" if name == "authz" else ""))
         command.add_argument("--workers", type=int, help="processes sharing the port (default: from the file, 1)")
         command.add_argument("--admin-listen", help="HOST:PORT of the admin listener (off by default)")
         command.add_argument("--log-format", choices=("text", "json"), help="log line format")
@@ -149,10 +151,13 @@ def _serve(args: argparse.Namespace) -> int:
     workers = args.workers or settings.workers
     grpc_listen = (getattr(args, "grpc_listen", None) or settings.grpc_listen) if args.command == "authz" else None
     try:
+        if listen == LISTEN_OFF and not grpc_listen:
+            raise ValueError("--listen off needs authz's gRPC listener (--grpc-listen or phantom_token.grpc_listen)")
         for address in (listen, admin, grpc_listen):
-            if address:
+            if address and address != LISTEN_OFF:
                 parse_listen(address)
-        if workers < 1 or (workers > 1 and parse_listen(listen)[1] == 0):
+        fixed = grpc_listen if listen == LISTEN_OFF else listen
+        if workers < 1 or (workers > 1 and fixed is not None and parse_listen(fixed)[1] == 0):
             raise ValueError("--workers must be at least 1, and several workers need a fixed port")
     except ValueError as exc:
         print(f"phantom-token: {exc}", file=sys.stderr)

@@ -26,7 +26,7 @@ from phantom_token.addresses import display, parse_listen
 from phantom_token.admin import admin_handler
 from phantom_token.cache.purge import Purger, namespaces
 from phantom_token.config.material import Material
-from phantom_token.config.settings import Settings
+from phantom_token.config.settings import LISTEN_OFF, Settings
 from phantom_token.errors import PhantomTokenError
 from phantom_token.frontends.decisions import start_decisions
 from phantom_token.frontends.proxy import start_proxy
@@ -60,19 +60,23 @@ class Listeners:
     async def start(self, listen: str, admin_listen: str | None, *, reuse_port: bool = False,
                     grpc_listen: str | None = None) -> list[str]:
         """Open the gateway, then listen; the URLs bound (the front door's, then the admin listener's). With
-        ``grpc_listen`` (``authz`` only) the Envoy gRPC ext_authz listener too; ``grpc_address`` is where."""
+        ``grpc_listen`` (``authz`` only) the Envoy gRPC ext_authz listener too (``grpc_address`` says where), or
+        alone when ``listen`` is ``LISTEN_OFF`` (the first URL is then ``grpc://HOST:PORT``)."""
         gateway, settings = self.gateway, self.gateway.settings
         for route in settings.routes:
             if route.plugin is not None and not route.plugin.verify_ssl:
                 log.warning("route %r: verify_ssl is false, TLS certificates of %s are not checked",
                             route.name, route.plugin.endpoint_label)
-        host, port = parse_listen(listen)
         await gateway.open()
-        front = await self._front_door(host, port, reuse_port)
-        self._servers.append(front)
-        urls = [display(host, _bound_port(front, port))]
-        if grpc_listen:
-            self.grpc_address = await self._grpc(grpc_listen, reuse_port)
+        if listen == LISTEN_OFF and grpc_listen:  # authz with its gRPC listener only
+            urls = ["grpc://" + await self._grpc(grpc_listen, reuse_port)]
+        else:
+            host, port = parse_listen(listen)
+            front = await self._front_door(host, port, reuse_port)
+            self._servers.append(front)
+            urls = [display(host, _bound_port(front, port))]
+            if grpc_listen:
+                self.grpc_address = await self._grpc(grpc_listen, reuse_port)
         if admin_listen:
             admin_host, admin_port = parse_listen(admin_listen)
             purger = Purger(gateway.cache, namespaces(settings.routes))
@@ -226,9 +230,10 @@ class Supervisor:
             self._stop(signal.SIGTERM, None)
             self._reap()
             return 1
-        urls = [display(*parse_listen(self.listen))] + ([display(*parse_listen(self.admin))] if self.admin else [])
         grpc = display(*parse_listen(self.grpc_listen)).removeprefix("http://") if self.grpc_listen else None
-        announce(self.command, urls, grpc)
+        front = f"grpc://{grpc}" if self.listen == LISTEN_OFF else display(*parse_listen(self.listen))
+        urls = [front] + ([display(*parse_listen(self.admin))] if self.admin else [])
+        announce(self.command, urls, None if self.listen == LISTEN_OFF else grpc)
         return self._reap()
 
     def _reap(self) -> int:

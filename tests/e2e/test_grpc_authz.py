@@ -279,6 +279,32 @@ def test_an_untrusted_peer_gets_permission_denied(auth_server: AuthServer, tmp_p
         assert untrusting.process.stop() == 0
 
 
+def test_grpc_only_and_the_cli_s_refusals(auth_server: AuthServer, tmp_path: Path, e2e_logs: Path,
+                                          run_cli: Any) -> None:
+    config = render(EXAMPLES / "phantom-token-authz.yml", tmp_path / "authz.yml",
+                    {"AUTH_SERVER_PORT": str(auth_server.process.port)})
+    grpc_port = free_port()
+    argv = [sys.executable, "-m", "phantom_token", "authz", "-c", str(config), "--listen", "off", "--grpc-listen",
+            f"127.0.0.1:{grpc_port}"]
+    only = start_process("grpc-only", argv, grpc_port, e2e_logs, {"INTROSPECTION_SECRET": INTROSPECTION_CLIENT[1]},
+                         scheme="grpc")
+    try:
+        assert _health(f"127.0.0.1:{grpc_port}") == health_pb2.HealthCheckResponse.SERVING
+        token = auth_server.issue_token()
+        ok = _check(f"127.0.0.1:{grpc_port}", _check_request(headers={"authorization": f"Bearer {token}"}))
+        assert ok.status.code == code_pb2.OK
+    finally:
+        assert only.stop() == 0, only.stderr()
+    text = config.read_text(encoding="utf-8").replace("'{vault://env/INTROSPECTION_SECRET}'", "secret")  # no env here
+    no_grpc = run_cli("authz", "--listen", "off", config_text=text)
+    assert no_grpc.returncode == 2
+    assert "--listen off needs authz's gRPC listener" in no_grpc.stderr
+    tls = text + "  grpc_tls:\n    cert_file: /nonexistent/c.pem\n    key_file: /nonexistent/k.pem\n"
+    unreadable = run_cli("authz", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", config_text=tls)
+    assert unreadable.returncode == 1
+    assert "phantom_token.grpc_tls.key_file: cannot read the file" in unreadable.stderr
+
+
 # --- TLS, with client certificates -----------------------------------------------------------------------------------
 
 

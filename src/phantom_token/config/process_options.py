@@ -28,6 +28,7 @@ from phantom_token.config.material import KeyFile, Need
 from phantom_token.config.options import Option, OptionTable
 from phantom_token.config.settings import (
     DEFAULT_TRUSTED_PROXIES,
+    LISTEN_OFF,
     MIN_ENCRYPTION_KEY_CHARS,
     CacheSettings,
     GrpcTlsSettings,
@@ -100,8 +101,8 @@ SECTION_OPTIONS = OptionTable(
     Settings,
     "",
     (
-        Option("listen", "text", "where `serve`/`authz` listen (`--listen` overrides)",
-               shown_type="`HOST:PORT` (IPv6 as `[::1]:3000`)"),
+        Option("listen", "text", "where `serve`/`authz` listen (`--listen` overrides); `'off'`: `authz` answers "
+               "on its `grpc_listen` only", shown_type="`HOST:PORT` (IPv6 as `[::1]:3000`) or `'off'`"),
         Option("admin_listen", "text", "the admin listener", shown_type="`HOST:PORT`", shown_default="off"),
         Option("admin_token", "text", "bearer token every admin request needs", non_empty=True),
         Option("workers", "integer", "processes sharing the port", low=1, high=1024),
@@ -136,7 +137,7 @@ def parse_section(ctx: Context, raw: Mapping[Any, Any], routes: tuple[Route, ...
     """The ``phantom_token:`` mapping (``{}`` when the file has none) and the routes, as ``Settings``."""
     opts = SECTION_OPTIONS
     block = Block(ctx, "phantom_token", raw, opts.names)
-    listen = _listen(block, "listen") or str(opts.default("listen"))
+    listen = _listen(block, "listen", LISTEN_OFF) or str(opts.default("listen"))
     admin_listen = _listen(block, "admin_listen")
     log_format = opts.word(block, "log_format")
     if log_format not in LOG_FORMATS:
@@ -166,10 +167,10 @@ def parse_section(ctx: Context, raw: Mapping[Any, Any], routes: tuple[Route, ...
     )
 
 
-def _listen(block: Block, key: str) -> str | None:
+def _listen(block: Block, key: str, off: str | None = None) -> str | None:
     value = block.text(key)
-    if value is None:
-        return None
+    if value is None or value == off:
+        return value
     found = _LISTEN.fullmatch(value)
     if found is None or int(found["port"]) > 65535:
         block.problem(key, "must be HOST:PORT (an IPv6 host in brackets: [::1]:3000)")

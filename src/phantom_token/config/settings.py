@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 
 DEFAULT_LISTEN = "127.0.0.1:3000"
+LISTEN_OFF = "off"  # `listen`: no HTTP listener (`authz` with only its gRPC listener)
 # The plugin's `introspection_response`: Curity's JWT, RFC 7662 JSON, RFC 9701 signed JWT.
 RESPONSE_MODES: tuple[str, ...] = ("jwt", "json", "signed")
 # The plugin's `client_auth_method` (introspection/client_auth.py implements each): the one list of them.
