@@ -101,8 +101,10 @@ class Listeners:
 
         gateway = self.gateway
         host, port = parse_listen(listen)
+        tls = gateway.settings.grpc_tls
+        pems = gateway.material.server_tls[tls] if tls.cert_file is not None else None  # loaded with the file
         server = await start_grpc(gateway.engine, gateway.settings, host, port, reuse_port=reuse_port,
-                                  observe=gateway.metrics.observe_response, grace=DRAIN_SECONDS)
+                                  observe=gateway.metrics.observe_response, grace=DRAIN_SECONDS, tls=pems)
         self._servers.append(server)
         return display(host, server.port).removeprefix("http://")
 

@@ -302,7 +302,7 @@ def test_grpc_only_and_the_cli_s_refusals(auth_server: AuthServer, tmp_path: Pat
     tls = text + "  grpc_tls:\n    cert_file: /nonexistent/c.pem\n    key_file: /nonexistent/k.pem\n"
     unreadable = run_cli("authz", "--listen", "127.0.0.1:0", "--grpc-listen", "127.0.0.1:0", config_text=tls)
     assert unreadable.returncode == 1
-    assert "phantom_token.grpc_tls.key_file: cannot read the file" in unreadable.stderr
+    assert "phantom_token: grpc_tls.cert_file: cannot read the file: No such file or directory" in unreadable.stderr
 
 
 # --- TLS, with client certificates -----------------------------------------------------------------------------------

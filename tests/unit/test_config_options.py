@@ -189,9 +189,12 @@ def test_grpc_tls_files_come_together() -> None:
         ("phantom_token", "grpc_tls.client_ca_file",
          "needs cert_file and key_file (client certificates are asked over TLS)")]
     section = {"grpc_listen": "127.0.0.1:9001", "grpc_tls": {"cert_file": "c", "key_file": "k", "client_ca_file": "a"}}
-    settings = parse_settings(document(section=section), source="f.yml", environ={})
+    assert problems(document(section=section)) == [  # named together: read (config.material)
+        ("phantom_token", f"grpc_tls.{name}", "cannot read the file: No such file or directory")
+        for name in ("cert_file", "key_file", "client_ca_file")]
+    settings = parse_settings(document(section={"grpc_listen": "127.0.0.1:9001"}), source="f.yml", environ={})
     assert settings.grpc_listen == "127.0.0.1:9001"
-    assert settings.grpc_tls == GrpcTlsSettings("c", "k", "a")
+    assert settings.grpc_tls == GrpcTlsSettings()
     assert problems(document(section={"grpc_listen": "nowhere"})) == [
         ("phantom_token", "grpc_listen", "must be HOST:PORT (an IPv6 host in brackets: [::1]:3000)")]
 

@@ -186,8 +186,8 @@ def _listen(block: Block, key: str, off: str | None = None) -> str | None:
 
 
 def _grpc_tls(block: Block) -> GrpcTlsSettings:
-    """``phantom_token.grpc_tls``: the files are named together or not at all; they are read when the listener
-    starts (a file that cannot be read stops ``authz`` with a message naming the option)."""
+    """``phantom_token.grpc_tls``: the certificate and its key are named together; the files are recorded as a
+    ``Need`` (``config.material`` reads them, as ``check`` and start-up do for every key and TLS file)."""
     raw = block.mapping("grpc_tls")
     if raw is None:
         return GrpcTlsSettings()
@@ -201,7 +201,10 @@ def _grpc_tls(block: Block) -> GrpcTlsSettings:
         tls.problem("cert_file", "is required with key_file")
     if client_ca_file is not None and cert_file is None:
         tls.problem("client_ca_file", "needs cert_file and key_file (client certificates are asked over TLS)")
-    return GrpcTlsSettings(cert_file=cert_file, key_file=key_file, client_ca_file=client_ca_file)
+    settings = GrpcTlsSettings(cert_file=cert_file, key_file=key_file, client_ca_file=client_ca_file)
+    if cert_file is not None and key_file is not None:
+        tls.ctx.needs.append(Need(tls.where, "grpc_tls.", "cert_file", settings, len(tls.ctx.problems)))
+    return settings
 
 
 def _cache(block: Block) -> CacheSettings:

@@ -45,7 +45,8 @@ from google.protobuf import struct_pb2
 from google.rpc import code_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from phantom_token.config.settings import GrpcTlsSettings, Settings
+from phantom_token.config.material import ServerPems
+from phantom_token.config.settings import Settings
 from phantom_token.core.bearer import BearerToken, extract, fingerprint
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
@@ -231,21 +232,12 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         return response
 
 
-def _read(path: str, option: str) -> bytes:
-    try:
-        with open(path, "rb") as file:
-            return file.read()
-    except OSError as exc:
-        raise OSError(f"phantom_token.grpc_tls.{option}: cannot read the file ({exc.strerror})") from exc
-
-
-def server_credentials(tls: GrpcTlsSettings) -> grpc.ServerCredentials | None:
-    """The listener's TLS (None: plaintext HTTP/2); with ``client_ca_file``, client certificates are required."""
-    if tls.cert_file is None or tls.key_file is None:
+def server_credentials(tls: ServerPems | None) -> grpc.ServerCredentials | None:
+    """The listener's TLS (None: plaintext HTTP/2); with client CAs, client certificates are required."""
+    if tls is None:
         return None
-    pair = (_read(tls.key_file, "key_file"), _read(tls.cert_file, "cert_file"))
-    ca = _read(tls.client_ca_file, "client_ca_file") if tls.client_ca_file is not None else None
-    return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
+    return grpc.ssl_server_credentials([(tls.key, tls.cert)], root_certificates=tls.client_ca,
+                                       require_client_auth=tls.client_ca is not None)
 
 
 class GrpcServer:
@@ -274,10 +266,11 @@ class GrpcServer:
 
 
 async def start_grpc(engine: Authorizer, settings: Settings, host: str, port: int, *, reuse_port: bool = False,
-                     observe: Observe | None = None, grace: float = 30.0) -> GrpcServer:
-    """Listen on ``host:port`` (``port`` 0: any) with the ext_authz and health services; TLS from
-    ``settings.grpc_tls``. Raises ``OSError`` when the address cannot be bound or a TLS file read."""
-    credentials = server_credentials(settings.grpc_tls)
+                     observe: Observe | None = None, grace: float = 30.0, tls: ServerPems | None = None
+                     ) -> GrpcServer:
+    """Listen on ``host:port`` (``port`` 0: any) with the ext_authz and health services, with ``tls`` (the
+    ``Material`` of ``phantom_token.grpc_tls``) when given. Raises ``OSError`` when the address cannot be bound."""
+    credentials = server_credentials(tls)
     options = [("grpc.so_reuseport", 1 if reuse_port else 0),
                # a check carries headers and no body (with_request_body off): a message this large is an attack
                ("grpc.max_receive_message_length", max(4 * settings.max_header_bytes, 1 << 20))]
