@@ -68,8 +68,12 @@ CheckRequest = Any  # envoy.service.auth.v3.CheckRequest (xds-protos ships no ty
 CheckResponse = Any
 
 
-def _bad(message: str) -> BadDecisionRequest:
-    return BadDecisionRequest(message)
+class HeadersTooLarge(Exception):
+    """The header block is larger than ``max_header_bytes``."""
+
+
+def headers_too_large() -> Deny:
+    return Deny(431, "invalid_request", "The request headers are larger than the decision service accepts")
 
 
 def _headers(http: Any, max_bytes: int) -> dict[str, list[str]]:
@@ -92,14 +96,6 @@ def _headers(http: Any, max_bytes: int) -> dict[str, list[str]]:
     return headers
 
 
-class HeadersTooLarge(Exception):
-    """The header block is larger than ``max_header_bytes``."""
-
-
-def headers_too_large() -> Deny:
-    return Deny(431, "invalid_request", "The request headers are larger than the decision service accepts")
-
-
 _PATHS: Final[dict[str, str]] = {}  # paths as Envoy sent them (never a query string) -> normal form
 _HOSTS: Final[dict[str, str]] = {}  # hosts as sent -> normal form
 
@@ -112,23 +108,23 @@ def _normal(memo: dict[str, str], value: str, normalise: Callable[[str], str], w
         try:
             normal = remember(memo, value, normalise(value), 1024)
         except InvalidTarget as exc:
-            raise _bad(f"The check request has an invalid {what} ({exc.reason})") from exc
+            raise BadDecisionRequest(f"The check request has an invalid {what} ({exc.reason})") from exc
     return normal
 
 
 def request_info(check: CheckRequest, max_header_bytes: int) -> RequestInfo:
     """The request Envoy asks about. Raises ``BadDecisionRequest`` (400) or ``HeadersTooLarge`` (431)."""
     if not check.HasField("attributes") or not check.attributes.request.HasField("http"):
-        raise _bad("The check request has no attributes.request.http")
+        raise BadDecisionRequest("The check request has no attributes.request.http")
     http = check.attributes.request.http
     if not http.method:
-        raise _bad("The check request has no method")
+        raise BadDecisionRequest("The check request has no method")
     target = http.path
     if not target.startswith("/"):
-        raise _bad("The check request's path is not an origin-form request target")
+        raise BadDecisionRequest("The check request's path is not an origin-form request target")
     path = _normal(_PATHS, target.partition("?")[0] or "/", normalise_path, "path")
     if not http.host:
-        raise _bad("The check request has no host")
+        raise BadDecisionRequest("The check request has no host")
     host = _normal(_HOSTS, http.host, normalise_host, "host")
     return RequestInfo(http.method.upper(), host, path, _headers(http, max_header_bytes))
 
