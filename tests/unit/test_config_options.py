@@ -18,10 +18,11 @@ from phantom_token.config.kong_routes import PLUGIN_FIELDS, ROUTE_FIELDS
 from phantom_token.config.loader import parse_settings
 from phantom_token.config.options import Option, OptionTable, kong_field
 from phantom_token.config.plugin_options import PLUGIN_OPTIONS
-from phantom_token.config.process_options import CACHE_OPTIONS, JWT_OPTIONS, SECTION_OPTIONS
+from phantom_token.config.process_options import CACHE_OPTIONS, GRPC_TLS_OPTIONS, JWT_OPTIONS, SECTION_OPTIONS
 from phantom_token.config.settings import (
     CLIENT_AUTH_METHODS,
     CacheSettings,
+    GrpcTlsSettings,
     JwtSettings,
     PluginConfig,
     Route,
@@ -98,6 +99,7 @@ def test_every_option_appears_in_the_documentation_with_its_settings_default() -
         (SECTION_OPTIONS, Settings, {"routes", "source"}),
         (CACHE_OPTIONS, CacheSettings, set()),
         (JWT_OPTIONS, JwtSettings, set()),
+        (GRPC_TLS_OPTIONS, GrpcTlsSettings, set()),
     ],
 )
 def test_a_table_declares_exactly_its_dataclass_fields_with_their_defaults(
@@ -172,11 +174,29 @@ def test_every_declared_bound_and_type_is_enforced(name: str, option: Option, pl
     parse_settings(_place(name, low, plugin)[0], source="f.yml", environ={})  # the bound itself is accepted
 
 
-@pytest.mark.parametrize("table", [PLUGIN_OPTIONS, SECTION_OPTIONS, CACHE_OPTIONS, JWT_OPTIONS])
+@pytest.mark.parametrize("table", [PLUGIN_OPTIONS, SECTION_OPTIONS, CACHE_OPTIONS, JWT_OPTIONS, GRPC_TLS_OPTIONS])
 def test_a_field_no_table_declares_is_unknown(table: OptionTable) -> None:
     name = {PLUGIN_OPTIONS: "introspection_url", SECTION_OPTIONS: "listen_port"}.get(table, "ttl")
     doc, where, field = _place(table.prefix + name, 1, table is PLUGIN_OPTIONS)
     assert problems(doc) == [(where, field, "unknown field")]
+
+
+def test_grpc_tls_files_come_together() -> None:
+    assert problems(document(section={"grpc_tls": {"cert_file": "c.pem"}})) == [
+        ("phantom_token", "grpc_tls.key_file", "is required with cert_file")]
+    assert problems(document(section={"grpc_tls": {"key_file": "k.pem", "client_ca_file": "ca.pem"}})) == [
+        ("phantom_token", "grpc_tls.cert_file", "is required with key_file"),
+        ("phantom_token", "grpc_tls.client_ca_file",
+         "needs cert_file and key_file (client certificates are asked over TLS)")]
+    section = {"grpc_listen": "127.0.0.1:9001", "grpc_tls": {"cert_file": "c", "key_file": "k", "client_ca_file": "a"}}
+    assert problems(document(section=section)) == [  # named together: read (config.material)
+        ("phantom_token", f"grpc_tls.{name}", "cannot read the file: No such file or directory")
+        for name in ("cert_file", "key_file", "client_ca_file")]
+    settings = parse_settings(document(section={"grpc_listen": "127.0.0.1:9001"}), source="f.yml", environ={})
+    assert settings.grpc_listen == "127.0.0.1:9001"
+    assert settings.grpc_tls == GrpcTlsSettings()
+    assert problems(document(section={"grpc_listen": "nowhere"})) == [
+        ("phantom_token", "grpc_listen", "must be HOST:PORT (an IPv6 host in brackets: [::1]:3000)")]
 
 
 # ------------------------------------------------------------------------------ client authentication methods

@@ -3,9 +3,11 @@
 The option parsers (``plugin_options``, ``process_options``) only check that a file is named where it may be;
 each place that names one records a ``Need`` (where it is, which field, what to load). ``load_needs`` is the one
 step that reads the files: PEM private keys through ``phantom_token.jose``, CA bundles and client certificates
-into the ``ssl.SSLContext`` the introspection adapter then uses for every call to the AS. ``phantom-token check``
-and start-up run it once, through ``config.loader``; the gateway, the introspector and the minter take the loaded
-objects from the ``Material`` instead of reading the files again. ``load_material`` derives the needs of a
+into the ``ssl.SSLContext`` the introspection adapter then uses for every call to the AS, and the gRPC listener's
+certificate, key and client CAs (``phantom_token.grpc_tls``) as the PEM bytes grpcio takes (checked with
+``ssl``). ``phantom-token check`` and start-up run it once, through ``config.loader``; the gateway, the
+introspector, the minter and the gRPC listener take the loaded objects from the ``Material`` instead of reading the
+files again. ``load_material`` derives the needs of a
 ``Settings`` built in code (tests, the ASGI middleware's ``from_settings``).
 
 Invariants:
@@ -27,7 +29,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from phantom_token.config.errors import ConfigError, ConfigProblem
-from phantom_token.config.settings import JwtSettings, PluginConfig, Settings
+from phantom_token.config.settings import GrpcTlsSettings, JwtSettings, PluginConfig, Settings
 
 if TYPE_CHECKING:  # imported when a key is read: a file that names none never loads the JOSE library
     from phantom_token.jose import SigningKey
@@ -36,6 +38,7 @@ __all__ = [
     "KeyFile",
     "Material",
     "Need",
+    "ServerPems",
     "TlsFiles",
     "assertion_key_file",
     "jwt_key_files",
@@ -79,8 +82,17 @@ class Need:
     where: str
     prefix: str  # "config." (a plugin block) or "jwt." (phantom_token.jwt)
     option: str  # the option naming the key file; for TlsFiles: unused ("ca_file"/"client_cert_file" are named)
-    what: KeyFile | TlsFiles
+    what: KeyFile | TlsFiles | GrpcTlsSettings
     at: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerPems:
+    """The gRPC listener's TLS as grpcio takes it: certificate chain, private key, client CAs (None: not asked)."""
+
+    cert: bytes = field(repr=False)
+    key: bytes = field(repr=False)
+    client_ca: bytes | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +101,7 @@ class Material:
 
     keys: Mapping[KeyFile, SigningKey] = field(default_factory=lambda: MappingProxyType({}), repr=False)
     contexts: Mapping[TlsFiles, ssl.SSLContext] = field(default_factory=lambda: MappingProxyType({}))
+    server_tls: Mapping[GrpcTlsSettings, ServerPems] = field(default_factory=lambda: MappingProxyType({}), repr=False)
 
     def jwt_keys(self, jwt: JwtSettings) -> tuple[SigningKey | None, tuple[SigningKey, ...]]:
         """``phantom_token.jwt``'s current key (None: ``key_file`` is not set) and its previous keys."""
@@ -136,6 +149,8 @@ def load_material(settings: Settings) -> Material:
     for route in settings.routes:
         if route.plugin is not None:
             needs += plugin_needs(f"route '{route.name}' / plugin 'phantom-token'", route.plugin)
+    if settings.grpc_tls.cert_file is not None:
+        needs.append(Need("phantom_token", "grpc_tls.", "cert_file", settings.grpc_tls))
     material, problems = load_needs(settings.source, needs)
     if problems:
         raise ConfigError([problem for _, problem in problems])
@@ -148,16 +163,50 @@ def load_needs(source: str, needs: Iterable[Need]) -> tuple[Material, list[tuple
     contexts: dict[TlsFiles, ssl.SSLContext] = {}
     pems: dict[str, bytes | str] = {}  # path -> the PEM, or why it cannot be read: a key file is read once
     problems: list[tuple[int, ConfigProblem]] = []
-    failed: dict[KeyFile | TlsFiles, list[tuple[str, str]]] = {}  # (option, why): a bad file is read once too
+    server_tls: dict[GrpcTlsSettings, ServerPems] = {}
+    failed: dict[KeyFile | TlsFiles | GrpcTlsSettings, list[tuple[str, str]]] = {}  # (option, why): read once too
     for need in needs:
         what = need.what
-        if what not in keys and what not in contexts and what not in failed:
-            whys = _load_key(what, keys, pems) if isinstance(what, KeyFile) else _load_context(what, contexts)
+        if what not in keys and what not in contexts and what not in server_tls and what not in failed:
+            if isinstance(what, KeyFile):
+                whys = _load_key(what, keys, pems)
+            elif isinstance(what, TlsFiles):
+                whys = _load_context(what, contexts)
+            else:
+                whys = _load_server_tls(what, server_tls)
             if whys:
                 failed[what] = whys
         for option, why in failed.get(what, ()):
             problems.append((need.at, ConfigProblem(source, need.where, need.prefix + (option or need.option), why)))
-    return Material(MappingProxyType(keys), MappingProxyType(contexts)), problems
+    return Material(MappingProxyType(keys), MappingProxyType(contexts), MappingProxyType(server_tls)), problems
+
+
+def _load_server_tls(files: GrpcTlsSettings, into: dict[GrpcTlsSettings, ServerPems]) -> list[tuple[str, str]]:
+    """The gRPC listener's PEMs, or why not: each file readable, the certificate fitting its key, the CAs PEM."""
+    pems: dict[str, bytes] = {}
+    whys = []
+    for option, path in (("cert_file", files.cert_file), ("key_file", files.key_file),
+                         ("client_ca_file", files.client_ca_file)):
+        if path is not None:
+            try:
+                pems[option] = Path(path).read_bytes()
+            except OSError as exc:
+                whys.append((option, f"cannot read the file: {exc.strerror}"))
+    if whys or files.cert_file is None or files.key_file is None:
+        return whys
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # only to check the files, as grpcio would use them
+    try:
+        context.load_cert_chain(files.cert_file, files.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        whys.append(("cert_file", f"with key_file, is not a PEM certificate and matching key ({type(exc).__name__})"))
+    if files.client_ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=files.client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            whys.append(("client_ca_file", f"is not a PEM file of CA certificates ({type(exc).__name__})"))
+    if not whys:
+        into[files] = ServerPems(pems["cert_file"], pems["key_file"], pems.get("client_ca_file"))
+    return whys
 
 
 def _load_key(key: KeyFile, into: dict[KeyFile, SigningKey], pems: dict[str, bytes | str]) -> list[tuple[str, str]]:

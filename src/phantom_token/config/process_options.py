@@ -28,14 +28,17 @@ from phantom_token.config.material import KeyFile, Need
 from phantom_token.config.options import Option, OptionTable
 from phantom_token.config.settings import (
     DEFAULT_TRUSTED_PROXIES,
+    LISTEN_OFF,
     MIN_ENCRYPTION_KEY_CHARS,
     CacheSettings,
+    GrpcTlsSettings,
     JwtSettings,
     Route,
     Settings,
 )
 
-__all__ = ["CACHE_OPTIONS", "JWT_OPTIONS", "LOG_FORMATS", "LOG_LEVELS", "SECTION_OPTIONS", "parse_section"]
+__all__ = ["CACHE_OPTIONS", "GRPC_TLS_OPTIONS", "JWT_OPTIONS", "LOG_FORMATS", "LOG_LEVELS", "SECTION_OPTIONS",
+           "parse_section"]
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -81,12 +84,25 @@ JWT_OPTIONS = OptionTable(
     ),
 )  # fmt: skip
 
+GRPC_TLS_OPTIONS = OptionTable(
+    GrpcTlsSettings,
+    "grpc_tls.",
+    (
+        Option("cert_file", "text", "TLS on the gRPC listener: its certificate chain (with `key_file`)", non_empty=True,
+               shown_type="PEM certificate", shown_default="off (plaintext, h2c)"),
+        Option("key_file", "text", "the certificate's private key", non_empty=True, shown_type="PEM private key",
+               shown_default="required with `cert_file`"),
+        Option("client_ca_file", "text", "set: every gRPC client must present a certificate these CAs signed (mTLS)",
+               non_empty=True, shown_type="PEM CA bundle", shown_default="client certificates not asked"),
+    ),
+)  # fmt: skip
+
 SECTION_OPTIONS = OptionTable(
     Settings,
     "",
     (
-        Option("listen", "text", "where `serve`/`authz` listen (`--listen` overrides)",
-               shown_type="`HOST:PORT` (IPv6 as `[::1]:3000`)"),
+        Option("listen", "text", "where `serve`/`authz` listen (`--listen` overrides); `'off'`: `authz` answers "
+               "on its `grpc_listen` only", shown_type="`HOST:PORT` (IPv6 as `[::1]:3000`) or `'off'`"),
         Option("admin_listen", "text", "the admin listener", shown_type="`HOST:PORT`", shown_default="off"),
         Option("admin_token", "text", "bearer token every admin request needs", non_empty=True),
         Option("workers", "integer", "processes sharing the port", low=1, high=1024),
@@ -107,6 +123,10 @@ SECTION_OPTIONS = OptionTable(
         Option("send_timeout_seconds", "number",
                "a client that reads nothing of a response for this long is disconnected (nginx's `send_timeout`)"),
         Option("jwt", "section", "", table=JWT_OPTIONS),
+        Option("grpc_listen", "text",
+               "`authz`'s Envoy gRPC ext_authz listener (`--grpc-listen` overrides); next to the HTTP one",
+               shown_type="`HOST:PORT`", shown_default="off"),
+        Option("grpc_tls", "section", "", table=GRPC_TLS_OPTIONS),
     ),
     not_options=("routes", "source"),
 )  # fmt: skip
@@ -117,7 +137,7 @@ def parse_section(ctx: Context, raw: Mapping[Any, Any], routes: tuple[Route, ...
     """The ``phantom_token:`` mapping (``{}`` when the file has none) and the routes, as ``Settings``."""
     opts = SECTION_OPTIONS
     block = Block(ctx, "phantom_token", raw, opts.names)
-    listen = _listen(block, "listen") or str(opts.default("listen"))
+    listen = _listen(block, "listen", LISTEN_OFF) or str(opts.default("listen"))
     admin_listen = _listen(block, "admin_listen")
     log_format = opts.word(block, "log_format")
     if log_format not in LOG_FORMATS:
@@ -142,13 +162,15 @@ def parse_section(ctx: Context, raw: Mapping[Any, Any], routes: tuple[Route, ...
         max_body_bytes=opts.integer(block, "max_body_bytes"),
         send_timeout_seconds=opts.number(block, "send_timeout_seconds"),
         jwt=_jwt(block, routes),
+        grpc_listen=_listen(block, "grpc_listen"),
+        grpc_tls=_grpc_tls(block),
     )
 
 
-def _listen(block: Block, key: str) -> str | None:
+def _listen(block: Block, key: str, off: str | None = None) -> str | None:
     value = block.text(key)
-    if value is None:
-        return None
+    if value is None or value == off:
+        return value
     found = _LISTEN.fullmatch(value)
     if found is None or int(found["port"]) > 65535:
         block.problem(key, "must be HOST:PORT (an IPv6 host in brackets: [::1]:3000)")
@@ -161,6 +183,28 @@ def _listen(block: Block, key: str) -> str | None:
             block.problem(key, "has an invalid IPv6 address")
             return None
     return value
+
+
+def _grpc_tls(block: Block) -> GrpcTlsSettings:
+    """``phantom_token.grpc_tls``: the certificate and its key are named together; the files are recorded as a
+    ``Need`` (``config.material`` reads them, as ``check`` and start-up do for every key and TLS file)."""
+    raw = block.mapping("grpc_tls")
+    if raw is None:
+        return GrpcTlsSettings()
+    opts = GRPC_TLS_OPTIONS
+    tls = Block(block.ctx, block.where, raw, opts.names, prefix="grpc_tls.")
+    cert_file, key_file = opts.text(tls, "cert_file"), opts.text(tls, "key_file")
+    client_ca_file = opts.text(tls, "client_ca_file")
+    if cert_file is not None and key_file is None:
+        tls.problem("key_file", "is required with cert_file")
+    if key_file is not None and cert_file is None:
+        tls.problem("cert_file", "is required with key_file")
+    if client_ca_file is not None and cert_file is None:
+        tls.problem("client_ca_file", "needs cert_file and key_file (client certificates are asked over TLS)")
+    settings = GrpcTlsSettings(cert_file=cert_file, key_file=key_file, client_ca_file=client_ca_file)
+    if cert_file is not None and key_file is not None:
+        tls.ctx.needs.append(Need(tls.where, "grpc_tls.", "cert_file", settings, len(tls.ctx.problems)))
+    return settings
 
 
 def _cache(block: Block) -> CacheSettings:

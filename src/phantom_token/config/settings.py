@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network, IPv6Network
 
 DEFAULT_LISTEN = "127.0.0.1:3000"
+LISTEN_OFF = "off"  # `listen`: no HTTP listener (`authz` with only its gRPC listener)
 # The plugin's `introspection_response`: Curity's JWT, RFC 7662 JSON, RFC 9701 signed JWT.
 RESPONSE_MODES: tuple[str, ...] = ("jwt", "json", "signed")
 # The plugin's `client_auth_method` (introspection/client_auth.py implements each): the one list of them.
@@ -145,6 +146,15 @@ class JwtSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class GrpcTlsSettings:
+    """``phantom_token.grpc_tls``: TLS on the gRPC ext_authz listener (off unless ``cert_file`` is set)."""
+
+    cert_file: str | None = None  # PEM certificate chain the listener presents
+    key_file: str | None = None  # its PEM private key
+    client_ca_file: str | None = None  # set: every client must present a certificate signed by these CAs
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The process-wide ``phantom_token:`` section plus the parsed routes."""
 
@@ -164,3 +174,5 @@ class Settings:
     max_body_bytes: int = 0  # largest request body accepted (413 beyond it); 0: no limit
     send_timeout_seconds: float = 60.0  # a client that reads none of a response for this long is disconnected
     jwt: JwtSettings = JwtSettings()
+    grpc_listen: str | None = None  # `authz`'s Envoy gRPC ext_authz listener; None: off
+    grpc_tls: GrpcTlsSettings = GrpcTlsSettings()
