@@ -6,7 +6,6 @@ from __future__ import annotations
 import fnmatch
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
@@ -58,7 +57,9 @@ def test_base_images_are_tagged_and_nothing_comes_from_a_url() -> None:
             image = i.value.split()[0]
             image = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], image)
             name, _, tag = image.partition("@")[0].rpartition(":")
-            assert name and tag and tag != "latest", f"FROM {image}: pin a version tag (or a digest)"
+            assert name, image
+            assert tag, f"FROM {image}: pin a version tag (or a digest)"
+            assert tag != "latest", f"FROM {image}: pin a version tag (or a digest)"
             assert re.match(r"3\.11", tag), "the image runs the Python the project supports and CI tests (3.11)"
         assert not (i.keyword == "ADD" and re.search(r"https?://", i.value)), "ADD of a URL"
 
@@ -68,9 +69,11 @@ def test_the_runtime_runs_as_a_fixed_non_root_user() -> None:
     users = [i.value for i in runtime if i.keyword == "USER"]
     assert users, "no USER in the final stage: the image would run as root"
     uid = users[-1].split(":")[0]
-    assert uid.isdigit() and int(uid) >= 1000, "a numeric UID, so that runAsNonRoot can verify it"
+    assert uid.isdigit(), "a numeric UID, so that runAsNonRoot can verify it"
+    assert int(uid) >= 1000
     created = [i.value for i in runtime if i.keyword == "RUN" and "useradd" in i.value]
-    assert created and f"--uid {uid}" in created[0]
+    assert created
+    assert f"--uid {uid}" in created[0]
 
 
 def test_healthcheck_asks_the_admin_listener_of_the_default_config() -> None:
@@ -81,7 +84,8 @@ def test_healthcheck_asks_the_admin_listener_of_the_default_config() -> None:
     admin = listen_port(settings["admin_listen"])
     command = checks[0].exec_form()
     assert re.search(r"\bCMD\s+\[", checks[0].value), "HEALTHCHECK ... CMD [exec form]"
-    assert command is not None and command[0] == "python", "exec form; no curl in the image"
+    assert command is not None
+    assert command[0] == "python", "exec form; no curl in the image"
     assert f"http://127.0.0.1:{admin}/healthz" in " ".join(command)
     exposed = {int(p.split("/")[0]) for i in runtime if i.keyword == "EXPOSE" for p in i.value.split()}
     assert exposed == {listen_port(settings["listen"]), admin}
@@ -95,7 +99,8 @@ def test_entrypoint_config_and_stop_signal() -> None:
     assert [i.exec_form() for i in runtime if i.keyword == "CMD"] == [["serve"]]
     env = " ".join(i.value for i in runtime if i.keyword == "ENV")
     assert "PHANTOM_TOKEN_CONFIG=/etc/phantom-token/phantom-token.yml" in env
-    copied = [i.value for i in runtime if i.keyword == "COPY" and i.value.endswith("/etc/phantom-token/phantom-token.yml")]
+    config = "/etc/phantom-token/phantom-token.yml"
+    copied = [i.value for i in runtime if i.keyword == "COPY" and i.value.endswith(config)]
     assert copied, "the default configuration is where PHANTOM_TOKEN_CONFIG points"
     assert [i.value for i in runtime if i.keyword == "STOPSIGNAL"] == ["SIGTERM"]
     assert any(i.keyword == "LABEL" and "org.opencontainers.image.title" in i.value for i in runtime)
@@ -152,5 +157,6 @@ def test_the_build_context_holds_what_the_dockerfile_copies() -> None:
         if i.keyword == "COPY" and "--from" not in i.value:
             for source in i.value.split()[:-1]:
                 assert any(f == source or f.startswith(source.rstrip("/") + "/") for f in files), source
-    assert "src/phantom_token/cli.py" in files and "pyproject.toml" in files
+    assert "src/phantom_token/cli.py" in files
+    assert "pyproject.toml" in files
     assert not [f for f in files if f.startswith(("tests/", ".venv/", "docs/"))]

@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,7 +33,7 @@ IMAGE_ENV = {
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The virtualenv the builder stage makes, made here by the Dockerfile's own commands."""
     if not shutil.which(os.environ.get("CC", "cc")):
         pytest.skip("no C compiler: the image's builder stage compiles the hot path with gcc")
@@ -54,7 +53,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     result = subprocess.run(["bash", "-o", "pipefail", "-c", script], cwd=context, env=env, capture_output=True,
                             text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
-    yield venv
+    return venv
 
 
 def test_the_builder_makes_the_compiled_hot_path(built: Path) -> None:
@@ -62,7 +61,8 @@ def test_the_builder_makes_the_compiled_hot_path(built: Path) -> None:
                              check=True, env={k: v for k, v in os.environ.items() if k != "PHANTOM_TOKEN_PURE_PYTHON"})
     assert "compiled (mypyc)" in version.stdout, version.stdout
     wheels = [p.name for p in (built.parent / "wheels").glob("phantom_token-*.whl")]
-    assert len(wheels) == 1 and "-py3-none-any" not in wheels[0], f"not a platform wheel: {wheels}"
+    assert len(wheels) == 1, wheels
+    assert "-py3-none-any" not in wheels[0], f"not a platform wheel: {wheels}"
 
 
 def test_check_passes_on_the_image_and_compose_configurations(built: Path) -> None:
@@ -74,7 +74,8 @@ def test_check_passes_on_the_image_and_compose_configurations(built: Path) -> No
         assert run.returncode == 0, run.stdout + run.stderr
     missing = subprocess.run([phantom_token, "check", "-c", str(DEFAULT_CONFIG)], capture_output=True, text=True,
                              env={k: v for k, v in os.environ.items() if k not in IMAGE_ENV}, timeout=60)
-    assert missing.returncode == 1 and "PHANTOM_CLIENT_SECRET" in missing.stdout + missing.stderr
+    assert missing.returncode == 1
+    assert "PHANTOM_CLIENT_SECRET" in missing.stdout + missing.stderr
 
 
 def test_the_healthcheck_command_passes_against_serve_and_sigterm_exits_0(built: Path, tmp_path: Path) -> None:
@@ -107,4 +108,5 @@ def test_the_demo_servers_of_the_compose_file_are_in_the_image(built: Path) -> N
     for module in ("phantom_token.demo.authorization_server", "phantom_token.demo.echo_api"):
         run = subprocess.run([str(built / "bin" / "python"), "-m", module, "--help"], capture_output=True, text=True,
                              timeout=60)
-        assert run.returncode == 0 and "--listen" in run.stdout, run.stderr
+        assert run.returncode == 0, run.stderr
+        assert "--listen" in run.stdout

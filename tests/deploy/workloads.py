@@ -117,7 +117,8 @@ def check_security(docs: list[Doc]) -> None:
             assert sc["allowPrivilegeEscalation"] is False, ctr["name"]
             assert sc["capabilities"]["drop"] == ["ALL"], ctr["name"]
             assert "add" not in sc["capabilities"], ctr["name"]
-            assert ctr["resources"]["requests"]["cpu"] and ctr["resources"]["limits"]["memory"], ctr["name"]
+            assert ctr["resources"]["requests"]["cpu"], ctr["name"]
+            assert ctr["resources"]["limits"]["memory"], ctr["name"]
 
 
 def check_drain(docs: list[Doc]) -> None:
