@@ -26,8 +26,8 @@ RUN python -m pip wheel --wheel-dir /wheels . \
  && python -m venv /opt/phantom-token \
  && /opt/phantom-token/bin/pip install --no-index --find-links /wheels \
       "phantom-token${EXTRAS:+[$EXTRAS]}" \
- && /opt/phantom-token/bin/phantom-token --version \
- && /opt/phantom-token/bin/phantom-token --version | grep -q 'compiled (mypyc)'
+ && version="$(/opt/phantom-token/bin/phantom-token --version)" \
+ && echo "$version" && echo "$version" | grep -q 'compiled (mypyc)'
 COPY deploy/docker/phantom-token.yml /opt/phantom-token/etc/phantom-token.yml
 
 # ---------------------------------------------------------------------------------------------------- runtime
