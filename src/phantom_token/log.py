@@ -1,6 +1,8 @@
 """Logging set-up: plain text or one JSON object per line (``--log-format json``).
 
-Nothing here adds request data to records: callers log fingerprints, never tokens or header values.
+Nothing here adds request data to records: callers log fingerprints, never tokens or header values. An access
+log record (``frontends.access_log``) carries its fields as ``access``; the JSON form writes them as members of
+its object, the text form writes its message (the same fields as ``name=value``).
 """
 
 from __future__ import annotations
@@ -19,12 +21,21 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        access = getattr(record, "access", None)
+        if isinstance(access, dict):  # an access log line: its fields as members, not one string
+            del document["message"]
+            document.update(access)
         if record.exc_info:
             document["exception"] = self.formatException(record.exc_info)
         return json.dumps(document, separators=(",", ":"))
 
 
-def setup_logging(log_format: str = "text", level: str = "info") -> None:
+ACCESS_LOGGER = "phantom_token.access"
+
+
+def setup_logging(log_format: str = "text", level: str = "info", *, access_log: bool = False) -> None:
+    """Log to stderr in ``log_format`` at ``level``. With ``access_log`` the access log's lines (INFO) are written
+    whatever ``level`` is: they were asked for; without it that logger writes nothing."""
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
@@ -33,3 +44,4 @@ def setup_logging(log_format: str = "text", level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO if access_log else logging.CRITICAL + 1)
