@@ -13,9 +13,11 @@ Invariants:
 - Never a token, a JWT, a query string or a header value other than a valid request id: the fingerprint is the
   only trace of a token, computed once per token per connection (kept in the connection's ``TokenMemo``).
 - A client's ``X-Request-Id`` is used only when it is one header of at most 128 characters from
-  ``[A-Za-z0-9._:-]``; otherwise a new one (16 hex digits from ``os.urandom``) replaces it, so no header value can
-  inject anything into a line. Every other text field is written as it is when it is made of safe characters
-  and as a JSON string otherwise, so one request is always one line.
+  ``[A-Za-z0-9._:-]``; otherwise a new one (16 random hex digits) replaces it, so no header value can inject
+  anything into a line. New ids come from a ``random.Random`` seeded from ``os.urandom`` (again in every forked
+  worker), not a system call per request: they must be unique, not secret.
+- The route's name, the method and the path are written as they are when made of safe characters and as a JSON
+  string otherwise (the other fields are safe by construction), so one request is always one line.
 - Nothing here runs when the access log is off: the front doors test one boolean per request.
 """
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 from typing import Final
 
@@ -43,9 +46,19 @@ def valid_request_id(value: str) -> bool:
     return len(value) <= MAX_REQUEST_ID and _REQUEST_ID.fullmatch(value) is not None
 
 
+_random = random.Random(os.urandom(16))
+
+
+def _reseed() -> None:
+    _random.seed(os.urandom(16))
+
+
+os.register_at_fork(after_in_child=_reseed)  # --workers: no two processes may share a sequence
+
+
 def new_request_id() -> str:
     """A fresh request id: 16 hex digits (64 random bits)."""
-    return os.urandom(8).hex()
+    return f"{_random.getrandbits(64):016x}"
 
 
 def request_id(headers: dict[str, list[str]]) -> tuple[str, bool]:
@@ -89,14 +102,26 @@ def _text(value: object) -> str:
     return text if _PLAIN.fullmatch(text) else json.dumps(text)
 
 
+# Fields whose values are safe by construction (numbers, codes, fingerprints, valid or generated request ids):
+# written without the check. Only the route's name, the method and the path come from elsewhere.
+_CHECKED: Final = ("route", "method", "path")
+
+
 def text_line(document: dict[str, object]) -> str:
     """The text form: ``name=value`` pairs, a value with any other character than the safe ones JSON-quoted."""
-    return " ".join(f"{name}={_text(value)}" for name, value in document.items())
+    checked = {name: _text(document[name]) for name in _CHECKED if name in document}
+    return " ".join([f"{name}={checked.get(name, value)}" for name, value in document.items()])
 
 
 def write(document: dict[str, object]) -> None:
-    """Log one line: the text form as the message, the fields as the record's ``access`` (JSON output uses them)."""
-    ACCESS_LOGGER.info("%s", text_line(document), extra={"access": document})
+    """Log one line: the text form as the message, the fields as the record's ``access`` (JSON output uses them).
+    The record is handed to the logger's handlers directly: ``Logger.info`` would also walk the stack to find the
+    caller, which no access log line shows."""
+    logger = ACCESS_LOGGER
+    if logger.isEnabledFor(logging.INFO):
+        record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, text_line(document), None, None,
+                                   extra={"access": document})
+        logger.handle(record)
 
 
 __all__ = ["ACCESS_LOGGER", "new_request_id", "request_id", "text_line", "token_fingerprint", "valid_request_id",
