@@ -109,7 +109,7 @@ _CHECKED: Final = ("route", "method", "path")
 
 def text_line(document: dict[str, object]) -> str:
     """The text form: ``name=value`` pairs, a value with any other character than the safe ones JSON-quoted."""
-    checked = {name: _text(document[name]) for name in _CHECKED if name in document}
+    checked: dict[str, object] = {name: _text(document[name]) for name in _CHECKED if name in document}
     return " ".join([f"{name}={checked.get(name, value)}" for name, value in document.items()])
 
 
