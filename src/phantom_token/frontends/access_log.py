@@ -119,7 +119,7 @@ def write(document: dict[str, object]) -> None:
     caller, which no access log line shows."""
     logger = ACCESS_LOGGER
     if logger.isEnabledFor(logging.INFO):
-        record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, text_line(document), None, None,
+        record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, text_line(document), (), None,
                                    extra={"access": document})
         logger.handle(record)
 
