@@ -30,6 +30,7 @@ import random
 import re
 from typing import Final
 
+from phantom_token import log
 from phantom_token.core.bearer import fingerprint
 from phantom_token.core.request import TokenMemo
 
@@ -117,6 +118,10 @@ def write(document: dict[str, object]) -> None:
     """Log one line: the text form as the message, the fields as the record's ``access`` (JSON output uses them).
     The record is handed to the logger's handlers directly: ``Logger.info`` would also walk the stack to find the
     caller, which no access log line shows."""
+    writer = log.access_writer
+    if writer is not None:  # serve and authz: written as the handler would, without a record (phantom_token.log)
+        writer.write(document, text_line(document))
+        return
     logger = ACCESS_LOGGER
     if logger.isEnabledFor(logging.INFO):
         record = logger.makeRecord(logger.name, logging.INFO, __file__, 0, text_line(document), (), None,
