@@ -128,3 +128,26 @@ def test_with_request_id_replaces_every_copy_the_client_sent() -> None:
     head = b"GET /x-request-id:/ HTTP/1.1\r\nx-request-id: a b\r\nAccept: */*\r\nX-REQUEST-ID: two\r\nHost: up\r\n\r\n"
     assert with_request_id(head, b"new", False) == (
         b"GET /x-request-id:/ HTTP/1.1\r\nAccept: */*\r\nHost: up\r\nX-Request-Id: new\r\n\r\n")
+
+
+@pytest.mark.parametrize("json_format", [False, True])
+def test_the_access_writer_writes_what_the_handler_would(json_format: bool) -> None:
+    import io
+    import re
+
+    from phantom_token.log import AccessWriter
+
+    fields = access.fields("authz", "api", "GET", "/a b", 200, "allowed", "1a2b3c4d", 1.0, 0.0, None, "r-1")
+    stream = io.StringIO()
+    AccessWriter(stream, json_format).write(fields, access.text_line(fields))
+    line = stream.getvalue()
+    assert line.endswith("\n")
+    assert line.count("\n") == 1
+    if json_format:
+        document = json.loads(line)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", document.pop("time"))
+        assert document == {"level": "info", "logger": "phantom_token.access", **fields}
+    else:
+        stamp, rest = line[:23], line[23:]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}", stamp)
+        assert rest == " INFO phantom_token.access: " + access.text_line(fields) + "\n"
