@@ -9,6 +9,7 @@ figures.
 
     python bench/hotpath.py [--requests 200000] [--profile]
     python bench/hotpath.py --instructions      # CPU instructions per request, under valgrind (apt install valgrind)
+    python bench/hotpath.py --access-log ...    # the same with the access log on (its lines go to /dev/null)
 
 Time per request on a shared machine moves by tens of percent from run to run; ``--instructions`` counts the
 instructions executed per request instead (valgrind's callgrind, the difference between 0 and N requests, so
@@ -20,7 +21,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import dataclasses
 import gc
+import logging
 import os
 import pstats
 import re
@@ -38,6 +41,7 @@ from phantom_token.config.loader import parse_settings
 from phantom_token.core.keys import cache_key
 from phantom_token.core.ports import CacheEntry
 from phantom_token.gateway import Gateway
+from phantom_token.log import setup_logging
 
 # The configuration the benchmark's `serve` row runs (the upstream and AS ports are never dialled here).
 CONFIG = SERVE_YML.format(upstream=9, auth=9, secret="secret")
@@ -45,6 +49,7 @@ CONFIG = SERVE_YML.format(upstream=9, auth=9, secret="secret")
 TOKEN = "a1b2c3d4-e5f6-4711-8899-aabbccddeeff"
 ROUNDS = 40
 ONLY: str | None = None  # --only serve|authz
+ACCESS_LOG = False  # --access-log: the access log on, its lines written to /dev/null
 PLAIN = False  # --plain: just run the requests (for an instruction count under valgrind)
 JWT = "eyJhbGciOiJFUzI1NiJ9." + "x" * 300 + "." + "y" * 86  # the size of the demo AS's JWT (413 bytes)
 REQUEST = (b"GET /api/orders?page=2 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
@@ -126,6 +131,8 @@ def _time(label: str, step: Callable[[], None], requests: int, profile: bool) ->
 
 async def main(requests: int, profile: bool) -> None:
     settings = parse_settings(yaml.safe_load(CONFIG), source="hotpath")
+    if ACCESS_LOG:  # as `serve --access-log` sets it up, writing to a file rather than a terminal
+        settings = dataclasses.replace(settings, access_log=True)
     app = Gateway(settings)
     plugin = settings.routes[0].plugin
     assert plugin is not None
@@ -185,7 +192,8 @@ def count_instructions(path: str, requests: int) -> int:
     """Instructions per request of one path, from two runs of this script under callgrind."""
     def total(n: int) -> int:
         done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-                               __file__, "--plain", "--only", path, "--requests", str(n)],
+                               __file__, "--plain", "--only", path, "--requests", str(n)]
+                              + (["--access-log"] if ACCESS_LOG else []),
                               capture_output=True, text=True, check=True,
                               # a fixed hash seed: dict probing varies with it by about 2 % of the count
                               env={**os.environ, "PYTHONHASHSEED": "0"})
@@ -205,14 +213,20 @@ if __name__ == "__main__":
     parser.add_argument("--plain", action="store_true",
                         help="no timing: run the requests only (compare instruction counts of two --requests "
                              "values under 'valgrind --tool=callgrind', which a busy machine does not disturb)")
+    parser.add_argument("--access-log", action="store_true", help="with the access log on (lines to /dev/null)")
     parser.add_argument("--instructions", action="store_true",
                         help="print instructions per request of each path (runs this script under valgrind)")
     args = parser.parse_args()
-    PLAIN, ONLY = args.plain, args.only
+    PLAIN, ONLY, ACCESS_LOG = args.plain, args.only, args.access_log
     if args.instructions:
         count = min(args.requests, 1000)
         for name in (ONLY,) if ONLY else ("serve", "authz"):
             print(f"{name + ', cache hit':20s} {count_instructions(name, count):8d} instructions/request "
                   f"(valgrind, {count} requests)")
         sys.exit(0)
+    if ACCESS_LOG:  # as `serve --access-log` sets it up, but writing to /dev/null rather than a terminal
+        setup_logging("text", "info", access_log=True)
+        handler = logging.getLogger().handlers[0]
+        assert isinstance(handler, logging.StreamHandler)
+        handler.setStream(open(os.devnull, "w"))  # noqa: SIM115 - for the process's life
     uvloop.run(main(args.requests, args.profile))  # as the CLI runs it

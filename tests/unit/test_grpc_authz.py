@@ -4,6 +4,7 @@ tests/e2e/test_grpc_authz.py."""
 
 from __future__ import annotations
 
+import logging
 from ipaddress import ip_network
 from typing import Any, cast
 
@@ -216,3 +217,28 @@ async def test_bad_requests_are_clear_denials() -> None:
     assert (response.status.code, response.denied_response.status.code, seen) == (code_pb2.INVALID_ARGUMENT, 431,
                                                                                   [431])
     assert engine.asked == []
+
+
+async def test_with_the_access_log_on_every_check_writes_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    import dataclasses
+
+    settings = dataclasses.replace(Settings(()), access_log=True)
+    with caplog.at_level(logging.INFO, logger="phantom_token.access"):
+        await _ask(FakeEngine(v.Allow(ROUTE, JWT, 10.0)), check(
+            headers={":path": "/api/x?code=secret", "authorization": f"Bearer {TOKEN}", "x-request-id": "envoy-1"}),
+            settings=settings)
+        await _ask(FakeEngine(None, v.forbidden(("admin",), route=ROUTE)), check(), settings=settings)
+        await _ask(FakeEngine(v.Allow(ROUTE, JWT, 10.0)), external_auth_pb2.CheckRequest(), settings=settings)
+        await _ask(FakeEngine(v.Allow(ROUTE, JWT, 10.0)), check())  # the access log off: no line
+    lines = [record.__dict__["access"] for record in caplog.records if record.name == "phantom_token.access"]
+    assert [(line["front_door"], line["route"], line["method"], line["path"], line["status"], line["outcome"],
+             line["token"]) for line in lines] == [
+        ("grpc", "api", "GET", "/api/x", 200, "allowed", fingerprint(TOKEN)),
+        ("grpc", "api", "GET", "/api/x", 403, "forbidden", fingerprint(TOKEN)),
+        ("grpc", "-", "-", "-", 400, "invalid_request", "-"),
+    ]
+    assert lines[0]["request_id"] == "envoy-1"
+    assert lines[0]["introspection_ms"] == 0
+    assert lines[1]["introspection_ms"] >= 0
+    assert "upstream_ms" not in lines[0]
+    assert all(TOKEN not in record.getMessage() and "secret" not in record.getMessage() for record in caplog.records)

@@ -109,6 +109,10 @@ SECTION_OPTIONS = OptionTable(
         Option("log_format", "text", "how log lines are written: plain text or one JSON object each",
                choices=LOG_FORMATS),
         Option("log_level", "text", "any case", choices=LOG_LEVELS),
+        Option("access_log", "flag",
+               "one line per request on the `phantom_token.access` logger (`--access-log` turns it on): route, "
+               "method, path without the query, status, outcome, token fingerprint, durations, request id; off by "
+               "default, as it costs on the hot path"),
         Option("cache", "section", "", table=CACHE_OPTIONS),
         Option("trusted_proxies", "custom",
                "the gateways `authz` answers (every endpoint; anyone else gets 403); `[]` trusts nobody. Host bits "
@@ -154,6 +158,7 @@ def parse_section(ctx: Context, raw: Mapping[Any, Any], routes: tuple[Route, ...
         workers=opts.integer(block, "workers"),
         log_format=log_format,
         log_level=log_level,
+        access_log=opts.flag(block, "access_log"),
         cache=_cache(block),
         trusted_proxies=_trusted_proxies(block),
         upstream_timeout_seconds=opts.number(block, "upstream_timeout_seconds"),

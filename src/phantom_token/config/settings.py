@@ -166,6 +166,7 @@ class Settings:
     workers: int = 1
     log_format: str = "text"  # 'text' or 'json'
     log_level: str = "info"
+    access_log: bool = False  # one line per request on the phantom_token.access logger (costs on the hot path)
     cache: CacheSettings = CacheSettings()
     trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = DEFAULT_TRUSTED_PROXIES  # (): trust nobody
     upstream_timeout_seconds: float = 60.0

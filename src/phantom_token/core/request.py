@@ -14,13 +14,17 @@ class TokenMemo:
     connection and never stored or logged; the front door drops it with the connection.
     """
 
-    __slots__ = ("key", "plugin", "token", "value")
+    __slots__ = ("fingerprint", "fingerprinted", "key", "plugin", "token", "value")
 
     def __init__(self) -> None:
         self.plugin: Any = None  # the PluginConfig the key was derived under (compared by identity)
         self.value = ""  # the whole Authorization header value
         self.token = ""
         self.key = b""
+        # The access log's fingerprint of ``token`` (``frontends.access_log``), and the token string it was
+        # computed from (compared by identity): computed once per token per connection, only when the log is on.
+        self.fingerprint = ""
+        self.fingerprinted = ""
 
 
 class RequestInfo:

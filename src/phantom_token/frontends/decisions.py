@@ -31,6 +31,10 @@ Invariants:
 - No rule of the pattern lives here: the engine decides, this module only translates. The request body is never
   read into memory (it is discarded), and header values are never logged.
 - The hot path (``try_authorize`` answers: a cache hit or a cheap denial) runs in protocol callbacks only: no task.
+- With the access log on (``settings.access_log``; ``frontends.access_log``) every answer writes one line: the
+  original request's method and path when they could be read (else the decision request's), the route, the status
+  and outcome of the decision, the token's fingerprint and the request id (the decision request's
+  ``X-Request-Id`` when valid, else a new one; nothing is forwarded). Off, it costs one boolean test per request.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Final
@@ -46,6 +51,7 @@ from phantom_token.config.settings import Settings
 from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
 from phantom_token.frontends import Authorizer, Observe, authorize, listener_limits
+from phantom_token.frontends import access_log as access
 from phantom_token.http.connection import RequestHandler, ServerConnection, ServerLimits
 from phantom_token.http.request_head import RequestHead
 from phantom_token.http.responses import encode_headers, status_line
@@ -216,6 +222,7 @@ class _Shared:
         self.try_authorize: Callable[[RequestInfo], Verdict | None] = engine.try_authorize
         self.trusted_proxies: tuple[Network, ...] = settings.trusted_proxies
         self.observe = observe
+        self.access_log = settings.access_log
         self._trust: dict[str, bool] = {}
         # authorization header value -> (whole seconds left, the rendered keep-alive 200): the hot path renders an
         # answer once a second per token instead of once per request. Holds what the engine's cache holds.
@@ -253,8 +260,17 @@ class DecisionHandler(RequestHandler):
         self._trusted = shared.trusts(conn.client_ip)
         self._task: asyncio.Task[None] | None = None
         self._memo = TokenMemo()  # a gateway's connection carries many clients' tokens; a repeat still saves work
+        self._access = shared.access_log
+        # The access log's record of the active request (kept only when it is on).
+        self._log_info: RequestInfo | None = None
+        self._t_start = 0.0
+        self._t_introspection = 0.0
 
     def handle_request(self, head: RequestHead) -> None:
+        if self._access:
+            self._log_info = None
+            self._t_start = time.perf_counter()
+            self._t_introspection = 0.0
         if not self._trusted:
             self._reply(head, untrusted_peer())
             return
@@ -267,6 +283,8 @@ class DecisionHandler(RequestHandler):
             self._reply(head, _not_a_decision_endpoint())
             return
         info.memo = self._memo
+        if self._access:
+            self._log_info = info
         verdict = self._try_authorize(info)
         if verdict is None:
             self.conn.pause_reading(PAUSE_DECISION)
@@ -287,7 +305,12 @@ class DecisionHandler(RequestHandler):
         return False
 
     async def _authorize(self, head: RequestHead, info: RequestInfo) -> None:
-        verdict = await authorize(self._engine, info)
+        if self._access:
+            started = time.perf_counter()
+            verdict = await authorize(self._engine, info)
+            self._t_introspection = time.perf_counter() - started
+        else:
+            verdict = await authorize(self._engine, info)
         self._task = None
         conn = self.conn
         if conn.active is head and not conn.responded and not conn.closed:
@@ -301,6 +324,8 @@ class DecisionHandler(RequestHandler):
             if payload is not None:
                 if observe is not None:
                     observe(200)
+                if self._access:
+                    self._log(head, 200, "allowed", verdict.route.name)
                 conn = self.conn
                 keep_alive = conn.should_keep_alive(head) and conn.can_drain(head)
                 conn.write(payload if keep_alive else payload[:-2] + b"Connection: close\r\n\r\n")
@@ -313,8 +338,33 @@ class DecisionHandler(RequestHandler):
         try:
             self.conn.send_response(status, headers, body)
         except ValueError:  # a JWT with CR or LF would split the response: the authorization server's fault
-            status, headers, body = decision_response(server_error(verdict.route))
+            verdict = server_error(verdict.route)
+            status, headers, body = decision_response(verdict)
             self.conn.send_response(status, headers, body)
+        if self._access:
+            route = verdict.route
+            self._log(head, status, "allowed" if isinstance(verdict, Allow) else verdict.code,
+                      route.name if route is not None else None)
+
+    def handle_refused(self, status: int) -> None:
+        if self._access:
+            self._log(None, status, "refused", None)
+
+    def _log(self, head: RequestHead | None, status: int, outcome: str, route: str | None) -> None:
+        """Write the access log line of the request just answered (the access log is on)."""
+        info, self._log_info = self._log_info, None
+        start, self._t_start = self._t_start, 0.0
+        if head is None:
+            method, path, headers = "", "", {}
+        elif info is not None:
+            method, path, headers = info.method, info.path, head.headers
+        else:
+            method, path, headers = head.method, head.path, head.headers
+        request_id = access.request_id(headers)[0]
+        token = access.token_fingerprint(self._memo, headers) if info is not None else access.NO_VALUE
+        access.write(access.fields("authz", route, method, path, status, outcome, token,
+                                   (time.perf_counter() - start) * 1000.0 if start else 0.0,
+                                   self._t_introspection * 1000.0, None, request_id))
 
 
 async def start_decisions(engine: Authorizer, settings: Settings, host: str, port: int, *, reuse_port: bool = False,

@@ -72,6 +72,18 @@ def request_lines(head: RequestHead, target: bytes, authorization: str | None) -
     return parts, forwarded_for
 
 
+def with_request_id(request_head: bytes, request_id: bytes, own: bool) -> bytes:
+    """``request_head`` (as built, ending with its empty line) with exactly one ``X-Request-Id``: unchanged when it
+    is the client's own (``own``: one valid header, already among the lines), else every client copy removed and
+    ``request_id`` added. Only the access log asks for it, so the usual path is one comparison."""
+    if own:
+        return request_head
+    if b"x-request-id:" in request_head.lower():  # the client sent copies that were not usable: drop them all
+        lines = request_head[:-4].split(b"\r\n")
+        request_head = b"\r\n".join(line for line in lines if line[:13].lower() != b"x-request-id:") + b"\r\n\r\n"
+    return request_head[:-2] + b"X-Request-Id: " + request_id + b"\r\n\r\n"
+
+
 def tunnels(head: RequestHead) -> bool:
     """Whether ``head`` asks for a WebSocket, the one upgrade the gateway forwards (see the module docstring)."""
     values = head.headers.get("upgrade")

@@ -28,12 +28,17 @@ Invariants:
   ``check_response`` only translates; both translations are pure functions, tested without sockets.
 - No raw token is logged or put in metadata (only its fingerprint); header values are never logged. An unexpected
   error is a 502 logged by type.
+- With the access log on (``settings.access_log``; ``frontends.access_log``) every check writes one line, front door
+  ``grpc``: the original request's method and path when they could be read, the route, the decision's status and
+  outcome, the token's fingerprint (computed per check: a gRPC call has no connection memo), the durations and
+  the request id (the ``x-request-id`` Envoy sends when valid, else a new one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -51,6 +56,7 @@ from phantom_token.core.bearer import BearerToken, extract, fingerprint
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
 from phantom_token.frontends import Authorizer, Observe, authorize
+from phantom_token.frontends import access_log as access
 from phantom_token.frontends.decisions import BadDecisionRequest, decision_response, is_trusted, untrusted_peer
 from phantom_token.http.uri import InvalidTarget, normalise_host, normalise_path
 from phantom_token.memo import remember
@@ -193,6 +199,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         self._trusted_proxies = settings.trusted_proxies
         self._max_header_bytes = settings.max_header_bytes
         self._observe = observe
+        self._access = settings.access_log
         self._trust: dict[str, bool] = {}  # peer IP -> trusted; Envoys are few (bounded as the HTTP listener's)
 
     def _trusts(self, peer: str) -> bool:
@@ -204,6 +211,8 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
 
     async def Check(self, check: CheckRequest, context: grpc.aio.ServicerContext[Any, Any]) -> CheckResponse:
         info: RequestInfo | None = None
+        started = time.perf_counter() if self._access else 0.0
+        waited = 0.0
         try:
             verdict: Verdict
             if not self._trusts(context.peer()):
@@ -217,7 +226,11 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
                     verdict = headers_too_large()
                 else:
                     found = self._try_authorize(info)
-                    verdict = found if found is not None else await authorize(self._engine, info)
+                    if found is None:
+                        asked = time.perf_counter()
+                        found = await authorize(self._engine, info)
+                        waited = time.perf_counter() - asked
+                    verdict = found
             response = check_response(verdict, info)
         except Exception as exc:  # a protobuf or translation fault: still an answer, and a fail-closed one
             logger.error("gRPC check failed: %s", type(exc).__name__)
@@ -225,7 +238,25 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
             response = check_response(verdict)
         if self._observe is not None:
             self._observe(200 if isinstance(verdict, Allow) else verdict.status)
+        if self._access:
+            _log(verdict, info, started, waited)
         return response
+
+
+def _log(verdict: Verdict, info: RequestInfo | None, started: float, waited: float) -> None:
+    """The access log line of one check (the access log is on)."""
+    route = verdict.route
+    headers = info.headers if info is not None else {}
+    token = access.NO_VALUE
+    if route is not None and route.plugin is not None:
+        found = extract(headers.get("authorization"), route.plugin.max_token_length)
+        if isinstance(found, BearerToken):
+            token = fingerprint(found.value)
+    status, outcome = (200, "allowed") if isinstance(verdict, Allow) else (verdict.status, verdict.code)
+    access.write(access.fields(
+        "grpc", route.name if route is not None else None, info.method if info is not None else "",
+        info.path if info is not None else "", status, outcome, token, (time.perf_counter() - started) * 1000.0,
+        waited * 1000.0, None, access.request_id(headers)[0]))
 
 
 def server_credentials(tls: ServerPems | None) -> grpc.ServerCredentials | None:

@@ -20,6 +20,10 @@ Invariants:
   ``gateway_timeout``; after that the client connection is dropped, so a cut-short response never looks complete.
 - The fast path (``try_authorize`` answers, a pooled connection is free) runs in protocol callbacks only: no
   await, no task. Header values are never logged.
+- With the access log on (``settings.access_log``; ``frontends.access_log``) every answered request writes one line
+  (a denial, the upstream's response at its end, a failure, a refusal by the connection core) and goes upstream
+  with exactly one ``X-Request-Id``: the client's when valid, else a new one replacing every copy it sent. Off, the
+  only cost is one boolean test per request and per answer, and the request goes as it came.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Callable
 from typing import Final
 
@@ -35,6 +40,7 @@ from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.routes import upstream_path
 from phantom_token.core.verdict import Allow, Deny, Verdict, bad_gateway, gateway_timeout, server_error
 from phantom_token.frontends import Authorizer, Observe, authorize, listener_limits
+from phantom_token.frontends import access_log as access
 from phantom_token.frontends.forwarding import (
     HOP_BY_HOP,
     gateway_lines,
@@ -43,6 +49,7 @@ from phantom_token.frontends.forwarding import (
     rewrite_response_head,
     switching_head,
     tunnels,
+    with_request_id,
 )
 from phantom_token.http.client import (
     ClientError,
@@ -88,6 +95,7 @@ class _Shared:
         # Bound once: ``Authorizer`` is a protocol, so compiled code would look the method up by name per request.
         self.try_authorize: Callable[[RequestInfo], Verdict | None] = engine.try_authorize
         self.observe = observe
+        self.access_log = settings.access_log
         self.timeout = settings.upstream_timeout_seconds
         self.connect_timeout = settings.upstream_connect_timeout_seconds
         self.pool = ConnectionPool(max_idle_per_origin=256, idle_timeout=30.0)
@@ -186,6 +194,15 @@ class ProxyHandler(RequestHandler, ResponseSink):
         self._head_written = False
         self._chunk_out = False
         self._keep_alive = True
+        self._access = shared.access_log
+        # The access log's record of the active request (only kept when it is on): its head, request id, when it
+        # began, how long the engine's async path took, when it went upstream (0.0: not yet).
+        self._log_head: RequestHead | None = None
+        self._request_id = ""
+        self._own_request_id = False
+        self._t_start = 0.0
+        self._t_introspection = 0.0
+        self._t_upstream = 0.0
 
     # -- requests from the client --------------------------------------------------------------------------------
 
@@ -195,6 +212,8 @@ class ProxyHandler(RequestHandler, ResponseSink):
         self._out_head = None
         self._pending = None
         self._route = None
+        if self._access:
+            self._begin_log(head)
         info = RequestInfo(head.method, head.host, head.path, head.headers, self._memo.tokens)
         verdict = self._try_authorize(info)
         if verdict is None:
@@ -237,7 +256,12 @@ class ProxyHandler(RequestHandler, ResponseSink):
             self._upstream.send_body(data)
 
     async def _authorize(self, head: RequestHead, info: RequestInfo) -> None:
-        verdict = await authorize(self._engine, info)
+        if self._access:
+            started = time.perf_counter()
+            verdict = await authorize(self._engine, info)
+            self._t_introspection = time.perf_counter() - started
+        else:
+            verdict = await authorize(self._engine, info)
         self._task = None
         conn = self.conn
         if conn.active is head and not conn.responded and not conn.closed:
@@ -257,6 +281,8 @@ class ProxyHandler(RequestHandler, ResponseSink):
         if origin is None or origin.upstream is not upstream:
             origin = self._shared.origin(upstream)
         request_head = self._request_head(head, verdict, origin)
+        if self._access:
+            request_head = with_request_id(request_head, self._request_id.encode("ascii"), self._own_request_id)
         conn = self._shared.pool.take(origin.idle)
         if conn is None:
             self._connect_later(head, origin, request_head)
@@ -296,6 +322,8 @@ class ProxyHandler(RequestHandler, ResponseSink):
                 self._connect_later(head, origin, request_head)  # nothing was sent: safe to try a new one
             return
         self._upstream = conn
+        if self._access:
+            self._t_upstream = time.perf_counter()
         # A pooled connection the upstream closed while we wrote on it (its idle timeout, keepalive_requests) fails
         # with no response: a request without a body and with an idempotent method is then sent once more, on a
         # new connection (RFC 9110 9.2.2), as nginx's proxy_next_upstream does.
@@ -343,8 +371,39 @@ class ProxyHandler(RequestHandler, ResponseSink):
         self._status = deny.status
         self._pending = None
         self._observe(deny.status)
+        if self._access:
+            self._log(deny.status, deny.code, deny.route if deny.route is not None else self._route)
         self.conn.resume_reading(PAUSE_VERDICT)  # what is left of the body has to be read to be discarded
         self.conn.send_response(deny.status, deny.headers(), deny.body())
+
+    def handle_refused(self, status: int) -> None:
+        if self._access:
+            if self._log_head is None:  # a request the handler never saw (broken framing, a slow head): unknown
+                self._request_id, self._own_request_id = access.new_request_id(), False
+                self._t_start = self._t_introspection = self._t_upstream = 0.0
+            self._log(status, "refused", self._route)
+
+    def _begin_log(self, head: RequestHead) -> None:
+        self._log_head = head
+        self._request_id, own = access.request_id(head.headers)
+        # The client's own goes upstream as it came, unless its Connection header removes it on the way.
+        self._own_request_id = own and access.REQUEST_ID_HEADER not in head.connection_tokens
+        self._t_start = time.perf_counter()
+        self._t_introspection = 0.0
+        self._t_upstream = 0.0
+
+    def _log(self, status: int, outcome: str, route: Route | None) -> None:
+        """Write the active request's access log line (the access log is on)."""
+        head = self._log_head
+        self._log_head = None
+        now = time.perf_counter()
+        start, upstream = self._t_start, self._t_upstream
+        access.write(access.fields(
+            "serve", route.name if route is not None else None, head.method if head is not None else "",
+            head.path if head is not None else "", status, outcome,
+            access.token_fingerprint(self._memo.tokens, head.headers) if head is not None else access.NO_VALUE,
+            (now - start) * 1000.0 if start else 0.0, self._t_introspection * 1000.0,
+            (now - upstream) * 1000.0 if upstream else 0.0, self._request_id))
 
     def _observe(self, status: int) -> None:
         observe = self._shared.observe
@@ -430,6 +489,8 @@ class ProxyHandler(RequestHandler, ResponseSink):
         elif out is not None:
             self.conn.write(out)
         self._observe(self._status)
+        if self._access:
+            self._log(self._status, "allowed", self._route)
         self.conn.resume_reading(PAUSE_UPSTREAM | PAUSE_VERDICT)
         self.conn.finish_response(self._keep_alive)
 
@@ -444,6 +505,8 @@ class ProxyHandler(RequestHandler, ResponseSink):
         if self._head_written:
             logger.warning("upstream %s failed mid-response, dropping the client connection: %s", where, exc)
             self._observe(self._status)
+            if self._access:
+                self._log(self._status, "aborted", route)
             client.responded = True
             client.abort()
             return
@@ -466,6 +529,8 @@ class ProxyHandler(RequestHandler, ResponseSink):
         client.write(switching_head(raw))
         self._head_written = True
         self._observe(101)
+        if self._access:
+            self._log(101, "allowed", self._route)
         client.start_tunnel()
 
     def upstream_tunnel(self, data: bytes) -> None:

@@ -156,6 +156,10 @@ class RequestHandler:
         """Bytes from the client after ``ServerConnection.start_tunnel`` (not HTTP any more)."""
         raise NotImplementedError
 
+    def handle_refused(self, status: int) -> None:
+        """The connection itself answered a request with ``status`` and closes (broken framing, a limit, a
+        timeout: its ``_reject``); the handler saw no such request. For the access log."""
+
 
 class ServerConnection:
     """One client connection's HTTP/1.1 rules (see the module docstring). ``send``/``is_closing`` are the
@@ -566,6 +570,7 @@ class ServerConnection:
         self._write_error_and_close(status)
 
     def _write_error_and_close(self, status: int) -> None:
+        self.handler.handle_refused(status)
         self.write(render_response(status, [("Content-Type", "application/json")],
                                    ERROR_BODIES.get(status, MALFORMED), head_only=False, keep_alive=False))
         self._close()
