@@ -50,7 +50,7 @@ from typing import Final
 from phantom_token.config.settings import Settings
 from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
-from phantom_token.frontends import Authorizer, Observe, authorize, listener_limits
+from phantom_token.frontends import Authorizer, Observe, authorize_timed, listener_limits
 from phantom_token.frontends import access_log as access
 from phantom_token.http.connection import RequestHandler, ServerConnection, ServerLimits
 from phantom_token.http.request_head import RequestHead
@@ -109,18 +109,22 @@ def _single(headers: dict[str, list[str]], name: str) -> str | None:
     return values[0].strip()
 
 
-def _normal(memo: dict[str, str], value: str, normalise: Callable[[str], str], name: str, problem: str) -> str:
+def normal_form(memo: dict[str, str], value: str, normalise: Callable[[str], str], problem: str, name: str) -> str:
     """``normalise(value)``, remembered in ``memo``: gateways ask about the same few paths and hosts over and over,
     and a lookup is cheaper than the scan. Bounded (a full memo starts over); nothing is stored for an invalid
-    value, which is a ``BadDecisionRequest`` saying that the header ``name`` ``problem`` (the message is made only
-    then: a hit costs one lookup)."""
+    value, which is a ``BadDecisionRequest`` saying ``problem`` (a constant template of ``{name}`` and
+    ``{reason}``, filled only then: a hit costs one lookup)."""
     normal = memo.get(value)
     if normal is None:
         try:
             normal = remember(memo, value, normalise(value), 1024)
         except InvalidTarget as exc:
-            raise BadDecisionRequest(f"The {name} of the decision request {problem} ({exc.reason})") from exc
+            raise BadDecisionRequest(problem.format(name=name, reason=exc.reason)) from exc
     return normal
+
+
+_BAD_PATH: Final = "The {name} of the decision request has an invalid path ({reason})"
+_BAD_HOST: Final = "The {name} of the decision request is not a valid host ({reason})"
 
 
 _NORMAL_PATHS: Final[dict[str, str]] = {}  # original paths (never a query string) -> normal form
@@ -139,7 +143,7 @@ def _split_uri(uri: str, name: str) -> tuple[str, str | None]:
         except InvalidTarget as exc:
             raise BadDecisionRequest(f"The {name} of the decision request is not a path or a valid http(s) URL "
                                      f"({exc.reason})") from exc
-    path = _normal(_NORMAL_PATHS, path.partition("?")[0] or "/", normalise_path, name, "has an invalid path")
+    path = normal_form(_NORMAL_PATHS, path.partition("?")[0] or "/", normalise_path, _BAD_PATH, name)
     return path, host
 
 
@@ -149,7 +153,7 @@ def _original(method: str, host: str, headers: dict[str, list[str]], uri_name: s
     original_method = _single(headers, method_name) or method
     if uri_host is None:
         forwarded_host = _single(headers, host_name)
-        uri_host = (_normal(_NORMAL_HOSTS, forwarded_host, normalise_host, host_name, "is not a valid host")
+        uri_host = (normal_form(_NORMAL_HOSTS, forwarded_host, normalise_host, _BAD_HOST, host_name)
                     if forwarded_host else host)
     return RequestInfo(original_method.upper(), uri_host, path, headers)
 
@@ -305,12 +309,7 @@ class DecisionHandler(RequestHandler):
         return False
 
     async def _authorize(self, head: RequestHead, info: RequestInfo) -> None:
-        if self._access:
-            started = time.perf_counter()
-            verdict = await authorize(self._engine, info)
-            self._t_introspection = time.perf_counter() - started
-        else:
-            verdict = await authorize(self._engine, info)
+        verdict, self._t_introspection = await authorize_timed(self._engine, info)
         self._task = None
         conn = self.conn
         if conn.active is head and not conn.responded and not conn.closed:
@@ -385,6 +384,7 @@ __all__ = [
     "DecisionHandler",
     "decision_response",
     "is_trusted",
+    "normal_form",
     "original_request",
     "start_decisions",
 ]

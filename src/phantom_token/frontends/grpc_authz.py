@@ -57,8 +57,14 @@ from phantom_token.core.request import RequestInfo
 from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
 from phantom_token.frontends import Authorizer, Observe, authorize
 from phantom_token.frontends import access_log as access
-from phantom_token.frontends.decisions import BadDecisionRequest, decision_response, is_trusted, untrusted_peer
-from phantom_token.http.uri import InvalidTarget, normalise_host, normalise_path
+from phantom_token.frontends.decisions import (
+    BadDecisionRequest,
+    decision_response,
+    is_trusted,
+    normal_form,
+    untrusted_peer,
+)
+from phantom_token.http.uri import normalise_host, normalise_path
 from phantom_token.memo import remember
 
 logger: Final = logging.getLogger("phantom_token.grpc")
@@ -106,16 +112,7 @@ _PATHS: Final[dict[str, str]] = {}  # paths as Envoy sent them (never a query st
 _HOSTS: Final[dict[str, str]] = {}  # hosts as sent -> normal form
 
 
-def _normal(memo: dict[str, str], value: str, normalise: Callable[[str], str], what: str) -> str:
-    """``normalise(value)``, remembered (gateways ask about the same few paths and hosts; bounded by
-    ``memo.remember``); an invalid value is never stored and is a ``BadDecisionRequest``."""
-    normal = memo.get(value)
-    if normal is None:
-        try:
-            normal = remember(memo, value, normalise(value), 1024)
-        except InvalidTarget as exc:
-            raise BadDecisionRequest(f"The check request has an invalid {what} ({exc.reason})") from exc
-    return normal
+_BAD_TARGET: Final = "The check request has an invalid {name} ({reason})"
 
 
 def request_info(check: CheckRequest, max_header_bytes: int) -> RequestInfo:
@@ -128,10 +125,10 @@ def request_info(check: CheckRequest, max_header_bytes: int) -> RequestInfo:
     target = http.path
     if not target.startswith("/"):
         raise BadDecisionRequest("The check request's path is not an origin-form request target")
-    path = _normal(_PATHS, target.partition("?")[0] or "/", normalise_path, "path")
+    path = normal_form(_PATHS, target.partition("?")[0] or "/", normalise_path, _BAD_TARGET, "path")
     if not http.host:
         raise BadDecisionRequest("The check request has no host")
-    host = _normal(_HOSTS, http.host, normalise_host, "host")
+    host = normal_form(_HOSTS, http.host, normalise_host, _BAD_TARGET, "host")
     return RequestInfo(http.method.upper(), host, path, _headers(http, max_header_bytes))
 
 

@@ -39,7 +39,7 @@ from phantom_token.config.settings import Route, Settings, Upstream
 from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.routes import upstream_path
 from phantom_token.core.verdict import Allow, Deny, Verdict, bad_gateway, gateway_timeout, server_error
-from phantom_token.frontends import Authorizer, Observe, authorize, listener_limits
+from phantom_token.frontends import Authorizer, Observe, authorize_timed, listener_limits
 from phantom_token.frontends import access_log as access
 from phantom_token.frontends.forwarding import (
     HOP_BY_HOP,
@@ -256,12 +256,7 @@ class ProxyHandler(RequestHandler, ResponseSink):
             self._upstream.send_body(data)
 
     async def _authorize(self, head: RequestHead, info: RequestInfo) -> None:
-        if self._access:
-            started = time.perf_counter()
-            verdict = await authorize(self._engine, info)
-            self._t_introspection = time.perf_counter() - started
-        else:
-            verdict = await authorize(self._engine, info)
+        verdict, self._t_introspection = await authorize_timed(self._engine, info)
         self._task = None
         conn = self.conn
         if conn.active is head and not conn.responded and not conn.closed:
