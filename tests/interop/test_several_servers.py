@@ -113,7 +113,9 @@ def test_prefix_choice_asks_only_the_owner_once(
     for _ in range(3):
         demo_jwt = upstream_authorization(gw, demo_token)
         minted = upstream_authorization(gw, oidc_token)
-    assert demo_jwt.startswith("Bearer ey") and minted.startswith("Bearer ey") and demo_jwt != minted
+    assert demo_jwt.startswith("Bearer ey")
+    assert minted.startswith("Bearer ey")
+    assert demo_jwt != minted
     assert (calls.at_demo(demo_token), calls.at_demo(oidc_token), calls.at_oidc()) == (1, 0, 1)
     for _ in range(2):  # a junk token with the prefix: the owner alone, once, then negatively cached
         assert status(gw, "demo_junk") == 401
@@ -198,7 +200,8 @@ class JwtIssuer:
             "Content-Type": "application/x-www-form-urlencoded", "Authorization": f"Basic {basic}"}, body)
         assert result.status == 200, result.text
         token = result.json()["access_token"]
-        assert isinstance(token, str) and token.count(".") == 2
+        assert isinstance(token, str)
+        assert token.count(".") == 2
         return token
 
     def introspections(self) -> int:

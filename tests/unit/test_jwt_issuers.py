@@ -80,10 +80,12 @@ async def test_a_verified_jwt_is_forwarded_as_is_without_introspection_and_then_
     engine, introspector, clock = build(FakeKeys(KEY))
     jwt = token(clock)
     verdict = await decide(engine, jwt)
-    assert isinstance(verdict, Allow) and verdict.authorization == "Bearer " + jwt
+    assert isinstance(verdict, Allow)
+    assert verdict.authorization == "Bearer " + jwt
     assert verdict.expires_in == 300  # token_cache_seconds, under the token's 600 s
     hit = engine.try_authorize(req(jwt))  # the verification is cached under the token's key: no I/O, no crypto
-    assert isinstance(hit, Allow) and hit.authorization == "Bearer " + jwt
+    assert isinstance(hit, Allow)
+    assert hit.authorization == "Bearer " + jwt
     assert introspector.calls == []
 
 
@@ -111,7 +113,8 @@ async def test_forged_tokens_are_401_without_an_introspection_call(forgery: str)
         "bad signature": lambda: token(clock)[:-4] + ("AAAA" if not token(clock).endswith("AAAA") else "BBBB"),
     }[forgery]()
     verdict = await decide(engine, forged)
-    assert isinstance(verdict, Deny) and verdict.status == 401
+    assert isinstance(verdict, Deny)
+    assert verdict.status == 401
     assert introspector.calls == []
 
 
@@ -125,7 +128,8 @@ async def test_a_new_kid_is_fetched_once_and_a_refetch_too_soon_is_a_401() -> No
     unknown = jose.SigningKey.generate("ES256", kid="k3")
     keys.next = None  # the port says: fetched too recently
     denied = await decide(engine, token(clock, unknown))
-    assert isinstance(denied, Deny) and denied.status == 401
+    assert isinstance(denied, Deny)
+    assert denied.status == 401
     assert introspector.calls == []
 
 
@@ -136,7 +140,8 @@ async def test_a_jwt_of_an_unlisted_issuer_and_an_opaque_token_are_introspected(
     assert isinstance(await decide(engine, other), Allow)
     await decide(engine, "opaque")
     assert introspector.calls == [other, "opaque"]
-    assert listed_issuer("a.b", (ISSUER,)) is None and listed_issuer("x.y.z", (ISSUER,)) is None
+    assert listed_issuer("a.b", (ISSUER,)) is None
+    assert listed_issuer("x.y.z", (ISSUER,)) is None
 
 
 async def test_no_jwks_is_a_502_not_a_401() -> None:
@@ -146,7 +151,8 @@ async def test_no_jwks_is_a_502_not_a_401() -> None:
 
     engine, _, clock = build(Down())
     verdict = await decide(engine, token(clock))
-    assert isinstance(verdict, Deny) and verdict.status == 502
+    assert isinstance(verdict, Deny)
+    assert verdict.status == 502
 
 
 # ------------------------------------------------------------------------------------------- the adapter
@@ -227,4 +233,5 @@ def test_jwt_issuer_problems(item: dict[str, Any], field: str, why: str) -> None
     with pytest.raises(ConfigError) as caught:
         parse_settings(document({"jwt_issuers": [item]}), source="f.yml", environ={})
     [problem] = caught.value.problems
-    assert problem.field == "config.jwt_issuers[0]." + field and problem.why.startswith(why)
+    assert problem.field == "config.jwt_issuers[0]." + field
+    assert problem.why.startswith(why)

@@ -159,11 +159,13 @@ async def test_ordered_choice_asks_until_one_is_active_then_one_lookup_serves_it
     engine, introspector, clock, _ = build(plugin)
     jwt = introspector.activate(plugin.authorization_servers[1], "tok-b", clock.now + 3600)
     verdict = await decide(engine, "tok-b")
-    assert isinstance(verdict, Allow) and verdict.authorization == "Bearer " + jwt
+    assert isinstance(verdict, Allow)
+    assert verdict.authorization == "Bearer " + jwt
     assert introspector.calls == [("a.test", "tok-b"), ("b.test", "tok-b")]  # c is never asked
     for _ in range(3):  # cached: answered without I/O, by the route's outcome key
         hit = engine.try_authorize(req("tok-b"))
-        assert isinstance(hit, Allow) and hit.authorization == "Bearer " + jwt
+        assert isinstance(hit, Allow)
+        assert hit.authorization == "Bearer " + jwt
     clock.now += 10  # a's negative entry has gone; the outcome stays: still no call
     assert isinstance(engine.try_authorize(req("tok-b")), Allow)
     assert len(introspector.calls) == 2
@@ -178,7 +180,8 @@ async def test_prefix_choice_asks_the_owner_alone() -> None:
     assert isinstance(await decide(engine, "b_tok"), Allow)
     assert introspector.calls == [("b.test", "b_tok")]
     inactive = await decide(engine, "b_junk")
-    assert isinstance(inactive, Deny) and inactive.status == 401
+    assert isinstance(inactive, Deny)
+    assert inactive.status == 401
     assert introspector.calls[1:] == [("b.test", "b_junk")]
 
 
@@ -186,7 +189,8 @@ async def test_a_junk_token_costs_one_call_per_server_then_is_negatively_cached(
     engine, introspector, clock, _ = build(several(A, B, negative_cache_seconds=5))
     for _ in range(3):
         verdict = await decide(engine, "junk")
-        assert isinstance(verdict, Deny) and verdict.status == 401
+        assert isinstance(verdict, Deny)
+        assert verdict.status == 401
     assert introspector.calls == [("a.test", "junk"), ("b.test", "junk")]
     clock.now += 6
     await decide(engine, "junk")
@@ -200,10 +204,12 @@ async def test_a_server_down_is_passed_over_but_never_turns_into_a_401() -> None
     introspector.answers[(A.introspection_endpoint, "tok-b")] = IntrospectionUnavailable("connection refused")
     introspector.activate(plugin.authorization_servers[1], "tok-b", clock.now + 3600)
     down = await decide(engine, "tok-a")  # maybe a's token: b says inactive, a could not say
-    assert isinstance(down, Deny) and down.status == 502
+    assert isinstance(down, Deny)
+    assert down.status == 502
     assert isinstance(await decide(engine, "tok-b"), Allow)  # b's tokens still work while a is down
     again = await decide(engine, "tok-a")  # nothing of the failure was cached
-    assert isinstance(again, Deny) and again.status == 502
+    assert isinstance(again, Deny)
+    assert again.status == 502
     assert introspector.calls.count(("a.test", "tok-a")) == 2
 
 
