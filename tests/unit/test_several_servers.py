@@ -94,7 +94,8 @@ def test_duplicate_or_overlapping_prefixes_are_refused(first: str, second: str) 
 
 def test_problems_name_their_server_and_route_options_are_reported_once() -> None:
     found = problems({"client_id": "gw", "scope": 5, "authorization_servers": [
-        {**ITEM_A, "client_id": None, "realm": "x"}, {**ITEM_B, "token_prefix": "a b"}, 3, {**ITEM_B, "bogus": 1}]})
+        {**ITEM_A, "client_id": None, "realm": "x"}, {**ITEM_B, "token_prefix": "a b"}, 3,
+        {**ITEM_B, "client_id": "gw2", "bogus": 1}]})
     assert found == [
         ("config.client_id", "is set in each authorization_servers item when that list is used"),
         ("config.authorization_servers[0].realm", "is a route option: set it beside authorization_servers"),
@@ -104,6 +105,11 @@ def test_problems_name_their_server_and_route_options_are_reported_once() -> Non
         ("config.authorization_servers[2]", "expected a mapping, got an integer"),
         ("config.authorization_servers[3].bogus", "unknown field"),
     ]
+
+
+def test_the_same_server_twice_is_refused() -> None:
+    assert problems({"authorization_servers": [ITEM_A, {**ITEM_A, "token_prefix": "x"}]}) == [
+        ("config.authorization_servers[1]", "is the same server and client as authorization_servers[0]")]
 
 
 def test_token_prefix_outside_an_item_and_an_empty_list_are_refused() -> None:

@@ -12,7 +12,8 @@ Invariants:
   them is refused rather than guessed at.
 - Problems name their place: ``config.authorization_servers[1].client_id``, ``config.jwt_issuers[0].audience``; a
   route option with a problem is reported once, not once per server.
-- No two ``token_prefix`` values overlap (one a prefix of the other, or equal): each token has at most one owner.
+- No two ``token_prefix`` values overlap (one a prefix of the other, or equal): each token has at most one owner;
+  no server (endpoint or issuer, and client) is listed twice.
 - A ``jwt_issuers`` item has an audience (its own or the plugin's ``audience``): a JWT meant for another API of the
   same issuer must not pass. Its algorithms are within ``jose.SUPPORTED_ALGORITHMS`` (never ``none`` nor HMAC).
 """
@@ -91,6 +92,7 @@ def _servers(top: Block, route: dict[str, Any], items: object) -> list[PluginCon
         return []
     servers: list[PluginConfig] = []
     owners: list[tuple[str, int]] = []  # (token_prefix, item)
+    seen: dict[bytes, int] = {}  # cache namespace (endpoint or issuer, client) -> item
     for i, item in enumerate(items):
         place = f"config.authorization_servers[{i}]"
         if not isinstance(item, dict):
@@ -105,6 +107,9 @@ def _servers(top: Block, route: dict[str, Any], items: object) -> list[PluginCon
         server = parse_block(_ServerBlock(ctx, where, data, place + ".", first=i == 0))
         if server is None:
             continue
+        same = seen.setdefault(server.cache_namespace, i)
+        if same != i:
+            ctx.problem(where, place, f"is the same server and client as authorization_servers[{same}]")
         prefix = server.token_prefix
         if prefix is not None:
             if not _PREFIX.fullmatch(prefix):
