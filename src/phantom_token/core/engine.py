@@ -11,6 +11,10 @@ the authorization server's faults are 502, never 401 and never 200; errors are n
 answer is remembered for ``negative_cache_seconds`` only (0: not at all).
 
 Cache keys: ``core.keys`` (``sha256(namespace + sha256(token))``), shared with the cache's purge.
+
+Several authorization servers or JWT issuers on a route (``_resolve_several``, only on a miss): the hit path is the
+same lookup under the route's own namespace; a miss verifies a listed issuer's JWT (``core.jwt_access``) or walks the
+servers (``core.servers``), each with its own namespace and single flight.
 """
 
 from __future__ import annotations
