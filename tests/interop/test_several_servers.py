@@ -122,24 +122,32 @@ def test_prefix_choice_asks_only_the_owner_once(
     assert (calls.at_demo("demo_junk"), calls.at_oidc()) == (1, 1)
 
 
-def test_ordered_choice_one_call_at_the_owner_once_cached_junk_one_call_per_server(
+def test_ordered_choice_one_call_at_the_owner_once_cached_purge_and_junk(
     oidc_provider: OidcProvider, auth_server: AuthServer, echo_api: Process, gateway: GatewayFactory
 ) -> None:
+    admin = f"127.0.0.1:{free_port()}"
     gw = gateway(config(echo_api, {"negative_cache_seconds": 60, "authorization_servers": [
-        oidc_server(oidc_provider), demo_server(auth_server)]}))
+        oidc_server(oidc_provider), demo_server(auth_server)]}), args=["--admin-listen", admin])
     calls = Calls(oidc_provider, auth_server)
     demo_token = auth_server.issue_token()
     for _ in range(3):  # oidc-provider first (inactive there), then the demo AS (active): then cached
         assert upstream_authorization(gw, demo_token).startswith("Bearer ey")
     assert (calls.at_oidc(), calls.at_demo(demo_token)) == (1, 1)
+    purged = http_request("POST", f"http://{admin}/cache/purge", {"Content-Type": "application/json"},
+                          json.dumps({"token": demo_token}).encode())
+    assert purged.status == 200, purged.text
+    assert purged.json()["removed"]["memory"] == 3  # the route's outcome, the demo AS's answer, oidc's "inactive"
+    upstream_authorization(gw, demo_token)  # asked again, of both servers in order
+    upstream_authorization(gw, demo_token)
+    assert (calls.at_oidc(), calls.at_demo(demo_token)) == (2, 2)
     oidc_token = oidc_provider.issue_token()
     for _ in range(3):
         upstream_authorization(gw, oidc_token)
-    assert (calls.at_oidc(), calls.at_demo(oidc_token)) == (2, 0)
+    assert (calls.at_oidc(), calls.at_demo(oidc_token)) == (3, 0)
     junk = secrets.token_urlsafe(32)
     for _ in range(3):
         assert status(gw, junk) == 401
-    assert (calls.at_oidc(), calls.at_demo(junk)) == (3, 1)
+    assert (calls.at_oidc(), calls.at_demo(junk)) == (4, 1)
 
 
 def test_a_server_that_fails_is_passed_over_but_its_tokens_get_502_not_401(
