@@ -193,6 +193,8 @@ class Ports:
     envoy: int
     envoy_http: int
     envoy_grpc: int
+    auth_jwt: int  # a second demo AS whose JWTs (with an aud) the JWT issuer row presents
+    serve_jwt: int
 
 
 ENVOY_DIRECT = """static_resources:
@@ -280,6 +282,20 @@ def serve_config(tmp: Path, upstream: int, auth: int) -> Path:
     return path
 
 
+JWT_ROW = "serve, JWT issuer (no introspection)"
+JWT_AUDIENCE = "bench-api"
+
+
+def jwt_serve_config(tmp: Path, upstream: int, auth: int, auth_jwt: int) -> Path:
+    """SERVE_YML plus ``jwt_issuers``: the second demo AS, its JWKS found by discovery (docs/authorization-servers/
+    several.md). Its JWTs are verified once, then served from the cache like an opaque token's answer."""
+    path = tmp / "serve-jwt.yml"
+    issuer = f"      jwt_issuers:\n      - {{issuer: 'http://127.0.0.1:{auth_jwt}', audience: {JWT_AUDIENCE}}}\n"
+    text = SERVE_YML.format(upstream=upstream, auth=auth, secret=INTROSPECTION_SECRET)
+    path.write_text(text.replace("      token_cache_seconds: 3600\n", "      token_cache_seconds: 3600\n" + issuer))
+    return path
+
+
 def auth_command(port: int) -> list[str]:
     """The demo authorization server on ``port`` (test controls on, tokens valid for two hours)."""
     return [sys.executable, "-m", "phantom_token.demo.authorization_server", "--listen", f"127.0.0.1:{port}",
@@ -329,6 +345,9 @@ def _start_main(procs: Processes, tmp: Path, ports: Ports, env: dict[str, str], 
         "serve_scale": procs.start("serve_scale", serve_command(serve_yml, ports.serve_scale), env=env),
         # the access log on: one line per request to serve_log.log (a file: terminal I/O is not what is measured)
         "serve_log": procs.start("serve_log", serve_command(serve_yml, ports.serve_log, "--access-log"), env=env),
+        "auth_jwt": procs.start("auth_jwt", [*auth_command(ports.auth_jwt), "--audience", JWT_AUDIENCE], env=env),
+        "serve_jwt": procs.start("serve_jwt", serve_command(
+            jwt_serve_config(tmp, ports.upstream, ports.auth, ports.auth_jwt), ports.serve_jwt), env=env),
         "authz": procs.start("authz", authz, env=env),
         "nginx_authz": procs.nginx("nginx_authz", _example(
             "nginx.conf", tmp / "nginx_authz", LISTEN_PORT=ports.nginx_authz, AUTHZ_PORT=ports.authz,
@@ -380,7 +399,7 @@ def miss_row(plan: Plan, ports: Ports, kids: dict[str, Child], miss_file: Path) 
 
 
 def main_rows(plan: Plan, ports: Ports, kids: dict[str, Child], token: str, miss_file: Path,
-              round_ratios: dict[str, list[float]]) -> list[Row]:
+              round_ratios: dict[str, list[float]], jwt: str) -> list[Row]:
     """Every row of the main table. With ``repeat`` > 1 the rows are measured in rounds (all rows, then all rows
     again), keeping each row's best run, so a burst of other load on the machine hits one run of several rows rather
     than every run of one row."""
@@ -393,6 +412,7 @@ def main_rows(plan: Plan, ports: Ports, kids: dict[str, Child], token: str, miss
         ("nginx + authz (auth_request)", ports.nginx_authz, ["nginx_authz", "authz"]),
         ("nginx + authz + decision cache", ports.nginx_authz_cache, ["nginx_authz_cache", "authz"]),
         ("  the same, cache key by njs", ports.nginx_authz_njs, ["nginx_authz_njs", "authz"]),
+        (JWT_ROW, ports.serve_jwt, ["serve_jwt"]),
     ]
     best: dict[str, Row] = {}
     miss: Row | None = None
@@ -400,7 +420,7 @@ def main_rows(plan: Plan, ports: Ports, kids: dict[str, Child], token: str, miss
         this_round: dict[str, float] = {}
         for name, port, under_test in repeated:
             row = measure(name, f"http://127.0.0.1:{port}/api/bench", plan, everyone,
-                          [kids[key] for key in under_test], token=token)
+                          [kids[key] for key in under_test], token=jwt if name == JWT_ROW else token)
             this_round[name] = row.result.rps
             if name not in best or row.result.rps > best[name].result.rps:
                 best[name] = row
@@ -556,7 +576,8 @@ def run(plan: Plan, keep: Path | None = None) -> int:
         print(f"measuring: wrk -t1 -c{plan.connections}, {plan.seconds:g}s per row (after {plan.warm_seconds:g}s "
               f"of warm-up), best of {plan.repeat} rounds\n", flush=True)
         round_ratios: dict[str, list[float]] = {}
-        rows = main_rows(plan, ports, kids, token, tmp / "miss.txt", round_ratios)
+        jwt_issued = real_jwt(ports.auth_jwt, asyncio.run(_issue(ports.auth_jwt, 1))[0])  # signed by auth_jwt
+        rows = main_rows(plan, ports, kids, token, tmp / "miss.txt", round_ratios, jwt_issued)
         limit = rows[1].result.rps
         print_table(rows, rows[1])
         hit = rows[2].result

@@ -19,11 +19,12 @@ from __future__ import annotations
 
 from phantom_token.cache.stack import build_cache
 from phantom_token.config.material import Material, load_material
-from phantom_token.config.settings import Settings
+from phantom_token.config.settings import Settings, introspection_servers
 from phantom_token.core.engine import Engine
 from phantom_token.core.routes import Router
 from phantom_token.http.client import HttpClient
 from phantom_token.introspection.client import HttpIntrospector
+from phantom_token.introspection.issuer_keys import HttpIssuerKeys
 from phantom_token.metrics import Metrics
 from phantom_token.minting import build_minter
 
@@ -42,13 +43,15 @@ class Gateway:
         self.minter = build_minter(settings, self.material)  # None unless a route mints JWTs or a key is configured
         self.router = Router(settings.routes)
         self.engine = Engine(self.router, self.cache, self.introspector, metrics=self.metrics,
-                             coordinator=self.caches.coordinator, minter=self.minter)
+                             coordinator=self.caches.coordinator, minter=self.minter,
+                             issuer_keys=HttpIssuerKeys(self.introspector.fetch))
 
     async def open(self) -> None:
         """Open what the engine needs before the first request (the cache's shared store, introspection
         discovery). The runners call it before they listen; the ASGI middleware from its lifespan."""
         await self.caches.start()
-        await self.introspector.start(route.plugin for route in self.settings.routes if route.plugin is not None)
+        await self.introspector.start(server for route in self.settings.routes if route.plugin is not None
+                                      for server in introspection_servers(route.plugin))
 
     async def close(self) -> None:
         """Close the HTTP client and the cache (the counterpart of ``open``)."""

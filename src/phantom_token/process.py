@@ -26,7 +26,7 @@ from phantom_token.addresses import display, parse_listen
 from phantom_token.admin import admin_handler
 from phantom_token.cache.purge import Purger, namespaces
 from phantom_token.config.material import Material
-from phantom_token.config.settings import LISTEN_OFF, Settings
+from phantom_token.config.settings import LISTEN_OFF, Settings, introspection_servers
 from phantom_token.errors import PhantomTokenError
 from phantom_token.frontends.decisions import start_decisions
 from phantom_token.frontends.proxy import start_proxy
@@ -64,9 +64,10 @@ class Listeners:
         alone when ``listen`` is ``LISTEN_OFF`` (the first URL is then ``grpc://HOST:PORT``)."""
         gateway, settings = self.gateway, self.gateway.settings
         for route in settings.routes:
-            if route.plugin is not None and not route.plugin.verify_ssl:
-                log.warning("route %r: verify_ssl is false, TLS certificates of %s are not checked",
-                            route.name, route.plugin.endpoint_label)
+            for server in introspection_servers(route.plugin) if route.plugin is not None else ():
+                if not server.verify_ssl:
+                    log.warning("route %r: verify_ssl is false, TLS certificates of %s are not checked",
+                                route.name, server.endpoint_label)
         await gateway.open()
         if listen == LISTEN_OFF and grpc_listen:  # authz with its gRPC listener only
             urls = ["grpc://" + await self._grpc(grpc_listen, reuse_port)]

@@ -24,6 +24,7 @@ ROWS = (
     "nginx + authz (auth_request)",
     "nginx + authz + decision cache",
     "  the same, cache key by njs",
+    "serve, JWT issuer (no introspection)",
 )
 NUMBER = r"(\d+(?:\.\d+)?)"
 

@@ -20,6 +20,7 @@ import pytest
 from phantom_token.jose import SigningKey
 from tests.e2e.conftest import (
     REPO,
+    auth_server,
     e2e_logs,
     echo_api,
     free_port,
@@ -82,4 +83,4 @@ def oidc_provider(e2e_logs: Path, tmp_path_factory: pytest.TempPathFactory) -> I
         process.stop()
 
 
-__all__ = ["REPO", "RESOURCE", "OidcProvider", "e2e_logs", "echo_api", "gateway"]
+__all__ = ["REPO", "RESOURCE", "OidcProvider", "auth_server", "e2e_logs", "echo_api", "gateway"]

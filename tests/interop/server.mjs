@@ -8,6 +8,9 @@
 //   file named by $CLIENT_JWKS_FILE (the test generates that key); `gw-jwt-kid` (private_key_jwt) registers the
 //   same public keys under a `kid` of its own, `gw-client-key-1`, as an operator who names keys would.
 // - Discovery at /.well-known/openid-configuration (oidc-provider does not serve the RFC 8414 path).
+// - JWT access tokens (RFC 9068, `at+jwt`, RS256) for the resource https://jwt-api.example.com (jwt_issuers tests);
+//   the server's signing keys are read from the private JWK Set in $AS_JWKS_FILE when set (key rotation tests).
+// - GET /test/stats: `{"introspection": n}`, the introspection requests received (counted before authentication).
 //
 // Environment: PORT (required). Prints `listening on http://127.0.0.1:PORT` when ready.
 import { generateKeyPairSync } from 'node:crypto';
@@ -22,6 +25,7 @@ if (!port) {
 }
 const issuer = `http://127.0.0.1:${port}`;
 const resource = 'https://api.example.com';
+const jwtResource = 'https://jwt-api.example.com';
 
 function signingKey(type, options, alg, kid) {
   const { privateKey } = generateKeyPairSync(type, options);
@@ -69,7 +73,7 @@ const configuration = {
       jwks: clientJwksWithOwnKid,
     }),
   ],
-  jwks: {
+  jwks: process.env.AS_JWKS_FILE ? JSON.parse(readFileSync(process.env.AS_JWKS_FILE, 'utf8')) : {
     keys: [
       signingKey('rsa', { modulusLength: 2048 }, 'RS256', 'as-rsa'),
       signingKey('ec', { namedCurve: 'P-256' }, 'ES256', 'as-ec'),
@@ -87,6 +91,9 @@ const configuration = {
       defaultResource: async () => resource,
       useGrantedResource: async () => true,
       getResourceServerInfo: async (_ctx, indicator) => {
+        if (indicator === jwtResource) {
+          return { scope: 'read write', audience: jwtResource, accessTokenFormat: 'jwt', accessTokenTTL: 600 };
+        }
         if (indicator !== resource) {
           throw new Provider.errors.InvalidTarget();
         }
@@ -98,6 +105,18 @@ const configuration = {
 
 const provider = new Provider(issuer, configuration);
 provider.on('server_error', (_ctx, err) => console.error('server_error', err));
+
+let introspections = 0;
+provider.use(async (ctx, next) => {
+  if (ctx.method === 'POST' && ctx.path === '/token/introspection') {
+    introspections += 1;
+  }
+  if (ctx.method === 'GET' && ctx.path === '/test/stats') {
+    ctx.body = { introspection: introspections };
+    return;
+  }
+  await next();
+});
 
 const server = provider.listen(port, '127.0.0.1', () => {
   console.log(`listening on ${issuer}`);

@@ -1,6 +1,7 @@
 """Revocation: remove one token's entries from every cache, given the token or only its SHA-256.
 
-A token has one entry per introspection namespace (endpoint + client_id) it was seen under; the key of each is
+A token has one entry per introspection namespace (endpoint + client_id) it was seen under (on a route with several
+servers or JWT issuers: one per server, and the route's outcome); the key of each is
 ``namespaced_key(namespace, sha256(token))``, so the token's SHA-256 is enough and the raw token is not needed.
 
 Invariants: the raw token is hashed on arrival and never kept, logged or echoed (reports carry its fingerprint,
@@ -34,8 +35,13 @@ class PurgeReport:
 
 
 def namespaces(routes: Iterable[Route]) -> tuple[bytes, ...]:
-    """Every distinct cache namespace of the configuration, in a stable order."""
-    return tuple(dict.fromkeys(r.plugin.cache_namespace for r in routes if r.plugin is not None))
+    """Every distinct cache namespace of the configuration, in a stable order: each plugin's, and with several
+    servers or JWT issuers each server's too (``PluginConfig.authorization_servers``)."""
+    plugins = [r.plugin for r in routes if r.plugin is not None]
+    return tuple(dict.fromkeys(
+        namespace for plugin in plugins
+        for namespace in (plugin.cache_namespace, *(server.cache_namespace for server in plugin.authorization_servers))
+    ))
 
 
 class Purger:

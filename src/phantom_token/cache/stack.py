@@ -13,7 +13,7 @@ from phantom_token.cache.cluster_flight import ClusterSingleFlight
 from phantom_token.cache.codec import EntryCodec
 from phantom_token.cache.memory import MemoryCache
 from phantom_token.cache.redis import RedisCache, RedisLink
-from phantom_token.config.settings import Settings
+from phantom_token.config.settings import Settings, introspection_servers
 from phantom_token.core.ports import IntrospectionCoordinator, TokenCache
 
 
@@ -39,7 +39,8 @@ def build_cache(settings: Settings) -> CacheStack:
     if config.redis_url is None:
         return CacheStack(memory, memory)
     link = RedisLink(config.redis_url, key_prefix=config.key_prefix, timeout=config.redis_timeout_seconds)
-    timeouts = [r.plugin.introspection_timeout_seconds for r in settings.routes if r.plugin is not None]
+    timeouts = [server.introspection_timeout_seconds for r in settings.routes if r.plugin is not None
+                for server in introspection_servers(r.plugin)]
     coordinator = ClusterSingleFlight(link, wait_seconds=max(timeouts, default=5.0) + 0.5)
     cache = RedisCache(memory, link, EntryCodec(config.encryption_key))
     return CacheStack(cache, memory, coordinator, link)

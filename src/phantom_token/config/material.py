@@ -29,7 +29,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from phantom_token.config.errors import ConfigError, ConfigProblem
-from phantom_token.config.settings import GrpcTlsSettings, JwtSettings, PluginConfig, Settings
+from phantom_token.config.settings import GrpcTlsSettings, JwtSettings, PluginConfig, Settings, introspection_servers
 
 if TYPE_CHECKING:  # imported when a key is read: a file that names none never loads the JOSE library
     from phantom_token.jose import SigningKey
@@ -148,7 +148,8 @@ def load_material(settings: Settings) -> Material:
     needs += [Need("phantom_token", "jwt.", "previous_key_file", key) for key in previous]
     for route in settings.routes:
         if route.plugin is not None:
-            needs += plugin_needs(f"route '{route.name}' / plugin 'phantom-token'", route.plugin)
+            for server in introspection_servers(route.plugin):
+                needs += plugin_needs(f"route '{route.name}' / plugin 'phantom-token'", server)
     if settings.grpc_tls.cert_file is not None:
         needs.append(Need("phantom_token", "grpc_tls.", "cert_file", settings.grpc_tls))
     material, problems = load_needs(settings.source, needs)

@@ -80,6 +80,20 @@ PLUGIN_OPTIONS = OptionTable(
                shown_type=_KEY, shown_default="required for `tls_client_auth`"),
         Option("ca_file", "text", "trust store for every call to the AS", non_empty=True,
                shown_type="readable PEM CA bundle", shown_default="system store"),
+        Option("authorization_servers", "custom",
+               "several authorization servers: each item takes the server options (`introspection_endpoint` or "
+               "`issuer`, `jwks_uri`, `client_*`, `introspection_response`, `ca_file`, `verify_ssl`, "
+               "`introspection_timeout_seconds`) and `token_prefix`; those options then appear only in the items "
+               "([several servers](authorization-servers/several.md))",
+               shown_type="list of mappings", shown_default="one: the options above"),
+        Option("token_prefix", "text",
+               "(an `authorization_servers` item) tokens starting with it are asked of this server alone; no two "
+               "prefixes may overlap", non_empty=True, shown_default="none: asked in order"),
+        Option("jwt_issuers", "custom",
+               "JWT access tokens verified here, never introspected: items `issuer` (required), `jwks_uri` "
+               "(default: discovered), `audience` (default: `audience` above; one is required), `algorithms` "
+               "(default: `RS256`, `PS256`, `ES256`, `EdDSA`; asymmetric only)",
+               shown_type="list of mappings", shown_default="none"),
     ),
 )  # fmt: skip
 _SECRET_METHODS = frozenset(method for method in CLIENT_AUTH_METHODS if method.startswith("client_secret_"))
@@ -88,12 +102,23 @@ _REALM = re.compile(r"[\x20-\x7e]*")
 
 def parse_plugin_config(ctx: Context, where: str, raw: Mapping[Any, Any]) -> PluginConfig | None:
     """One plugin's ``config`` mapping; None (with the problems recorded) when anything in it is wrong."""
-    opts = PLUGIN_OPTIONS
-    block = Block(ctx, where, raw, opts.names, prefix="config.")
+    if raw.get("authorization_servers") is not None or raw.get("jwt_issuers") is not None:
+        from phantom_token.config.servers import parse_servers  # several servers, JWT issuers: their own module
+
+        return parse_servers(ctx, where, raw)
+    block = Block(ctx, where, raw, PLUGIN_OPTIONS.names, prefix="config.")
+    if block.present("token_prefix"):
+        block.problem("token_prefix", "is only used in an authorization_servers item")
+    return parse_block(block)
+
+
+def parse_block(block: Block) -> PluginConfig | None:
+    """The ``PluginConfig`` of one block (a plugin's, or a server's of ``authorization_servers``), or None."""
+    opts, ctx = PLUGIN_OPTIONS, block.ctx
     before = len(ctx.problems)
     endpoint = opts.text(block, "introspection_endpoint", required=not block.present("issuer"))
     if endpoint is not None:
-        _check_http_url(block, "introspection_endpoint", endpoint)
+        check_http_url(block, "introspection_endpoint", endpoint)
     client_id = opts.text(block, "client_id", required=True)
     method = opts.word(block, "client_auth_method")
     client_secret = opts.text(block, "client_secret", required=method in _SECRET_METHODS)
@@ -115,12 +140,13 @@ def parse_plugin_config(ctx: Context, where: str, raw: Mapping[Any, Any]) -> Plu
         max_token_length=opts.integer(block, "max_token_length"),
         introspection_timeout_seconds=opts.number(block, "introspection_timeout_seconds"),
         negative_cache_seconds=opts.integer(block, "negative_cache_seconds"),
+        token_prefix=opts.text(block, "token_prefix"),
         **_standards_options(block, method, verify_ssl),
     )
     return config if len(ctx.problems) == before else None
 
 
-def _check_http_url(block: Block, key: str, url: str) -> None:
+def check_http_url(block: Block, key: str, url: str) -> None:
     try:
         parts = urlsplit(url)
         _ = parts.port
@@ -155,7 +181,7 @@ def _standards_options(block: Block, method: str, verify_ssl: bool) -> dict[str,
     urls = {key: opts.text(block, key) for key in ("issuer", "jwks_uri", "client_assertion_audience")}
     for key, value in urls.items():
         if value is not None:
-            _check_http_url(block, key, value)
+            check_http_url(block, key, value)
     issuer = urls["issuer"]
     if mode == "signed" and issuer is None:
         block.problem("issuer", "is required when introspection_response is signed (the answer's iss must equal it)")
@@ -203,7 +229,7 @@ def _private_key(block: Block, method: str) -> dict[str, str | None]:
     at = len(block.ctx.problems)
     kid = PLUGIN_OPTIONS.text(block, "client_private_key_id")
     if path is not None and method == "private_key_jwt":
-        block.ctx.needs.append(Need(block.where, "config.", "client_private_key_file", KeyFile(path, None, kid), at))
+        block.ctx.needs.append(Need(block.where, block.prefix, "client_private_key_file", KeyFile(path, None, kid), at))
     return {"client_private_key_file": path, "client_private_key_id": kid}
 
 
@@ -214,5 +240,5 @@ def _tls_files(block: Block, method: str, verify_ssl: bool) -> dict[str, str | N
     ca_file = PLUGIN_OPTIONS.text(block, "ca_file")
     presented = cert is not None and key is not None and method == "tls_client_auth"
     files = TlsFiles(verify_ssl, ca_file, cert if presented else None, key if presented else None)
-    block.ctx.needs.append(Need(block.where, "config.", "ca_file", files, len(block.ctx.problems)))
+    block.ctx.needs.append(Need(block.where, block.prefix, "ca_file", files, len(block.ctx.problems)))
     return {"client_cert_file": cert, "client_key_file": key, "ca_file": ca_file}

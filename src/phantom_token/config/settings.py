@@ -23,7 +23,19 @@ CLIENT_AUTH_METHODS: tuple[str, ...] = (
     "tls_client_auth",
 )
 # Who may tell `authz` the original request (X-Original-*/X-Forwarded-*) when the file does not say: loopback.
+# A `jwt_issuers` item's `algorithms` when it names none: asymmetric only (phantom_token.jose refuses none and HMAC).
+DEFAULT_JWT_ALGORITHMS: tuple[str, ...] = ("RS256", "PS256", "ES256", "EdDSA")
 DEFAULT_TRUSTED_PROXIES: tuple[IPv4Network | IPv6Network, ...] = (IPv4Network("127.0.0.0/8"), IPv6Network("::1/128"))
+
+
+@dataclass(frozen=True, slots=True)
+class JwtIssuer:
+    """A ``jwt_issuers`` item: JWT access tokens this issuer signs are verified here, never introspected."""
+
+    issuer: str  # the token's `iss`, exactly
+    jwks_uri: str | None = None  # None: from the issuer's metadata (RFC 8414 / OpenID Connect discovery)
+    audience: str | None = None  # the token's `aud` must contain it (None: the plugin's `audience`, then required)
+    algorithms: tuple[str, ...] = DEFAULT_JWT_ALGORITHMS
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,11 +68,17 @@ class PluginConfig:
     client_cert_file: str | None = None  # tls_client_auth (RFC 8705)
     client_key_file: str | None = None
     ca_file: str | None = None  # trust store for the AS (default: the system's)
+    # Several authorization servers and JWT issuers (docs/authorization-servers/several.md). A plugin with either
+    # has its servers here, one PluginConfig each (the route's options with that server's; the first is this
+    # plugin's own); () for a plugin of one server and no JWT issuers (the common case: nothing changes).
+    authorization_servers: tuple[PluginConfig, ...] = ()
+    token_prefix: str | None = None  # in a server of `authorization_servers`: the tokens it alone is asked about
+    jwt_issuers: tuple[JwtIssuer, ...] = ()
 
     @property
     def mints_jwt(self) -> bool:
         """True when the gateway signs the JWT that goes upstream (the AS answers claims, not a JWT)."""
-        return self.introspection_response != "jwt"
+        return self.introspection_response != "jwt" or any(s.mints_jwt for s in self.authorization_servers)
 
     @property
     def endpoint_label(self) -> str:
@@ -74,10 +92,28 @@ class PluginConfig:
         Options that change the cached answer (mode, audience, issuers) join the namespace when set, so two
         routes that share an endpoint and client but check different claims never share an entry.
         """
+        if self.authorization_servers:
+            return self._routed_namespace()
         base = f"{self.introspection_endpoint or self.issuer}\x00{self.client_id}\x00"
         if self.mints_jwt or self.audience is not None or self.issuer_allowed:
             base += f"{self.introspection_response}\x00{self.audience}\x00{' '.join(self.issuer_allowed)}\x00"
         return base.encode()
+
+    def _routed_namespace(self) -> bytes:
+        """A plugin with several servers or JWT issuers caches each token's outcome (whichever server answered, or
+        the JWT's verification) under its own namespace, beside each server's answers under that server's."""
+        parts = [b"servers\x00"]
+        for server in self.authorization_servers:
+            parts.append(server.cache_namespace + f"{server.token_prefix}\x00".encode())
+        for jwt in self.jwt_issuers:
+            parts.append(f"jwt\x00{jwt.issuer}\x00{jwt.jwks_uri}\x00{jwt.audience}\x00{' '.join(jwt.algorithms)}"
+                         f"\x00{self.audience}\x00{' '.join(self.issuer_allowed)}\x00".encode())
+        return b"".join(parts)
+
+
+def introspection_servers(plugin: PluginConfig) -> tuple[PluginConfig, ...]:
+    """The servers a plugin introspects at: its ``authorization_servers``, or the plugin itself."""
+    return plugin.authorization_servers or (plugin,)
 
 
 @dataclass(frozen=True, slots=True)

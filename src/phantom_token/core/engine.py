@@ -11,6 +11,10 @@ the authorization server's faults are 502, never 401 and never 200; errors are n
 answer is remembered for ``negative_cache_seconds`` only (0: not at all).
 
 Cache keys: ``core.keys`` (``sha256(namespace + sha256(token))``), shared with the cache's purge.
+
+Several authorization servers or JWT issuers on a route (``_resolve_several``, only on a miss): the hit path is the
+same lookup under the route's own namespace; a miss verifies a listed issuer's JWT (``core.jwt_access``) or walks the
+servers (``core.servers``), each with its own namespace and single flight.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Final
 
-from phantom_token.config.settings import PluginConfig, Route
+from phantom_token.config.settings import JwtIssuer, PluginConfig, Route
 from phantom_token.core import claims as token_claims
+from phantom_token.core import jwt_access
 from phantom_token.core import verdict as v
 from phantom_token.core.bearer import BearerToken, Problem, extract, fingerprint
 from phantom_token.core.claims import numeric_claim
@@ -34,6 +40,7 @@ from phantom_token.core.ports import (
     CacheEntry,
     IntrospectionCoordinator,
     Introspector,
+    IssuerKeys,
     NegativeEntry,
     TokenCache,
     TokenMinter,
@@ -41,6 +48,7 @@ from phantom_token.core.ports import (
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.routes import Router
 from phantom_token.core.scopes import granted_scopes
+from phantom_token.core.servers import candidates
 from phantom_token.core.single_flight import SingleFlight
 from phantom_token.core.ttl import CacheDirectives, cache_lifetime
 from phantom_token.memo import remember
@@ -78,8 +86,10 @@ class Engine:
         metrics: Metrics | None = None,
         coordinator: IntrospectionCoordinator | None = None,
         minter: TokenMinter | None = None,
+        issuer_keys: IssuerKeys | None = None,
     ) -> None:
         self._router = router
+        self._issuer_keys = issuer_keys  # the JWKS of `jwt_issuers`
         self._minter = minter
         self._cache = cache
         # Bound once: the port is a protocol, so compiled code would otherwise look the method up by name per hit.
@@ -125,7 +135,10 @@ class Engine:
             return self._decide(step, cached, now)
         self._metrics.cache_misses += 1
         try:
-            entry = await self._flights.do(step.key, lambda: self._resolve(step))
+            if step.plugin.authorization_servers:  # several servers, or JWT issuers: _resolve_several
+                entry = await self._resolve_several(step)
+            else:
+                entry = await self._flights.do(step.key, lambda: self._resolve(step))
         except IntrospectionUnavailable:
             return v.server_error(step.route)
         if entry is None:
@@ -201,6 +214,61 @@ class Engine:
                      step.plugin.endpoint_label, fingerprint(step.token), refused)
             return None
         entry = self._entry_for(result, step.plugin, now)
+        if entry.expires_at > now:
+            await self._cache.put(step.key, entry)
+        return entry
+
+    # --- several authorization servers, JWT issuers (docs/authorization-servers/several.md) -------------------
+
+    async def _resolve_several(self, step: _Pending) -> CacheEntry | None:
+        """A miss on a route with ``authorization_servers``/``jwt_issuers``; ``step.key`` is the route's outcome key.
+
+        A JWT of a listed issuer is verified here and never introspected. Any other token is asked of its servers
+        (``core.servers.candidates``) in order, each through its own cache namespace and single flight, until one
+        says active. A server that fails is passed over, but if no later server says active the answer is a 502,
+        never a 401: the token may be that server's. The outcome is cached under ``step.key`` too, so the next
+        request is one lookup, as on a route with one server; an inactive outcome only per server (no call is
+        made again while those last).
+        """
+        plugin = step.plugin
+        if plugin.jwt_issuers:
+            issuer = jwt_access.listed_issuer(step.token, plugin.jwt_issuers)
+            if issuer is not None:
+                return await self._verified_jwt(step, issuer)
+        digest = token_digest(step.token)
+        failure: IntrospectionUnavailable | None = None
+        for server in candidates(plugin.authorization_servers, step.token):
+            server_step = _Pending(step.route, server, step.token, namespaced_key(self._namespace(server), digest))
+            try:
+                entry = await self._flights.do(server_step.key, partial(self._resolve, server_step))
+            except IntrospectionUnavailable as exc:
+                failure = exc
+                continue
+            if entry is not None:
+                if entry.expires_at > self._clock():
+                    await self._cache.put(step.key, entry)
+                return entry
+        if failure is not None:
+            raise failure
+        return None
+
+    def _namespace(self, plugin: PluginConfig) -> bytes:
+        known = self._namespaces.get(id(plugin))
+        if known is None or known[0] is not plugin:
+            known = self._namespaces[id(plugin)] = (plugin, plugin.cache_namespace)
+        return known[1]
+
+    async def _verified_jwt(self, step: _Pending, issuer: JwtIssuer) -> CacheEntry | None:
+        """A JWT of a listed issuer: verified with its JWKS, forwarded as it is (None: refused, a 401)."""
+        if self._issuer_keys is None:
+            raise IntrospectionUnavailable("jwt_issuers is configured but the engine has no IssuerKeys port")
+        result = await jwt_access.verify(step.token, issuer, step.plugin, self._issuer_keys, self._clock())
+        if isinstance(result, str):
+            log.info("JWT refused: issuer=%s token=%s reason=%s", issuer.issuer, fingerprint(step.token), result)
+            return None
+        now = self._clock()
+        lifetime = cache_lifetime(step.plugin.token_cache_seconds, CacheDirectives(), numeric_claim(result, "exp"), now)
+        entry = CacheEntry("Bearer " + step.token, self._shared_scopes(granted_scopes(result)), now + lifetime)
         if entry.expires_at > now:
             await self._cache.put(step.key, entry)
         return entry

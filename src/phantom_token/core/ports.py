@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Protocol
 from phantom_token.core.ttl import CacheDirectives
 
 if TYPE_CHECKING:
-    from phantom_token.config.settings import PluginConfig
+    from phantom_token.config.settings import JwtIssuer, PluginConfig
+    from phantom_token.jose import VerificationKey
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,3 +126,15 @@ class IntrospectionCoordinator(Protocol):
     """
 
     async def do(self, key: bytes, call: Flight) -> CacheEntry | None: ...
+
+
+class IssuerKeys(Protocol):
+    """The JWKS of a ``jwt_issuers`` item (its ``jwks_uri``, or the one its metadata names), fetched and cached by
+    the adapter; raises ``IntrospectionUnavailable`` when there are no keys to verify with. ``plugin`` says how to
+    reach it (trust store, timeout)."""
+
+    async def keys(self, issuer: JwtIssuer, plugin: PluginConfig) -> tuple[VerificationKey, ...]: ...
+
+    async def refresh(self, issuer: JwtIssuer, plugin: PluginConfig) -> tuple[VerificationKey, ...] | None:
+        """The keys fetched again (a token named an unknown ``kid``); None when the last refetch was under 30 s ago."""
+        ...

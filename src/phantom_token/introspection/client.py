@@ -230,6 +230,10 @@ class HttpIntrospector:
             self._contexts[files] = context
         return context
 
+    async def fetch(self, url: str, plugin: PluginConfig) -> bytes:
+        """GET ``url`` as the plugin reaches its authorization server (``introspection.issuer_keys`` uses it)."""
+        return await self._get(url, plugin)
+
     async def _get(self, url: str, plugin: PluginConfig) -> bytes:
         response = await self._request("GET", url, [("Accept", "application/json")], b"", plugin)
         if response.status != 200:
