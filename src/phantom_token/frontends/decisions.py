@@ -47,7 +47,7 @@ from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Final
 
-from phantom_token.config.settings import Settings
+from phantom_token.config.settings import Route, Settings
 from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
 from phantom_token.frontends import Authorizer, Observe, authorize_timed, listener_limits
@@ -212,10 +212,26 @@ def decision_response(verdict: Verdict) -> tuple[int, list[tuple[str, str]], byt
         return verdict.status, headers, verdict.body()
     seconds = max(math.floor(verdict.expires_in), 0)
     allowed = [("Authorization", verdict.authorization)] if verdict.authorization is not None else []
+    plugin = verdict.route.plugin
+    if plugin is not None and plugin.claims_to_headers:
+        allowed += claim_answer_headers(verdict.headers, plugin.claims_to_headers)
     # X-Accel-Expires first: nginx 1.22 ignores it after a Cache-Control that says 'private'.
     allowed.append(("X-Accel-Expires", str(seconds)))
     allowed.append(("Cache-Control", f"private, max-age={seconds}"))
     return 200, allowed, b""
+
+
+def claim_answer_headers(headers: tuple[tuple[str, str], ...], configured: tuple[tuple[str, str], ...]
+                         ) -> list[tuple[str, str]]:
+    """The ``claims_to_headers`` lines of an allow answer: the values, then (when some configured header has no
+    value for this token) ``X-Envoy-Auth-Headers-To-Remove`` naming those, so that Envoy's HTTP ext_authz removes
+    the client's copies too (nginx, Traefik and Caddy replace or drop them themselves: docs/shaping.md)."""
+    lines = list(headers)
+    sent = {name.lower() for name, _ in headers}
+    missing = [name.lower() for name, _ in configured if name.lower() not in sent]
+    if missing:
+        lines.append(("X-Envoy-Auth-Headers-To-Remove", ", ".join(missing)))
+    return lines
 
 
 class _Shared:
@@ -228,9 +244,10 @@ class _Shared:
         self.observe = observe
         self.access_log = settings.access_log
         self._trust: dict[str, bool] = {}
-        # authorization header value -> (whole seconds left, the rendered keep-alive 200): the hot path renders an
-        # answer once a second per token instead of once per request. Holds what the engine's cache holds.
-        self._allowed: dict[str | None, tuple[int, bytes]] = {}
+        # authorization header value -> (whole seconds left, the rendered keep-alive 200, the claims headers it
+        # carries, its route: the answer's claims headers depend on both): the hot path renders an answer once a
+        # second per token instead of once per request. Holds what the engine's cache holds.
+        self._allowed: dict[str | None, tuple[int, bytes, tuple[tuple[str, str], ...], Route]] = {}
 
     def trusts(self, peer_ip: str) -> bool:
         trusted = self._trust.get(peer_ip)
@@ -242,14 +259,14 @@ class _Shared:
         """The complete keep-alive 200 for ``allow``; None when its header value cannot be sent (CR or LF)."""
         seconds = max(math.floor(allow.expires_in), 0)
         known = self._allowed.get(allow.authorization)
-        if known is not None and known[0] == seconds:
+        if known is not None and known[0] == seconds and known[3] is allow.route and known[2] == allow.headers:
             return known[1]
         _, headers, _ = decision_response(allow)
         try:
             payload = b"".join((status_line(200), encode_headers(headers), b"Content-Length: 0\r\n\r\n"))
         except ValueError:
             return None
-        remember(self._allowed, allow.authorization, (seconds, payload), MAX_RENDERED)
+        remember(self._allowed, allow.authorization, (seconds, payload, allow.headers, allow.route), MAX_RENDERED)
         return payload
 
 

@@ -15,6 +15,8 @@ Invariants:
   that the gateway never sees, let alone decides ("h2c smuggling").
 - The upstream sees exactly one ``Authorization`` header when the verdict carries one (every client one removed);
   on a route without the plugin the client's own goes through.
+- On a route whose plugin sets ``claims_to_headers``, no client copy of those names goes upstream, whatever the
+  verdict (``with_claim_headers``); only the engine's values do.
 - No I/O, no state: the proxy keeps its memos (``frontends.proxy``) and calls these on a miss.
 """
 
@@ -82,6 +84,22 @@ def with_request_id(request_head: bytes, request_id: bytes, own: bool) -> bytes:
         lines = request_head[:-4].split(b"\r\n")
         request_head = b"\r\n".join(line for line in lines if line[:13].lower() != b"x-request-id:") + b"\r\n\r\n"
     return request_head[:-2] + b"X-Request-Id: " + request_id + b"\r\n\r\n"
+
+
+def with_claim_headers(request_head: bytes, lnames: list[str], configured: tuple[tuple[str, str], ...],
+                       headers: tuple[tuple[str, str], ...]) -> bytes:
+    """``request_head`` (as built, ending with its empty line) without any client copy of a ``claims_to_headers``
+    name (``lnames``: the client's header names, lower case) and with the verdict's ``headers`` (wire strings:
+    ``core.claim_headers``) added. Only routes that configure claims headers come here."""
+    names = frozenset(name.lower().encode("latin-1") for name, _ in configured)
+    if any(lname.encode("latin-1") in names for lname in lnames):
+        lines = request_head[:-4].split(b"\r\n")
+        kept = [lines[0]] + [line for line in lines[1:] if line.partition(b":")[0].lower() not in names]
+        request_head = b"\r\n".join(kept) + b"\r\n\r\n"
+    if not headers:
+        return request_head
+    added = b"".join(name.encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n" for name, value in headers)
+    return request_head[:-2] + added + b"\r\n"
 
 
 def tunnels(head: RequestHead) -> bool:
@@ -153,4 +171,4 @@ def switching_head(raw: bytes) -> bytes:
 
 
 __all__ = ["HOP_BY_HOP", "gateway_lines", "host_header", "request_lines", "rewrite_response_head", "switching_head",
-           "tunnels"]
+           "tunnels", "with_claim_headers"]

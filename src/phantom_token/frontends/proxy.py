@@ -9,8 +9,9 @@ Invariants:
 - Nothing is written upstream before the engine allowed the request. On a denial the request body is read and
   discarded, or the connection is closed when the rest is large or the client still waits for 100-continue.
 - What goes upstream and back is built by the pure functions of ``frontends.forwarding`` (hop-by-hop headers, the
-  gateway's own framing, Authorization, Host, X-Forwarded-*), each remembered per connection (``_Memo``) or per
-  listener (``_Shared``) when it repeats; the memos hold no query string and never another connection's token.
+  gateway's own framing, Authorization, Host, X-Forwarded-*; then the route's ``claims_to_headers``), each remembered
+  per connection (``_Memo``) or per listener (``_Shared``) when it repeats; the memos hold no query string and never
+  another connection's token.
 - The path sent upstream is the normalised one the route matched (``phantom_token.http.uri``), after Kong's
   ``strip_path``; the query string goes as received.
 - Bodies stream both ways and at most one socket read is held per side: the client is not read while the upstream's
@@ -49,6 +50,7 @@ from phantom_token.frontends.forwarding import (
     rewrite_response_head,
     switching_head,
     tunnels,
+    with_claim_headers,
     with_request_id,
 )
 from phantom_token.http.client import (
@@ -276,6 +278,9 @@ class ProxyHandler(RequestHandler, ResponseSink):
         if origin is None or origin.upstream is not upstream:
             origin = self._shared.origin(upstream)
         request_head = self._request_head(head, verdict, origin)
+        plugin = route.plugin
+        if plugin is not None and plugin.claims_to_headers:
+            request_head = with_claim_headers(request_head, head.lnames, plugin.claims_to_headers, verdict.headers)
         if self._access:
             request_head = with_request_id(request_head, self._request_id.encode("ascii"), self._own_request_id)
         conn = self._shared.pool.take(origin.idle)
