@@ -2,7 +2,7 @@
 
 Format: one version byte, then either ``0x00`` + JSON (plain) or ``0x01`` + 12-byte nonce + AES-256-GCM
 ciphertext and tag (encrypted). JSON is ``[expires_at, [scopes...], authorization]`` for an active entry (with a
-fourth member, ``[[name, value], ...]``, when it carries ``claims_to_headers`` values) and ``[expires_at]`` for a
+fourth member, ``[[name, value], ...]``, when its plugin sets ``claims_to_headers``) and ``[expires_at]`` for a
 negative one. The three-member form is still read (entries written before the fourth member existed).
 
 Invariants: the AES key is derived with HKDF-SHA256 from the configured secret (never used raw); every value
@@ -49,7 +49,7 @@ class EntryCodec:
         document: list[object] = [entry.expires_at]
         if isinstance(entry, CacheEntry):
             document += [sorted(entry.scopes), entry.authorization]
-            if entry.headers:
+            if entry.headers is not None:
                 document.append([[name, value] for name, value in entry.headers])
         plain = json.dumps(document, separators=(",", ":")).encode()
         if self._aead is None:
@@ -92,7 +92,9 @@ def _entry(document: object) -> Cached | None:
         return None
     if not all(isinstance(scope, str) for scope in scopes):
         return None
-    headers = _headers(document[3]) if len(document) == 4 else ()
+    if len(document) == 3:
+        return CacheEntry(authorization, frozenset(scopes), expires_at)
+    headers = _headers(document[3])
     if headers is None:
         return None
     return CacheEntry(authorization, frozenset(scopes), expires_at, headers)

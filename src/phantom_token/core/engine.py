@@ -4,7 +4,8 @@ Order of checks: route -> plugin present? -> preflight -> token syntax -> cache 
 entry is a 401) -> introspection (single-flight per token, through the coordinator; the flight looks in the cache
 again first) -> claim checks (``exp``, ``nbf``, ``audience``, ``issuer_allowed``: ``core.claims``, once per answer)
 -> minting (``json``/``signed`` modes: the JWT that goes upstream is signed here, once per answer, and cached) ->
-``claims_to_headers`` (the header values rendered once per answer, ``core.claim_headers``, kept in the entry) ->
+``claims_to_headers`` (the header values rendered once per answer, ``core.claim_headers``, kept in the entry; on a
+route that sets it every ``Allow`` carries a tuple, maybe empty, and on any other None) ->
 ``token_exchange`` (RFC 8693, through the ``TokenExchanger`` port: the issued token replaces what goes upstream,
 inside the same flight, so concurrent misses share one exchange; the entry lives for the shorter of the two
 lifetimes; a failed exchange is a 502 and nothing is cached) -> scopes (on every request, hit or miss).
@@ -158,8 +159,9 @@ class Engine:
         plugin = route.plugin
         if plugin is None or (request.method == "OPTIONS" and not plugin.run_on_preflight):
             allow = self._pass.get(route.name)
-            if allow is None:
-                allow = self._pass[route.name] = v.Allow(route)
+            if allow is None:  # a preflight on a route with claims_to_headers still has the client's copies removed
+                shaped = () if plugin is not None and plugin.claims_to_headers else None
+                allow = self._pass[route.name] = v.Allow(route, None, 0.0, None, shaped)
             return allow
         values = request.headers.get("authorization")
         memo = request.memo

@@ -29,8 +29,9 @@ class CacheEntry:
     authorization: str
     scopes: frozenset[str]
     expires_at: float
-    # ``claims_to_headers``: (name, wire value) pairs to send upstream, computed once per answer (core.claim_headers)
-    headers: tuple[tuple[str, str], ...] = ()
+    # ``claims_to_headers``: (name, wire value) pairs to send upstream, computed once per answer (core.claim_headers);
+    # None when the plugin sets no claims_to_headers (a tuple, maybe empty, whenever it does)
+    headers: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)

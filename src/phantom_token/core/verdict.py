@@ -23,13 +23,15 @@ class Allow:
     __slots__ = ("authorization", "claims", "expires_in", "headers", "route")
 
     def __init__(self, route: Route, authorization: str | None = None, expires_in: float = 0.0,
-                 claims: dict[str, object] | None = None, headers: tuple[tuple[str, str], ...] = ()) -> None:
+                 claims: dict[str, object] | None = None, headers: tuple[tuple[str, str], ...] | None = None
+                 ) -> None:
         self.route = route
         self.authorization = authorization  # the full header value: 'Bearer <jwt>'
         self.expires_in = expires_in
         self.claims = claims
         # ``claims_to_headers``: (name, wire value) to add upstream, after every client copy of the route's
-        # configured names is removed (``core.claim_headers``); the cache entry's own tuple.
+        # configured names is removed (``core.claim_headers``); the cache entry's own tuple. None exactly when the
+        # route's plugin sets no claims_to_headers (or the route has none): front doors test this one attribute.
         self.headers = headers
 
     def __repr__(self) -> str:

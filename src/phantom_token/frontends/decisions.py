@@ -47,7 +47,7 @@ from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Final
 
-from phantom_token.config.settings import Route, Settings
+from phantom_token.config.settings import Settings
 from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
 from phantom_token.frontends import Authorizer, Observe, authorize_timed, listener_limits
@@ -213,7 +213,7 @@ def decision_response(verdict: Verdict) -> tuple[int, list[tuple[str, str]], byt
     seconds = max(math.floor(verdict.expires_in), 0)
     allowed = [("Authorization", verdict.authorization)] if verdict.authorization is not None else []
     plugin = verdict.route.plugin
-    if plugin is not None and plugin.claims_to_headers:
+    if verdict.headers is not None and plugin is not None:
         allowed += claim_answer_headers(verdict.headers, plugin.claims_to_headers)
     # X-Accel-Expires first: nginx 1.22 ignores it after a Cache-Control that says 'private'.
     allowed.append(("X-Accel-Expires", str(seconds)))
@@ -245,9 +245,9 @@ class _Shared:
         self.access_log = settings.access_log
         self._trust: dict[str, bool] = {}
         # authorization header value -> (whole seconds left, the rendered keep-alive 200, the claims headers it
-        # carries, its route: the answer's claims headers depend on both): the hot path renders an answer once a
-        # second per token instead of once per request. Holds what the engine's cache holds.
-        self._allowed: dict[str | None, tuple[int, bytes, tuple[tuple[str, str], ...], Route]] = {}
+        # carries: the cache entry's own tuple, compared by identity): the hot path renders an answer once a second
+        # per token instead of once per request. Holds what the engine's cache holds.
+        self._allowed: dict[str | None, tuple[int, bytes, tuple[tuple[str, str], ...] | None]] = {}
 
     def trusts(self, peer_ip: str) -> bool:
         trusted = self._trust.get(peer_ip)
@@ -259,14 +259,15 @@ class _Shared:
         """The complete keep-alive 200 for ``allow``; None when its header value cannot be sent (CR or LF)."""
         seconds = max(math.floor(allow.expires_in), 0)
         known = self._allowed.get(allow.authorization)
-        if known is not None and known[0] == seconds and known[3] is allow.route and known[2] == allow.headers:
+        if known is not None and known[0] == seconds and known[2] is allow.headers:
             return known[1]
         _, headers, _ = decision_response(allow)
         try:
             payload = b"".join((status_line(200), encode_headers(headers), b"Content-Length: 0\r\n\r\n"))
         except ValueError:
             return None
-        remember(self._allowed, allow.authorization, (seconds, payload, allow.headers, allow.route), MAX_RENDERED)
+        if allow.authorization is not None or allow.headers is None:  # a preflight's depends on its route: not kept
+            remember(self._allowed, allow.authorization, (seconds, payload, allow.headers), MAX_RENDERED)
         return payload
 
 

@@ -148,8 +148,7 @@ def check_response(verdict: Verdict, request: RequestInfo | None = None) -> Chec
     the headers to remove."""
     if isinstance(verdict, Allow):
         authorization = verdict.authorization
-        plugin = verdict.route.plugin
-        shaped = plugin is not None and bool(plugin.claims_to_headers)
+        shaped = verdict.headers is not None  # the route sets claims_to_headers
         if authorization is None:
             if shaped:  # a preflight on a route with claims_to_headers: still no client copy of those reaches it
                 return _claims_only(verdict, request)
@@ -180,7 +179,7 @@ def _add_claim_headers(ok: Any, allow: Allow, headers: dict[str, list[str]]) -> 
     """``claims_to_headers``: the values (overwriting the client's copies), and every client copy of a configured
     name that has no value for this token removed."""
     sent = set()
-    for name, value in allow.headers:
+    for name, value in allow.headers or ():
         ok.headers.append(_header(name.lower(), python_value(value)))
         sent.add(name.lower())
     plugin = allow.route.plugin

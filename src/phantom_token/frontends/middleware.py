@@ -220,8 +220,8 @@ def allowed_scope(scope: Scope, allow: Allow, path: str | None = None) -> Scope:
         new_scope["raw_path"] = path.encode("latin-1")
         new_scope["path"] = unquote(path, encoding="latin-1")
     plugin = allow.route.plugin
-    shaped = header_names(plugin.claims_to_headers) if plugin is not None else frozenset()
-    if shaped:  # claims_to_headers: no client copy reaches the app, whatever the verdict
+    if allow.headers is not None and plugin is not None:  # claims_to_headers: no client copy reaches the app
+        shaped = header_names(plugin.claims_to_headers)
         new_scope["headers"] = [(name, value) for name, value in scope.get("headers", ())
                                 if name.decode("latin-1").lower() not in shaped]
         new_scope["headers"] += [(name.lower().encode("latin-1"), value.encode("latin-1"))

@@ -278,9 +278,9 @@ class ProxyHandler(RequestHandler, ResponseSink):
         if origin is None or origin.upstream is not upstream:
             origin = self._shared.origin(upstream)
         request_head = self._request_head(head, verdict, origin)
-        plugin = route.plugin
-        if plugin is not None and plugin.claims_to_headers:
-            request_head = with_claim_headers(request_head, head.lnames, plugin.claims_to_headers, verdict.headers)
+        claims = verdict.headers
+        if claims is not None and route.plugin is not None:  # the route sets claims_to_headers
+            request_head = with_claim_headers(request_head, head.lnames, route.plugin.claims_to_headers, claims)
         if self._access:
             request_head = with_request_id(request_head, self._request_id.encode("ascii"), self._own_request_id)
         conn = self._shared.pool.take(origin.idle)
