@@ -15,7 +15,9 @@ copy of those passes through the other gateways untouched):
   ``X-Original-URI``/``-URL`` and an ``X-Forwarded-Uri`` is refused, since one of them came from the client.
 - ``/authz/envoy/<original path>``: the path after the prefix is the original path; the method and the Host are the
   request's own (Envoy's ``ext_authz`` ``http_service`` sends them unchanged, with no body).
-- Allowed: 200, ``Authorization: Bearer <jwt>`` (absent for a route without the plugin), then ``X-Accel-Expires``
+- Allowed: 200, ``Authorization: Bearer <jwt>`` (absent for a route without the plugin), the route's
+  ``claims_to_headers`` values (and ``X-Envoy-Auth-Headers-To-Remove`` naming those it has none for), then
+  ``X-Accel-Expires``
   and ``Cache-Control: private, max-age=<seconds>``, in that order (nginx 1.22 honours ``X-Accel-Expires`` only
   when it comes before ``Cache-Control``). Denied: the section 8 status, body and challenge, ``Cache-Control:
   no-store``.
