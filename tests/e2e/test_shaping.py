@@ -5,7 +5,7 @@
   fingerprint).
 - ``authz`` behind the real gateways running ``examples/`` (nginx, Traefik, Caddy, Envoy over HTTP and over gRPC):
   the ``/profile`` route of ``examples/phantom-token-authz.yml`` sets claims headers; the API receives them and
-  never a client's, on that route or any other.
+  never a client's, on that route or any other; and Envoy honouring ``X-Envoy-Auth-Headers-To-Remove`` on its own.
 - ``serve`` with ``token_exchange`` against the demo authorization server's RFC 8693 grant: the API receives the
   exchanged JWT (signed by the AS, for the configured audience), one exchange for 64 concurrent requests with a new
   token, and ``invalid_target``, a 500 or garbage from the token endpoint are 502 ``server_error``, never cached.
@@ -14,8 +14,10 @@
 from __future__ import annotations
 
 import secrets
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,8 +26,19 @@ from phantom_token.core.bearer import fingerprint
 from phantom_token.demo.authorization_server import fingerprint as full_fingerprint
 from phantom_token.jose import verify
 
-from .conftest import AuthServer, GatewayFactory, HttpResult, Process, dump, free_port, http_request, plugin_options
-from .gateways import GatewayProcess, gateway_argv, start_gateway
+from .conftest import (
+    INTROSPECTION_CLIENT,
+    AuthServer,
+    GatewayFactory,
+    HttpResult,
+    Process,
+    dump,
+    free_port,
+    http_request,
+    plugin_options,
+    start_process,
+)
+from .gateways import EXAMPLES, GatewayProcess, gateway_argv, render, require_binary, start_gateway
 from .test_gateways import Authz, start_authz
 
 pytestmark = pytest.mark.e2e
@@ -137,6 +150,41 @@ def test_the_gateways_pass_the_decisions_claims_headers_and_drop_client_copies(
     other = http_request("GET", third_party.base_url + "/api/orders", headers)  # a route without claims headers
     assert received(other, "x-user-id") == []
     assert received(other, "x-client-id") == []
+
+
+def test_envoy_removes_the_client_copy_of_a_claim_the_token_lacks_as_the_answer_asks(
+        auth_server: AuthServer, echo_api: Process, tmp_path: Path, e2e_logs: Path) -> None:
+    """Without the example's header_mutation filter: X-Envoy-Auth-Headers-To-Remove alone strips the client's copy
+    of a configured header the decision has no value for (X-Tenant: the demo AS's tokens have no org claim)."""
+    config = render(EXAMPLES / "phantom-token-authz.yml", tmp_path / "authz.yml",
+                    {"AUTH_SERVER_PORT": str(auth_server.process.port)})
+    tenant = "X-Scope: scope\n          X-Tenant: org.tenant\n"
+    config.write_text(config.read_text().replace("X-Scope: scope\n", tenant))
+    listen = free_port()
+    service = start_process("authz", [sys.executable, "-m", "phantom_token", "authz", "-c", str(config), "--listen",
+                                      f"127.0.0.1:{listen}"], listen, e2e_logs,
+                            {"INTROSPECTION_SECRET": INTROSPECTION_CLIENT[1]})
+    example = (EXAMPLES / "envoy" / "envoy.yaml").read_text()
+    mutation = example.index("          - name: envoy.filters.http.header_mutation")
+    example = example[:mutation] + example[example.index("          - name: envoy.filters.http.ext_authz"):]
+    example = example.replace("- { exact: x-scope, ignore_case: true }\n",
+                              "- { exact: x-scope, ignore_case: true }\n                    "
+                              "- { exact: x-tenant, ignore_case: true }\n")
+    (tmp_path / "template.yaml").write_text(example)
+    port = free_port()
+    rendered = render(tmp_path / "template.yaml", tmp_path / "envoy.yaml",
+                      {"LISTEN_PORT": str(port), "AUTHZ_PORT": str(listen), "API_PORT": str(echo_api.port)})
+    envoy = start_gateway("envoy", [require_binary("envoy"), "-c", str(rendered), "--use-dynamic-base-id", "-l",
+                                    "warning", "--disable-hot-restart"], port, tmp_path)
+    try:
+        token = auth_server.issue_token("read")
+        result = http_request("GET", envoy.base_url + "/profile/me",
+                              [("Authorization", f"Bearer {token}"), ("X-Tenant", "evil"), ("X-User-Id", "admin")])
+        assert received(result, "x-user-id") == ["demo-client"]
+        assert received(result, "x-tenant") == []
+    finally:
+        envoy.stop()
+        assert service.stop() == 0, service.stderr()
 
 
 def test_authz_answers_the_claims_as_headers(authz: ShapingAuthz, auth_server: AuthServer) -> None:
