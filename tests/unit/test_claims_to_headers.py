@@ -15,14 +15,14 @@ from phantom_token.config.errors import ConfigError
 from phantom_token.config.loader import parse_settings
 from phantom_token.config.settings import PluginConfig, Route, Upstream
 from phantom_token.core.bearer import fingerprint
-from phantom_token.core.claim_headers import MAX_VALUE_BYTES, claim_at, header_values, render
+from phantom_token.core.claim_headers import MAX_VALUE_BYTES, claim_at, header_names, header_values, render
 from phantom_token.core.engine import Engine
 from phantom_token.core.ports import CacheEntry, NegativeEntry
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.routes import Router
 from phantom_token.core.verdict import Allow
 from phantom_token.frontends.decisions import decision_response
-from phantom_token.frontends.forwarding import with_claim_headers
+from phantom_token.frontends.forwarding import claim_lines, with_claim_headers
 from phantom_token.frontends.middleware import allowed_scope
 
 from .fakes import FakeClock, FakeIntrospector
@@ -242,11 +242,11 @@ def test_serve_removes_every_client_copy_and_adds_the_values() -> None:
     head = (b"GET /x HTTP/1.1\r\nx-user-id: forged\r\nAccept: */*\r\nX-TENANT: forged\r\nX-User-Idx: kept\r\n"
             b"Authorization: Bearer jwt\r\nHost: api\r\n\r\n")
     lnames = ["x-user-id", "accept", "x-tenant", "x-user-idx"]
-    out = with_claim_headers(head, lnames, MAPPING, (("X-User-Id", "zo\xc3\xab"),))
+    out = with_claim_headers(head, lnames, header_names(MAPPING), claim_lines((("X-User-Id", "zo\xc3\xab"),)))
     assert out == (b"GET /x HTTP/1.1\r\nAccept: */*\r\nX-User-Idx: kept\r\nAuthorization: Bearer jwt\r\nHost: api"
                    b"\r\nX-User-Id: zo\xc3\xab\r\n\r\n")
     untouched = b"GET /x HTTP/1.1\r\nAccept: */*\r\n\r\n"
-    assert with_claim_headers(untouched, ["accept"], MAPPING, ()) is untouched
+    assert with_claim_headers(untouched, ["accept"], header_names(MAPPING), b"") is untouched
 
 
 def test_authz_answers_the_values_and_names_the_others_for_envoy() -> None:

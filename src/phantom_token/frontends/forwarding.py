@@ -86,20 +86,23 @@ def with_request_id(request_head: bytes, request_id: bytes, own: bool) -> bytes:
     return request_head[:-2] + b"X-Request-Id: " + request_id + b"\r\n\r\n"
 
 
-def with_claim_headers(request_head: bytes, lnames: list[str], configured: tuple[tuple[str, str], ...],
-                       headers: tuple[tuple[str, str], ...]) -> bytes:
-    """``request_head`` (as built, ending with its empty line) without any client copy of a ``claims_to_headers``
-    name (``lnames``: the client's header names, lower case) and with the verdict's ``headers`` (wire strings:
-    ``core.claim_headers``) added. Only routes that configure claims headers come here."""
-    names = frozenset(name.lower().encode("latin-1") for name, _ in configured)
-    if any(lname.encode("latin-1") in names for lname in lnames):
-        lines = request_head[:-4].split(b"\r\n")
-        kept = [lines[0]] + [line for line in lines[1:] if line.partition(b":")[0].lower() not in names]
+def with_claim_headers(request_head: bytes, lnames: list[str], names: frozenset[str], lines: bytes) -> bytes:
+    """``request_head`` (as built, ending with its empty line) without any client copy of the ``claims_to_headers``
+    ``names`` (lower case; ``lnames``: the client's header names, lower case) and with ``lines`` (``claim_lines``
+    of the verdict's values) added. Only routes that configure claims headers come here."""
+    if not names.isdisjoint(lnames):  # rare: the client sent one of them
+        parts = request_head[:-4].split(b"\r\n")
+        kept = [parts[0]] + [line for line in parts[1:]
+                             if line.partition(b":")[0].lower().decode("latin-1") not in names]
         request_head = b"\r\n".join(kept) + b"\r\n\r\n"
-    if not headers:
+    if not lines:
         return request_head
-    added = b"".join(name.encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n" for name, value in headers)
-    return request_head[:-2] + added + b"\r\n"
+    return request_head[:-2] + lines + b"\r\n"
+
+
+def claim_lines(headers: tuple[tuple[str, str], ...]) -> bytes:
+    """The header lines of ``claims_to_headers`` values (wire strings: written byte for byte)."""
+    return b"".join(name.encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n" for name, value in headers)
 
 
 def tunnels(head: RequestHead) -> bool:
@@ -170,5 +173,5 @@ def switching_head(raw: bytes) -> bytes:
     return head + b"Connection: Upgrade\r\nUpgrade: " + chosen + b"\r\n\r\n"
 
 
-__all__ = ["HOP_BY_HOP", "gateway_lines", "host_header", "request_lines", "rewrite_response_head", "switching_head",
-           "tunnels", "with_claim_headers"]
+__all__ = ["HOP_BY_HOP", "claim_lines", "gateway_lines", "host_header", "request_lines", "rewrite_response_head",
+           "switching_head", "tunnels", "with_claim_headers"]
