@@ -4,6 +4,7 @@ entry (engine and codec), and what each front door makes of the values: no socke
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any
 
@@ -299,3 +300,53 @@ def test_grpc_sets_the_values_and_removes_the_client_copies_of_the_others() -> N
     preflight = check_response(Allow(ROUTE, None, 0.0, None, ()),
                                RequestInfo("OPTIONS", "api", "/api/x", {"x-roles": ["forged"]}))
     assert (list(preflight.ok_response.headers), list(preflight.ok_response.headers_to_remove)) == ([], ["x-roles"])
+
+
+# --- with several authorization servers and JWT issuers (issue 16, points 1-2) ------------------------------------
+
+
+async def test_a_verified_jwt_of_a_listed_issuer_gets_the_claims_headers_too() -> None:
+    from phantom_token import jose
+    from phantom_token.config.settings import JwtIssuer
+
+    from .test_jwt_issuers import FakeKeys
+
+    key = jose.SigningKey.generate("ES256", kid="k1")
+    server = PluginConfig("http://as.test/introspect", "gw", "s", claims_to_headers=MAPPING)
+    plugin = dataclasses.replace(server, authorization_servers=(server,),
+                                 jwt_issuers=(JwtIssuer("https://as.test", "https://as.test/jwks", "api"),))
+    clock, introspector = FakeClock(), FakeIntrospector()
+    router = Router((Route("api", "svc", UPSTREAM, paths=("/api",), plugin=plugin),))
+    engine = Engine(router, MemoryCache(100), introspector, clock=clock, issuer_keys=FakeKeys(key))
+    jwt = key.sign({"iss": "https://as.test", "sub": "alice", "aud": "api", "roles": ["a"],
+                    "exp": int(clock.now) + 600}, {"typ": "at+jwt"})
+    verdict = await engine.authorize(req(jwt))
+    assert isinstance(verdict, Allow)
+    assert verdict.headers == (("X-User-Id", "alice"), ("X-Roles", "a"))
+    hit = engine.try_authorize(req(jwt))
+    assert isinstance(hit, Allow)
+    assert hit.headers is verdict.headers
+    assert introspector.calls == []
+
+
+def test_with_several_servers_each_server_renders_the_routes_claims_headers_and_problems_are_said_once() -> None:
+    servers = {"authorization_servers": [
+        {"introspection_endpoint": "http://a.test/introspect", "client_id": "gw", "client_secret": "s"},
+        {"introspection_endpoint": "http://b.test/introspect", "client_id": "gw", "client_secret": "s"}]}
+    def document_(options: dict[str, Any]) -> dict[str, Any]:
+        return {"_format_version": "2.1", "services": [{
+            "name": "api", "url": "http://127.0.0.1:3001", "routes": [{"name": "r", "paths": ["/api"]}],
+            "plugins": [{"name": "phantom-token", "config": {**servers, **options}}]}]}
+
+    found = parse_settings(document_({"claims_to_headers": {"X-User-Id": "sub"}}), source="gw.yml",
+                           environ={}).routes[0].plugin
+    assert found is not None
+    assert [s.claims_to_headers for s in found.authorization_servers] == [(("X-User-Id", "sub"),)] * 2
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(document_({"claims_to_headers": {"Host": "sub"}, "token_exchange": {"audience": "x"}}),
+                       source="gw.yml", environ={})
+    assert [(p.field, p.why) for p in caught.value.problems] == [
+        ("config.claims_to_headers.Host",
+         "is a header the gateway sets, frames the message with, or reads; choose another name"),
+        ("config.token_exchange.token_endpoint", "is required unless the plugin's issuer is set (to discover it)"),
+    ]

@@ -5,6 +5,7 @@ adapter (discovery, client authentication, transport faults): fake ports and a f
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 from typing import Any
@@ -19,7 +20,7 @@ from phantom_token.config.settings import TOKEN_TYPE_JWT, PluginConfig, Route, T
 from phantom_token.core.bearer import fingerprint
 from phantom_token.core.engine import Engine
 from phantom_token.core.errors import TokenExchangeFailed
-from phantom_token.core.ports import Active, Exchanged
+from phantom_token.core.ports import Active, Exchanged, Inactive
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.routes import Router
 from phantom_token.core.verdict import Allow, Deny
@@ -308,3 +309,32 @@ async def test_the_adapter_turns_every_fault_into_a_failure_that_says_which(answ
     assert isinstance(server.sent[0].body, bytes)
     assert server.sent[0].headers[0][0] == "Authorization"
 
+
+
+def test_token_exchange_is_refused_beside_jwt_issuers() -> None:
+    assert problems({**ENDPOINT, "audience": "api", "jwt_issuers": [{"issuer": "https://as.test"}],
+                     "token_exchange": {"token_endpoint": "https://as.test/token"}}) == [
+        ("config.token_exchange", "cannot be used with jwt_issuers (their JWTs are forwarded as they are)")]
+
+
+async def test_with_several_servers_the_answering_server_exchanges_with_its_own_client() -> None:
+    a = PluginConfig("https://a.test/introspect", "gw-a", "s", token_exchange=EXCHANGE)
+    b = PluginConfig("https://b.test/introspect", "gw-b", "s", token_exchange=EXCHANGE)
+    plugin = dataclasses.replace(a, authorization_servers=(a, b))
+    clock, exchanger = FakeClock(), FakeExchanger(Exchanged("exchanged", TOKEN_TYPE_JWT))
+
+    class ByServer(FakeIntrospector):
+        async def introspect(self, token: str, plugin: PluginConfig) -> Any:
+            self.calls.append(plugin.client_id)
+            return await super().introspect(token, plugin) if plugin is b else Inactive()
+
+    introspector = ByServer()
+    introspector.activate("tok", {"sub": "alice", "exp": clock.now + 600})
+    router = Router((Route("orders", "svc", UPSTREAM, paths=("/orders",), plugin=plugin),))
+    engine = Engine(router, MemoryCache(100), introspector, clock=clock, exchanger=exchanger)
+    verdict = await engine.authorize(req("tok"))
+    assert isinstance(verdict, Allow)
+    assert verdict.authorization == "Bearer exchanged"
+    assert introspector.calls[:2] == ["gw-a", "gw-b"]
+    assert [token for token, _ in exchanger.calls] == ["tok"]
+    assert isinstance(engine.try_authorize(req("tok")), Allow)
