@@ -10,6 +10,7 @@ figures.
     python bench/hotpath.py [--requests 200000] [--profile]
     python bench/hotpath.py --instructions      # CPU instructions per request, under valgrind (apt install valgrind)
     python bench/hotpath.py --access-log ...    # the same with the access log on (its lines go to /dev/null)
+    python bench/hotpath.py --claims ...        # the same with three claims_to_headers (bench/run.py's row)
 
 Time per request on a shared machine moves by tens of percent from run to run; ``--instructions`` counts the
 instructions executed per request instead (valgrind's callgrind, the difference between 0 and N requests, so
@@ -35,7 +36,7 @@ from typing import Any
 
 import uvloop
 import yaml
-from run import SERVE_YML
+from run import CLAIMS_TO_HEADERS, SERVE_YML
 
 from phantom_token.config.loader import parse_settings
 from phantom_token.core.keys import cache_key
@@ -50,6 +51,8 @@ TOKEN = "a1b2c3d4-e5f6-4711-8899-aabbccddeeff"
 ROUNDS = 40
 ONLY: str | None = None  # --only serve|authz
 ACCESS_LOG = False  # --access-log: the access log on, its lines written to /dev/null
+CLAIMS = False  # --claims: the route sets three claims_to_headers (the cached entry carries their values)
+CLAIM_VALUES = (("X-User-Id", "demo-client"), ("X-Client-Id", "demo-client"), ("X-Scope", "read write"))
 PLAIN = False  # --plain: just run the requests (for an instruction count under valgrind)
 JWT = "eyJhbGciOiJFUzI1NiJ9." + "x" * 300 + "." + "y" * 86  # the size of the demo AS's JWT (413 bytes)
 REQUEST = (b"GET /api/orders?page=2 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
@@ -130,13 +133,18 @@ def _time(label: str, step: Callable[[], None], requests: int, profile: bool) ->
 
 
 async def main(requests: int, profile: bool) -> None:
-    settings = parse_settings(yaml.safe_load(CONFIG), source="hotpath")
+    config = CONFIG
+    if CLAIMS:
+        line = "      token_cache_seconds: 3600\n"
+        config = config.replace(line, line + CLAIMS_TO_HEADERS)
+    settings = parse_settings(yaml.safe_load(config), source="hotpath")
     if ACCESS_LOG:  # as `serve --access-log` sets it up, writing to a file rather than a terminal
         settings = dataclasses.replace(settings, access_log=True)
     app = Gateway(settings)
     plugin = settings.routes[0].plugin
     assert plugin is not None
-    await app.cache.put(cache_key(plugin, TOKEN), CacheEntry("Bearer " + JWT, frozenset(), time.time() + 1e6))
+    await app.cache.put(cache_key(plugin, TOKEN), CacheEntry("Bearer " + JWT, frozenset(), time.time() + 1e6,
+                                                             CLAIM_VALUES if CLAIMS else None))
 
     from phantom_token.frontends.proxy import ProxyHandler, _Shared
     from phantom_token.http.client import Connection
@@ -163,6 +171,7 @@ async def main(requests: int, profile: bool) -> None:
     client.data_received(REQUEST)
     _check(len(upstream_out.out) == 1 and JWT.encode() in upstream_out.out[0], upstream_out.out)
     _check(TOKEN.encode() not in upstream_out.out[0], "the opaque token went upstream")
+    _check(not CLAIMS or b"\r\nX-Scope: read write\r\n" in upstream_out.out[0], upstream_out.out)
     conn.data_received(RESPONSE)
     _check(len(client_out.out) == 1 and client_out.out[0].startswith(b"HTTP/1.1 200 OK\r\n"), client_out.out)
     client_out.out.clear()
@@ -183,6 +192,7 @@ async def main(requests: int, profile: bool) -> None:
 
     authz.data_received(AUTHZ_REQUEST)
     _check(bool(authz_out.out) and authz_out.out[0].startswith(b"HTTP/1.1 200 OK\r\n"), authz_out.out)
+    _check(not CLAIMS or b"\r\nX-Scope: read write\r\n" in authz_out.out[0], authz_out.out)
     authz_out.out.clear()
     if ONLY in (None, "authz"):
         _time("authz, cache hit", authz_step, requests, profile)
@@ -193,7 +203,7 @@ def count_instructions(path: str, requests: int) -> int:
     def total(n: int) -> int:
         done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
                                __file__, "--plain", "--only", path, "--requests", str(n)]
-                              + (["--access-log"] if ACCESS_LOG else []),
+                              + (["--access-log"] if ACCESS_LOG else []) + (["--claims"] if CLAIMS else []),
                               capture_output=True, text=True, check=True,
                               # a fixed hash seed: dict probing varies with it by about 2 % of the count
                               env={**os.environ, "PYTHONHASHSEED": "0"})
@@ -214,10 +224,11 @@ if __name__ == "__main__":
                         help="no timing: run the requests only (compare instruction counts of two --requests "
                              "values under 'valgrind --tool=callgrind', which a busy machine does not disturb)")
     parser.add_argument("--access-log", action="store_true", help="with the access log on (lines to /dev/null)")
+    parser.add_argument("--claims", action="store_true", help="with three claims_to_headers on the route")
     parser.add_argument("--instructions", action="store_true",
                         help="print instructions per request of each path (runs this script under valgrind)")
     args = parser.parse_args()
-    PLAIN, ONLY, ACCESS_LOG = args.plain, args.only, args.access_log
+    PLAIN, ONLY, ACCESS_LOG, CLAIMS = args.plain, args.only, args.access_log, args.claims
     if args.instructions:
         count = min(args.requests, 1000)
         for name in (ONLY,) if ONLY else ("serve", "authz"):

@@ -189,6 +189,7 @@ class Ports:
     nginx_authz_njs: int
     serve_scale: int
     serve_log: int
+    serve_claims: int
     authz_grpc: int
     envoy: int
     envoy_http: int
@@ -275,10 +276,15 @@ def _example(name: str, work: Path, **values: int) -> str:
     return text
 
 
-def serve_config(tmp: Path, upstream: int, auth: int) -> Path:
-    """The benchmark's ``serve`` configuration (SERVE_YML) written into ``tmp``."""
-    path = tmp / "serve.yml"
-    path.write_text(SERVE_YML.format(upstream=upstream, auth=auth, secret=INTROSPECTION_SECRET))
+def serve_config(tmp: Path, upstream: int, auth: int, *, claims: bool = False) -> Path:
+    """The benchmark's ``serve`` configuration (SERVE_YML) written into ``tmp``; ``claims``: with three
+    ``claims_to_headers`` (CLAIMS_TO_HEADERS)."""
+    path = tmp / ("serve-claims.yml" if claims else "serve.yml")
+    text = SERVE_YML.format(upstream=upstream, auth=auth, secret=INTROSPECTION_SECRET)
+    if claims:
+        line = "      token_cache_seconds: 3600\n"
+        text = text.replace(line, line + CLAIMS_TO_HEADERS)
+    path.write_text(text)
     return path
 
 
@@ -294,6 +300,14 @@ def jwt_serve_config(tmp: Path, upstream: int, auth: int, auth_jwt: int) -> Path
     text = SERVE_YML.format(upstream=upstream, auth=auth, secret=INTROSPECTION_SECRET)
     path.write_text(text.replace("      token_cache_seconds: 3600\n", "      token_cache_seconds: 3600\n" + issuer))
     return path
+
+
+CLAIMS_TO_HEADERS = """      claims_to_headers:
+        X-User-Id: sub
+        X-Client-Id: client_id
+        X-Scope: scope
+"""
+CLAIMS_ROW = "serve, cache hit, claims_to_headers (3)"
 
 
 def auth_command(port: int) -> list[str]:
@@ -348,6 +362,9 @@ def _start_main(procs: Processes, tmp: Path, ports: Ports, env: dict[str, str], 
         "auth_jwt": procs.start("auth_jwt", [*auth_command(ports.auth_jwt), "--audience", JWT_AUDIENCE], env=env),
         "serve_jwt": procs.start("serve_jwt", serve_command(
             jwt_serve_config(tmp, ports.upstream, ports.auth, ports.auth_jwt), ports.serve_jwt), env=env),
+        # three claims as headers (each request: the client's copies looked for, the entry's values added)
+        "serve_claims": procs.start("serve_claims", serve_command(
+            serve_config(tmp, ports.upstream, ports.auth, claims=True), ports.serve_claims), env=env),
         "authz": procs.start("authz", authz, env=env),
         "nginx_authz": procs.nginx("nginx_authz", _example(
             "nginx.conf", tmp / "nginx_authz", LISTEN_PORT=ports.nginx_authz, AUTHZ_PORT=ports.authz,
@@ -409,6 +426,7 @@ def main_rows(plan: Plan, ports: Ports, kids: dict[str, Child], token: str, miss
         ("nginx proxy_pass (the limit)", ports.nginx, ["nginx"]),
         ("serve, cache hit", ports.serve, ["serve"]),
         (ACCESS_LOG_ROW, ports.serve_log, ["serve_log"]),
+        (CLAIMS_ROW, ports.serve_claims, ["serve_claims"]),
         ("nginx + authz (auth_request)", ports.nginx_authz, ["nginx_authz", "authz"]),
         ("nginx + authz + decision cache", ports.nginx_authz_cache, ["nginx_authz_cache", "authz"]),
         ("  the same, cache key by njs", ports.nginx_authz_njs, ["nginx_authz_njs", "authz"]),
@@ -431,7 +449,7 @@ def main_rows(plan: Plan, ports: Ports, kids: dict[str, Child], token: str, miss
             miss = miss_row(plan, ports, kids, miss_file)
     rows = [best[name] for name, _, _ in repeated]
     assert miss is not None
-    return [*rows[:4], miss, *rows[4:]]
+    return [*rows[:5], miss, *rows[5:]]
 
 
 ACCESS_LOG_ROW = "serve, cache hit, access log on"

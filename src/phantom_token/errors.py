@@ -5,7 +5,8 @@
     │                                  500); carries every ``ConfigProblem`` found
     ├── IntrospectionUnavailable       core.errors: the authorization server gave no usable answer -> 502
     │   │                              server_error
-    │   └── UnknownSigningKey          introspection.rfc9701: no key of the JWKS has the answer's ``kid``
+    │   ├── UnknownSigningKey          introspection.rfc9701: no key of the JWKS has the answer's ``kid``
+    │   └── TokenExchangeFailed        core.errors: an RFC 8693 exchange got no usable answer -> 502
     └── MetadataError                  introspection.discovery: metadata missing or invalid (start-up: exit 1)
 
 The base lives here, below every package, so that ``config`` and ``core`` can each derive their errors from it

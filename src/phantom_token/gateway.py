@@ -24,6 +24,7 @@ from phantom_token.core.engine import Engine
 from phantom_token.core.routes import Router
 from phantom_token.http.client import HttpClient
 from phantom_token.introspection.client import HttpIntrospector
+from phantom_token.introspection.exchange import HttpTokenExchanger
 from phantom_token.introspection.issuer_keys import HttpIssuerKeys
 from phantom_token.metrics import Metrics
 from phantom_token.minting import build_minter
@@ -44,7 +45,8 @@ class Gateway:
         self.router = Router(settings.routes)
         self.engine = Engine(self.router, self.cache, self.introspector, metrics=self.metrics,
                              coordinator=self.caches.coordinator, minter=self.minter,
-                             issuer_keys=HttpIssuerKeys(self.introspector.fetch))
+                             issuer_keys=HttpIssuerKeys(self.introspector.fetch),
+                             exchanger=HttpTokenExchanger(self.introspector))
 
     async def open(self) -> None:
         """Open what the engine needs before the first request (the cache's shared store, introspection

@@ -20,6 +20,7 @@ ROWS = (
     "nginx proxy_pass (the limit)",
     "serve, cache hit",
     "serve, cache hit, access log on",
+    "serve, cache hit, claims_to_headers (3)",
     "serve, cache miss (20 ms AS)",
     "nginx + authz (auth_request)",
     "nginx + authz + decision cache",

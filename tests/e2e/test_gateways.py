@@ -252,9 +252,11 @@ def test_kubernetes_example_is_valid_yaml_with_the_auth_annotations() -> None:
     assert kinds == ["ConfigMap", "Deployment", "Service", "Ingress"]
     annotations = documents[-1]["metadata"]["annotations"]
     assert annotations["nginx.ingress.kubernetes.io/auth-url"].endswith("/authz/nginx")
-    assert annotations["nginx.ingress.kubernetes.io/auth-response-headers"] == "Authorization"
     embedded = yaml.safe_load(documents[0]["data"]["phantom-token.yml"])
-    assert embedded["services"][0]["plugins"][0]["name"] == "phantom-token"
+    plugin = embedded["services"][0]["plugins"][0]
+    assert plugin["name"] == "phantom-token"
+    copied = annotations["nginx.ingress.kubernetes.io/auth-response-headers"].split(", ")
+    assert copied == ["Authorization", *plugin["config"]["claims_to_headers"]]  # the claims headers too
 
 
 def test_every_placeholder_of_the_examples_is_documented() -> None:

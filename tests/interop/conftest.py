@@ -39,6 +39,11 @@ class OidcProvider:
     issuer: str
     client_key_file: Path  # PEM of gw-jwt's private key (private_key_jwt)
 
+    def exchanges(self, fingerprint: str) -> int:
+        """Token exchanges of the subject token with this fingerprint (core.bearer.fingerprint) so far."""
+        counts = http_request("GET", f"{self.issuer}/test/exchanges").json()
+        return int(counts.get(fingerprint, 0))
+
     @property
     def introspection_endpoint(self) -> str:
         return f"{self.issuer}/token/introspection"

@@ -11,12 +11,18 @@
 // - JWT access tokens (RFC 9068, `at+jwt`, RS256) for the resource https://jwt-api.example.com (jwt_issuers tests);
 //   the server's signing keys are read from the private JWK Set in $AS_JWKS_FILE when set (key rotation tests).
 // - GET /test/stats: `{"introspection": n}`, the introspection requests received (counted before authentication).
+// - Token exchange (RFC 8693), a grant registered here for `gw-basic`: an active client-credentials token of this
+//   server (subject_token_type access_token) is exchanged for a JWT signed with `as-ec` (ES256) for the audience
+//   `orders-api` only (any other: invalid_target), scope narrowed to a requested `scope`, expiring with the
+//   subject token (at most 300 s). GET /test/exchanges answers how many exchanges each subject token had, by the
+//   first 8 hex of its SHA-256 (a test control; never the token).
 //
 // Environment: PORT (required). Prints `listening on http://127.0.0.1:PORT` when ready.
-import { generateKeyPairSync } from 'node:crypto';
+import { createHash, generateKeyPairSync, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 
-import Provider from 'oidc-provider';
+import { importJWK, SignJWT } from 'jose';
+import Provider, { errors } from 'oidc-provider';
 
 const port = Number(process.env.PORT);
 if (!port) {
@@ -31,6 +37,11 @@ function signingKey(type, options, alg, kid) {
   const { privateKey } = generateKeyPairSync(type, options);
   return { ...privateKey.export({ format: 'jwk' }), alg, use: 'sig', kid };
 }
+
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+const JWT_TYPE = 'urn:ietf:params:oauth:token-type:jwt';
+const EXCHANGE_AUDIENCE = 'orders-api';
 
 const clientJwks = process.env.CLIENT_JWKS_FILE
   ? JSON.parse(readFileSync(process.env.CLIENT_JWKS_FILE, 'utf8'))
@@ -47,6 +58,8 @@ const introspectionClient = (id, extra) => ({
   ...extra,
 });
 
+const exchangeKey = signingKey('ec', { namedCurve: 'P-256' }, 'ES256', 'as-ec');
+
 const configuration = {
   clients: [
     {
@@ -57,7 +70,7 @@ const configuration = {
       redirect_uris: [],
       scope: 'read write',
     },
-    introspectionClient('gw-basic', { client_secret: 'gw-basic-secret' }),
+    introspectionClient('gw-basic', { client_secret: 'gw-basic-secret', grant_types: [TOKEN_EXCHANGE] }),
     introspectionClient('gw-post', {
       client_secret: 'gw-post-secret',
       token_endpoint_auth_method: 'client_secret_post',
@@ -76,7 +89,7 @@ const configuration = {
   jwks: process.env.AS_JWKS_FILE ? JSON.parse(readFileSync(process.env.AS_JWKS_FILE, 'utf8')) : {
     keys: [
       signingKey('rsa', { modulusLength: 2048 }, 'RS256', 'as-rsa'),
-      signingKey('ec', { namedCurve: 'P-256' }, 'ES256', 'as-ec'),
+      exchangeKey,
     ],
   },
   scopes: ['read', 'write'],
@@ -95,7 +108,7 @@ const configuration = {
           return { scope: 'read write', audience: jwtResource, accessTokenFormat: 'jwt', accessTokenTTL: 600 };
         }
         if (indicator !== resource) {
-          throw new Provider.errors.InvalidTarget();
+          throw new errors.InvalidTarget();
         }
         return { scope: 'read write', audience: resource, accessTokenFormat: 'opaque', accessTokenTTL: 600 };
       },
@@ -107,6 +120,7 @@ const provider = new Provider(issuer, configuration);
 provider.on('server_error', (_ctx, err) => console.error('server_error', err));
 
 let introspections = 0;
+const exchanges = {};
 provider.use(async (ctx, next) => {
   if (ctx.method === 'POST' && ctx.path === '/token/introspection') {
     introspections += 1;
@@ -115,8 +129,47 @@ provider.use(async (ctx, next) => {
     ctx.body = { introspection: introspections };
     return;
   }
+  if (ctx.method === 'GET' && ctx.path === '/test/exchanges') {
+    ctx.body = exchanges;
+    return;
+  }
   await next();
 });
+
+async function tokenExchange(ctx) {
+  const { params } = ctx.oidc;
+  const { InvalidGrant, InvalidRequest, InvalidScope, InvalidTarget } = errors;
+  if (params.subject_token_type !== ACCESS_TOKEN_TYPE) {
+    throw new InvalidRequest('subject_token_type must be an access token');
+  }
+  if ((params.requested_token_type || JWT_TYPE) !== JWT_TYPE) {
+    throw new InvalidRequest('only JWTs are issued');
+  }
+  const subject = await provider.ClientCredentials.find(params.subject_token);
+  if (!subject || subject.isExpired) {
+    throw new InvalidGrant('the subject_token is not active');
+  }
+  if (params.audience !== EXCHANGE_AUDIENCE) {
+    throw new InvalidTarget('unknown audience');
+  }
+  const granted = (subject.scope || '').split(' ');
+  const scope = params.scope ? params.scope.split(' ') : granted;
+  if (!scope.every((s) => granted.includes(s))) {
+    throw new InvalidScope('the requested scope exceeds the subject token\'s', params.scope);
+  }
+  const now = Math.floor(Date.now() / 1000);
+  const exp = Math.min(subject.exp, now + 300);
+  const claims = { sub: subject.clientId, client_id: subject.clientId, scope: scope.join(' '), token_use: 'exchanged' };
+  const jwt = await new SignJWT(claims)
+    .setProtectedHeader({ alg: 'ES256', kid: exchangeKey.kid, typ: 'at+jwt' })
+    .setIssuer(issuer).setAudience(params.audience).setIssuedAt(now).setExpirationTime(exp).setJti(randomUUID())
+    .sign(await importJWK(exchangeKey, 'ES256'));
+  const fingerprint = createHash('sha256').update(params.subject_token).digest('hex').slice(0, 8);
+  exchanges[fingerprint] = (exchanges[fingerprint] || 0) + 1;
+  ctx.body = { access_token: jwt, issued_token_type: JWT_TYPE, token_type: 'N_A', expires_in: exp - now };
+}
+provider.registerGrantType(TOKEN_EXCHANGE, tokenExchange,
+  new Set(['subject_token', 'subject_token_type', 'requested_token_type', 'audience', 'scope']));
 
 const server = provider.listen(port, '127.0.0.1', () => {
   console.log(`listening on ${issuer}`);

@@ -2,7 +2,9 @@
 
 The gateway runs as ``python -m phantom_token serve`` in ``json`` (RFC 7662) and ``signed`` (RFC 9701) modes, with
 each client authentication method and with discovery; the echo API behind it shows the JWT that arrived, which the
-test verifies against the gateway's JWKS (admin listener) and checks claim by claim (RFC 9068).
+test verifies against the gateway's JWKS (admin listener) and checks claim by claim (RFC 9068). And RFC 8693 token
+exchange against the grant server.mjs registers: the API receives the JWT oidc-provider issued, one exchange for 64
+concurrent requests, ``invalid_target`` is a 502.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,7 @@ import pytest
 import yaml
 
 from phantom_token import jose
+from phantom_token.core.bearer import fingerprint
 from tests.e2e.conftest import Gateway, GatewayFactory, Process, free_port, http_request
 
 from .conftest import REPO, RESOURCE, OidcProvider
@@ -207,3 +211,46 @@ def test_metadata_with_another_issuer_stops_start_up(oidc_provider: OidcProvider
     assert done.returncode == 1
     assert "is not the configured issuer" in done.stderr
     assert "listening on" not in done.stdout
+
+
+# --- token exchange (RFC 8693, issue 16): server.mjs registers the grant --------------------------------------
+
+
+def exchange_config(oidc: OidcProvider, echo: Process, audience: str = "orders-api") -> str:
+    # oidc-provider answers introspection with Cache-Control: no-store: honor_cache_control false caches anyway
+    options = plugin(oidc, "json", discover=True, honor_cache_control=False,
+                     token_exchange={"audience": audience, "scope": "read"})
+    return config(echo, options)
+
+
+def test_the_api_receives_the_token_oidc_provider_issued_in_exchange(
+        gateway: GatewayFactory, echo_api: Process, oidc_provider: OidcProvider) -> None:
+    gw, _ = start(gateway, exchange_config(oidc_provider, echo_api))  # token_endpoint discovered from the issuer
+    token = oidc_provider.issue_token("read write")
+    jwt = upstream_jwt(gw, token)
+    keys = http_request("GET", oidc_provider.jwks_uri).json()
+    _, claims = jose.verify(jwt, keys, algorithms=["ES256"])
+    assert (claims["iss"], claims["aud"], claims["scope"], claims["client_id"], claims["token_use"]) == (
+        oidc_provider.issuer, "orders-api", "read", "app", "exchanged")
+    assert upstream_jwt(gw, token) == jwt  # cached
+    assert oidc_provider.exchanges(fingerprint(token)) == 1
+
+
+def test_64_concurrent_requests_make_one_exchange_at_oidc_provider(
+        gateway: GatewayFactory, echo_api: Process, oidc_provider: OidcProvider) -> None:
+    gw, _ = start(gateway, exchange_config(oidc_provider, echo_api))
+    token = oidc_provider.issue_token("read")
+    with ThreadPoolExecutor(64) as pool:
+        jwts = set(pool.map(lambda _: upstream_jwt(gw, token), range(64)))
+    assert len(jwts) == 1
+    assert oidc_provider.exchanges(fingerprint(token)) == 1
+
+
+def test_invalid_target_from_oidc_provider_is_a_502_and_a_log_line(
+        gateway: GatewayFactory, echo_api: Process, oidc_provider: OidcProvider) -> None:
+    gw, _ = start(gateway, exchange_config(oidc_provider, echo_api, audience="billing-api"))
+    token = oidc_provider.issue_token("read")
+    result = gw.get_with_token(token)
+    assert result.status == 502
+    assert result.json()["code"] == "server_error"
+    assert "the token endpoint refused the exchange (HTTP 400, invalid_target)" in gw.stderr()

@@ -1,8 +1,9 @@
 """How a cache entry is written to a shared store, optionally encrypted at rest (a JWT is a credential).
 
 Format: one version byte, then either ``0x00`` + JSON (plain) or ``0x01`` + 12-byte nonce + AES-256-GCM
-ciphertext and tag (encrypted). JSON is ``[expires_at, [scopes...], authorization]`` for an active entry and
-``[expires_at]`` for a negative one.
+ciphertext and tag (encrypted). JSON is ``[expires_at, [scopes...], authorization]`` for an active entry (with a
+fourth member, ``[[name, value], ...]``, when its plugin sets ``claims_to_headers``) and ``[expires_at]`` for a
+negative one. The three-member form is still read (entries written before the fourth member existed).
 
 Invariants: the AES key is derived with HKDF-SHA256 from the configured secret (never used raw); every value
 gets a fresh random nonce; the store key is the associated data, so a value copied under another key does not
@@ -48,6 +49,8 @@ class EntryCodec:
         document: list[object] = [entry.expires_at]
         if isinstance(entry, CacheEntry):
             document += [sorted(entry.scopes), entry.authorization]
+            if entry.headers is not None:
+                document.append([[name, value] for name, value in entry.headers])
         plain = json.dumps(document, separators=(",", ":")).encode()
         if self._aead is None:
             return _PLAIN + plain
@@ -82,11 +85,27 @@ def _entry(document: object) -> Cached | None:
     expires_at = float(document[0])
     if len(document) == 1:
         return NegativeEntry(expires_at)
-    if len(document) != 3:
+    if len(document) not in (3, 4):
         return None
     scopes, authorization = document[1], document[2]
     if not isinstance(authorization, str) or not isinstance(scopes, list):
         return None
     if not all(isinstance(scope, str) for scope in scopes):
         return None
-    return CacheEntry(authorization, frozenset(scopes), expires_at)
+    if len(document) == 3:
+        return CacheEntry(authorization, frozenset(scopes), expires_at)
+    headers = _headers(document[3])
+    if headers is None:
+        return None
+    return CacheEntry(authorization, frozenset(scopes), expires_at, headers)
+
+
+def _headers(raw: object) -> tuple[tuple[str, str], ...] | None:
+    if not isinstance(raw, list):
+        return None
+    pairs = []
+    for pair in raw:
+        if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str) and isinstance(pair[1], str)):
+            return None
+        pairs.append((pair[0], pair[1]))
+    return tuple(pairs)

@@ -25,6 +25,7 @@ from phantom_token.config.fields import Block, Context
 from phantom_token.config.material import KeyFile, Need, TlsFiles
 from phantom_token.config.options import Option, OptionTable
 from phantom_token.config.settings import CLIENT_AUTH_METHODS, RESPONSE_MODES, PluginConfig
+from phantom_token.config.shaping import TOKEN_EXCHANGE_OPTIONS, shaping_options
 
 __all__ = ["PLUGIN_OPTIONS", "parse_plugin_config"]
 
@@ -94,6 +95,10 @@ PLUGIN_OPTIONS = OptionTable(
                "(default: discovered), `audience` (default: `audience` above; one is required), `algorithms` "
                "(default: `RS256`, `PS256`, `ES256`, `EdDSA`; asymmetric only)",
                shown_type="list of mappings", shown_default="none"),
+        Option("claims_to_headers", "custom",
+               "request headers made from the token's claims (`X-User-Id: sub`, `X-Tenant: org.id`); client copies "
+               "are always removed ([shaping](shaping.md))", shown_type="mapping: header name → claim path"),
+        Option("token_exchange", "section", "", table=TOKEN_EXCHANGE_OPTIONS),
     ),
 )  # fmt: skip
 _SECRET_METHODS = frozenset(method for method in CLIENT_AUTH_METHODS if method.startswith("client_secret_"))
@@ -142,6 +147,7 @@ def parse_block(block: Block) -> PluginConfig | None:
         negative_cache_seconds=opts.integer(block, "negative_cache_seconds"),
         token_prefix=opts.text(block, "token_prefix"),
         **_standards_options(block, method, verify_ssl),
+        **shaping_options(block, block.present("issuer")),
     )
     return config if len(ctx.problems) == before else None
 

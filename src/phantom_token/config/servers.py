@@ -80,6 +80,8 @@ def parse_servers(ctx: Context, where: str, raw: Mapping[Any, Any]) -> PluginCon
         route = {k: v for k, v in known.items() if k not in SERVER_OPTIONS}
         servers = _servers(top, route, items)
     issuers = _jwt_issuers(top, servers[0].audience if servers else top.data.get("audience"))
+    if issuers and top.present("token_exchange"):  # a verified JWT goes upstream as it is: nothing to exchange
+        top.problem("token_exchange", "cannot be used with jwt_issuers (their JWTs are forwarded as they are)")
     if len(ctx.problems) != before or not servers:
         return None
     return dataclasses.replace(servers[0], authorization_servers=tuple(servers), jwt_issuers=issuers)

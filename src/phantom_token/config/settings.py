@@ -25,6 +25,9 @@ CLIENT_AUTH_METHODS: tuple[str, ...] = (
 # Who may tell `authz` the original request (X-Original-*/X-Forwarded-*) when the file does not say: loopback.
 # A `jwt_issuers` item's `algorithms` when it names none: asymmetric only (phantom_token.jose refuses none and HMAC).
 DEFAULT_JWT_ALGORITHMS: tuple[str, ...] = ("RS256", "PS256", "ES256", "EdDSA")
+# RFC 8693 token types: what the gateway asks for by default, and what it says the client's token is.
+TOKEN_TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
+TOKEN_TYPE_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
 DEFAULT_TRUSTED_PROXIES: tuple[IPv4Network | IPv6Network, ...] = (IPv4Network("127.0.0.0/8"), IPv6Network("::1/128"))
 
 
@@ -36,6 +39,18 @@ class JwtIssuer:
     jwks_uri: str | None = None  # None: from the issuer's metadata (RFC 8414 / OpenID Connect discovery)
     audience: str | None = None  # the token's `aud` must contain it (None: the plugin's `audience`, then required)
     algorithms: tuple[str, ...] = DEFAULT_JWT_ALGORITHMS
+
+
+@dataclass(frozen=True, slots=True)
+class TokenExchange:
+    """The plugin's ``token_exchange`` block: after a successful introspection the client's token is exchanged
+    (RFC 8693) for one meant for this upstream, and that one is forwarded (``introspection.exchange``)."""
+
+    audience: str | None = None
+    resource: str | None = None  # an absolute URI (RFC 8693 section 2.1)
+    scope: str | None = None
+    requested_token_type: str = TOKEN_TYPE_JWT
+    token_endpoint: str | None = None  # None: the issuer's metadata's token_endpoint
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +89,10 @@ class PluginConfig:
     authorization_servers: tuple[PluginConfig, ...] = ()
     token_prefix: str | None = None  # in a server of `authorization_servers`: the tokens it alone is asked about
     jwt_issuers: tuple[JwtIssuer, ...] = ()
+    # What each API receives (issue 16): claims as request headers ((Header-Name, claim.path), in order) and RFC 8693
+    # token exchange. Both change what is cached for a token, so both join the cache namespace when set.
+    claims_to_headers: tuple[tuple[str, str], ...] = ()
+    token_exchange: TokenExchange | None = None
 
     @property
     def mints_jwt(self) -> bool:
@@ -89,14 +108,21 @@ class PluginConfig:
     def cache_namespace(self) -> bytes:
         """What namespaces cache keys: the same token at two endpoints or clients is two entries.
 
-        Options that change the cached answer (mode, audience, issuers) join the namespace when set, so two
-        routes that share an endpoint and client but check different claims never share an entry.
+        Options that change the cached answer (mode, audience, issuers, claims_to_headers, token_exchange) join the
+        namespace when set, so two routes that share an endpoint and client but check different claims (or shape
+        the request differently) never share an entry.
         """
         if self.authorization_servers:
             return self._routed_namespace()
         base = f"{self.introspection_endpoint or self.issuer}\x00{self.client_id}\x00"
         if self.mints_jwt or self.audience is not None or self.issuer_allowed:
             base += f"{self.introspection_response}\x00{self.audience}\x00{' '.join(self.issuer_allowed)}\x00"
+        if self.claims_to_headers:
+            base += "headers\x00" + "\x01".join(f"{name.lower()}={path}" for name, path in self.claims_to_headers)
+        exchange = self.token_exchange
+        if exchange is not None:
+            base += (f"exchange\x00{exchange.audience}\x01{exchange.resource}\x01{exchange.scope}\x01"
+                     f"{exchange.requested_token_type}\x01{exchange.token_endpoint}\x00")
         return base.encode()
 
     def _routed_namespace(self) -> bytes:

@@ -4,7 +4,11 @@ Order of checks: route -> plugin present? -> preflight -> token syntax -> cache 
 entry is a 401) -> introspection (single-flight per token, through the coordinator; the flight looks in the cache
 again first) -> claim checks (``exp``, ``nbf``, ``audience``, ``issuer_allowed``: ``core.claims``, once per answer)
 -> minting (``json``/``signed`` modes: the JWT that goes upstream is signed here, once per answer, and cached) ->
-scopes (on every request, hit or miss).
+``claims_to_headers`` (the header values rendered once per answer, ``core.claim_headers``, kept in the entry; on a
+route that sets it every ``Allow`` carries a tuple, maybe empty, and on any other None) ->
+``token_exchange`` (RFC 8693, through the ``TokenExchanger`` port: the issued token replaces what goes upstream,
+inside the same flight, so concurrent misses share one exchange; the entry lives for the shorter of the two
+lifetimes; a failed exchange is a 502 and nothing is cached) -> scopes (on every request, hit or miss).
 
 Invariants: no I/O but through the ports; the raw token never leaves this module except to the introspector;
 the authorization server's faults are 502, never 401 and never 200; errors are never cached; an inactive
@@ -27,12 +31,12 @@ from functools import partial
 from typing import Final
 
 from phantom_token.config.settings import JwtIssuer, PluginConfig, Route
+from phantom_token.core import claim_headers, jwt_access
 from phantom_token.core import claims as token_claims
-from phantom_token.core import jwt_access
 from phantom_token.core import verdict as v
 from phantom_token.core.bearer import BearerToken, Problem, extract, fingerprint
 from phantom_token.core.claims import numeric_claim
-from phantom_token.core.errors import IntrospectionUnavailable
+from phantom_token.core.errors import IntrospectionUnavailable, TokenExchangeFailed
 from phantom_token.core.keys import namespaced_key, token_digest
 from phantom_token.core.ports import (
     Active,
@@ -43,6 +47,7 @@ from phantom_token.core.ports import (
     IssuerKeys,
     NegativeEntry,
     TokenCache,
+    TokenExchanger,
     TokenMinter,
 )
 from phantom_token.core.request import RequestInfo
@@ -87,10 +92,12 @@ class Engine:
         coordinator: IntrospectionCoordinator | None = None,
         minter: TokenMinter | None = None,
         issuer_keys: IssuerKeys | None = None,
+        exchanger: TokenExchanger | None = None,
     ) -> None:
         self._router = router
         self._issuer_keys = issuer_keys  # the JWKS of `jwt_issuers`
         self._minter = minter
+        self._exchanger = exchanger
         self._cache = cache
         # Bound once: the port is a protocol, so compiled code would otherwise look the method up by name per hit.
         self._get_local: Callable[[bytes, float], Cached | None] = cache.get_local
@@ -152,8 +159,9 @@ class Engine:
         plugin = route.plugin
         if plugin is None or (request.method == "OPTIONS" and not plugin.run_on_preflight):
             allow = self._pass.get(route.name)
-            if allow is None:
-                allow = self._pass[route.name] = v.Allow(route)
+            if allow is None:  # a preflight on a route with claims_to_headers still has the client's copies removed
+                shaped = () if plugin is not None and plugin.claims_to_headers else None
+                allow = self._pass[route.name] = v.Allow(route, None, 0.0, None, shaped)
             return allow
         values = request.headers.get("authorization")
         memo = request.memo
@@ -179,7 +187,8 @@ class Engine:
             return v.unauthorized(plugin.realm, token_sent=True, route=route)
         if plugin.scope and not entry.scopes.issuperset(plugin.scope):
             return v.forbidden(plugin.scope, plugin.realm, route)
-        return v.Allow(route, entry.authorization, max(entry.expires_at - now, 0.0))
+        expires_in = entry.expires_at - now  # not max(): a builtin call costs more than the test, at every hit
+        return v.Allow(route, entry.authorization, expires_in if expires_in > 0.0 else 0.0, None, entry.headers)
 
     async def _resolve(self, step: _Pending) -> CacheEntry | None:
         """A miss, once per key: look again (a peer may have answered while we waited), else introspect."""
@@ -214,6 +223,10 @@ class Engine:
                      step.plugin.endpoint_label, fingerprint(step.token), refused)
             return None
         entry = self._entry_for(result, step.plugin, now)
+        if step.plugin.claims_to_headers:
+            entry = self._with_claim_headers(step, entry, result.claims)
+        if step.plugin.token_exchange is not None:
+            entry = await self._exchange(step, entry, now)
         if entry.expires_at > now:
             await self._cache.put(step.key, entry)
         return entry
@@ -269,6 +282,8 @@ class Engine:
         now = self._clock()
         lifetime = cache_lifetime(step.plugin.token_cache_seconds, CacheDirectives(), numeric_claim(result, "exp"), now)
         entry = CacheEntry("Bearer " + step.token, self._shared_scopes(granted_scopes(result)), now + lifetime)
+        if step.plugin.claims_to_headers:  # from the verified claims (token_exchange is refused with jwt_issuers)
+            entry = self._with_claim_headers(step, entry, result)
         if entry.expires_at > now:
             await self._cache.put(step.key, entry)
         return entry
@@ -277,11 +292,39 @@ class Engine:
         """The entry for an active answer whose claims passed the checks (minting its JWT when the AS sent none)."""
         jwt, claims = result.jwt, result.claims
         if jwt is None:
-            jwt, claims = self._mint(claims, plugin, now)
+            if plugin.token_exchange is not None:
+                jwt = ""  # nothing to mint: the exchanged token replaces it (``_exchange``)
+            else:
+                jwt, claims = self._mint(claims, plugin, now)
         expires = numeric_claim(claims, "exp")
         directives = result.directives if plugin.honor_cache_control else CacheDirectives()
         lifetime = cache_lifetime(plugin.token_cache_seconds, directives, expires, now)
         return CacheEntry("Bearer " + jwt, self._shared_scopes(granted_scopes(claims)), now + lifetime)
+
+    def _with_claim_headers(self, step: _Pending, entry: CacheEntry, claims: dict[str, object]) -> CacheEntry:
+        """``entry`` with the ``claims_to_headers`` values of the introspected claims (one log line for those that
+        cannot be sent: it names the headers, never a value)."""
+        headers, problems = claim_headers.header_values(claims, step.plugin.claims_to_headers)
+        if problems:
+            log.warning("claims_to_headers: route=%s token=%s %s", step.route.name, fingerprint(step.token),
+                        "; ".join(problems))
+        return CacheEntry(entry.authorization, entry.scopes, entry.expires_at, headers)
+
+    async def _exchange(self, step: _Pending, entry: CacheEntry, now: float) -> CacheEntry:
+        """``entry`` with the token the authorization server issued for this route (RFC 8693) in place of the one
+        introspection gave, living no longer than either; ``TokenExchangeFailed`` (a 502) after one log line."""
+        try:
+            if self._exchanger is None:
+                raise TokenExchangeFailed("token_exchange is configured but the gateway has no token exchanger")
+            issued = await self._exchanger.exchange(step.token, step.plugin)
+        except IntrospectionUnavailable as exc:
+            log.error("token exchange failed: route=%s token=%s reason=%s", step.route.name,
+                      fingerprint(step.token), exc)
+            raise
+        expires_at = entry.expires_at
+        if issued.expires_in is not None:
+            expires_at = min(expires_at, now + issued.expires_in)
+        return CacheEntry("Bearer " + issued.access_token, entry.scopes, expires_at, entry.headers)
 
     def _shared_scopes(self, scopes: frozenset[str]) -> frozenset[str]:
         shared = self._scope_sets.get(scopes)

@@ -3,7 +3,8 @@
 
     PhantomTokenError                  phantom_token.errors (re-exported here)
     └── IntrospectionUnavailable       the authorization server gave no usable answer -> 502 server_error
-        └── UnknownSigningKey          introspection.rfc9701: no key of the JWKS has the answer's ``kid``
+        ├── UnknownSigningKey          introspection.rfc9701: no key of the JWKS has the answer's ``kid``
+        └── TokenExchangeFailed        the token endpoint refused or botched an RFC 8693 exchange
 
 Invariants: adapters translate every foreign fault of a call to the authorization server (connect, TLS, timeout,
 status, garbage) into ``IntrospectionUnavailable`` before it reaches the engine, which answers it with 502 and
@@ -19,4 +20,9 @@ class IntrospectionUnavailable(PhantomTokenError):
     """The introspection endpoint did not give a usable answer (down, slow, 5xx, bad credentials, garbage)."""
 
 
-__all__ = ["IntrospectionUnavailable", "PhantomTokenError"]
+class TokenExchangeFailed(IntrospectionUnavailable):
+    """The token endpoint gave no usable answer to an RFC 8693 exchange (an error such as ``invalid_target``, a
+    5xx, garbage, a timeout): a 502 like any fault of the authorization server, never cached."""
+
+
+__all__ = ["IntrospectionUnavailable", "PhantomTokenError", "TokenExchangeFailed"]

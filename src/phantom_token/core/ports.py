@@ -1,10 +1,9 @@
 """The engine's two ports, and the values that cross them.
 
-The engine asks a ``TokenCache``, an ``Introspector``, an ``IntrospectionCoordinator`` and (for the JWTs it
-mints) a ``TokenMinter``; adapters (in-memory, Redis, HTTP) implement them and translate their own exceptions
-into ``core.errors`` before anything reaches the engine. A cache adapter whose store is down degrades to a miss
-(or to this process's memory); it never raises.
-"""
+The engine asks a ``TokenCache``, an ``Introspector``, an ``IntrospectionCoordinator``, (for the JWTs it mints) a
+``TokenMinter`` and (for ``token_exchange``) a ``TokenExchanger``; adapters (in-memory, Redis, HTTP) implement them
+and translate their own exceptions into ``core.errors`` before anything reaches the engine. A cache adapter whose
+store is down degrades to a miss (or to this process's memory); it never raises. """
 
 from __future__ import annotations
 
@@ -30,6 +29,9 @@ class CacheEntry:
     authorization: str
     scopes: frozenset[str]
     expires_at: float
+    # ``claims_to_headers``: (name, wire value) pairs to send upstream, computed once per answer (core.claim_headers);
+    # None when the plugin sets no claims_to_headers (a tuple, maybe empty, whenever it does)
+    headers: tuple[tuple[str, str], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,27 @@ IntrospectionResult = Active | Inactive
 class Introspector(Protocol):
     async def introspect(self, token: str, plugin: PluginConfig) -> IntrospectionResult:
         """Ask the authorization server; raise ``IntrospectionUnavailable`` when it gives no usable answer."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Exchanged:
+    """A token the authorization server issued in exchange for the client's (RFC 8693 section 2.2.1).
+
+    ``expires_in`` is None when the answer gave none (the introspection's lifetime then bounds the cache alone).
+    """
+
+    access_token: str
+    issued_token_type: str
+    expires_in: float | None = None
+
+
+class TokenExchanger(Protocol):
+    """Exchanges the client's token for one meant for the route's upstream (plugin option ``token_exchange``)."""
+
+    async def exchange(self, token: str, plugin: PluginConfig) -> Exchanged:
+        """Ask the token endpoint; raise ``TokenExchangeFailed`` (naming why, never the token) on any other
+        answer."""
         ...
 
 

@@ -14,19 +14,25 @@ from phantom_token.config.settings import Route  # at run time: compiled datacla
 
 class Allow:
     """Forward the request. ``authorization`` replaces the client's header; None leaves the request as it came
-    (a route without the plugin, or a preflight). ``expires_in`` is how many seconds the decision stays valid.
+    (a route without the plugin, or a preflight), except that the route's ``claims_to_headers`` names are always
+    removed from it. ``expires_in`` is how many seconds the decision stays valid.
 
     A plain class, not a dataclass: one is made per allowed request, and a dataclass's generated ``__init__``
     would run interpreted even in the compiled build (phantom_token/compiled.py)."""
 
-    __slots__ = ("authorization", "claims", "expires_in", "route")
+    __slots__ = ("authorization", "claims", "expires_in", "headers", "route")
 
     def __init__(self, route: Route, authorization: str | None = None, expires_in: float = 0.0,
-                 claims: dict[str, object] | None = None) -> None:
+                 claims: dict[str, object] | None = None, headers: tuple[tuple[str, str], ...] | None = None
+                 ) -> None:
         self.route = route
         self.authorization = authorization  # the full header value: 'Bearer <jwt>'
         self.expires_in = expires_in
         self.claims = claims
+        # ``claims_to_headers``: (name, wire value) to add upstream, after every client copy of the route's
+        # configured names is removed (``core.claim_headers``); the cache entry's own tuple. None exactly when the
+        # route's plugin sets no claims_to_headers (or the route has none): front doors test this one attribute.
+        self.headers = headers
 
     def __repr__(self) -> str:
         return f"Allow(route={self.route.name!r}, expires_in={self.expires_in!r})"  # never the header value

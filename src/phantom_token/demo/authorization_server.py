@@ -6,6 +6,13 @@ Endpoints (all under the server's own base URL, which is its ``issuer``):
   (id and secret form-urlencoded first, RFC 6749 section 2.3.1) or with ``client_id``/``client_secret`` form
   fields. A requested ``scope`` must be a subset of the client's scopes (none requested: all of them). The token is
   opaque: 32 random bytes, base64url.
+- ``POST /oauth/token`` with ``grant_type=urn:ietf:params:oauth:grant-type:token-exchange`` (RFC 8693), for
+  clients allowed to exchange (``exchange``; the default introspection client is): ``subject_token`` must be an
+  active token of this server with ``subject_token_type`` ``...:access_token``; ``requested_token_type`` ``...:jwt``
+  (default) or ``...:access_token``. The issued token is a JWT signed by this server for the subject token's
+  ``sub``, ``client_id`` and scope (narrowed to a requested ``scope``, which must be a subset: else
+  ``invalid_scope``), ``aud`` the requested ``audience`` and/or ``resource``, expiring with the subject token (at
+  most ``exchange_lifetime`` seconds). An inactive subject token: 400 ``invalid_request``.
 - ``POST /oauth/introspect``: RFC 7662. The introspecting client authenticates the same way (401 JSON when it
   fails) and must be allowed to introspect. With ``Accept: application/jwt`` an active token gets 200
   ``application/jwt``, a JWT signed by this server (iss, sub, aud when configured, client_id, scope, iat, exp =
@@ -16,12 +23,15 @@ Endpoints (all under the server's own base URL, which is its ``issuer``):
 
 Test controls, only when built with ``test_controls=True`` (``--test-controls``):
 
-- ``GET /stats``: ``{"introspection": {"total": n, "by_token": {fingerprint: n}}, "token_requests": n}``, where
+- ``GET /stats``: ``{"introspection": {"total": n, "by_token": {fingerprint: n}}, "token_requests": n,
+  "exchanges": {"total": n, "by_token": {fingerprint of the subject token: n}}}``, where
   a fingerprint is the full SHA-256 hex digest of the token (``fingerprint()``); never the raw token.
 - ``POST /controls`` with a JSON object, every member optional, applied in this order:
   ``reset`` (true: zero the stats and clear delay and failure), ``delay_ms`` (int, sleep before every
   introspection answer), ``failure`` (``null``/``"none"``, ``"status"`` with ``failure_status`` (default 500),
   ``"garbage"`` (200 ``application/jwt`` with a body that is not a JWT) or ``"hang"`` (never answer)),
+  ``exchange_failure`` (``null``/``"none"``, ``"invalid_target"`` (400 with that error), ``"status"`` (500),
+  ``"garbage"`` (200 with a body that is not JSON) or ``"hang"``: how token exchanges are answered),
   ``revoke`` (a token value), ``register`` (``{"token": value, "scope": "...", "expires_in": s, "client_id": ...,
   "sub": ...}``: makes exactly that value a valid token, for tests of odd characters). Answers the current
   controls as JSON.
@@ -79,12 +89,17 @@ class Client:
     secret: str = field(repr=False)
     scopes: frozenset[str] = frozenset()
     introspect: bool = False
+    exchange: bool = False  # may use the token exchange grant (RFC 8693)
 
 
 DEFAULT_CLIENTS = (
     Client("demo-client", "demo-secret", frozenset({"read", "write"})),
-    Client("introspection-client", "demo-introspection-secret", introspect=True),
+    Client("introspection-client", "demo-introspection-secret", introspect=True, exchange=True),
 )
+TOKEN_EXCHANGE = "urn:ietf:params:oauth:grant-type:token-exchange"
+TYPE_ACCESS_TOKEN = "urn:ietf:params:oauth:token-type:access_token"
+TYPE_JWT = "urn:ietf:params:oauth:token-type:jwt"
+EXCHANGE_FAILURES = frozenset({"none", "invalid_target", "status", "garbage", "hang"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,9 +118,11 @@ class Controls:
     delay_ms: int = 0
     failure: str = "none"  # none | status | garbage | hang
     failure_status: int = 500
+    exchange_failure: str = "none"  # none | invalid_target | status | garbage | hang
 
     def as_json(self) -> dict[str, Any]:
-        return {"delay_ms": self.delay_ms, "failure": self.failure, "failure_status": self.failure_status}
+        return {"delay_ms": self.delay_ms, "failure": self.failure, "failure_status": self.failure_status,
+                "exchange_failure": self.exchange_failure}
 
 
 class BadRequest(Exception):
@@ -209,6 +226,9 @@ class DemoAuthorizationServer:
         self._introspections: Counter[str] = Counter()
         self._introspection_total = 0
         self._token_requests = 0
+        self._exchanges: Counter[str] = Counter()
+        self._exchange_total = 0
+        self.exchange_lifetime = token_lifetime
         self._routes: dict[tuple[str, str], Callable[[Request], Any]] = {
             ("POST", "/oauth/token"): self._token_endpoint,
             ("POST", "/oauth/introspect"): self._introspection_endpoint,
@@ -296,8 +316,10 @@ class DemoAuthorizationServer:
         self._token_requests += 1
         form = _form(request)
         client = self._authenticate(request, form)
+        if form.get("grant_type") == TOKEN_EXCHANGE:
+            return await self._exchange(client, form)
         if form.get("grant_type") != "client_credentials":
-            raise BadRequest(400, "unsupported_grant_type", "only client_credentials is supported")
+            raise BadRequest(400, "unsupported_grant_type", "only client_credentials and token exchange are supported")
         requested = form.get("scope")
         scopes = sorted(client.scopes) if requested is None else requested.split()
         if not set(scopes) <= client.scopes:
@@ -309,6 +331,54 @@ class DemoAuthorizationServer:
             "expires_in": self.token_lifetime,
             "scope": " ".join(scopes),
         }
+        return _json(200, body, [*JSON_HEADERS, ("Pragma", "no-cache")])
+
+    # --- token exchange (RFC 8693) ---------------------------------------------------------------------------
+
+    async def _exchange(self, client: Client, form: Mapping[str, str]) -> Response:
+        self._exchange_total += 1
+        subject = form.get("subject_token")
+        if subject:
+            self._exchanges[fingerprint(subject)] += 1
+        if not client.exchange:
+            raise BadRequest(400, "unauthorized_client", "this client may not exchange tokens")
+        failure = self.controls.exchange_failure
+        if self.controls.delay_ms > 0:
+            await asyncio.sleep(self.controls.delay_ms / 1000)
+        if failure == "hang":
+            await asyncio.Event().wait()
+        if failure == "invalid_target":
+            raise BadRequest(400, "invalid_target", "the requested audience or resource is not known (test control)")
+        if failure == "status":
+            return _json(500, {"error": "server_error", "error_description": "test control"})
+        if failure == "garbage":
+            return Response(200, [("Content-Type", "application/json")], b"<html>this is not JSON</html>")
+        if not subject or form.get("subject_token_type") != TYPE_ACCESS_TOKEN:
+            raise BadRequest(400, "invalid_request", "subject_token and an access_token subject_token_type are needed")
+        requested_type = form.get("requested_token_type") or TYPE_JWT
+        if requested_type not in (TYPE_JWT, TYPE_ACCESS_TOKEN):
+            raise BadRequest(400, "invalid_request", "requested_token_type must be a JWT or an access token")
+        issued = self.lookup(subject)
+        if issued is None:
+            raise BadRequest(400, "invalid_request", "the subject_token is not active")
+        scopes = issued.scopes
+        if form.get("scope") is not None:
+            wanted = tuple(dict.fromkeys(form["scope"].split()))
+            if not set(wanted) <= set(scopes):
+                raise BadRequest(400, "invalid_scope", "the requested scope exceeds the subject token's")
+            scopes = wanted
+        now = int(self._clock())
+        expires_at = min(issued.expires_at, now + self.exchange_lifetime)
+        audiences = [value for value in (form.get("audience"), form.get("resource")) if value]
+        claims: dict[str, Any] = {"iss": self.issuer, "sub": issued.subject}
+        if audiences:
+            claims["aud"] = audiences[0] if len(audiences) == 1 else audiences
+        claims.update(client_id=issued.client_id, scope=" ".join(scopes), iat=now, exp=expires_at,
+                      jti=secrets.token_urlsafe(16), token_use="exchanged")
+        log.info("exchanged %s for %s", short_fingerprint(subject), audiences)
+        body = {"access_token": self.signing_key.sign(claims), "issued_token_type": requested_type,
+                "token_type": "N_A" if requested_type == TYPE_JWT else "Bearer", "expires_in": expires_at - now,
+                "scope": " ".join(scopes)}
         return _json(200, body, [*JSON_HEADERS, ("Pragma", "no-cache")])
 
     # --- introspection --------------------------------------------------------------------------------------
@@ -389,7 +459,7 @@ class DemoAuthorizationServer:
                 "token_endpoint": f"{self.issuer}/oauth/token",
                 "introspection_endpoint": f"{self.issuer}/oauth/introspect",
                 "jwks_uri": f"{self.issuer}/.well-known/jwks.json",
-                "grant_types_supported": ["client_credentials"],
+                "grant_types_supported": ["client_credentials", TOKEN_EXCHANGE],
                 "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
                 "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
                 "scopes_supported": sorted({s for c in self.clients.values() for s in c.scopes}),
@@ -403,6 +473,7 @@ class DemoAuthorizationServer:
         return {
             "introspection": {"total": self._introspection_total, "by_token": dict(self._introspections)},
             "token_requests": self._token_requests,
+            "exchanges": {"total": self._exchange_total, "by_token": dict(self._exchanges)},
         }
 
     async def _stats_endpoint(self, request: Request) -> Response:
@@ -423,13 +494,14 @@ class DemoAuthorizationServer:
         return _json(200, {**self.controls.as_json(), **result})
 
     def _apply_changes(self, changes: Mapping[str, Any], result: dict[str, Any]) -> None:
-        known = {"reset", "delay_ms", "failure", "failure_status", "revoke", "register"}
+        known = {"reset", "delay_ms", "failure", "failure_status", "exchange_failure", "revoke", "register"}
         if unknown := set(changes) - known:
             raise ValueError(f"unknown controls {sorted(unknown)}")
         if changes.get("reset"):
             self.controls = Controls()
             self._introspections.clear()
-            self._introspection_total = self._token_requests = 0
+            self._introspection_total = self._token_requests = self._exchange_total = 0
+            self._exchanges.clear()
         if "delay_ms" in changes:
             self.controls.delay_ms = max(0, int(changes["delay_ms"]))
         if "failure" in changes:
@@ -437,6 +509,11 @@ class DemoAuthorizationServer:
             if failure not in {"none", "status", "garbage", "hang"}:
                 raise ValueError(f"unknown failure mode {failure!r}")
             self.controls.failure = failure
+        if "exchange_failure" in changes:
+            exchange_failure = changes["exchange_failure"] or "none"
+            if exchange_failure not in EXCHANGE_FAILURES:
+                raise ValueError(f"unknown exchange failure mode {exchange_failure!r}")
+            self.controls.exchange_failure = exchange_failure
         if "failure_status" in changes:
             self.controls.failure_status = int(changes["failure_status"])
         if "revoke" in changes:
@@ -469,7 +546,8 @@ def load_clients(path: str | Path) -> list[Client]:
         scope = item.get("scope", "")
         scopes = scope.split() if isinstance(scope, str) else [str(s) for s in scope]
         clients.append(
-            Client(str(item["client_id"]), str(item["client_secret"]), frozenset(scopes), bool(item.get("introspect")))
+            Client(str(item["client_id"]), str(item["client_secret"]), frozenset(scopes), bool(item.get("introspect")),
+                   bool(item.get("exchange")))
         )
     return clients
 

@@ -15,7 +15,9 @@ copy of those passes through the other gateways untouched):
   ``X-Original-URI``/``-URL`` and an ``X-Forwarded-Uri`` is refused, since one of them came from the client.
 - ``/authz/envoy/<original path>``: the path after the prefix is the original path; the method and the Host are the
   request's own (Envoy's ``ext_authz`` ``http_service`` sends them unchanged, with no body).
-- Allowed: 200, ``Authorization: Bearer <jwt>`` (absent for a route without the plugin), then ``X-Accel-Expires``
+- Allowed: 200, ``Authorization: Bearer <jwt>`` (absent for a route without the plugin), the route's
+  ``claims_to_headers`` values (and ``X-Envoy-Auth-Headers-To-Remove`` naming those it has none for), then
+  ``X-Accel-Expires``
   and ``Cache-Control: private, max-age=<seconds>``, in that order (nginx 1.22 honours ``X-Accel-Expires`` only
   when it comes before ``Cache-Control``). Denied: the section 8 status, body and challenge, ``Cache-Control:
   no-store``.
@@ -212,10 +214,26 @@ def decision_response(verdict: Verdict) -> tuple[int, list[tuple[str, str]], byt
         return verdict.status, headers, verdict.body()
     seconds = max(math.floor(verdict.expires_in), 0)
     allowed = [("Authorization", verdict.authorization)] if verdict.authorization is not None else []
+    plugin = verdict.route.plugin
+    if verdict.headers is not None and plugin is not None:
+        allowed += claim_answer_headers(verdict.headers, plugin.claims_to_headers)
     # X-Accel-Expires first: nginx 1.22 ignores it after a Cache-Control that says 'private'.
     allowed.append(("X-Accel-Expires", str(seconds)))
     allowed.append(("Cache-Control", f"private, max-age={seconds}"))
     return 200, allowed, b""
+
+
+def claim_answer_headers(headers: tuple[tuple[str, str], ...], configured: tuple[tuple[str, str], ...]
+                         ) -> list[tuple[str, str]]:
+    """The ``claims_to_headers`` lines of an allow answer: the values, then (when some configured header has no
+    value for this token) ``X-Envoy-Auth-Headers-To-Remove`` naming those, so that Envoy's HTTP ext_authz removes
+    the client's copies too (nginx, Traefik and Caddy replace or drop them themselves: docs/shaping.md)."""
+    lines = list(headers)
+    sent = {name.lower() for name, _ in headers}
+    missing = [name.lower() for name, _ in configured if name.lower() not in sent]
+    if missing:
+        lines.append(("X-Envoy-Auth-Headers-To-Remove", ", ".join(missing)))
+    return lines
 
 
 class _Shared:
@@ -228,9 +246,10 @@ class _Shared:
         self.observe = observe
         self.access_log = settings.access_log
         self._trust: dict[str, bool] = {}
-        # authorization header value -> (whole seconds left, the rendered keep-alive 200): the hot path renders an
-        # answer once a second per token instead of once per request. Holds what the engine's cache holds.
-        self._allowed: dict[str | None, tuple[int, bytes]] = {}
+        # authorization header value -> (whole seconds left, the rendered keep-alive 200, the claims headers it
+        # carries: the cache entry's own tuple, compared by identity): the hot path renders an answer once a second
+        # per token instead of once per request. Holds what the engine's cache holds.
+        self._allowed: dict[str | None, tuple[int, bytes, tuple[tuple[str, str], ...] | None]] = {}
 
     def trusts(self, peer_ip: str) -> bool:
         trusted = self._trust.get(peer_ip)
@@ -242,14 +261,15 @@ class _Shared:
         """The complete keep-alive 200 for ``allow``; None when its header value cannot be sent (CR or LF)."""
         seconds = max(math.floor(allow.expires_in), 0)
         known = self._allowed.get(allow.authorization)
-        if known is not None and known[0] == seconds:
+        if known is not None and known[0] == seconds and known[2] is allow.headers:
             return known[1]
         _, headers, _ = decision_response(allow)
         try:
             payload = b"".join((status_line(200), encode_headers(headers), b"Content-Length: 0\r\n\r\n"))
         except ValueError:
             return None
-        remember(self._allowed, allow.authorization, (seconds, payload), MAX_RENDERED)
+        if allow.authorization is not None or allow.headers is None:  # a preflight's depends on its route: not kept
+            remember(self._allowed, allow.authorization, (seconds, payload, allow.headers), MAX_RENDERED)
         return payload
 
 

@@ -15,6 +15,8 @@ Invariants:
   that the gateway never sees, let alone decides ("h2c smuggling").
 - The upstream sees exactly one ``Authorization`` header when the verdict carries one (every client one removed);
   on a route without the plugin the client's own goes through.
+- On a route whose plugin sets ``claims_to_headers``, no client copy of those names goes upstream, whatever the
+  verdict (``with_claim_headers``); only the engine's values do.
 - No I/O, no state: the proxy keeps its memos (``frontends.proxy``) and calls these on a miss.
 """
 
@@ -82,6 +84,25 @@ def with_request_id(request_head: bytes, request_id: bytes, own: bool) -> bytes:
         lines = request_head[:-4].split(b"\r\n")
         request_head = b"\r\n".join(line for line in lines if line[:13].lower() != b"x-request-id:") + b"\r\n\r\n"
     return request_head[:-2] + b"X-Request-Id: " + request_id + b"\r\n\r\n"
+
+
+def with_claim_headers(request_head: bytes, lnames: list[str], names: frozenset[str], lines: bytes) -> bytes:
+    """``request_head`` (as built, ending with its empty line) without any client copy of the ``claims_to_headers``
+    ``names`` (lower case; ``lnames``: the client's header names, lower case) and with ``lines`` (``claim_lines``
+    of the verdict's values) added. Only routes that configure claims headers come here."""
+    if not names.isdisjoint(lnames):  # rare: the client sent one of them
+        parts = request_head[:-4].split(b"\r\n")
+        kept = [parts[0]] + [line for line in parts[1:]
+                             if line.partition(b":")[0].lower().decode("latin-1") not in names]
+        request_head = b"\r\n".join(kept) + b"\r\n\r\n"
+    if not lines:
+        return request_head
+    return request_head[:-2] + lines + b"\r\n"
+
+
+def claim_lines(headers: tuple[tuple[str, str], ...]) -> bytes:
+    """The header lines of ``claims_to_headers`` values (wire strings: written byte for byte)."""
+    return b"".join(name.encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n" for name, value in headers)
 
 
 def tunnels(head: RequestHead) -> bool:
@@ -152,5 +173,5 @@ def switching_head(raw: bytes) -> bytes:
     return head + b"Connection: Upgrade\r\nUpgrade: " + chosen + b"\r\n\r\n"
 
 
-__all__ = ["HOP_BY_HOP", "gateway_lines", "host_header", "request_lines", "rewrite_response_head", "switching_head",
-           "tunnels"]
+__all__ = ["HOP_BY_HOP", "claim_lines", "gateway_lines", "host_header", "request_lines", "rewrite_response_head",
+           "switching_head", "tunnels", "with_claim_headers"]

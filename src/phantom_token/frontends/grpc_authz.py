@@ -10,7 +10,9 @@ answer are the HTTP decision service's (``frontends.decisions``), in protobuf:
   values with commas, so two ``Authorization`` headers arrive as one value that is no ``b64token``: 401
   ``invalid_token`` and no introspection (where the HTTP front doors, which see both, answer 400).
 - Allowed: status OK and an ``OkHttpResponse`` that sets ``authorization: Bearer <jwt>`` (overwriting the
-  client's, never appending) and removes ``dpop`` (a proof bound to the opaque token means nothing upstream);
+  client's, never appending), sets the route's ``claims_to_headers`` values the same way and removes the client's
+  copies of those that have no value (also for a preflight the route lets through), and removes ``dpop`` (a
+  proof bound to the opaque token means nothing upstream);
   ``dynamic_metadata`` holds ``route`` (the route's name) and ``token_fingerprint`` (``core.bearer.fingerprint``)
   for Envoy's access log (``%DYNAMIC_METADATA(envoy.filters.http.ext_authz:token_fingerprint)%``). A route
   without the plugin (or a preflight): OK, nothing changed.
@@ -53,6 +55,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from phantom_token.config.material import ServerPems
 from phantom_token.config.settings import Settings
 from phantom_token.core.bearer import BearerToken, extract, fingerprint
+from phantom_token.core.claim_headers import header_names, python_value
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
 from phantom_token.frontends import Authorizer, Observe, authorize
@@ -145,7 +148,10 @@ def check_response(verdict: Verdict, request: RequestInfo | None = None) -> Chec
     the headers to remove."""
     if isinstance(verdict, Allow):
         authorization = verdict.authorization
+        shaped = verdict.headers is not None  # the route sets claims_to_headers
         if authorization is None:
+            if shaped:  # a preflight on a route with claims_to_headers: still no client copy of those reaches it
+                return _claims_only(verdict, request)
             return external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK),
                                                    ok_response=external_auth_pb2.OkHttpResponse())
         if not _sendable(authorization):  # a JWT with CR or LF: the authorization server's fault
@@ -154,6 +160,8 @@ def check_response(verdict: Verdict, request: RequestInfo | None = None) -> Chec
         ok = external_auth_pb2.OkHttpResponse(
             headers=[_header("authorization", authorization)],
             headers_to_remove=[name for name in REMOVED_WHEN_ALLOWED if name in headers])
+        if shaped:
+            _add_claim_headers(ok, verdict, headers)
         metadata = struct_pb2.Struct()
         metadata.update(_metadata(verdict, headers))
         return external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK), ok_response=ok,
@@ -165,6 +173,24 @@ def check_response(verdict: Verdict, request: RequestInfo | None = None) -> Chec
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(code=GRPC_CODES.get(status, code_pb2.UNKNOWN), message=verdict.code),
         denied_response=denied)
+
+
+def _add_claim_headers(ok: Any, allow: Allow, headers: dict[str, list[str]]) -> None:
+    """``claims_to_headers``: the values (overwriting the client's copies), and every client copy of a configured
+    name that has no value for this token removed."""
+    sent = set()
+    for name, value in allow.headers or ():
+        ok.headers.append(_header(name.lower(), python_value(value)))
+        sent.add(name.lower())
+    plugin = allow.route.plugin
+    configured = header_names(plugin.claims_to_headers) if plugin is not None else frozenset()
+    ok.headers_to_remove.extend(sorted(name for name in configured - sent if name in headers))
+
+
+def _claims_only(allow: Allow, request: RequestInfo | None) -> CheckResponse:
+    ok = external_auth_pb2.OkHttpResponse()
+    _add_claim_headers(ok, allow, request.headers if request is not None else {})
+    return external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK), ok_response=ok)
 
 
 def _metadata(allow: Allow, headers: dict[str, list[str]]) -> dict[str, str]:

@@ -12,6 +12,8 @@ Invariants:
   is a GET with the same headers); a denied WebSocket gets the section 8 response through the
   ``websocket.http.response`` extension when the server offers it, else a close before accept (code 1008, which
   servers answer with HTTP 403). Other scopes pass through.
+- The route's ``claims_to_headers`` (allowed or preflight): the app sees those headers only with the engine's
+  values, every client copy removed.
 - Allowed: the app sees exactly one ``Authorization: Bearer <jwt>`` (the opaque token is gone) and the JWT's claims
   in ``scope["state"]["phantom_token_claims"]`` (Starlette: ``request.state.phantom_token_claims``). These are the
   claims the authorization server returned, NOT signature-verified here (the introspection channel is
@@ -37,6 +39,7 @@ from urllib.parse import quote, unquote
 
 from phantom_token.config.material import Material
 from phantom_token.config.settings import Settings
+from phantom_token.core.claim_headers import header_names
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.verdict import Allow, Deny, Verdict
 from phantom_token.frontends import authorize
@@ -216,10 +219,17 @@ def allowed_scope(scope: Scope, allow: Allow, path: str | None = None) -> Scope:
     if path is not None and path != received:
         new_scope["raw_path"] = path.encode("latin-1")
         new_scope["path"] = unquote(path, encoding="latin-1")
+    plugin = allow.route.plugin
+    if allow.headers is not None and plugin is not None:  # claims_to_headers: no client copy reaches the app
+        shaped = header_names(plugin.claims_to_headers)
+        new_scope["headers"] = [(name, value) for name, value in scope.get("headers", ())
+                                if name.decode("latin-1").lower() not in shaped]
+        new_scope["headers"] += [(name.lower().encode("latin-1"), value.encode("latin-1"))
+                                 for name, value in allow.headers]
     if allow.authorization is None:
         state[CLAIMS_KEY] = None
         return new_scope
-    new_scope["headers"] = [(name, value) for name, value in scope.get("headers", ())
+    new_scope["headers"] = [(name, value) for name, value in new_scope.get("headers", ())
                             if name.lower() != b"authorization"]
     new_scope["headers"].append((b"authorization", allow.authorization.encode("latin-1")))
     state[CLAIMS_KEY] = _claims(allow)

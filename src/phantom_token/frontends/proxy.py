@@ -9,8 +9,9 @@ Invariants:
 - Nothing is written upstream before the engine allowed the request. On a denial the request body is read and
   discarded, or the connection is closed when the rest is large or the client still waits for 100-continue.
 - What goes upstream and back is built by the pure functions of ``frontends.forwarding`` (hop-by-hop headers, the
-  gateway's own framing, Authorization, Host, X-Forwarded-*), each remembered per connection (``_Memo``) or per
-  listener (``_Shared``) when it repeats; the memos hold no query string and never another connection's token.
+  gateway's own framing, Authorization, Host, X-Forwarded-*; then the route's ``claims_to_headers``), each remembered
+  per connection (``_Memo``) or per listener (``_Shared``) when it repeats; the memos hold no query string and never
+  another connection's token.
 - The path sent upstream is the normalised one the route matched (``phantom_token.http.uri``), after Kong's
   ``strip_path``; the query string goes as received.
 - Bodies stream both ways and at most one socket read is held per side: the client is not read while the upstream's
@@ -35,7 +36,8 @@ import time
 from collections.abc import Callable
 from typing import Final
 
-from phantom_token.config.settings import Route, Settings, Upstream
+from phantom_token.config.settings import PluginConfig, Route, Settings, Upstream
+from phantom_token.core.claim_headers import header_names
 from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.routes import upstream_path
 from phantom_token.core.verdict import Allow, Deny, Verdict, bad_gateway, gateway_timeout, server_error
@@ -43,12 +45,14 @@ from phantom_token.frontends import Authorizer, Observe, authorize_timed, listen
 from phantom_token.frontends import access_log as access
 from phantom_token.frontends.forwarding import (
     HOP_BY_HOP,
+    claim_lines,
     gateway_lines,
     host_header,
     request_lines,
     rewrite_response_head,
     switching_head,
     tunnels,
+    with_claim_headers,
     with_request_id,
 )
 from phantom_token.http.client import (
@@ -149,8 +153,8 @@ class _Memo:
     (its last path, the response head it last got, the gateway lines built for its own token's JWT), for the
     connection's life."""
 
-    __slots__ = ("lines", "lines_auth", "lines_host", "lines_route", "path", "path_route", "raw_head",
-                 "rewritten_head", "target", "tokens")
+    __slots__ = ("claims_lines", "claims_names", "claims_plugin", "claims_source", "lines", "lines_auth",
+                 "lines_host", "lines_route", "path", "path_route", "raw_head", "rewritten_head", "target", "tokens")
 
     def __init__(self) -> None:
         self.tokens = TokenMemo()  # the engine's: the token this connection last sent and its cache key
@@ -167,6 +171,11 @@ class _Memo:
         self.lines_auth: str | None = None  # compared by identity: the cache entry's own string
         self.lines_route: Route | None = None  # its upstream (origin) and preserve_host decide the Host line
         self.lines_host = ""
+        # claims_to_headers: the lines of the last values sent (by the cache entry's tuple) and the route's names.
+        self.claims_source: tuple[tuple[str, str], ...] | None = None
+        self.claims_lines = b""
+        self.claims_plugin: PluginConfig | None = None
+        self.claims_names: frozenset[str] = frozenset()
 
 
 class ProxyHandler(RequestHandler, ResponseSink):
@@ -276,6 +285,9 @@ class ProxyHandler(RequestHandler, ResponseSink):
         if origin is None or origin.upstream is not upstream:
             origin = self._shared.origin(upstream)
         request_head = self._request_head(head, verdict, origin)
+        claims = verdict.headers
+        if claims is not None:  # the route sets claims_to_headers
+            request_head = self._with_claims(request_head, head, route, claims)
         if self._access:
             request_head = with_request_id(request_head, self._request_id.encode("ascii"), self._own_request_id)
         conn = self._shared.pool.take(origin.idle)
@@ -361,6 +373,19 @@ class ProxyHandler(RequestHandler, ResponseSink):
                 memo.lines, memo.lines_auth, memo.lines_route, memo.lines_host = lines, authorization, route, raw_host
             parts.append(lines)
         return b"".join(parts)
+
+    def _with_claims(self, request_head: bytes, head: RequestHead, route: Route,
+                     claims: tuple[tuple[str, str], ...]) -> bytes:
+        """``request_head`` with the route's claims headers (``forwarding.with_claim_headers``); their lines and the
+        route's names are remembered per connection (the lines by the cache entry's own tuple)."""
+        memo = self._memo
+        if claims is not memo.claims_source:
+            memo.claims_source, memo.claims_lines = claims, claim_lines(claims)
+        plugin = route.plugin
+        if plugin is not memo.claims_plugin:
+            memo.claims_plugin = plugin
+            memo.claims_names = header_names(plugin.claims_to_headers) if plugin is not None else frozenset()
+        return with_claim_headers(request_head, head.lnames, memo.claims_names, memo.claims_lines)
 
     def _deny(self, head: RequestHead, deny: Deny) -> None:
         self._status = deny.status

@@ -41,7 +41,7 @@ from phantom_token.config.settings import PluginConfig
 from phantom_token.core.errors import IntrospectionUnavailable
 from phantom_token.core.ports import IntrospectionResult
 from phantom_token.http.client import ClientError, ClientResponse, MiB
-from phantom_token.introspection.client_auth import client_authentication
+from phantom_token.introspection.client_auth import ClientAuthentication, client_authentication
 from phantom_token.introspection.discovery import MetadataError, ServerMetadata, metadata_urls, read_metadata
 from phantom_token.introspection.jwks import JwksCache, JwkSet
 from phantom_token.introspection.rfc7662 import (
@@ -65,7 +65,9 @@ def needs_discovery(plugin: PluginConfig) -> bool:
     """True when an endpoint this plugin needs is to come from the issuer's metadata."""
     if plugin.issuer is None:
         return False
-    return not plugin.introspection_endpoint or (plugin.introspection_response == "signed" and not plugin.jwks_uri)
+    exchange = plugin.token_exchange
+    return (not plugin.introspection_endpoint or (plugin.introspection_response == "signed" and not plugin.jwks_uri)
+            or (exchange is not None and exchange.token_endpoint is None))
 
 
 @dataclass(slots=True)
@@ -202,7 +204,32 @@ class HttpIntrospector:
             raise MetadataError(f"the metadata of issuer {issuer} has no introspection_endpoint")
         if plugin.introspection_response == "signed" and not plugin.jwks_uri and metadata.jwks_uri is None:
             raise MetadataError(f"the metadata of issuer {issuer} has no jwks_uri")
+        exchange = plugin.token_exchange
+        if exchange is not None and exchange.token_endpoint is None and metadata.token_endpoint is None:
+            raise MetadataError(f"the metadata of issuer {issuer} has no token_endpoint (token_exchange)")
         self._discovered[issuer] = _Discovered(metadata, self._clock())
+
+    # --- for the token exchanger (introspection.exchange), which shares this adapter's material and transport --
+
+    async def token_endpoint(self, plugin: PluginConfig) -> str:
+        """``token_exchange.token_endpoint``, else the issuer's (discovered) ``token_endpoint``."""
+        exchange = plugin.token_exchange
+        if exchange is not None and exchange.token_endpoint is not None:
+            return exchange.token_endpoint
+        endpoint = (await self._metadata(plugin)).token_endpoint
+        if endpoint is None:
+            raise IntrospectionUnavailable("the issuer's metadata has no token_endpoint")
+        return endpoint
+
+    def client_authentication(self, plugin: PluginConfig, endpoint: str) -> ClientAuthentication:
+        """The plugin's client authentication for a call to ``endpoint``."""
+        return client_authentication(plugin, endpoint=endpoint, key=self._assertion_key(plugin), now=self._clock(),
+                                     jti=secrets.token_urlsafe(18))
+
+    async def post(self, url: str, headers: list[tuple[str, str]], body: bytes, plugin: PluginConfig
+                   ) -> ClientResponse:
+        """A POST to the authorization server with the plugin's TLS settings and timeout."""
+        return await self._request("POST", url, headers, body, plugin)
 
     # --- authentication material and transport ------------------------------------------------------------
 
