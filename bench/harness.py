@@ -197,12 +197,18 @@ _BENCH_LINE = re.compile(r"^BENCH (.*)$", re.MULTILINE)
 
 
 def wrk(url: str, seconds: float, *, connections: int = 50, token: str | None = None,
-        token_file: Path | None = None, token_count: int | None = None) -> WrkResult:
-    """One ``wrk -t1`` run; either one fixed token (``-H``) or a round robin over ``token_file``."""
+        token_file: Path | None = None, token_count: int | None = None,
+        dpop: tuple[Path, str] | None = None) -> WrkResult:
+    """One ``wrk -t1`` run; one fixed token (``-H``), a round robin over ``token_file``, or (``dpop``: a proof
+    file and a token) one DPoP token with the next proof of the file on each request."""
     argv = [WRK, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency", "--timeout", "5s"]
-    if token is not None:
+    if dpop is not None:
+        argv += ["-s", str(WRK_DIR / "dpop.lua"), url, "--", str(dpop[0]), dpop[1]]
+    elif token is not None:
         argv += ["-H", f"Authorization: Bearer {token}"]
-    if token_file is not None:
+    if dpop is not None:
+        pass
+    elif token_file is not None:
         argv += ["-s", str(WRK_DIR / "tokens.lua"), url, "--", str(token_file)]
         if token_count is not None:
             argv.append(str(token_count))

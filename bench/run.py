@@ -88,6 +88,7 @@ class Plan:
     memory_entries: int
     repeat: int = 1  # rounds over the main rows; each row's best run is kept (the least disturbed by other load)
     envoy_only: bool = False  # only the Envoy table (and what it needs)
+    dpop_only: bool = False  # only nginx proxy_pass, serve at cache hit with Bearer, and with DPoP
 
     @property
     def miss_tokens(self) -> int:
@@ -453,6 +454,72 @@ def main_rows(plan: Plan, ports: Ports, kids: dict[str, Child], token: str, miss
 
 
 ACCESS_LOG_ROW = "serve, cache hit, access log on"
+DPOP_ROW = "serve, cache hit, DPoP (fresh proofs)"
+
+
+class DPoPLoad:
+    """A DPoP-bound token registered at the demo AS (its JWT carries ``cnf.jkt``) and fresh proofs for it: each wrk
+    run gets its own file of never-used proofs, signed here before the run (ES256; not part of the measurement)."""
+
+    def __init__(self, auth: int, work: Path) -> None:
+        from phantom_token.jose import SigningKey
+
+        self.key = SigningKey.generate("ES256")
+        self.token = "bench-dpop-" + secrets.token_urlsafe(24)
+        self.work = work
+        self.files = 0
+        controls(auth, register={"token": self.token, "scope": "read write", "expires_in": 86400,
+                                 "jkt": self.key.kid})  # kid: the key's RFC 7638 thumbprint
+
+    def proofs(self, url: str, count: int) -> Path:
+        import hashlib
+
+        jwk = {k: v for k, v in self.key.public_jwk().items() if k not in ("kid", "alg", "use")}
+        header = {"typ": "dpop+jwt", "jwk": jwk}
+        ath = base64.urlsafe_b64encode(hashlib.sha256(self.token.encode()).digest()).rstrip(b"=").decode()
+        now, run = int(time.time()), secrets.token_hex(4)
+        self.files += 1
+        path = self.work / f"dpop-proofs-{self.files}.txt"
+        with path.open("w") as out:
+            for i in range(count):
+                claims = {"jti": f"{run}-{i}", "htm": "GET", "htu": url, "iat": now, "ath": ath}
+                out.write(self.key.sign(claims, header, with_kid=False) + "\n")
+        return path
+
+
+def dpop_row(plan: Plan, ports: Ports, kids: dict[str, Child], load: DPoPLoad, bearer_rps: float) -> Row:
+    """``serve`` at cache hit with a DPoP token and a fresh proof per request (enough proofs for the Bearer row's
+    rate: DPoP is slower), beside the Bearer row."""
+    url = f"http://127.0.0.1:{ports.serve}/api/bench"
+    per_second = max(bearer_rps, 500.0) * 1.3
+    warm = load.proofs(url, int(per_second * (plan.warm_seconds + 1)))
+    wrk(url, plan.warm_seconds, connections=plan.connections, dpop=(warm, load.token))
+    measured = load.proofs(url, int(per_second * (plan.seconds + 1)))
+    serve = kids["serve"]
+    cpu = serve.cpu_seconds()
+    result = wrk(url, plan.seconds, connections=plan.connections, dpop=(measured, load.token))
+    cpu = serve.cpu_seconds() - cpu
+    for child in kids.values():
+        child.check()
+    note = f"{result.bad_status} non-2xx" if result.bad_status else ""
+    print(f"  {DPOP_ROW}: {result.rps:.0f} req/s", file=sys.stderr, flush=True)
+    return Row(DPOP_ROW, result, cpu / result.requests * 1e6 if result.requests else 0.0, note)
+
+
+def dpop_rows(plan: Plan, ports: Ports, kids: dict[str, Child], token: str, load: DPoPLoad) -> list[Row]:
+    """``--dpop-only``: the limit, the Bearer row and the DPoP row, best of ``repeat`` rounds each."""
+    everyone = list(kids.values())
+    best: dict[str, Row] = {}
+    for _ in range(plan.repeat):
+        for name, port, key in (("nginx proxy_pass (the limit)", ports.nginx, "nginx"),
+                                ("serve, cache hit", ports.serve, "serve")):
+            row = measure(name, f"http://127.0.0.1:{port}/api/bench", plan, everyone, [kids[key]], token=token)
+            if name not in best or row.result.rps > best[name].result.rps:
+                best[name] = row
+        row = dpop_row(plan, ports, kids, load, best["serve, cache hit"].result.rps)
+        if DPOP_ROW not in best or row.result.rps > best[DPOP_ROW].result.rps:
+            best[DPOP_ROW] = row
+    return list(best.values())
 
 ENVOY_ROWS = (
     ("envoy direct (reference)", "envoy", ["envoy"]),
@@ -583,6 +650,14 @@ def run(plan: Plan, keep: Path | None = None) -> int:
             print_envoy_table(envoy_rows(plan, ports, kids, token), plan)
             print(f"\ntotal {time.monotonic() - started:.0f}s")
             return 0
+        if plan.dpop_only:
+            token = asyncio.run(_issue(ports.auth, 1))[0]
+            rows = dpop_rows(plan, ports, kids, token, DPoPLoad(ports.auth, tmp))
+            print_table(rows, rows[0])
+            bearer, dpop = rows[1].result.rps, rows[2].result.rps
+            print(f"\nDPoP / Bearer at cache hit: {dpop / bearer if bearer else 0.0:.2f}")
+            print(f"\ntotal {time.monotonic() - started:.0f}s")
+            return 0
         need = 1 + plan.miss_tokens + max(plan.scale)
         print(f"issuing {need} tokens from the demo authorization server ...", flush=True)
         tokens = asyncio.run(_issue(ports.auth, need))
@@ -596,6 +671,7 @@ def run(plan: Plan, keep: Path | None = None) -> int:
         round_ratios: dict[str, list[float]] = {}
         jwt_issued = real_jwt(ports.auth_jwt, asyncio.run(_issue(ports.auth_jwt, 1))[0])  # signed by auth_jwt
         rows = main_rows(plan, ports, kids, token, tmp / "miss.txt", round_ratios, jwt_issued)
+        rows.insert(4, dpop_row(plan, ports, kids, DPoPLoad(ports.auth, tmp), rows[2].result.rps))
         limit = rows[1].result.rps
         print_table(rows, rows[1])
         hit = rows[2].result
@@ -622,14 +698,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, help="rounds over the rows; each row's best run is kept (default 3)")
     parser.add_argument("--envoy-only", action="store_true",
                         help="only Envoy direct and Envoy + authz over HTTP and gRPC ext_authz")
+    parser.add_argument("--dpop-only", action="store_true",
+                        help="only nginx proxy_pass, serve at cache hit with Bearer and with DPoP (a fresh proof each)")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep its configs and logs")
     args = parser.parse_args(argv)
     if args.quick:
         plan = Plan(args.seconds or 2, 1, args.connections, (1, 100, 10_000), 2_000, args.repeat or 1,
-                    args.envoy_only)
+                    args.envoy_only, args.dpop_only)
     else:
         plan = Plan(args.seconds or 10, 3, args.connections, (1, 100, 10_000, 100_000), 20_000, args.repeat or 3,
-                    args.envoy_only)
+                    args.envoy_only, args.dpop_only)
     try:
         return run(plan, args.keep)
     except KeyboardInterrupt:

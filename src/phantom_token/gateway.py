@@ -12,15 +12,23 @@ Invariants:
   discovery failing raises, so a process refuses to start); ``close()`` once after the last request (the HTTP
   client, then the cache). Open order: cache, introspection; close order: HTTP client, cache.
 - One of each per gateway: one HTTP client, one cache (with its coordinator), one introspector, at most one minter
-  (only when a route mints JWTs or a key is configured), one router, one engine, one ``Metrics``.
+  (only when a route mints JWTs or a key is configured), one DPoP replay guard (on the cache's Redis when it has
+  one), one router, one engine, one ``Metrics``.
 """
 
 from __future__ import annotations
 
+import logging
+import secrets
+
+from phantom_token.cache.replay import RedisReplayGuard
 from phantom_token.cache.stack import build_cache
 from phantom_token.config.material import Material, load_material
 from phantom_token.config.settings import Settings, introspection_servers
+from phantom_token.core.dpop import NonceKeeper
 from phantom_token.core.engine import Engine
+from phantom_token.core.ports import ProofReplayGuard
+from phantom_token.core.replay import MemoryReplayGuard
 from phantom_token.core.routes import Router
 from phantom_token.http.client import HttpClient
 from phantom_token.introspection.client import HttpIntrospector
@@ -28,6 +36,8 @@ from phantom_token.introspection.exchange import HttpTokenExchanger
 from phantom_token.introspection.issuer_keys import HttpIssuerKeys
 from phantom_token.metrics import Metrics
 from phantom_token.minting import build_minter
+
+log = logging.getLogger("phantom_token")
 
 
 class Gateway:
@@ -43,10 +53,22 @@ class Gateway:
         self.introspector = HttpIntrospector(self.client, material=self.material)
         self.minter = build_minter(settings, self.material)  # None unless a route mints JWTs or a key is configured
         self.router = Router(settings.routes)
+        # DPoP proofs already used: on the cache's Redis when there is one (every replica refuses a replay)
+        link = self.caches.link
+        self.replay_guard: ProofReplayGuard = RedisReplayGuard(link) if link is not None else MemoryReplayGuard()
+        nonces = None
+        if any(route.plugin is not None and route.plugin.dpop_nonce for route in settings.routes):
+            secret = settings.dpop_nonce_secret
+            if secret is None:  # one process (the configuration requires the secret for several)
+                log.warning("phantom_token.dpop_nonce_secret is not set: DPoP nonces are keyed by a secret generated "
+                            "now, which no other process shares")
+                secret = secrets.token_urlsafe(32)
+            nonces = NonceKeeper(secret)
         self.engine = Engine(self.router, self.cache, self.introspector, metrics=self.metrics,
                              coordinator=self.caches.coordinator, minter=self.minter,
                              issuer_keys=HttpIssuerKeys(self.introspector.fetch),
-                             exchanger=HttpTokenExchanger(self.introspector))
+                             exchanger=HttpTokenExchanger(self.introspector),
+                             replay_guard=self.replay_guard, nonces=nonces)
 
     async def open(self) -> None:
         """Open what the engine needs before the first request (the cache's shared store, introspection

@@ -369,3 +369,20 @@ def verify(token: str, keys: KeySource, *, algorithms: Collection[str]) -> tuple
     if any(model.verify(signing_input, signature, k.key) for k in candidates):
         return header, claims
     raise BadSignature("signature verification failed")
+
+
+def verify_with_key(token: str, key: Key, *, algorithms: Collection[str]) -> tuple[JsonObject, JsonObject]:
+    """(header, claims) of a compact JWS whose signature verifies with ``key``: a key the caller already chose for
+    this token (a DPoP proof's own ``jwk``), so no ``kid`` is looked at. The algorithm rules are ``verify``'s: within
+    ``SUPPORTED_ALGORITHMS`` and ``algorithms``, fitting the key, no ``crit``."""
+    header, claims, signing_input, signature = _split(token)
+    alg = header["alg"]
+    if alg not in _ALGORITHMS or alg not in algorithms:
+        raise AlgorithmNotAllowed(f"algorithm {alg!r} is not allowed")
+    if "crit" in header:
+        raise MalformedToken("critical header extensions are not supported")
+    if not _fits(alg, key):
+        raise UnknownKey(f"the key does not fit alg={alg}")
+    if not _MODELS[alg].verify(signing_input, signature, key):
+        raise BadSignature("signature verification failed")
+    return header, claims

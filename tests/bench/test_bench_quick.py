@@ -21,6 +21,7 @@ ROWS = (
     "serve, cache hit",
     "serve, cache hit, access log on",
     "serve, cache hit, claims_to_headers (3)",
+    "serve, cache hit, DPoP (fresh proofs)",
     "serve, cache miss (20 ms AS)",
     "nginx + authz (auth_request)",
     "nginx + authz + decision cache",

@@ -136,7 +136,10 @@ def test_upstream_receives_the_jwt_and_the_access_log_only_the_fingerprint(envoy
 
 def test_no_token_is_401_with_the_challenge_and_a_bad_one_invalid_token(envoy: GatewayProcess,
                                                                         auth_server: AuthServer) -> None:
-    assert_denied(get(envoy, "/api/x"), 401, UNAUTHORIZED_BODY, "Bearer")
+    missing = get(envoy, "/api/x")
+    assert (missing.status, missing.json()) == (401, UNAUTHORIZED_BODY)
+    assert missing.header_values("WWW-Authenticate") == [  # Bearer, and DPoP (dpop: allowed; RFC 9449 7.1)
+        "Bearer", 'DPoP algs="ES256 ES384 ES512 PS256 RS256 EdDSA"']
     assert_denied(get(envoy, "/api/x", "not-an-issued-token"), 401, UNAUTHORIZED_BODY, 'Bearer error="invalid_token"')
     assert get(envoy, "/api/x").header("Cache-Control") == "no-store"
 

@@ -74,6 +74,7 @@ def test_a_websocket_without_a_token_gets_401(gateway: GatewayFactory, ws_config
         connect(f"ws://127.0.0.1:{gw.port}/api/chat", open_timeout=10)
     response = caught.value.response
     assert response.status_code == 401
-    assert response.headers.get("WWW-Authenticate") == "Bearer"
+    assert response.headers.get_all("WWW-Authenticate") == [  # Bearer, and DPoP (dpop: allowed)
+        "Bearer", 'DPoP algs="ES256 ES384 ES512 PS256 RS256 EdDSA"']
     assert json.loads(response.body or b"")["code"] == "unauthorized"
     assert ws_echo.authorizations == []

@@ -79,7 +79,8 @@ async def test_failures_are_the_section_8_responses_and_the_app_is_not_called(st
         head = await client.head("/api/me")
         twice = await client.get("/api/me", headers=[("Authorization", "Bearer a"), ("Authorization", "Bearer b")])
     assert (missing.status_code, missing.json()) == (401, UNAUTHORIZED)
-    assert missing.headers["www-authenticate"] == 'Bearer realm="api"'
+    assert missing.headers.get_list("www-authenticate") == [  # both schemes are accepted (dpop: allowed)
+        'Bearer realm="api"', 'DPoP realm="api", algs="ES256 ES384 ES512 PS256 RS256 EdDSA"']
     assert missing.headers["content-type"] == "application/json"
     assert (bad.status_code, bad.headers["www-authenticate"]) == (401, 'Bearer realm="api", error="invalid_token"')
     assert scope.status_code == 403

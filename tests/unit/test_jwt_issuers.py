@@ -235,3 +235,24 @@ def test_jwt_issuer_problems(item: dict[str, Any], field: str, why: str) -> None
     [problem] = caught.value.problems
     assert problem.field == "config.jwt_issuers[0]." + field
     assert problem.why.startswith(why)
+
+
+async def test_a_dpop_bound_jwt_access_token_needs_its_proof() -> None:
+    from phantom_token.core.dpop import request_origin
+    from tests.dpop_proofs import ProofKey
+
+    engine, introspector, clock = build(FakeKeys(KEY))
+    holder = ProofKey()
+    value = token(clock, cnf={"jkt": holder.jkt})
+    url = "http://localhost/api/x"
+    denied = await decide(engine, value)  # as Bearer: no downgrade
+    assert isinstance(denied, Deny)
+    assert denied.challenge is not None
+    assert denied.challenge.startswith('DPoP error="invalid_token"')
+    proof = holder.proof("GET", url, value, iat=clock.now)
+    request = RequestInfo("GET", "localhost", "/api/x", {"authorization": ["DPoP " + value], "dpop": [proof]},
+                          origin=request_origin(public_base_url=None, scheme="http", host="localhost"))
+    verdict = engine.try_authorize(request)
+    assert isinstance(verdict, Allow)
+    assert verdict.authorization == "Bearer " + value
+    assert introspector.calls == []

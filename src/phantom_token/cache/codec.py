@@ -1,9 +1,12 @@
 """How a cache entry is written to a shared store, optionally encrypted at rest (a JWT is a credential).
 
 Format: one version byte, then either ``0x00`` + JSON (plain) or ``0x01`` + 12-byte nonce + AES-256-GCM
-ciphertext and tag (encrypted). JSON is ``[expires_at, [scopes...], authorization]`` for an active entry (with a
-fourth member, ``[[name, value], ...]``, when its plugin sets ``claims_to_headers``) and ``[expires_at]`` for a
-negative one. The three-member form is still read (entries written before the fourth member existed).
+ciphertext and tag (encrypted). JSON is ``[expires_at, [scopes...], authorization, headers, {binding}]`` for an
+active entry and ``[expires_at]`` for a negative one. ``headers`` is ``[[name, value], ...]`` when the plugin sets
+``claims_to_headers``, else null; ``{binding}`` holds the token's sender constraint (``"jkt"``: the DPoP key
+thumbprint, RFC 9449), ``{}`` when it has none. An active entry in the older three- or four-member forms (written
+before the binding was kept) is a miss: it cannot say whether the token is bound, and trusting it as unbound would
+let a bound token pass as a bearer token; a process of an older version reads the five-member form as a miss too.
 
 Invariants: the AES key is derived with HKDF-SHA256 from the configured secret (never used raw); every value
 gets a fresh random nonce; the store key is the associated data, so a value copied under another key does not
@@ -48,9 +51,11 @@ class EntryCodec:
     def encode(self, entry: Cached, store_key: bytes) -> bytes:
         document: list[object] = [entry.expires_at]
         if isinstance(entry, CacheEntry):
-            document += [sorted(entry.scopes), entry.authorization]
-            if entry.headers is not None:
-                document.append([[name, value] for name, value in entry.headers])
+            binding: dict[str, str] = {}
+            if entry.jkt is not None:
+                binding["jkt"] = entry.jkt
+            headers = [[name, value] for name, value in entry.headers] if entry.headers is not None else None
+            document += [sorted(entry.scopes), entry.authorization, headers, binding]
         plain = json.dumps(document, separators=(",", ":")).encode()
         if self._aead is None:
             return _PLAIN + plain
@@ -85,19 +90,20 @@ def _entry(document: object) -> Cached | None:
     expires_at = float(document[0])
     if len(document) == 1:
         return NegativeEntry(expires_at)
-    if len(document) not in (3, 4):
+    if len(document) != 5:  # three or four: written without the binding, which may have been there (see above)
         return None
-    scopes, authorization = document[1], document[2]
-    if not isinstance(authorization, str) or not isinstance(scopes, list):
+    scopes, authorization, binding = document[1], document[2], document[4]
+    if not isinstance(authorization, str) or not isinstance(scopes, list) or not isinstance(binding, dict):
         return None
     if not all(isinstance(scope, str) for scope in scopes):
         return None
-    if len(document) == 3:
-        return CacheEntry(authorization, frozenset(scopes), expires_at)
-    headers = _headers(document[3])
-    if headers is None:
+    headers = _headers(document[3]) if document[3] is not None else None
+    if document[3] is not None and headers is None:
         return None
-    return CacheEntry(authorization, frozenset(scopes), expires_at, headers)
+    jkt = binding.get("jkt")
+    if jkt is not None and not isinstance(jkt, str):
+        return None
+    return CacheEntry(authorization, frozenset(scopes), expires_at, headers, jkt)
 
 
 def _headers(raw: object) -> tuple[tuple[str, str], ...] | None:

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from phantom_token.config.fields import Block, Context
 from phantom_token.config.material import KeyFile, Need, TlsFiles
 from phantom_token.config.options import Option, OptionTable
-from phantom_token.config.settings import CLIENT_AUTH_METHODS, RESPONSE_MODES, PluginConfig
+from phantom_token.config.settings import CLIENT_AUTH_METHODS, DPOP_MODES, RESPONSE_MODES, PluginConfig
 from phantom_token.config.shaping import TOKEN_EXCHANGE_OPTIONS, shaping_options
 
 __all__ = ["PLUGIN_OPTIONS", "parse_plugin_config"]
@@ -99,6 +99,20 @@ PLUGIN_OPTIONS = OptionTable(
                "request headers made from the token's claims (`X-User-Id: sub`, `X-Tenant: org.id`); client copies "
                "are always removed ([shaping](shaping.md))", shown_type="mapping: header name → claim path"),
         Option("token_exchange", "section", "", table=TOKEN_EXCHANGE_OPTIONS),
+        Option("dpop", "text",
+               "DPoP (RFC 9449, [sender-constrained tokens](sender-constrained.md)): `allowed` takes unbound tokens as "
+               "`Bearer` and DPoP-bound ones (`cnf.jkt`) as `DPoP` with a valid proof; `required` takes only "
+               "DPoP-bound tokens with valid proofs", choices=DPOP_MODES),
+        Option("dpop_signing_alg_values", "custom", "the algorithms a DPoP proof may be signed with",
+               shown_type="string (space-separated) or list of ES256…ES512, RS256…PS512, EdDSA",
+               shown_default="`ES256 ES384 ES512 PS256 RS256 EdDSA`"),
+        Option("dpop_proof_lifetime_seconds", "integer",
+               "how old a DPoP proof (its `iat`) may be, plus `clock_skew_seconds`; its `jti` is remembered as long",
+               low=1, high=3600),
+        Option("dpop_nonce", "flag",
+               "require server nonces in DPoP proofs (401 `use_dpop_nonce` with a `DPoP-Nonce` header), keyed by "
+               "`phantom_token.dpop_nonce_secret`"),
+        Option("forward_dpop_proof", "flag", "`true`: the `DPoP` header goes upstream too (else it is removed)"),
     ),
 )  # fmt: skip
 _SECRET_METHODS = frozenset(method for method in CLIENT_AUTH_METHODS if method.startswith("client_secret_"))
@@ -148,6 +162,7 @@ def parse_block(block: Block) -> PluginConfig | None:
         token_prefix=opts.text(block, "token_prefix"),
         **_standards_options(block, method, verify_ssl),
         **shaping_options(block, block.present("issuer")),
+        **_dpop_options(block),
     )
     return config if len(ctx.problems) == before else None
 
@@ -205,6 +220,36 @@ def _standards_options(block: Block, method: str, verify_ssl: bool) -> dict[str,
         **_private_key(block, method),
         "client_assertion_audience": urls["client_assertion_audience"],
         **_tls_files(block, method, verify_ssl),
+    }
+
+
+def _dpop_options(block: Block) -> dict[str, Any]:
+    """The DPoP options (RFC 9449): mode, algorithms (within what ``phantom_token.jose`` verifies), proof lifetime,
+    nonces, and whether the proof goes upstream."""
+    from phantom_token.jose import SUPPORTED_ALGORITHMS
+
+    opts = PLUGIN_OPTIONS
+    mode = opts.word(block, "dpop")
+    if mode not in DPOP_MODES:
+        block.problem("dpop", "must be " + _or(DPOP_MODES))
+    algorithms: tuple[str, ...] = opts.default("dpop_signing_alg_values")  # type: ignore[assignment]
+    if "dpop_signing_alg_values" in block.data:
+        raw = block.data.get("dpop_signing_alg_values")
+        items = block.texts("dpop_signing_alg_values") if isinstance(raw, list) else [block.text(
+            "dpop_signing_alg_values") or ""]
+        words = tuple(dict.fromkeys(word for item in items or () for word in item.split()))
+        unknown = [word for word in words if word not in SUPPORTED_ALGORITHMS]
+        if unknown or not words:
+            block.problem("dpop_signing_alg_values", "must list algorithms among " + ", ".join(
+                sorted(SUPPORTED_ALGORITHMS)) + " (never none or HMAC)")
+        else:
+            algorithms = words
+    return {
+        "dpop": mode,
+        "dpop_signing_alg_values": algorithms,
+        "dpop_proof_lifetime_seconds": opts.integer(block, "dpop_proof_lifetime_seconds"),
+        "dpop_nonce": opts.flag(block, "dpop_nonce"),
+        "forward_dpop_proof": opts.flag(block, "forward_dpop_proof"),
     }
 
 

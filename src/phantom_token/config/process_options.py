@@ -131,6 +131,14 @@ SECTION_OPTIONS = OptionTable(
                "`authz`'s Envoy gRPC ext_authz listener (`--grpc-listen` overrides); next to the HTTP one",
                shown_type="`HOST:PORT`", shown_default="off"),
         Option("grpc_tls", "section", "", table=GRPC_TLS_OPTIONS),
+        Option("public_base_url", "text",
+               "`scheme://host[:port]` clients use to reach the gateway: the URL a DPoP proof's `htu` must name "
+               "([sender-constrained tokens](sender-constrained.md))", shown_type="http(s) URL without a path",
+               shown_default="the listener's scheme and `Host` (`X-Forwarded-Proto`/`-Host` from `trusted_proxies`)"),
+        Option("dpop_nonce_secret", "text",
+               "keys the stateless DPoP nonces (HMAC); every replica must have the same; use a vault reference",
+               non_empty=True, shown_type=f"string ≥ {MIN_ENCRYPTION_KEY_CHARS} characters",
+               shown_default="generated at start, with a warning (required with `workers` > 1 or `redis_url`)"),
     ),
     not_options=("routes", "source"),
 )  # fmt: skip
@@ -169,7 +177,44 @@ def parse_section(ctx: Context, raw: Mapping[Any, Any], routes: tuple[Route, ...
         jwt=_jwt(block, routes),
         grpc_listen=_listen(block, "grpc_listen"),
         grpc_tls=_grpc_tls(block),
+        public_base_url=_public_base_url(block),
+        dpop_nonce_secret=_dpop_nonce_secret(block, routes),
     )
+
+
+def _public_base_url(block: Block) -> str | None:
+    value = SECTION_OPTIONS.text(block, "public_base_url")
+    if value is None:
+        return None
+    try:
+        parts = urlsplit(value)
+        _ = parts.port
+    except ValueError:
+        block.problem("public_base_url", "is not a valid URL")
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username is not None:
+        block.problem("public_base_url", "must be an http:// or https:// URL with a host")
+        return None
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        block.problem("public_base_url", "must be scheme://host[:port] only (no path, query or fragment)")
+        return None
+    return value.rstrip("/")
+
+
+def _dpop_nonce_secret(block: Block, routes: tuple[Route, ...]) -> str | None:
+    """Required when a route asks for DPoP nonces and several processes answer (``workers`` > 1, or a shared
+    Redis: replicas); a single process without it generates one at start, with a warning."""
+    secret = SECTION_OPTIONS.text(block, "dpop_nonce_secret")
+    nonces = any(route.plugin is not None and route.plugin.dpop_nonce for route in routes)
+    cache = block.data.get("cache")
+    replicated = block.data.get("workers") not in (None, 1) or (isinstance(cache, dict) and "redis_url" in cache)
+    if secret is None and nonces and replicated:
+        block.problem("dpop_nonce_secret",
+                      "is required when a route sets dpop_nonce and several processes answer (workers or redis_url)")
+    if secret is not None and len(secret) < MIN_ENCRYPTION_KEY_CHARS:
+        block.problem("dpop_nonce_secret",
+                      f"must be at least {MIN_ENCRYPTION_KEY_CHARS} characters (e.g. from openssl rand -base64 32)")
+    return secret
 
 
 def _listen(block: Block, key: str, off: str | None = None) -> str | None:

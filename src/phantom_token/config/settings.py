@@ -22,6 +22,9 @@ CLIENT_AUTH_METHODS: tuple[str, ...] = (
     "private_key_jwt",
     "tls_client_auth",
 )
+# The plugin's `dpop` (RFC 9449): `allowed` (bearer tokens as Bearer, DPoP-bound ones as DPoP) or `required`.
+DPOP_MODES: tuple[str, ...] = ("allowed", "required")
+DPOP_ALGORITHMS: tuple[str, ...] = ("ES256", "ES384", "ES512", "PS256", "RS256", "EdDSA")
 # Who may tell `authz` the original request (X-Original-*/X-Forwarded-*) when the file does not say: loopback.
 # A `jwt_issuers` item's `algorithms` when it names none: asymmetric only (phantom_token.jose refuses none and HMAC).
 DEFAULT_JWT_ALGORITHMS: tuple[str, ...] = ("RS256", "PS256", "ES256", "EdDSA")
@@ -93,6 +96,12 @@ class PluginConfig:
     # token exchange. Both change what is cached for a token, so both join the cache namespace when set.
     claims_to_headers: tuple[tuple[str, str], ...] = ()
     token_exchange: TokenExchange | None = None
+    # DPoP (RFC 9449; core/dpop.py, docs/sender-constrained.md):
+    dpop: str = "allowed"  # one of DPOP_MODES
+    dpop_signing_alg_values: tuple[str, ...] = DPOP_ALGORITHMS
+    dpop_proof_lifetime_seconds: int = 300
+    dpop_nonce: bool = False  # require server nonces (phantom_token.dpop_nonce_secret keys them)
+    forward_dpop_proof: bool = False  # false: the DPoP header is removed before the request goes upstream
 
     @property
     def mints_jwt(self) -> bool:
@@ -239,3 +248,5 @@ class Settings:
     jwt: JwtSettings = JwtSettings()
     grpc_listen: str | None = None  # `authz`'s Envoy gRPC ext_authz listener; None: off
     grpc_tls: GrpcTlsSettings = GrpcTlsSettings()
+    public_base_url: str | None = None  # scheme://authority clients use (DPoP htu); None: the listener and Host
+    dpop_nonce_secret: str | None = field(default=None, repr=False)  # keys DPoP nonces; replicas share it

@@ -1,4 +1,5 @@
-"""Reading the bearer token from the Authorization header (RFC 6750 section 2.1, contract section 4).
+"""Reading the access token from the Authorization header: ``Bearer`` (RFC 6750 section 2.1, contract section 4)
+and ``DPoP`` (RFC 9449 section 7.1: the same ``token68`` syntax; the proof is checked by ``core.dpop``).
 
 Invariants: the returned token matches RFC 6750 ``b64token`` and is at most ``max_length`` bytes; nothing in
 this module logs, and a token only ever leaves it as itself or as its ``fingerprint``.
@@ -24,6 +25,7 @@ class Problem(Enum):
     MISSING = "missing"  # no Authorization header, or another scheme: answer with a bare challenge
     DUPLICATE = "duplicate"  # more than one Authorization header: 400 invalid_request
     INVALID = "invalid"  # Bearer with credentials that are not a b64token, or too long: 401 invalid_token
+    INVALID_DPOP = "invalid_dpop"  # the same with the DPoP scheme: 401 with a DPoP invalid_token challenge
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,8 +33,15 @@ class BearerToken:
     value: str
 
 
-def extract(values: Sequence[str] | None, max_length: int) -> BearerToken | Problem:
-    """The bearer token carried by the ``Authorization`` header values of one request."""
+@dataclass(frozen=True, slots=True)
+class DPoPToken:
+    """A token sent with the ``DPoP`` scheme: valid only with a proof of possession of the key it is bound to."""
+
+    value: str
+
+
+def extract(values: Sequence[str] | None, max_length: int) -> BearerToken | DPoPToken | Problem:
+    """The token carried by the ``Authorization`` header values of one request, by its scheme."""
     if not values:
         return Problem.MISSING
     if len(values) > 1:
@@ -45,13 +54,13 @@ def extract(values: Sequence[str] | None, max_length: int) -> BearerToken | Prob
     match = _HEADER.fullmatch(value)
     if match is None:
         return Problem.INVALID if values[0].lstrip(" \t")[:6].lower() == "bearer" else Problem.MISSING
-    scheme: str = match.group(1)
+    scheme: str = match.group(1).lower()
     credentials: str | None = match.group(2)  # None when there is no space after the scheme (typeshed says str)
-    if scheme.lower() != "bearer":
+    if scheme != "bearer" and scheme != "dpop":
         return Problem.MISSING
     if not credentials or len(credentials) > max_length or not _B64TOKEN.fullmatch(credentials):
-        return Problem.INVALID
-    return BearerToken(credentials)
+        return Problem.INVALID if scheme == "bearer" else Problem.INVALID_DPOP
+    return BearerToken(credentials) if scheme == "bearer" else DPoPToken(credentials)
 
 
 def fingerprint(token: str) -> str:

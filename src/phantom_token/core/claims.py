@@ -44,6 +44,16 @@ def numeric_claim(claims: Mapping[str, object], name: str) -> float | None:
     return float(value)
 
 
+def cnf_member(claims: Mapping[str, object], member: str) -> str | None:
+    """A member of the ``cnf`` (confirmation, RFC 7800) claim as a non-empty string (``jkt``: RFC 9449's DPoP key
+    thumbprint; ``x5t#S256``: RFC 8705's certificate thumbprint), or None when absent or not a string."""
+    confirmation = claims.get("cnf")
+    if not isinstance(confirmation, Mapping):
+        return None
+    value = confirmation.get(member)
+    return value if isinstance(value, str) and value else None
+
+
 def audiences(claims: Mapping[str, object]) -> list[str]:
     """The ``aud`` claim as a list of strings (RFC 7519 section 4.1.3: a string or an array of strings)."""
     aud = claims.get("aud")

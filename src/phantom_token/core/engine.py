@@ -19,6 +19,14 @@ Cache keys: ``core.keys`` (``sha256(namespace + sha256(token))``), shared with t
 Several authorization servers or JWT issuers on a route (``_resolve_several``, only on a miss): the hit path is the
 same lookup under the route's own namespace; a miss verifies a listed issuer's JWT (``core.jwt_access``) or walks the
 servers (``core.servers``), each with its own namespace and single flight.
+
+DPoP (RFC 9449; ``core.dpop``): a token sent with the ``DPoP`` scheme has its proof checked in ``_prepare``, before
+the cache or the authorization server is asked (a bad proof costs no introspection). The binding (``cnf.jkt`` of
+the answer, kept in the cache entry) is checked on every request, hit or miss: a bound token is accepted only with
+the ``DPoP`` scheme and a proof by its key (never as ``Bearer``: no downgrade), an unbound one only as ``Bearer``
+and only when the route's ``dpop`` is ``allowed``. Last, the proof's ``jti`` must be new to the
+``ProofReplayGuard``: in memory (a hit stays I/O-free) or, with a shared store, in the async path only
+(``try_authorize`` then answers None).
 """
 
 from __future__ import annotations
@@ -31,10 +39,10 @@ from functools import partial
 from typing import Final
 
 from phantom_token.config.settings import JwtIssuer, PluginConfig, Route
-from phantom_token.core import claim_headers, jwt_access
+from phantom_token.core import claim_headers, dpop, jwt_access
 from phantom_token.core import claims as token_claims
 from phantom_token.core import verdict as v
-from phantom_token.core.bearer import BearerToken, Problem, extract, fingerprint
+from phantom_token.core.bearer import BearerToken, DPoPToken, Problem, extract, fingerprint
 from phantom_token.core.claims import numeric_claim
 from phantom_token.core.errors import IntrospectionUnavailable, TokenExchangeFailed
 from phantom_token.core.keys import namespaced_key, token_digest
@@ -46,10 +54,12 @@ from phantom_token.core.ports import (
     Introspector,
     IssuerKeys,
     NegativeEntry,
+    ProofReplayGuard,
     TokenCache,
     TokenExchanger,
     TokenMinter,
 )
+from phantom_token.core.replay import MemoryReplayGuard
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.routes import Router
 from phantom_token.core.scopes import granted_scopes
@@ -68,13 +78,15 @@ class _Pending:
     """A request that passed every cheap check and needs an introspection answer. (A plain class: one is made
     per request, and a dataclass's generated ``__init__`` runs interpreted even in the compiled build.)"""
 
-    __slots__ = ("key", "plugin", "route", "token")
+    __slots__ = ("key", "plugin", "proof", "route", "token")
 
-    def __init__(self, route: Route, plugin: PluginConfig, token: str, key: bytes) -> None:
+    def __init__(self, route: Route, plugin: PluginConfig, token: str, key: bytes,
+                 proof: dpop.Proof | None) -> None:
         self.route = route
         self.plugin = plugin
         self.token = token
         self.key = key
+        self.proof = proof  # the checked DPoP proof when the token came with the DPoP scheme; None: Bearer
 
 
 _MAX_SCOPE_SETS: Final = 4096
@@ -93,6 +105,8 @@ class Engine:
         minter: TokenMinter | None = None,
         issuer_keys: IssuerKeys | None = None,
         exchanger: TokenExchanger | None = None,
+        replay_guard: ProofReplayGuard | None = None,
+        nonces: dpop.NonceKeeper | None = None,
     ) -> None:
         self._router = router
         self._issuer_keys = issuer_keys  # the JWKS of `jwt_issuers`
@@ -113,6 +127,9 @@ class Engine:
         # One shared frozenset per distinct set of granted scopes: most tokens carry one of a few scope sets, and
         # a private frozenset (plus its strings) per cache entry would cost about 300 bytes each.
         self._scope_sets: dict[frozenset[str], frozenset[str]] = {}
+        self._replay: ProofReplayGuard = replay_guard if replay_guard is not None else MemoryReplayGuard()
+        self._replay_local = self._replay.local
+        self._nonces = nonces
 
     @property
     def metrics(self) -> Metrics:
@@ -139,7 +156,9 @@ class Engine:
         cached = await self._cache.get(step.key, now)
         if cached is not None:
             self._metrics.cache_hits += 1
-            return self._decide(step, cached, now)
+            if step.proof is not None:
+                return await self._decide_proven(step, cached, now)
+            return self._decided(step, cached, now)
         self._metrics.cache_misses += 1
         try:
             if step.plugin.authorization_servers:  # several servers, or JWT issuers: _resolve_several
@@ -149,8 +168,10 @@ class Engine:
         except IntrospectionUnavailable:
             return v.server_error(step.route)
         if entry is None:
-            return v.unauthorized(step.plugin.realm, token_sent=True, route=step.route)
-        return self._decide(step, entry, self._clock())
+            return self._unauthorized(step.plugin, step.route, token_sent=True, dpop_scheme=step.proof is not None)
+        if step.proof is not None:
+            return await self._decide_proven(step, entry, self._clock())
+        return self._decided(step, entry, self._clock())
 
     def _prepare(self, request: RequestInfo) -> v.Verdict | _Pending:
         route = self._router.match(request.method, request.host, request.path, request.headers)
@@ -167,28 +188,123 @@ class Engine:
         memo = request.memo
         if memo is not None and memo.plugin is plugin and values is not None and len(values) == 1 \
                 and values[0] == memo.value:
-            return _Pending(route, plugin, memo.token, memo.key)  # the connection's token again: checked, hashed
+            return _Pending(route, plugin, memo.token, memo.key, None)  # the connection's token again: checked, hashed
         token = extract(values, plugin.max_token_length)
         if isinstance(token, BearerToken):
+            if plugin.dpop == "required":
+                return self._unauthorized(plugin, route, token_sent=True, dpop_scheme=True)
             known = self._namespaces.get(id(plugin))
             if known is None or known[0] is not plugin:
                 known = self._namespaces[id(plugin)] = (plugin, plugin.cache_namespace)
             key = namespaced_key(known[1], token_digest(token.value))
             if memo is not None and values is not None:
                 memo.plugin, memo.value, memo.token, memo.key = plugin, values[0], token.value, key
-            return _Pending(route, plugin, token.value, key)
+            return _Pending(route, plugin, token.value, key, None)
+        if isinstance(token, DPoPToken):
+            return self._prepare_dpop(request, route, plugin, token.value)
         if token is Problem.DUPLICATE:
             return v.malformed_request(plugin.realm, route)
-        return v.unauthorized(plugin.realm, token_sent=token is Problem.INVALID, route=route)
+        return self._unauthorized(plugin, route, token_sent=token is not Problem.MISSING,
+                                  dpop_scheme=token is Problem.INVALID_DPOP)
 
-    def _decide(self, step: _Pending, entry: Cached, now: float) -> v.Verdict:
+    def _unauthorized(self, plugin: PluginConfig, route: Route, *, token_sent: bool, dpop_scheme: bool) -> v.Deny:
+        """401 for a missing or unusable token: the ``Bearer`` challenge, the ``DPoP`` one, or both (RFC 9449
+        section 7.1: a missing token where both schemes are accepted)."""
+        required = plugin.dpop == "required"
+        if not required and not dpop_scheme and token_sent:
+            return v.unauthorized(plugin.realm, token_sent=True, route=route)
+        return v.unauthorized_dpop(plugin.realm, plugin.dpop_signing_alg_values, token_sent=token_sent,
+                                   bearer=not required and not token_sent, route=route)
+
+    def _prepare_dpop(self, request: RequestInfo, route: Route, plugin: PluginConfig, token: str) -> v.Deny | _Pending:
+        """A token sent with the DPoP scheme: its proof checked (``core.dpop``) before anything is asked."""
+        nonces = None
+        if plugin.dpop_nonce:
+            nonces = self._nonces
+            if nonces is None:  # the configuration requires the secret; an engine built in code may lack it
+                log.error("dpop_nonce is on but no nonce secret is configured (phantom_token.dpop_nonce_secret)")
+                return v.server_error(route)
+        now = self._clock()
+        url = dpop.request_url(request.origin, request.path) if request.origin else None
+        proof = dpop.check_proof(
+            request.headers.get("dpop"), method=request.method, url=url, token=token,
+            algorithms=plugin.dpop_signing_alg_values, now=now, lifetime=plugin.dpop_proof_lifetime_seconds,
+            skew=plugin.clock_skew_seconds, nonces=nonces,
+        )
+        if isinstance(proof, dpop.Refusal):
+            log.info("dpop proof refused: route=%s token=%s reason=%s", route.name, fingerprint(token), proof.reason)
+            return v.invalid_dpop_proof(plugin.realm, plugin.dpop_signing_alg_values, route, nonce=proof.nonce)
+        return _Pending(route, plugin, token, namespaced_key(self._namespace(plugin), token_digest(token)), proof)
+
+    def _bound(self, step: _Pending, entry: CacheEntry) -> v.Deny | None:
+        """The binding rules (see the module docstring): a denial, or None when scheme, binding and proof agree.
+        The replay check is the caller's."""
+        plugin, proof = step.plugin, step.proof
+        if proof is None:  # a DPoP-bound token sent as Bearer: no downgrade (RFC 9449 section 7.2)
+            log.info("dpop-bound token sent as Bearer: route=%s token=%s", step.route.name, fingerprint(step.token))
+            return self._unauthorized(plugin, step.route, token_sent=True, dpop_scheme=True)
+        if entry.jkt is None:
+            log.info("unbound token sent with the DPoP scheme: route=%s token=%s", step.route.name,
+                     fingerprint(step.token))
+            return self._unauthorized(plugin, step.route, token_sent=True, dpop_scheme=True)
+        if proof.jkt != entry.jkt:
+            log.info("dpop proof refused: route=%s token=%s reason=signed by another key than the token's",
+                     step.route.name, fingerprint(step.token))
+            return v.invalid_dpop_proof(plugin.realm, plugin.dpop_signing_alg_values, step.route)
+        return None
+
+    def _replayed(self, step: _Pending) -> v.Deny:
+        log.info("dpop proof refused: route=%s token=%s reason=replayed (jti already used)", step.route.name,
+                 fingerprint(step.token))
+        return v.invalid_dpop_proof(step.plugin.realm, step.plugin.dpop_signing_alg_values, step.route)
+
+    async def _decide_proven(self, step: _Pending, entry: Cached, now: float) -> v.Verdict:
+        """``_decide`` for a request with a checked proof, on the async path: the replay guard may do I/O."""
+        if isinstance(entry, NegativeEntry):
+            return self._decided(step, entry, now)
+        denied = self._bound(step, entry)
+        if denied is not None:
+            return denied
+        proof = step.proof
+        assert proof is not None
+        if not await self._replay.first_use(proof.replay_key, proof.until, now):
+            return self._replayed(step)
+        return self._grant(step, entry, now)
+
+    def _decided(self, step: _Pending, entry: Cached, now: float) -> v.Verdict:
+        """``_decide`` where it cannot be None: a request without a proof (or a negative entry)."""
+        verdict = self._decide(step, entry, now)
+        return verdict if verdict is not None else v.server_error(step.route)
+
+    def _decide(self, step: _Pending, entry: Cached, now: float) -> v.Verdict | None:
+        """The verdict for a request and the entry its token has; None (only for a request with a proof, when the
+        replay guard has a shared store) when the replay check needs I/O: ``authorize`` then does it."""
         route, plugin = step.route, step.plugin
         if isinstance(entry, NegativeEntry):
-            return v.unauthorized(plugin.realm, token_sent=True, route=route)
+            return self._unauthorized(plugin, route, token_sent=True, dpop_scheme=step.proof is not None)
+        if entry.jkt is not None or step.proof is not None:
+            denied = self._bound(step, entry)
+            if denied is not None:
+                return denied
+            proof = step.proof
+            assert proof is not None
+            if not self._replay_local:
+                return None  # the replay check asks the shared store: the async path
+            if not self._replay.first_use_local(proof.replay_key, proof.until, now):
+                return self._replayed(step)
+            return self._grant(step, entry, now)
         if plugin.scope and not entry.scopes.issuperset(plugin.scope):
             return v.forbidden(plugin.scope, plugin.realm, route)
         expires_in = entry.expires_at - now  # not max(): a builtin call costs more than the test, at every hit
         return v.Allow(route, entry.authorization, expires_in if expires_in > 0.0 else 0.0, None, entry.headers)
+
+    def _grant(self, step: _Pending, entry: CacheEntry, now: float) -> v.Verdict:
+        """The scope check and the Allow of a request with a checked proof. The decision is valid for this request
+        only (``expires_in`` 0): a gateway that caches decisions (nginx's decision cache) must not replay it."""
+        plugin = step.plugin
+        if plugin.scope and not entry.scopes.issuperset(plugin.scope):
+            return v.forbidden(plugin.scope, plugin.realm, step.route)
+        return v.Allow(step.route, entry.authorization, 0.0)
 
     async def _resolve(self, step: _Pending) -> CacheEntry | None:
         """A miss, once per key: look again (a peer may have answered while we waited), else introspect."""
@@ -223,6 +339,10 @@ class Engine:
                      step.plugin.endpoint_label, fingerprint(step.token), refused)
             return None
         entry = self._entry_for(result, step.plugin, now)
+        if entry.jkt is None and result.claims.get("token_type") == "DPoP":  # RFC 9449 6.2, without its cnf.jkt
+            log.info("token refused: endpoint=%s token=%s reason=token_type DPoP without cnf.jkt",
+                     step.plugin.endpoint_label, fingerprint(step.token))
+            return None
         if step.plugin.claims_to_headers:
             entry = self._with_claim_headers(step, entry, result.claims)
         if step.plugin.token_exchange is not None:
@@ -251,7 +371,8 @@ class Engine:
         digest = token_digest(step.token)
         failure: IntrospectionUnavailable | None = None
         for server in candidates(plugin.authorization_servers, step.token):
-            server_step = _Pending(step.route, server, step.token, namespaced_key(self._namespace(server), digest))
+            server_step = _Pending(step.route, server, step.token, namespaced_key(self._namespace(server), digest),
+                                   step.proof)
             try:
                 entry = await self._flights.do(server_step.key, partial(self._resolve, server_step))
             except IntrospectionUnavailable as exc:
@@ -281,7 +402,8 @@ class Engine:
             return None
         now = self._clock()
         lifetime = cache_lifetime(step.plugin.token_cache_seconds, CacheDirectives(), numeric_claim(result, "exp"), now)
-        entry = CacheEntry("Bearer " + step.token, self._shared_scopes(granted_scopes(result)), now + lifetime)
+        entry = CacheEntry("Bearer " + step.token, self._shared_scopes(granted_scopes(result)), now + lifetime,
+                           jkt=token_claims.cnf_member(result, "jkt"))
         if step.plugin.claims_to_headers:  # from the verified claims (token_exchange is refused with jwt_issuers)
             entry = self._with_claim_headers(step, entry, result)
         if entry.expires_at > now:
@@ -299,7 +421,8 @@ class Engine:
         expires = numeric_claim(claims, "exp")
         directives = result.directives if plugin.honor_cache_control else CacheDirectives()
         lifetime = cache_lifetime(plugin.token_cache_seconds, directives, expires, now)
-        return CacheEntry("Bearer " + jwt, self._shared_scopes(granted_scopes(claims)), now + lifetime)
+        return CacheEntry("Bearer " + jwt, self._shared_scopes(granted_scopes(claims)), now + lifetime,
+                          jkt=token_claims.cnf_member(result.claims, "jkt"))
 
     def _with_claim_headers(self, step: _Pending, entry: CacheEntry, claims: dict[str, object]) -> CacheEntry:
         """``entry`` with the ``claims_to_headers`` values of the introspected claims (one log line for those that
@@ -308,7 +431,7 @@ class Engine:
         if problems:
             log.warning("claims_to_headers: route=%s token=%s %s", step.route.name, fingerprint(step.token),
                         "; ".join(problems))
-        return CacheEntry(entry.authorization, entry.scopes, entry.expires_at, headers)
+        return CacheEntry(entry.authorization, entry.scopes, entry.expires_at, headers, entry.jkt)
 
     async def _exchange(self, step: _Pending, entry: CacheEntry, now: float) -> CacheEntry:
         """``entry`` with the token the authorization server issued for this route (RFC 8693) in place of the one
@@ -324,7 +447,7 @@ class Engine:
         expires_at = entry.expires_at
         if issued.expires_in is not None:
             expires_at = min(expires_at, now + issued.expires_in)
-        return CacheEntry("Bearer " + issued.access_token, entry.scopes, expires_at, entry.headers)
+        return CacheEntry("Bearer " + issued.access_token, entry.scopes, expires_at, entry.headers, entry.jkt)
 
     def _shared_scopes(self, scopes: frozenset[str]) -> frozenset[str]:
         shared = self._scope_sets.get(scopes)

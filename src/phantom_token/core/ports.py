@@ -32,6 +32,7 @@ class CacheEntry:
     # ``claims_to_headers``: (name, wire value) pairs to send upstream, computed once per answer (core.claim_headers);
     # None when the plugin sets no claims_to_headers (a tuple, maybe empty, whenever it does)
     headers: tuple[tuple[str, str], ...] | None = None
+    jkt: str | None = None  # the token's DPoP binding (``cnf.jkt``, RFC 9449); None: not DPoP-bound
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +135,27 @@ class TokenCache(Protocol):
 
     async def purge(self, key: bytes) -> Purged:
         """Remove an entry everywhere (this process, the shared store, every other process's memory)."""
+        ...
+
+
+class ProofReplayGuard(Protocol):
+    """Remembers the DPoP proofs (RFC 9449 section 11.1) already used, each until it would be refused anyway.
+
+    ``replay_key`` names one proof (a digest of its key's thumbprint and its ``jti``); ``until`` is absolute. An
+    adapter whose shared store is down degrades to this process's memory; it never raises.
+    """
+
+    @property
+    def local(self) -> bool:
+        """True when ``first_use_local`` is the whole answer (no shared store): a cache hit then stays I/O-free."""
+        ...
+
+    def first_use_local(self, replay_key: bytes, until: float, now: float) -> bool:
+        """True the first time this process sees the proof (and remembers it); False for a replay."""
+        ...
+
+    async def first_use(self, replay_key: bytes, until: float, now: float) -> bool:
+        """True the first time any process sharing the store sees the proof (one atomic set-if-absent)."""
         ...
 
 

@@ -37,17 +37,21 @@ class RequestInfo:
 
     A plain class, not a dataclass: one is made per request, and a dataclass's generated ``__init__`` would run
     interpreted even in the compiled build (phantom_token/compiled.py).
+
+    ``origin`` is ``scheme://authority`` of the URL the client used (``core.dpop.request_origin``), which a DPoP
+    proof's ``htu`` must name; front doors set it only when the request carries a ``DPoP`` header ("" otherwise).
     """
 
-    __slots__ = ("headers", "host", "memo", "method", "path")
+    __slots__ = ("headers", "host", "memo", "method", "origin", "path")
 
     def __init__(self, method: str, host: str, path: str, headers: dict[str, list[str]],
-                 memo: TokenMemo | None = None) -> None:
+                 memo: TokenMemo | None = None, origin: str = "") -> None:
         self.method = method
         self.host = host
         self.path = path
         self.headers = headers
         self.memo = memo  # the connection's, when the front door keeps one
+        self.origin = origin
 
     def __eq__(self, other: object) -> bool:  # the memo is the connection's, not part of the request
         return (isinstance(other, RequestInfo) and self.method == other.method and self.host == other.host

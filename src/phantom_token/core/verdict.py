@@ -47,6 +47,8 @@ class Deny:
     message: str
     challenge: str | None = None  # the WWW-Authenticate value, if any
     route: Route | None = None
+    more_headers: tuple[tuple[str, str], ...] = ()  # after the challenge: a second one (DPoP), DPoP-Nonce
+
 
     def body(self) -> bytes:
         return json.dumps({"code": self.code, "message": self.message}, separators=(",", ":")).encode()
@@ -55,6 +57,8 @@ class Deny:
         headers = [("Content-Type", "application/json")]
         if self.challenge is not None:
             headers.append(("WWW-Authenticate", self.challenge))
+        if self.more_headers:
+            headers.extend(self.more_headers)
         return headers
 
 
@@ -81,6 +85,36 @@ def malformed_request(realm: str | None = None, route: Route | None = None) -> D
 def unauthorized(realm: str | None = None, *, token_sent: bool, route: Route | None = None) -> Deny:
     params = (("error", "invalid_token"),) if token_sent else ()
     return Deny(401, "unauthorized", "Missing, invalid or expired access token", _challenge(realm, *params), route)
+
+
+def _dpop_challenge(realm: str | None, algorithms: tuple[str, ...], *params: tuple[str, str]) -> str:
+    return "DPoP " + _challenge(realm, *params, ("algs", " ".join(algorithms)))[len("Bearer "):]
+
+
+def unauthorized_dpop(realm: str | None, algorithms: tuple[str, ...], *, token_sent: bool,
+                      bearer: bool, route: Route | None = None) -> Deny:
+    """401 for a missing or unusable token where DPoP is accepted (RFC 9449 section 7.1): the ``DPoP`` challenge,
+    after the ``Bearer`` one when ``bearer`` tokens are accepted too (``dpop: allowed``)."""
+    params = (("error", "invalid_token"),) if token_sent else ()
+    dpop = ("WWW-Authenticate", _dpop_challenge(realm, algorithms, *params))
+    message = "Missing, invalid or expired access token"
+    if bearer:
+        return Deny(401, "unauthorized", message, _challenge(realm, *params), route, (dpop,))
+    return Deny(401, "unauthorized", message, dpop[1], route)
+
+
+def invalid_dpop_proof(realm: str | None, algorithms: tuple[str, ...], route: Route | None = None, *,
+                       nonce: str | None = None) -> Deny:
+    """401 for a DPoP proof that failed a check (``nonce`` None) or lacks a valid server nonce (``DPoP-Nonce``).
+    The body is every 401's (contract section 8); the challenge says which."""
+    message = "Missing, invalid or expired access token"
+    if nonce is None:
+        return Deny(401, "unauthorized", message,
+                    _dpop_challenge(realm, algorithms, ("error", "invalid_dpop_proof")), route)
+    return Deny(401, "unauthorized", message,
+                _dpop_challenge(realm, algorithms, ("error", "use_dpop_nonce"),
+                                ("error_description", "Resource server requires nonce in DPoP proof")),
+                route, (("DPoP-Nonce", nonce),))
 
 
 def forbidden(required: tuple[str, ...], realm: str | None = None, route: Route | None = None) -> Deny:

@@ -33,7 +33,8 @@ Test controls, only when built with ``test_controls=True`` (``--test-controls``)
   ``exchange_failure`` (``null``/``"none"``, ``"invalid_target"`` (400 with that error), ``"status"`` (500),
   ``"garbage"`` (200 with a body that is not JSON) or ``"hang"``: how token exchanges are answered),
   ``revoke`` (a token value), ``register`` (``{"token": value, "scope": "...", "expires_in": s, "client_id": ...,
-  "sub": ...}``: makes exactly that value a valid token, for tests of odd characters). Answers the current
+  "sub": ..., "jkt": ...}``: makes exactly that value a valid token, for tests of odd characters; ``jkt`` binds it to
+  a DPoP key, RFC 9449: its answers carry ``cnf.jkt``). Answers the current
   controls as JSON.
 
 Invariants: tokens are stored under their SHA-256 digest only; no raw token is ever logged (logs carry the first
@@ -109,6 +110,7 @@ class IssuedToken:
     scopes: tuple[str, ...]
     issued_at: int
     expires_at: int
+    jkt: str | None = None  # DPoP binding (cnf.jkt)
 
 
 @dataclass(slots=True)
@@ -264,6 +266,7 @@ class DemoAuthorizationServer:
         value: str | None = None,
         lifetime: int | None = None,
         subject: str | None = None,
+        jkt: str | None = None,
     ) -> str:
         """Register a token (a fresh random one unless ``value`` is given) and return its value."""
         now = int(self._clock())
@@ -271,7 +274,8 @@ class DemoAuthorizationServer:
         token = value if value is not None else secrets.token_urlsafe(32)
         ttl = self.token_lifetime if lifetime is None else lifetime
         scope_list = tuple(dict.fromkeys(scopes))
-        self._tokens[fingerprint(token)] = IssuedToken(client_id, subject or client_id, scope_list, now, now + ttl)
+        self._tokens[fingerprint(token)] = IssuedToken(client_id, subject or client_id, scope_list, now, now + ttl,
+                                                       jkt)
         log.info("issued token %s to %s, scope %r, %ds", short_fingerprint(token), client_id, scope_list, ttl)
         return token
 
@@ -426,6 +430,8 @@ class DemoAuthorizationServer:
             exp=issued.expires_at,
             jti=secrets.token_urlsafe(16),
         )
+        if issued.jkt is not None:
+            claims["cnf"] = {"jkt": issued.jkt}
         return claims
 
     def _max_age(self, issued: IssuedToken) -> str:
@@ -528,6 +534,7 @@ class DemoAuthorizationServer:
                 value=spec["token"],
                 lifetime=int(spec["expires_in"]) if "expires_in" in spec else None,
                 subject=spec.get("sub"),
+                jkt=spec.get("jkt"),
             )
             result["registered"] = short_fingerprint(spec["token"])
 

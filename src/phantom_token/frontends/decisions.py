@@ -50,6 +50,7 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_add
 from typing import Final
 
 from phantom_token.config.settings import Settings
+from phantom_token.core.dpop import request_origin
 from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
 from phantom_token.frontends import Authorizer, Observe, authorize_timed, listener_limits
@@ -201,6 +202,26 @@ def original_request(method: str, path: str, host: str, headers: dict[str, list[
     return None
 
 
+def original_origin(path: str, raw_host: str, headers: dict[str, list[str]], public_base_url: str | None) -> str:
+    """``scheme://authority`` of the original request, which a DPoP proof's ``htu`` names (``core.dpop``):
+    ``public_base_url`` when set; else the scheme and authority of an absolute ``X-Original-URL`` (nginx's
+    endpoints); else ``X-Forwarded-Proto`` and ``X-Forwarded-Host`` (every peer here is a trusted proxy) over
+    ``http`` and the decision request's own ``Host`` (Envoy's, which is the original one)."""
+    if public_base_url is None and path in (NGINX_PATH, AUTHZ_PATH) and "x-forwarded-uri" not in headers:
+        url = _single(headers, "x-original-url")
+        if url and "://" in url:
+            scheme, _, rest = url.partition("://")
+            end = len(rest)
+            for mark in "/?#":
+                at = rest.find(mark)
+                if 0 <= at < end:
+                    end = at
+            return f"{scheme.lower()}://{rest[:end]}"
+    return request_origin(public_base_url=public_base_url, scheme="http", host=raw_host,
+                          forwarded_proto=headers.get("x-forwarded-proto"),
+                          forwarded_host=headers.get("x-forwarded-host"), trusted=True)
+
+
 def _not_a_decision_endpoint() -> Deny:
     return Deny(404, "not_found",
                 "The decision service answers on /authz/nginx, /authz/forwarded, /authz and /authz/envoy/<path>")
@@ -245,6 +266,7 @@ class _Shared:
         self.trusted_proxies: tuple[Network, ...] = settings.trusted_proxies
         self.observe = observe
         self.access_log = settings.access_log
+        self.public_base_url = settings.public_base_url
         self._trust: dict[str, bool] = {}
         # authorization header value -> (whole seconds left, the rendered keep-alive 200, the claims headers it
         # carries: the cache entry's own tuple, compared by identity): the hot path renders an answer once a second
@@ -284,6 +306,7 @@ class DecisionHandler(RequestHandler):
         self._trusted = shared.trusts(conn.client_ip)
         self._task: asyncio.Task[None] | None = None
         self._memo = TokenMemo()  # a gateway's connection carries many clients' tokens; a repeat still saves work
+        self._envoy_dpop = False  # the active request came from Envoy with a DPoP proof
         self._access = shared.access_log
         # The access log's record of the active request (kept only when it is on).
         self._log_info: RequestInfo | None = None
@@ -307,6 +330,9 @@ class DecisionHandler(RequestHandler):
             self._reply(head, _not_a_decision_endpoint())
             return
         info.memo = self._memo
+        if "dpop" in info.headers:
+            info.origin = original_origin(head.path, head.raw_host, head.headers, self._shared.public_base_url)
+            self._envoy_dpop = head.path.startswith(ENVOY_PREFIX)  # reset by _reply
         if self._access:
             self._log_info = info
         verdict = self._try_authorize(info)
@@ -338,6 +364,11 @@ class DecisionHandler(RequestHandler):
 
     def _reply(self, head: RequestHead, verdict: Verdict) -> None:
         observe = self._shared.observe
+        if self._envoy_dpop:
+            self._envoy_dpop = False
+            if isinstance(verdict, Allow):
+                self._reply_envoy_dpop(head, verdict)
+                return
         if isinstance(verdict, Allow) and head.keep_alive and not head.http10:
             payload = self._shared.allow_response(verdict)
             if payload is not None:
@@ -364,6 +395,24 @@ class DecisionHandler(RequestHandler):
             route = verdict.route
             self._log(head, status, "allowed" if isinstance(verdict, Allow) else verdict.code,
                       route.name if route is not None else None)
+
+    def _reply_envoy_dpop(self, head: RequestHead, allow: Allow) -> None:
+        """An allowed request with a DPoP proof, to Envoy: the proof is removed on the way upstream unless the
+        route forwards it (Envoy's ``x-envoy-auth-headers-to-remove``; nginx's example removes it itself)."""
+        status, headers, body = decision_response(allow)
+        plugin = allow.route.plugin
+        if allow.authorization is not None and plugin is not None and not plugin.forward_dpop_proof:
+            headers.append(("x-envoy-auth-headers-to-remove", "dpop"))
+        observe = self._shared.observe
+        if observe is not None:
+            observe(status)
+        try:
+            self.conn.send_response(status, headers, body)
+        except ValueError:
+            status, headers, body = decision_response(server_error(allow.route))
+            self.conn.send_response(status, headers, body)
+        if self._access:
+            self._log(head, status, "allowed" if status == 200 else "server_error", allow.route.name)
 
     def handle_refused(self, status: int) -> None:
         if self._access:
@@ -405,6 +454,7 @@ __all__ = [
     "decision_response",
     "is_trusted",
     "normal_form",
+    "original_origin",
     "original_request",
     "start_decisions",
 ]

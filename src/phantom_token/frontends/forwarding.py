@@ -17,6 +17,8 @@ Invariants:
   on a route without the plugin the client's own goes through.
 - On a route whose plugin sets ``claims_to_headers``, no client copy of those names goes upstream, whatever the
   verdict (``with_claim_headers``); only the engine's values do.
+  on a route without the plugin the client's own goes through. The client's ``DPoP`` proof (RFC 9449) is removed
+  with it, unless the route's plugin sets ``forward_dpop_proof``.
 - No I/O, no state: the proxy keeps its memos (``frontends.proxy``) and calls these on a miss.
 """
 
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from phantom_token.config.settings import Upstream
+from phantom_token.config.settings import PluginConfig, Upstream
 from phantom_token.http.client import head_fields
 from phantom_token.http.request_head import RequestHead
 from phantom_token.http.responses import status_line
@@ -36,17 +38,18 @@ _HOP_BY_HOP_BYTES: Final = frozenset(name.encode() for name in HOP_BY_HOP)
 # X-Forwarded-* itself, so a Connection token naming one of them is ignored. Expect is answered by the gateway. ""
 # stands for every name with "_" (the server ignores those headers: http.request_head).
 _SPECIAL: Final = HOP_BY_HOP | {"content-length", "host", "authorization", "expect", "x-forwarded-for",
-                                "x-forwarded-proto", "x-forwarded-host", ""}
+                                "x-forwarded-proto", "x-forwarded-host", "dpop", ""}
 # Response headers a Connection token cannot remove: the framing the client reads the body by.
 _FRAMING_BYTES: Final = frozenset({b"content-length", b"transfer-encoding"})
 # How a hop-by-hop header line starts in a lower-cased response head (llhttp allows no space before the colon).
 _HOP_MARKERS: Final = tuple(b"\n" + name + b":" for name in sorted(_HOP_BY_HOP_BYTES))
 
 
-def request_lines(head: RequestHead, target: bytes, authorization: str | None) -> tuple[list[bytes], bytes | None]:
+def request_lines(head: RequestHead, target: bytes, authorization: str | None,
+                  plugin: PluginConfig | None = None) -> tuple[list[bytes], bytes | None]:
     """The request line for ``target`` (the upstream path and query) and the client's header lines as forwarded,
     with the framing; and the client's ``X-Forwarded-For`` values joined (None when it sent none). The caller
-    appends ``gateway_lines`` and joins."""
+    appends ``gateway_lines`` and joins. ``plugin`` is the route's (its ``forward_dpop_proof``)."""
     parts = [head.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
     tokens = head.connection_tokens
     forwarded_for: bytes | None = None
@@ -64,6 +67,9 @@ def request_lines(head: RequestHead, target: bytes, authorization: str | None) -
         elif lname == "x-forwarded-for":
             value = raw_headers[i][1]
             forwarded_for = value if forwarded_for is None else forwarded_for + b", " + value
+        elif lname == "dpop" and (authorization is None or (plugin is not None and plugin.forward_dpop_proof)):
+            name, value = raw_headers[i]
+            parts.extend((name, b": ", value, b"\r\n"))
     # The framing is the gateway's own, from what the server parsed (llhttp refused CL with TE and duplicates)
     if head.chunked:
         parts.append(b"Transfer-Encoding: chunked\r\n")

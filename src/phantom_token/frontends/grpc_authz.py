@@ -54,8 +54,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from phantom_token.config.material import ServerPems
 from phantom_token.config.settings import Settings
-from phantom_token.core.bearer import BearerToken, extract, fingerprint
+from phantom_token.core.bearer import BearerToken, DPoPToken, extract, fingerprint
 from phantom_token.core.claim_headers import header_names, python_value
+from phantom_token.core.dpop import request_origin
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
 from phantom_token.frontends import Authorizer, Observe, authorize
@@ -118,8 +119,9 @@ _HOSTS: Final[dict[str, str]] = {}  # hosts as sent -> normal form
 _BAD_TARGET: Final = "The check request has an invalid {name} ({reason})"
 
 
-def request_info(check: CheckRequest, max_header_bytes: int) -> RequestInfo:
-    """The request Envoy asks about. Raises ``BadDecisionRequest`` (400) or ``HeadersTooLarge`` (431)."""
+def request_info(check: CheckRequest, max_header_bytes: int, public_base_url: str | None = None) -> RequestInfo:
+    """The request Envoy asks about. Raises ``BadDecisionRequest`` (400) or ``HeadersTooLarge`` (431). With a
+    ``DPoP`` header, its ``origin`` is Envoy's ``scheme`` and ``host`` attributes (or ``public_base_url``)."""
     if not check.HasField("attributes") or not check.attributes.request.HasField("http"):
         raise BadDecisionRequest("The check request has no attributes.request.http")
     http = check.attributes.request.http
@@ -132,7 +134,12 @@ def request_info(check: CheckRequest, max_header_bytes: int) -> RequestInfo:
     if not http.host:
         raise BadDecisionRequest("The check request has no host")
     host = normal_form(_HOSTS, http.host, normalise_host, _BAD_TARGET, "host")
-    return RequestInfo(http.method.upper(), host, path, _headers(http, max_header_bytes))
+    headers = _headers(http, max_header_bytes)
+    info = RequestInfo(http.method.upper(), host, path, headers)
+    if "dpop" in headers:
+        info.origin = request_origin(public_base_url=public_base_url, scheme=(http.scheme or "http").lower(),
+                                     host=http.host)
+    return info
 
 
 def _header(name: str, value: str) -> Any:
@@ -159,7 +166,8 @@ def check_response(verdict: Verdict, request: RequestInfo | None = None) -> Chec
         headers = request.headers if request is not None else {}
         ok = external_auth_pb2.OkHttpResponse(
             headers=[_header("authorization", authorization)],
-            headers_to_remove=[name for name in REMOVED_WHEN_ALLOWED if name in headers])
+            headers_to_remove=[name for name in REMOVED_WHEN_ALLOWED
+                               if name in headers and not _forwarded(name, verdict)])
         if shaped:
             _add_claim_headers(ok, verdict, headers)
         metadata = struct_pb2.Struct()
@@ -191,6 +199,10 @@ def _claims_only(allow: Allow, request: RequestInfo | None) -> CheckResponse:
     ok = external_auth_pb2.OkHttpResponse()
     _add_claim_headers(ok, allow, request.headers if request is not None else {})
     return external_auth_pb2.CheckResponse(status=status_pb2.Status(code=code_pb2.OK), ok_response=ok)
+def _forwarded(name: str, allow: Allow) -> bool:
+    """Whether the route keeps ``name`` (``forward_dpop_proof``)."""
+    plugin = allow.route.plugin
+    return name == "dpop" and plugin is not None and plugin.forward_dpop_proof
 
 
 def _metadata(allow: Allow, headers: dict[str, list[str]]) -> dict[str, str]:
@@ -198,7 +210,7 @@ def _metadata(allow: Allow, headers: dict[str, list[str]]) -> dict[str, str]:
     plugin = allow.route.plugin
     if plugin is not None:
         token = extract(headers.get("authorization"), plugin.max_token_length)
-        if isinstance(token, BearerToken):
+        if isinstance(token, BearerToken | DPoPToken):
             metadata["token_fingerprint"] = fingerprint(token.value)
     return metadata
 
@@ -221,6 +233,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         self._try_authorize: Callable[[RequestInfo], Verdict | None] = engine.try_authorize
         self._trusted_proxies = settings.trusted_proxies
         self._max_header_bytes = settings.max_header_bytes
+        self._public_base_url = settings.public_base_url
         self._observe = observe
         self._access = settings.access_log
         self._trust: dict[str, bool] = {}  # peer IP -> trusted; Envoys are few (bounded as the HTTP listener's)
@@ -242,7 +255,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
                 verdict = untrusted_peer()
             else:
                 try:
-                    info = request_info(check, self._max_header_bytes)
+                    info = request_info(check, self._max_header_bytes, self._public_base_url)
                 except BadDecisionRequest as exc:
                     verdict = exc.deny()
                 except HeadersTooLarge:

@@ -15,6 +15,8 @@ Invariants:
 - The route's ``claims_to_headers`` (allowed or preflight): the app sees those headers only with the engine's
   values, every client copy removed.
 - Allowed: the app sees exactly one ``Authorization: Bearer <jwt>`` (the opaque token is gone) and the JWT's claims
+- Allowed: the app sees exactly one ``Authorization: Bearer <jwt>`` (the opaque token is gone; the ``DPoP`` proof
+  too, unless the route sets ``forward_dpop_proof``) and the JWT's claims
   in ``scope["state"]["phantom_token_claims"]`` (Starlette: ``request.state.phantom_token_claims``). These are the
   claims the authorization server returned, NOT signature-verified here (the introspection channel is
   authenticated; verify the JWT yourself, or use the plugin's signed-response modes, when that is not enough).
@@ -40,6 +42,7 @@ from urllib.parse import quote, unquote
 from phantom_token.config.material import Material
 from phantom_token.config.settings import Settings
 from phantom_token.core.claim_headers import header_names
+from phantom_token.core.dpop import request_origin
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.verdict import Allow, Deny, Verdict
 from phantom_token.frontends import authorize
@@ -161,7 +164,7 @@ class PhantomTokenMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            info = request_info(scope)
+            info = request_info(scope, self.gateway.settings.public_base_url)
         except InvalidTarget as exc:
             log.info("refused a request: %s", exc.reason)
             await _send_deny(_MALFORMED, scope, send)
@@ -180,10 +183,12 @@ class PhantomTokenMiddleware:
         return await authorize(self.engine, info)
 
 
-def request_info(scope: Scope) -> RequestInfo:
+def request_info(scope: Scope, public_base_url: str | None = None) -> RequestInfo:
     """The engine's view of an ASGI HTTP scope: lower-case header names -> every value, the normalised path and
     host (``phantom_token.http.uri``, as ``serve`` matches them); raises ``InvalidTarget`` for a path or Host that
-    ``serve`` would refuse with 400."""
+    ``serve`` would refuse with 400. With a ``DPoP`` header, ``origin`` (for the proof's ``htu``) is
+    ``public_base_url``, else the scope's ``scheme`` (the ASGI server's, which applies its own proxy-header rules)
+    and the ``Host``."""
     headers: dict[str, list[str]] = {}
     for raw_name, raw_value in scope.get("headers", ()):
         name = raw_name.decode("latin-1").lower()
@@ -204,7 +209,14 @@ def request_info(scope: Scope) -> RequestInfo:
     else:
         server = scope.get("server")
         host = str(server[0]).lower() if server else ""
-    return RequestInfo(scope.get("method", "GET"), host, normalise_path(path), headers)  # a WebSocket: its GET
+    info = RequestInfo(scope.get("method", "GET"), host, normalise_path(path), headers)  # a WebSocket: its GET
+    if "dpop" in headers:
+        scheme = str(scope.get("scheme") or "http")
+        scheme = {"ws": "http", "wss": "https"}.get(scheme, scheme)
+        server = scope.get("server")
+        authority = hosts[0] if hosts else (f"{server[0]}:{server[1]}" if server else "")
+        info.origin = request_origin(public_base_url=public_base_url, scheme=scheme, host=authority)
+    return info
 
 
 def allowed_scope(scope: Scope, allow: Allow, path: str | None = None) -> Scope:
@@ -229,8 +241,9 @@ def allowed_scope(scope: Scope, allow: Allow, path: str | None = None) -> Scope:
     if allow.authorization is None:
         state[CLAIMS_KEY] = None
         return new_scope
+    removed = (b"authorization",) if plugin is not None and plugin.forward_dpop_proof else (b"authorization", b"dpop")
     new_scope["headers"] = [(name, value) for name, value in new_scope.get("headers", ())
-                            if name.lower() != b"authorization"]
+                            if name.lower() not in removed]
     new_scope["headers"].append((b"authorization", allow.authorization.encode("latin-1")))
     state[CLAIMS_KEY] = _claims(allow)
     return new_scope

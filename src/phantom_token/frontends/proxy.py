@@ -38,11 +38,13 @@ from typing import Final
 
 from phantom_token.config.settings import PluginConfig, Route, Settings, Upstream
 from phantom_token.core.claim_headers import header_names
+from phantom_token.core.dpop import request_origin
 from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.routes import upstream_path
 from phantom_token.core.verdict import Allow, Deny, Verdict, bad_gateway, gateway_timeout, server_error
 from phantom_token.frontends import Authorizer, Observe, authorize_timed, listener_limits
 from phantom_token.frontends import access_log as access
+from phantom_token.frontends.decisions import is_trusted
 from phantom_token.frontends.forwarding import (
     HOP_BY_HOP,
     claim_lines,
@@ -100,6 +102,8 @@ class _Shared:
         self.try_authorize: Callable[[RequestInfo], Verdict | None] = engine.try_authorize
         self.observe = observe
         self.access_log = settings.access_log
+        self.public_base_url = settings.public_base_url
+        self.trusted_proxies = settings.trusted_proxies
         self.timeout = settings.upstream_timeout_seconds
         self.connect_timeout = settings.upstream_connect_timeout_seconds
         self.pool = ConnectionPool(max_idle_per_origin=256, idle_timeout=30.0)
@@ -212,6 +216,7 @@ class ProxyHandler(RequestHandler, ResponseSink):
         self._t_start = 0.0
         self._t_introspection = 0.0
         self._t_upstream = 0.0
+        self._trusted_peer: bool | None = None  # the peer is in trusted_proxies (asked once, when DPoP needs it)
 
     # -- requests from the client --------------------------------------------------------------------------------
 
@@ -224,6 +229,8 @@ class ProxyHandler(RequestHandler, ResponseSink):
         if self._access:
             self._begin_log(head)
         info = RequestInfo(head.method, head.host, head.path, head.headers, self._memo.tokens)
+        if "dpop" in head.headers:
+            info.origin = self._origin(head)
         verdict = self._try_authorize(info)
         if verdict is None:
             self._pending = []
@@ -231,6 +238,16 @@ class ProxyHandler(RequestHandler, ResponseSink):
             self._task = self._shared.loop.create_task(self._authorize(head, info))
             return
         self._apply(head, verdict)
+
+    def _origin(self, head: RequestHead) -> str:
+        """``scheme://authority`` the client used (``core.dpop.request_origin``): for a DPoP proof's ``htu``."""
+        shared = self._shared
+        if self._trusted_peer is None:
+            self._trusted_peer = is_trusted(self.conn.client_ip, shared.trusted_proxies)
+        headers = head.headers
+        return request_origin(public_base_url=shared.public_base_url, scheme="http", host=head.raw_host,
+                              forwarded_proto=headers.get("x-forwarded-proto"),
+                              forwarded_host=headers.get("x-forwarded-host"), trusted=self._trusted_peer)
 
     def handle_body(self, data: bytes) -> None:
         conn = self._upstream
@@ -360,7 +377,7 @@ class ProxyHandler(RequestHandler, ResponseSink):
         if head.query:
             target = b"%b?%b" % (target, head.query.encode("latin-1"))
         authorization = allow.authorization
-        parts, forwarded_for = request_lines(head, target, authorization)
+        parts, forwarded_for = request_lines(head, target, authorization, route.plugin)
         raw_host = head.raw_host
         if (forwarded_for is None and authorization is memo.lines_auth and route is memo.lines_route
                 and raw_host == memo.lines_host and memo.lines):
