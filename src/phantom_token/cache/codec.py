@@ -1,9 +1,16 @@
 """How a cache entry is written to a shared store, optionally encrypted at rest (a JWT is a credential).
 
 Format: one version byte, then either ``0x00`` + JSON (plain) or ``0x01`` + 12-byte nonce + AES-256-GCM
-ciphertext and tag (encrypted). JSON is ``[expires_at, [scopes...], authorization]`` for an active entry (with a
-fourth member, ``[[name, value], ...]``, when its plugin sets ``claims_to_headers``) and ``[expires_at]`` for a
-negative one. The three-member form is still read (entries written before the fourth member existed).
+ciphertext and tag (encrypted). JSON is ``[expires_at, [scopes...], authorization, cnf]`` for an active entry
+(with a fifth member, ``[[name, value], ...]``, when its plugin sets ``claims_to_headers``) and ``[expires_at]`` for
+a negative one. ``cnf`` is an object with the token's bindings as the answer's ``cnf`` names them
+(``{"x5t#S256": ...}`` for ``CacheEntry.x5t_s256``; ``{}``: not bound).
+
+Bindings and older values: an active entry without ``cnf`` (three members, or four whose fourth is the headers:
+written by a version that kept no binding, which may have been a bound token's) is a miss, as is a ``cnf`` with a
+member this version does not know or a member that is not a string: a binding is never dropped on the way through
+the shared store, so mixed versions during a rolling upgrade re-introspect rather than accept a bound token without
+its check.
 
 Invariants: the AES key is derived with HKDF-SHA256 from the configured secret (never used raw); every value
 gets a fresh random nonce; the store key is the associated data, so a value copied under another key does not
@@ -23,10 +30,13 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from phantom_token.config.settings import MIN_ENCRYPTION_KEY_CHARS
 from phantom_token.core.ports import Cached, CacheEntry, NegativeEntry
+from phantom_token.core.rfc8705 import MEMBER as X5T_S256
 
 _PLAIN, _AES_GCM = b"\x00", b"\x01"
 _NONCE = 12
 _HKDF_INFO = b"phantom-token cache encryption v1"
+_KNOWN_BINDINGS = frozenset({X5T_S256})
+"""The ``cnf`` members this version checks; an entry bound by any other is a miss (never accepted unchecked)."""
 
 
 def derive_key(secret: str) -> bytes:
@@ -48,7 +58,8 @@ class EntryCodec:
     def encode(self, entry: Cached, store_key: bytes) -> bytes:
         document: list[object] = [entry.expires_at]
         if isinstance(entry, CacheEntry):
-            document += [sorted(entry.scopes), entry.authorization]
+            cnf = {X5T_S256: entry.x5t_s256} if entry.x5t_s256 is not None else {}
+            document += [sorted(entry.scopes), entry.authorization, cnf]
             if entry.headers is not None:
                 document.append([[name, value] for name, value in entry.headers])
         plain = json.dumps(document, separators=(",", ":")).encode()
@@ -85,19 +96,21 @@ def _entry(document: object) -> Cached | None:
     expires_at = float(document[0])
     if len(document) == 1:
         return NegativeEntry(expires_at)
-    if len(document) not in (3, 4):
+    if len(document) not in (4, 5):
         return None
-    scopes, authorization = document[1], document[2]
-    if not isinstance(authorization, str) or not isinstance(scopes, list):
+    scopes, authorization, cnf = document[1], document[2], document[3]
+    if not isinstance(authorization, str) or not isinstance(scopes, list) or not isinstance(cnf, dict):
         return None
     if not all(isinstance(scope, str) for scope in scopes):
         return None
-    if len(document) == 3:
-        return CacheEntry(authorization, frozenset(scopes), expires_at)
-    headers = _headers(document[3])
-    if headers is None:
+    if set(cnf) - _KNOWN_BINDINGS or not all(isinstance(value, str) for value in cnf.values()):
         return None
-    return CacheEntry(authorization, frozenset(scopes), expires_at, headers)
+    headers = None
+    if len(document) == 5:
+        headers = _headers(document[4])
+        if headers is None:
+            return None
+    return CacheEntry(authorization, frozenset(scopes), expires_at, headers, cnf.get(X5T_S256))
 
 
 def _headers(raw: object) -> tuple[tuple[str, str], ...] | None:

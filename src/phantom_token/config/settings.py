@@ -22,6 +22,10 @@ CLIENT_AUTH_METHODS: tuple[str, ...] = (
     "private_key_jwt",
     "tls_client_auth",
 )
+# The plugin's `client_cert_header`: where a trusted proxy puts the client certificate (RFC 9440; Envoy's XFCC).
+CLIENT_CERT_HEADERS: tuple[str, ...] = ("Client-Cert", "X-Forwarded-Client-Cert")
+# `phantom_token.tls.client_certificate`: whether `serve` asks TLS clients for a certificate.
+CLIENT_CERTIFICATE_MODES: tuple[str, ...] = ("none", "optional", "required")
 # Who may tell `authz` the original request (X-Original-*/X-Forwarded-*) when the file does not say: loopback.
 # A `jwt_issuers` item's `algorithms` when it names none: asymmetric only (phantom_token.jose refuses none and HMAC).
 DEFAULT_JWT_ALGORITHMS: tuple[str, ...] = ("RS256", "PS256", "ES256", "EdDSA")
@@ -93,6 +97,7 @@ class PluginConfig:
     # token exchange. Both change what is cached for a token, so both join the cache namespace when set.
     claims_to_headers: tuple[tuple[str, str], ...] = ()
     token_exchange: TokenExchange | None = None
+    client_cert_header: str | None = None  # one of CLIENT_CERT_HEADERS, read from trusted proxies only (RFC 8705)
 
     @property
     def mints_jwt(self) -> bool:
@@ -217,6 +222,16 @@ class GrpcTlsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """``phantom_token.tls``: TLS on the ``serve``/``authz`` HTTP listener (off unless ``cert_file`` is set)."""
+
+    cert_file: str | None = None  # PEM certificate chain the listener presents
+    key_file: str | None = None  # its PEM private key
+    client_ca_file: str | None = None  # the CAs that sign the client certificates asked for
+    client_certificate: str = "none"  # one of CLIENT_CERTIFICATE_MODES
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The process-wide ``phantom_token:`` section plus the parsed routes."""
 
@@ -239,3 +254,4 @@ class Settings:
     jwt: JwtSettings = JwtSettings()
     grpc_listen: str | None = None  # `authz`'s Envoy gRPC ext_authz listener; None: off
     grpc_tls: GrpcTlsSettings = GrpcTlsSettings()
+    tls: TlsSettings = TlsSettings()

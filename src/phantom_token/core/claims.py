@@ -54,6 +54,24 @@ def audiences(claims: Mapping[str, object]) -> list[str]:
     return []
 
 
+def cnf_member(claims: Mapping[str, object], member: str) -> str | None:
+    """A member of the ``cnf`` (confirmation, RFC 7800) claim: ``x5t#S256`` (RFC 8705), ``jkt`` (RFC 9449).
+
+    None when the token carries no such binding (no ``cnf``, or no ``member`` in it). A binding that is there but
+    unusable (``cnf`` not an object, the member not a non-empty string) is ``""``, which no certificate or key
+    thumbprint equals: the caller then refuses the token rather than treat it as unbound (fail closed).
+    """
+    cnf = claims.get("cnf")
+    if cnf is None:
+        return None
+    if not isinstance(cnf, Mapping):
+        return ""
+    value = cnf.get(member)
+    if value is None and member not in cnf:
+        return None
+    return value if isinstance(value, str) and value else ""
+
+
 def refusal(claims: Mapping[str, object], plugin: PluginConfig, now: float) -> str | None:
     """Why the token must be refused (a reason fit for one log line, never containing the token), or None."""
     if "exp" in claims:

@@ -8,7 +8,9 @@ again first) -> claim checks (``exp``, ``nbf``, ``audience``, ``issuer_allowed``
 route that sets it every ``Allow`` carries a tuple, maybe empty, and on any other None) ->
 ``token_exchange`` (RFC 8693, through the ``TokenExchanger`` port: the issued token replaces what goes upstream,
 inside the same flight, so concurrent misses share one exchange; the entry lives for the shorter of the two
-lifetimes; a failed exchange is a 502 and nothing is cached) -> scopes (on every request, hit or miss).
+lifetimes; a failed exchange is a 502 and nothing is cached) ->
+certificate binding (RFC 8705, only for a token whose answer had ``cnf["x5t#S256"]``: ``core.rfc8705``, on every
+request, hit or miss) -> scopes (on every request, hit or miss).
 
 Invariants: no I/O but through the ports; the raw token never leaves this module except to the introspector;
 the authorization server's faults are 502, never 401 and never 200; errors are never cached; an inactive
@@ -31,7 +33,7 @@ from functools import partial
 from typing import Final
 
 from phantom_token.config.settings import JwtIssuer, PluginConfig, Route
-from phantom_token.core import claim_headers, jwt_access
+from phantom_token.core import claim_headers, jwt_access, rfc8705
 from phantom_token.core import claims as token_claims
 from phantom_token.core import verdict as v
 from phantom_token.core.bearer import BearerToken, Problem, extract, fingerprint
@@ -128,7 +130,7 @@ class Engine:
         if entry is None:
             return None
         self._metrics.cache_hits += 1
-        return self._decide(step, entry, now)
+        return self._decide(step, entry, now, request)
 
     async def authorize(self, request: RequestInfo) -> v.Verdict:
         """The verdict for a request, introspecting the token when no cache has an answer."""
@@ -139,7 +141,7 @@ class Engine:
         cached = await self._cache.get(step.key, now)
         if cached is not None:
             self._metrics.cache_hits += 1
-            return self._decide(step, cached, now)
+            return self._decide(step, cached, now, request)
         self._metrics.cache_misses += 1
         try:
             if step.plugin.authorization_servers:  # several servers, or JWT issuers: _resolve_several
@@ -150,7 +152,7 @@ class Engine:
             return v.server_error(step.route)
         if entry is None:
             return v.unauthorized(step.plugin.realm, token_sent=True, route=step.route)
-        return self._decide(step, entry, self._clock())
+        return self._decide(step, entry, self._clock(), request)
 
     def _prepare(self, request: RequestInfo) -> v.Verdict | _Pending:
         route = self._router.match(request.method, request.host, request.path, request.headers)
@@ -181,10 +183,16 @@ class Engine:
             return v.malformed_request(plugin.realm, route)
         return v.unauthorized(plugin.realm, token_sent=token is Problem.INVALID, route=route)
 
-    def _decide(self, step: _Pending, entry: Cached, now: float) -> v.Verdict:
+    def _decide(self, step: _Pending, entry: Cached, now: float, request: RequestInfo) -> v.Verdict:
         route, plugin = step.route, step.plugin
         if isinstance(entry, NegativeEntry):
             return v.unauthorized(plugin.realm, token_sent=True, route=route)
+        if entry.x5t_s256 is not None:
+            refused = rfc8705.refusal(entry.x5t_s256, request, plugin)
+            if refused is not None:
+                log.info("token refused: endpoint=%s token=%s reason=%s",
+                         plugin.endpoint_label, fingerprint(step.token), refused)
+                return v.unauthorized(plugin.realm, token_sent=True, route=route)
         if plugin.scope and not entry.scopes.issuperset(plugin.scope):
             return v.forbidden(plugin.scope, plugin.realm, route)
         expires_in = entry.expires_at - now  # not max(): a builtin call costs more than the test, at every hit
@@ -281,7 +289,8 @@ class Engine:
             return None
         now = self._clock()
         lifetime = cache_lifetime(step.plugin.token_cache_seconds, CacheDirectives(), numeric_claim(result, "exp"), now)
-        entry = CacheEntry("Bearer " + step.token, self._shared_scopes(granted_scopes(result)), now + lifetime)
+        entry = CacheEntry("Bearer " + step.token, self._shared_scopes(granted_scopes(result)), now + lifetime,
+                           x5t_s256=rfc8705.bound_thumbprint(result))
         if step.plugin.claims_to_headers:  # from the verified claims (token_exchange is refused with jwt_issuers)
             entry = self._with_claim_headers(step, entry, result)
         if entry.expires_at > now:
@@ -299,7 +308,8 @@ class Engine:
         expires = numeric_claim(claims, "exp")
         directives = result.directives if plugin.honor_cache_control else CacheDirectives()
         lifetime = cache_lifetime(plugin.token_cache_seconds, directives, expires, now)
-        return CacheEntry("Bearer " + jwt, self._shared_scopes(granted_scopes(claims)), now + lifetime)
+        return CacheEntry("Bearer " + jwt, self._shared_scopes(granted_scopes(claims)), now + lifetime,
+                          x5t_s256=rfc8705.bound_thumbprint(result.claims))
 
     def _with_claim_headers(self, step: _Pending, entry: CacheEntry, claims: dict[str, object]) -> CacheEntry:
         """``entry`` with the ``claims_to_headers`` values of the introspected claims (one log line for those that
@@ -308,7 +318,7 @@ class Engine:
         if problems:
             log.warning("claims_to_headers: route=%s token=%s %s", step.route.name, fingerprint(step.token),
                         "; ".join(problems))
-        return CacheEntry(entry.authorization, entry.scopes, entry.expires_at, headers)
+        return CacheEntry(entry.authorization, entry.scopes, entry.expires_at, headers, entry.x5t_s256)
 
     async def _exchange(self, step: _Pending, entry: CacheEntry, now: float) -> CacheEntry:
         """``entry`` with the token the authorization server issued for this route (RFC 8693) in place of the one
@@ -324,7 +334,8 @@ class Engine:
         expires_at = entry.expires_at
         if issued.expires_in is not None:
             expires_at = min(expires_at, now + issued.expires_in)
-        return CacheEntry("Bearer " + issued.access_token, entry.scopes, expires_at, entry.headers)
+        # the binding stays: it is the client's token (and certificate) the gateway checks, whatever goes upstream
+        return CacheEntry("Bearer " + issued.access_token, entry.scopes, expires_at, entry.headers, entry.x5t_s256)
 
     def _shared_scopes(self, scopes: frozenset[str]) -> frozenset[str]:
         shared = self._scope_sets.get(scopes)

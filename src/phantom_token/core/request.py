@@ -37,17 +37,26 @@ class RequestInfo:
 
     A plain class, not a dataclass: one is made per request, and a dataclass's generated ``__init__`` would run
     interpreted even in the compiled build (phantom_token/compiled.py).
+
+    ``client_cert_sha256`` is the client certificate the connection presented (TLS terminated by the front door, or
+    Envoy's ``attributes.source.certificate``), as an RFC 8705 thumbprint: base64url SHA-256 of its DER, the form of
+    ``cnf["x5t#S256"]``; None when there was none. ``trusted_peer``: the socket peer is in ``trusted_proxies``, so a
+    certificate it forwards in a header (the plugin's ``client_cert_header``) may be believed. Both are per
+    connection; the engine reads them only for a token bound to a certificate (``core.rfc8705``).
     """
 
-    __slots__ = ("headers", "host", "memo", "method", "path")
+    __slots__ = ("client_cert_sha256", "headers", "host", "memo", "method", "path", "trusted_peer")
 
     def __init__(self, method: str, host: str, path: str, headers: dict[str, list[str]],
-                 memo: TokenMemo | None = None) -> None:
+                 memo: TokenMemo | None = None, client_cert_sha256: str | None = None,
+                 trusted_peer: bool = False) -> None:
         self.method = method
         self.host = host
         self.path = path
         self.headers = headers
         self.memo = memo  # the connection's, when the front door keeps one
+        self.client_cert_sha256 = client_cert_sha256
+        self.trusted_peer = trusted_peer
 
     def __eq__(self, other: object) -> bool:  # the memo is the connection's, not part of the request
         return (isinstance(other, RequestInfo) and self.method == other.method and self.host == other.host

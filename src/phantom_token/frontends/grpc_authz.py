@@ -9,6 +9,10 @@ answer are the HTTP decision service's (``frontends.decisions``), in protobuf:
   names with ``_`` are ignored, as ``serve`` ignores them. Either way Envoy has already joined a repeated header's
   values with commas, so two ``Authorization`` headers arrive as one value that is no ``b64token``: 401
   ``invalid_token`` and no introspection (where the HTTP front doors, which see both, answer 400).
+- The client certificate (RFC 8705 certificate-bound tokens): ``attributes.source.certificate``, the URL-encoded
+  PEM Envoy sends with ``include_peer_certificate: true``, as ``RequestInfo.client_cert_sha256``; or a plugin's
+  ``client_cert_header`` among the headers (every peer answered here is trusted). A certificate that is not a PEM
+  certificate counts as none (a bound token is then refused).
 - Allowed: status OK and an ``OkHttpResponse`` that sets ``authorization: Bearer <jwt>`` (overwriting the
   client's, never appending), sets the route's ``claims_to_headers`` values the same way and removes the client's
   copies of those that have no value (also for a preflight the route lets through), and removes ``dpop`` (a
@@ -56,6 +60,7 @@ from phantom_token.config.material import ServerPems
 from phantom_token.config.settings import Settings
 from phantom_token.core.bearer import BearerToken, extract, fingerprint
 from phantom_token.core.claim_headers import header_names, python_value
+from phantom_token.core.client_cert import InvalidCertificateHeader, pem_thumbprint
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
 from phantom_token.frontends import Authorizer, Observe, authorize
@@ -113,6 +118,7 @@ def _headers(http: Any, max_bytes: int) -> dict[str, list[str]]:
 
 _PATHS: Final[dict[str, str]] = {}  # paths as Envoy sent them (never a query string) -> normal form
 _HOSTS: Final[dict[str, str]] = {}  # hosts as sent -> normal form
+_CERTIFICATES: Final[dict[str, str]] = {}  # source.certificate as sent -> its thumbprint ("": not a certificate)
 
 
 _BAD_TARGET: Final = "The check request has an invalid {name} ({reason})"
@@ -132,7 +138,21 @@ def request_info(check: CheckRequest, max_header_bytes: int) -> RequestInfo:
     if not http.host:
         raise BadDecisionRequest("The check request has no host")
     host = normal_form(_HOSTS, http.host, normalise_host, _BAD_TARGET, "host")
-    return RequestInfo(http.method.upper(), host, path, _headers(http, max_header_bytes))
+    source = check.attributes.source.certificate
+    return RequestInfo(http.method.upper(), host, path, _headers(http, max_header_bytes), None,
+                       _certificate(source) if source else None, True)
+
+
+def _certificate(url_encoded_pem: str) -> str | None:
+    """The thumbprint of Envoy's ``source.certificate`` (remembered: one Envoy sends few distinct ones), or None."""
+    known = _CERTIFICATES.get(url_encoded_pem)
+    if known is None:
+        try:
+            known = pem_thumbprint(url_encoded_pem)
+        except InvalidCertificateHeader:
+            known = ""
+        remember(_CERTIFICATES, url_encoded_pem, known, 256)
+    return known or None
 
 
 def _header(name: str, value: str) -> Any:

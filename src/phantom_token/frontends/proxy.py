@@ -25,6 +25,11 @@ Invariants:
   (a denial, the upstream's response at its end, a failure, a refusal by the connection core) and goes upstream
   with exactly one ``X-Request-Id``: the client's when valid, else a new one replacing every copy it sent. Off, the
   only cost is one boolean test per request and per answer, and the request goes as it came.
+- Client certificates (RFC 8705, ``frontends.tls``): over TLS the certificate's thumbprint is computed once per
+  connection and given to the engine with each request. A header that carries a certificate (a plugin's
+  ``client_cert_header``) is believed only from a ``trusted_proxies`` peer (``RequestInfo.trusted_peer``, decided
+  once per connection, and only when some plugin names such a header); from any other peer it is removed from what
+  goes upstream, so the API behind never mistakes a client's header for its proxy's.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from phantom_token.core.routes import upstream_path
 from phantom_token.core.verdict import Allow, Deny, Verdict, bad_gateway, gateway_timeout, server_error
 from phantom_token.frontends import Authorizer, Observe, authorize_timed, listener_limits
 from phantom_token.frontends import access_log as access
+from phantom_token.frontends.decisions import is_trusted
 from phantom_token.frontends.forwarding import (
     HOP_BY_HOP,
     claim_lines,
@@ -54,7 +60,9 @@ from phantom_token.frontends.forwarding import (
     tunnels,
     with_claim_headers,
     with_request_id,
+    without_headers,
 )
+from phantom_token.frontends.tls import requiring_certificate, thumbprint
 from phantom_token.http.client import (
     ClientError,
     Connection,
@@ -110,6 +118,20 @@ class _Shared:
         # distinct head. Heads with Set-Cookie or over 2 KiB are never remembered; the memo stays small.
         self.response_heads: dict[bytes, tuple[bytes, bool]] = {}
         self._paths: dict[int, tuple[Route, dict[str, bytes]]] = {}
+        # The certificate headers some plugin reads (``client_cert_header``), lower case: believed from trusted
+        # peers only, removed from what anyone else sends upstream. Empty (the default): nothing is looked at.
+        self.cert_headers: tuple[str, ...] = tuple(sorted({
+            route.plugin.client_cert_header.lower() for route in settings.routes
+            if route.plugin is not None and route.plugin.client_cert_header is not None}))
+        self.trusted_proxies = settings.trusted_proxies
+        self._trust: dict[str, bool] = {}
+
+    def trusts(self, peer_ip: str) -> bool:
+        """Whether a peer is in ``trusted_proxies`` (remembered per address, bounded as the decision service's)."""
+        trusted = self._trust.get(peer_ip)
+        if trusted is None:
+            trusted = remember(self._trust, peer_ip, is_trusted(peer_ip, self.trusted_proxies), 4097)
+        return trusted
 
     def upstream_path(self, route: Route, path: str) -> bytes:
         """The path sent upstream for ``path`` on ``route`` (Kong's path rules), remembered per route: clients ask
@@ -193,6 +215,10 @@ class ProxyHandler(RequestHandler, ResponseSink):
         self._response_heads = shared.response_heads
         self._memo = _Memo()
         self._ip = conn.client_ip.encode("ascii")
+        self._certificate = thumbprint(conn) if conn.peer_certificate is not None else None
+        # A peer whose certificate headers are believed; from any other they are removed (``_strip``).
+        self._trusted = bool(shared.cert_headers) and shared.trusts(conn.client_ip)
+        self._strip = bool(shared.cert_headers) and not self._trusted
         self._route: Route | None = None
         self._upstream: Connection | None = None
         self._replay: tuple[_Origin, bytes] | None = None
@@ -223,7 +249,8 @@ class ProxyHandler(RequestHandler, ResponseSink):
         self._route = None
         if self._access:
             self._begin_log(head)
-        info = RequestInfo(head.method, head.host, head.path, head.headers, self._memo.tokens)
+        info = RequestInfo(head.method, head.host, head.path, head.headers, self._memo.tokens, self._certificate,
+                           self._trusted)
         verdict = self._try_authorize(info)
         if verdict is None:
             self._pending = []
@@ -290,6 +317,8 @@ class ProxyHandler(RequestHandler, ResponseSink):
             request_head = self._with_claims(request_head, head, route, claims)
         if self._access:
             request_head = with_request_id(request_head, self._request_id.encode("ascii"), self._own_request_id)
+        if self._strip:
+            request_head = without_headers(request_head, head.headers, self._shared.cert_headers)
         conn = self._shared.pool.take(origin.idle)
         if conn is None:
             self._connect_later(head, origin, request_head)
@@ -568,13 +597,15 @@ class ProxyHandler(RequestHandler, ResponseSink):
 
 
 async def start_proxy(engine: Authorizer, settings: Settings, host: str, port: int, *, reuse_port: bool = False,
-                      observe: Observe | None = None, limits: ServerLimits | None = None) -> HttpServer:
-    """Listen on ``host:port`` and proxy every request the engine allows. ``close()``/``wait_closed()`` drain
-    in-flight requests, then close the upstream pool."""
+                      observe: Observe | None = None, limits: ServerLimits | None = None,
+                      tls: ssl.SSLContext | None = None) -> HttpServer:
+    """Listen on ``host:port`` (over TLS with ``tls``: ``phantom_token.tls``'s context) and proxy every request the
+    engine allows. ``close()``/``wait_closed()`` drain in-flight requests, then close the upstream pool."""
     shared = _Shared(engine, settings, observe)
-    return await start_server(lambda conn: ProxyHandler(conn, shared), host, port,
-                              limits=limits or listener_limits(settings),
-                              reuse_port=reuse_port, on_closed=shared.pool.aclose)
+    make = requiring_certificate(lambda conn: ProxyHandler(conn, shared),
+                                 tls is not None and settings.tls.client_certificate == "required", observe)
+    return await start_server(make, host, port, limits=limits or listener_limits(settings),
+                              reuse_port=reuse_port, on_closed=shared.pool.aclose, tls=tls)
 
 
 __all__ = ["HOP_BY_HOP", "Observe", "ProxyHandler", "start_proxy"]
