@@ -214,10 +214,20 @@ def _load_listener_tls(files: TlsSettings, into: dict[TlsSettings, ssl.SSLContex
     """The listener's SSL context, or why not. Only the configured CAs verify client certificates (never the
     system store); ``required`` is enforced per connection by the front door (an HTTP 400, as nginx answers), so
     the handshake itself asks for a certificate without insisting on one."""
+    whys = []
+    for option, path in (("cert_file", files.cert_file), ("key_file", files.key_file),
+                         ("client_ca_file", files.client_ca_file)):
+        if path is not None:
+            try:
+                with Path(path).open("rb"):
+                    pass
+            except OSError as exc:
+                whys.append((option, f"cannot read the file: {exc.strerror}"))
+    if whys:
+        return whys
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # TLS 1.2+, the ssl module's secure defaults, no CA loaded
     context.options |= ssl.OP_NO_RENEGOTIATION
     context.set_alpn_protocols(["http/1.1"])
-    whys = []
     try:
         context.load_cert_chain(str(files.cert_file), files.key_file)
     except (OSError, ssl.SSLError) as exc:
