@@ -33,8 +33,9 @@ Test controls, only when built with ``test_controls=True`` (``--test-controls``)
   ``exchange_failure`` (``null``/``"none"``, ``"invalid_target"`` (400 with that error), ``"status"`` (500),
   ``"garbage"`` (200 with a body that is not JSON) or ``"hang"``: how token exchanges are answered),
   ``revoke`` (a token value), ``register`` (``{"token": value, "scope": "...", "expires_in": s, "client_id": ...,
-  "sub": ...}``: makes exactly that value a valid token, for tests of odd characters). Answers the current
-  controls as JSON.
+  "sub": ..., "x5t#S256": ...}``: makes exactly that value a valid token, for tests of odd characters; with
+  ``x5t#S256`` the token is bound to that client certificate thumbprint (RFC 8705) and every answer about it
+  carries ``cnf: {"x5t#S256": ...}``). Answers the current controls as JSON.
 
 Invariants: tokens are stored under their SHA-256 digest only; no raw token is ever logged (logs carry the first
 8 hex characters of the SHA-256) or returned except to the client it was issued to; expired tokens are inactive
@@ -109,6 +110,7 @@ class IssuedToken:
     scopes: tuple[str, ...]
     issued_at: int
     expires_at: int
+    x5t_s256: str | None = None  # the client certificate the token is bound to (RFC 8705 cnf), if any
 
 
 @dataclass(slots=True)
@@ -264,6 +266,7 @@ class DemoAuthorizationServer:
         value: str | None = None,
         lifetime: int | None = None,
         subject: str | None = None,
+        x5t_s256: str | None = None,
     ) -> str:
         """Register a token (a fresh random one unless ``value`` is given) and return its value."""
         now = int(self._clock())
@@ -271,7 +274,8 @@ class DemoAuthorizationServer:
         token = value if value is not None else secrets.token_urlsafe(32)
         ttl = self.token_lifetime if lifetime is None else lifetime
         scope_list = tuple(dict.fromkeys(scopes))
-        self._tokens[fingerprint(token)] = IssuedToken(client_id, subject or client_id, scope_list, now, now + ttl)
+        self._tokens[fingerprint(token)] = IssuedToken(client_id, subject or client_id, scope_list, now, now + ttl,
+                                                       x5t_s256)
         log.info("issued token %s to %s, scope %r, %ds", short_fingerprint(token), client_id, scope_list, ttl)
         return token
 
@@ -426,6 +430,8 @@ class DemoAuthorizationServer:
             exp=issued.expires_at,
             jti=secrets.token_urlsafe(16),
         )
+        if issued.x5t_s256 is not None:
+            claims["cnf"] = {"x5t#S256": issued.x5t_s256}
         return claims
 
     def _max_age(self, issued: IssuedToken) -> str:
@@ -528,6 +534,7 @@ class DemoAuthorizationServer:
                 value=spec["token"],
                 lifetime=int(spec["expires_in"]) if "expires_in" in spec else None,
                 subject=spec.get("sub"),
+                x5t_s256=str(spec["x5t#S256"]) if "x5t#S256" in spec else None,
             )
             result["registered"] = short_fingerprint(spec["token"])
 
