@@ -175,8 +175,9 @@ class _Memo:
     (its last path, the response head it last got, the gateway lines built for its own token's JWT), for the
     connection's life."""
 
-    __slots__ = ("claims_lines", "claims_names", "claims_plugin", "claims_source", "lines", "lines_auth",
-                 "lines_host", "lines_route", "path", "path_route", "raw_head", "rewritten_head", "target", "tokens")
+    __slots__ = ("certificate", "claims_lines", "claims_names", "claims_plugin", "claims_source", "lines", "lines_auth",
+                 "lines_host", "lines_route", "path", "path_route", "raw_head", "rewritten_head", "strip", "target",
+                 "tokens", "trusted")
 
     def __init__(self) -> None:
         self.tokens = TokenMemo()  # the engine's: the token this connection last sent and its cache key
@@ -198,6 +199,19 @@ class _Memo:
         self.claims_lines = b""
         self.claims_plugin: PluginConfig | None = None
         self.claims_names: frozenset[str] = frozenset()
+        # The connection's client certificate (``frontends.tls``) and whether its peer is a trusted proxy, whose
+        # certificate headers are believed; from any other peer those headers are removed (``strip``). Here, not on
+        # the handler: the handler's attributes are many already (past CPython's shared-key limit they get slower).
+        self.certificate: str | None = None
+        self.trusted = False
+        self.strip = False
+
+    def client_certificate(self, conn: ServerConnection, shared: _Shared) -> None:
+        """Set the connection's certificate facts (once, when it is made over TLS or some plugin reads a header)."""
+        self.certificate = thumbprint(conn)
+        if shared.cert_headers:
+            self.trusted = shared.trusts(conn.client_ip)
+            self.strip = not self.trusted
 
 
 class ProxyHandler(RequestHandler, ResponseSink):
@@ -215,10 +229,8 @@ class ProxyHandler(RequestHandler, ResponseSink):
         self._response_heads = shared.response_heads
         self._memo = _Memo()
         self._ip = conn.client_ip.encode("ascii")
-        self._certificate = thumbprint(conn) if conn.peer_certificate is not None else None
-        # A peer whose certificate headers are believed; from any other they are removed (``_strip``).
-        self._trusted = bool(shared.cert_headers) and shared.trusts(conn.client_ip)
-        self._strip = bool(shared.cert_headers) and not self._trusted
+        if conn.peer_certificate is not None or shared.cert_headers:
+            self._memo.client_certificate(conn, shared)
         self._route: Route | None = None
         self._upstream: Connection | None = None
         self._replay: tuple[_Origin, bytes] | None = None
@@ -249,8 +261,9 @@ class ProxyHandler(RequestHandler, ResponseSink):
         self._route = None
         if self._access:
             self._begin_log(head)
-        info = RequestInfo(head.method, head.host, head.path, head.headers, self._memo.tokens, self._certificate,
-                           self._trusted)
+        memo = self._memo
+        info = RequestInfo(head.method, head.host, head.path, head.headers, memo.tokens, memo.certificate,
+                           memo.trusted)
         verdict = self._try_authorize(info)
         if verdict is None:
             self._pending = []
@@ -317,8 +330,6 @@ class ProxyHandler(RequestHandler, ResponseSink):
             request_head = self._with_claims(request_head, head, route, claims)
         if self._access:
             request_head = with_request_id(request_head, self._request_id.encode("ascii"), self._own_request_id)
-        if self._strip:
-            request_head = without_headers(request_head, head.headers, self._shared.cert_headers)
         conn = self._shared.pool.take(origin.idle)
         if conn is None:
             self._connect_later(head, origin, request_head)
@@ -401,6 +412,8 @@ class ProxyHandler(RequestHandler, ResponseSink):
             if forwarded_for is None:  # a client's own X-Forwarded-For makes the lines its own: not remembered
                 memo.lines, memo.lines_auth, memo.lines_route, memo.lines_host = lines, authorization, route, raw_host
             parts.append(lines)
+        if memo.strip:
+            return without_headers(b"".join(parts), head.headers, self._shared.cert_headers)
         return b"".join(parts)
 
     def _with_claims(self, request_head: bytes, head: RequestHead, route: Route,
