@@ -25,6 +25,9 @@ Invariants:
 - Denied: the contract's section 8 response (JSON, challenge); the app is not called.
 - Lifespan: ``lifespan.startup`` opens the HTTP client and cache (before the app's own startup), and they close
   after the app's shutdown completes. A server that sends no lifespan events gets them opened on first use.
+- Certificate-bound tokens (RFC 8705): the client certificate is the first of the ASGI TLS extension's
+  ``client_cert_chain`` (``scope["extensions"]["tls"]``, when the server terminates TLS and offers it), or a
+  plugin's ``client_cert_header`` when ``scope["client"]`` is in ``trusted_proxies``.
 - The engine decides; no rule of the pattern is implemented here. Tokens are never logged.
 """
 
@@ -33,16 +36,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from phantom_token.config.material import Material
 from phantom_token.config.settings import Settings
 from phantom_token.core.claim_headers import header_names
+from phantom_token.core.client_cert import InvalidCertificateHeader, pem_thumbprint
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.verdict import Allow, Deny, Verdict
 from phantom_token.frontends import authorize
+from phantom_token.frontends.decisions import Network, is_trusted
 from phantom_token.gateway import Gateway
 from phantom_token.http.uri import InvalidTarget, normalise_host, normalise_path
 from phantom_token.jose import MalformedToken as MalformedJwt
@@ -116,6 +121,10 @@ class PhantomTokenMiddleware:
         self.gateway = Gateway(settings, material)
         self.engine = self.gateway.engine
         self.is_open = False
+        # Whose certificate headers are believed: only asked when some plugin reads one (``client_cert_header``).
+        self._trusted_proxies = settings.trusted_proxies if any(
+            route.plugin is not None and route.plugin.client_cert_header is not None for route in settings.routes
+        ) else ()
         self._opening: asyncio.Lock | None = None
 
     # -- lifespan ------------------------------------------------------------------------------------------------
@@ -161,7 +170,7 @@ class PhantomTokenMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            info = request_info(scope)
+            info = request_info(scope, self._trusted_proxies)
         except InvalidTarget as exc:
             log.info("refused a request: %s", exc.reason)
             await _send_deny(_MALFORMED, scope, send)
@@ -180,10 +189,10 @@ class PhantomTokenMiddleware:
         return await authorize(self.engine, info)
 
 
-def request_info(scope: Scope) -> RequestInfo:
+def request_info(scope: Scope, trusted_proxies: Sequence[Network] = ()) -> RequestInfo:
     """The engine's view of an ASGI HTTP scope: lower-case header names -> every value, the normalised path and
-    host (``phantom_token.http.uri``, as ``serve`` matches them); raises ``InvalidTarget`` for a path or Host that
-    ``serve`` would refuse with 400."""
+    host (``phantom_token.http.uri``, as ``serve`` matches them), the TLS client certificate, and whether the client
+    is one of ``trusted_proxies``; raises ``InvalidTarget`` for a path or Host that ``serve`` would refuse with 400."""
     headers: dict[str, list[str]] = {}
     for raw_name, raw_value in scope.get("headers", ()):
         name = raw_name.decode("latin-1").lower()
@@ -204,7 +213,23 @@ def request_info(scope: Scope) -> RequestInfo:
     else:
         server = scope.get("server")
         host = str(server[0]).lower() if server else ""
-    return RequestInfo(scope.get("method", "GET"), host, normalise_path(path), headers)  # a WebSocket: its GET
+    client = scope.get("client")
+    trusted = bool(trusted_proxies) and client is not None and is_trusted(str(client[0]), trusted_proxies)
+    return RequestInfo(scope.get("method", "GET"), host, normalise_path(path), headers,  # a WebSocket: its GET
+                       None, client_certificate(scope), trusted)
+
+
+def client_certificate(scope: Scope) -> str | None:
+    """The RFC 8705 thumbprint of the client certificate of the ASGI TLS extension, or None."""
+    extensions = scope.get("extensions")
+    tls = extensions.get("tls") if isinstance(extensions, Mapping) else None
+    chain = tls.get("client_cert_chain") if isinstance(tls, Mapping) else None
+    if not chain or not isinstance(chain[0], str):
+        return None
+    try:
+        return pem_thumbprint(chain[0])
+    except InvalidCertificateHeader:
+        return None
 
 
 def allowed_scope(scope: Scope, allow: Allow, path: str | None = None) -> Scope:
