@@ -135,8 +135,9 @@ SECTION_OPTIONS = OptionTable(
                "default, as it costs on the hot path"),
         Option("cache", "section", "", table=CACHE_OPTIONS),
         Option("trusted_proxies", "custom",
-               "the gateways `authz` answers (every endpoint; anyone else gets 403); `[]` trusts nobody. Host bits "
-               "are ignored (`10.1.2.3/8` is `10.0.0.0/8`)", shown_type="list of IPs or CIDRs"),
+               "the gateways `authz` answers (every endpoint; anyone else gets 403), and the proxies whose "
+               "`client_cert_header` `serve` believes; `[]` trusts nobody. Host bits are ignored (`10.1.2.3/8` is "
+               "`10.0.0.0/8`)", shown_type="list of IPs or CIDRs"),
         Option("upstream_timeout_seconds", "number", "how long the upstream may take to answer"),
         Option("upstream_connect_timeout_seconds", "number", "how long connecting to the upstream may take"),
         Option("max_header_bytes", "integer", "largest request head accepted", low=1024, high=16 * 1024 * 1024),
