@@ -187,7 +187,7 @@ class ServerProtocol(asyncio.Protocol):
 def _client_certificate(transport: asyncio.BaseTransport) -> bytes | None:
     """The DER certificate a TLS client presented (verified by the handshake), or None."""
     ssl_object = transport.get_extra_info("ssl_object")
-    if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
+    if not isinstance(ssl_object, (ssl.SSLObject, ssl.SSLSocket)):  # a tuple: compiled isinstance takes it
         return None
     return ssl_object.getpeercert(binary_form=True) or None
 
