@@ -266,3 +266,31 @@ def test_certificate_headers_are_removed_from_what_goes_upstream() -> None:
     headers = {"accept": ["*/*"], "client-cert": [":AAAA:", ":BBBB:"]}
     assert without_headers(head, headers, ("client-cert",)) == b"GET /x HTTP/1.1\r\nAccept: */*\r\nHost: up\r\n\r\n"
     assert without_headers(head, {"accept": ["*/*"]}, ("client-cert",)) is head  # none sent: not even looked at
+
+
+async def test_a_verified_jwt_access_token_s_cnf_binds_it_too() -> None:
+    """``jwt_issuers``: an RFC 9068 JWT with ``cnf["x5t#S256"]`` is verified here and then needs its certificate."""
+    import dataclasses
+
+    from phantom_token import jose
+    from phantom_token.config.settings import JwtIssuer
+
+    from .test_jwt_issuers import FakeKeys
+
+    key = jose.SigningKey.generate("ES256", kid="k1")
+    server = PluginConfig("http://as.test/introspect", "gw", "s")
+    plugin = dataclasses.replace(server, authorization_servers=(server,),
+                                 jwt_issuers=(JwtIssuer("https://as.test", "https://as.test/jwks", "api"),))
+    clock, introspector = FakeClock(), FakeIntrospector()
+    engine = Engine(Router((Route("api", "svc", UPSTREAM, paths=("/api",), plugin=plugin),)), MemoryCache(10),
+                    introspector, clock=clock, issuer_keys=FakeKeys(key))
+    jwt = key.sign({"iss": "https://as.test", "sub": "a", "aud": "api", "exp": int(clock.now) + 600,
+                    "cnf": {"x5t#S256": X5T}}, {"typ": "at+jwt"})
+
+    def bearer(certificate: str | None) -> RequestInfo:
+        return RequestInfo("GET", "localhost", "/api/x", {"authorization": ["Bearer " + jwt]}, None, certificate)
+
+    assert isinstance(await engine.authorize(bearer(None)), Deny)
+    assert isinstance(await engine.authorize(bearer(X5T)), Allow)
+    assert isinstance(engine.try_authorize(bearer(der_thumbprint(OTHER_DER))), Deny)
+    assert introspector.calls == []
