@@ -17,7 +17,7 @@ from phantom_token.core.claims import cnf_member
 from phantom_token.core.client_cert import InvalidCertificateHeader, der_thumbprint, pem_thumbprint, thumbprint
 from phantom_token.core.engine import Engine
 from phantom_token.core.ports import CacheEntry
-from phantom_token.core.request import RequestInfo
+from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.routes import Router
 from phantom_token.core.verdict import Allow, Deny
 from phantom_token.frontends.forwarding import without_headers
@@ -149,10 +149,24 @@ def build(plugin: PluginConfig) -> tuple[Engine, FakeIntrospector, FakeClock]:
     return Engine(Router(routes), MemoryCache(100), introspector, clock=clock), introspector, clock
 
 
+def connection(certificate: str | None, trusted: bool = False) -> TokenMemo:
+    """A connection's memo with its certificate facts, as a front door sets them when the connection is made."""
+    memo = TokenMemo()
+    memo.client_cert_sha256, memo.trusted_peer = certificate, trusted
+    return memo
+
+
 def req(certificate: str | None = None, headers: dict[str, list[str]] | None = None, *,
         trusted: bool = False) -> RequestInfo:
-    return RequestInfo("GET", "localhost", "/api/x", {"authorization": ["Bearer tok"], **(headers or {})}, None,
-                       certificate, trusted)
+    return RequestInfo("GET", "localhost", "/api/x", {"authorization": ["Bearer tok"], **(headers or {})},
+                       connection(certificate, trusted))
+
+
+def test_without_a_memo_a_request_has_no_certificate_and_no_trusted_peer() -> None:
+    info = RequestInfo("GET", "h", "/", {})
+    assert (info.client_cert_sha256, info.trusted_peer) == (None, False)
+    info.memo = connection(X5T, True)
+    assert (info.client_cert_sha256, info.trusted_peer) == (X5T, True)
 
 
 PLAIN = PluginConfig("http://as.test/i", "gw", "s")
@@ -288,7 +302,7 @@ async def test_a_verified_jwt_access_token_s_cnf_binds_it_too() -> None:
                     "cnf": {"x5t#S256": X5T}}, {"typ": "at+jwt"})
 
     def bearer(certificate: str | None) -> RequestInfo:
-        return RequestInfo("GET", "localhost", "/api/x", {"authorization": ["Bearer " + jwt]}, None, certificate)
+        return RequestInfo("GET", "localhost", "/api/x", {"authorization": ["Bearer " + jwt]}, connection(certificate))
 
     assert isinstance(await engine.authorize(bearer(None)), Deny)
     assert isinstance(await engine.authorize(bearer(X5T)), Allow)

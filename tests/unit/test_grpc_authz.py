@@ -87,8 +87,9 @@ def test_envoy_s_source_certificate_is_the_client_certificate() -> None:
     der = b"\x30\x03\x02\x01\x05"
     pem = f"-----BEGIN CERTIFICATE-----\n{base64.b64encode(der).decode()}\n-----END CERTIFICATE-----\n"
     request = check()
+    assert request_info(request, 65536).memo is None  # no certificate, no plugin reads a header: nothing to carry
     assert request_info(request, 65536).client_cert_sha256 is None
-    assert request_info(request, 65536).trusted_peer  # only trusted peers are asked: their headers count
+    assert request_info(request, 65536, reads_headers=True).trusted_peer  # only trusted peers are asked
     request.attributes.source.certificate = quote(pem)
     assert request_info(request, 65536).client_cert_sha256 == der_thumbprint(der)
     request.attributes.source.certificate = "junk"

@@ -288,6 +288,9 @@ class DecisionHandler(RequestHandler):
         self._trusted = shared.trusts(conn.client_ip)
         self._task: asyncio.Task[None] | None = None
         self._memo = TokenMemo()  # a gateway's connection carries many clients' tokens; a repeat still saves work
+        # Only a trusted peer's requests reach the engine: a certificate header it forwards is believed. The TLS
+        # certificate of the connection, if any, is the gateway's own: never the client's (left None).
+        self._memo.trusted_peer = True
         self._access = shared.access_log
         # The access log's record of the active request (kept only when it is on).
         self._log_info: RequestInfo | None = None
@@ -311,7 +314,6 @@ class DecisionHandler(RequestHandler):
             self._reply(head, _not_a_decision_endpoint())
             return
         info.memo = self._memo
-        info.trusted_peer = True  # only trusted peers get here: a certificate header they forward is believed
         if self._access:
             self._log_info = info
         verdict = self._try_authorize(info)

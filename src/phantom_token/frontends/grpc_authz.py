@@ -61,7 +61,7 @@ from phantom_token.config.settings import Settings
 from phantom_token.core.bearer import BearerToken, extract, fingerprint
 from phantom_token.core.claim_headers import header_names, python_value
 from phantom_token.core.client_cert import InvalidCertificateHeader, pem_thumbprint
-from phantom_token.core.request import RequestInfo
+from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
 from phantom_token.frontends import Authorizer, Observe, authorize
 from phantom_token.frontends import access_log as access
@@ -124,8 +124,9 @@ _CERTIFICATES: Final[dict[str, str]] = {}  # source.certificate as sent -> its t
 _BAD_TARGET: Final = "The check request has an invalid {name} ({reason})"
 
 
-def request_info(check: CheckRequest, max_header_bytes: int) -> RequestInfo:
-    """The request Envoy asks about. Raises ``BadDecisionRequest`` (400) or ``HeadersTooLarge`` (431)."""
+def request_info(check: CheckRequest, max_header_bytes: int, reads_headers: bool = False) -> RequestInfo:
+    """The request Envoy asks about. Raises ``BadDecisionRequest`` (400) or ``HeadersTooLarge`` (431).
+    ``reads_headers``: some plugin reads a ``client_cert_header`` (believed: only trusted peers are asked)."""
     if not check.HasField("attributes") or not check.attributes.request.HasField("http"):
         raise BadDecisionRequest("The check request has no attributes.request.http")
     http = check.attributes.request.http
@@ -138,9 +139,13 @@ def request_info(check: CheckRequest, max_header_bytes: int) -> RequestInfo:
     if not http.host:
         raise BadDecisionRequest("The check request has no host")
     host = normal_form(_HOSTS, http.host, normalise_host, _BAD_TARGET, "host")
+    info = RequestInfo(http.method.upper(), host, path, _headers(http, max_header_bytes))
     source = check.attributes.source.certificate
-    return RequestInfo(http.method.upper(), host, path, _headers(http, max_header_bytes), None,
-                       _certificate(source) if source else None, True)
+    if source or reads_headers:  # the certificate facts ride on a memo of this check's own
+        memo = info.memo = TokenMemo()
+        memo.trusted_peer = True
+        memo.client_cert_sha256 = _certificate(source) if source else None
+    return info
 
 
 def _certificate(url_encoded_pem: str) -> str | None:
@@ -241,6 +246,8 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         self._try_authorize: Callable[[RequestInfo], Verdict | None] = engine.try_authorize
         self._trusted_proxies = settings.trusted_proxies
         self._max_header_bytes = settings.max_header_bytes
+        self._reads_headers = any(route.plugin is not None and route.plugin.client_cert_header is not None
+                                  for route in settings.routes)
         self._observe = observe
         self._access = settings.access_log
         self._trust: dict[str, bool] = {}  # peer IP -> trusted; Envoys are few (bounded as the HTTP listener's)
@@ -262,7 +269,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
                 verdict = untrusted_peer()
             else:
                 try:
-                    info = request_info(check, self._max_header_bytes)
+                    info = request_info(check, self._max_header_bytes, self._reads_headers)
                 except BadDecisionRequest as exc:
                     verdict = exc.deny()
                 except HeadersTooLarge:

@@ -44,7 +44,7 @@ from phantom_token.config.material import Material
 from phantom_token.config.settings import Settings
 from phantom_token.core.claim_headers import header_names
 from phantom_token.core.client_cert import InvalidCertificateHeader, pem_thumbprint
-from phantom_token.core.request import RequestInfo
+from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.verdict import Allow, Deny, Verdict
 from phantom_token.frontends import authorize
 from phantom_token.frontends.decisions import Network, is_trusted
@@ -213,10 +213,14 @@ def request_info(scope: Scope, trusted_proxies: Sequence[Network] = ()) -> Reque
     else:
         server = scope.get("server")
         host = str(server[0]).lower() if server else ""
+    info = RequestInfo(scope.get("method", "GET"), host, normalise_path(path), headers)  # a WebSocket: its GET
+    certificate = client_certificate(scope)
     client = scope.get("client")
     trusted = bool(trusted_proxies) and client is not None and is_trusted(str(client[0]), trusted_proxies)
-    return RequestInfo(scope.get("method", "GET"), host, normalise_path(path), headers,  # a WebSocket: its GET
-                       None, client_certificate(scope), trusted)
+    if certificate is not None or trusted:  # the certificate facts ride on a memo of this request's own
+        memo = info.memo = TokenMemo()
+        memo.client_cert_sha256, memo.trusted_peer = certificate, trusted
+    return info
 
 
 def client_certificate(scope: Scope) -> str | None:

@@ -175,9 +175,9 @@ class _Memo:
     (its last path, the response head it last got, the gateway lines built for its own token's JWT), for the
     connection's life."""
 
-    __slots__ = ("certificate", "claims_lines", "claims_names", "claims_plugin", "claims_source", "lines", "lines_auth",
+    __slots__ = ("claims_lines", "claims_names", "claims_plugin", "claims_source", "lines", "lines_auth",
                  "lines_host", "lines_route", "path", "path_route", "raw_head", "rewritten_head", "strip", "target",
-                 "tokens", "trusted")
+                 "tokens")
 
     def __init__(self) -> None:
         self.tokens = TokenMemo()  # the engine's: the token this connection last sent and its cache key
@@ -199,19 +199,18 @@ class _Memo:
         self.claims_lines = b""
         self.claims_plugin: PluginConfig | None = None
         self.claims_names: frozenset[str] = frozenset()
-        # The connection's client certificate (``frontends.tls``) and whether its peer is a trusted proxy, whose
-        # certificate headers are believed; from any other peer those headers are removed (``strip``). Here, not on
-        # the handler: the handler's attributes are many already (past CPython's shared-key limit they get slower).
-        self.certificate: str | None = None
-        self.trusted = False
+        # Whether the client's certificate headers are removed from what goes upstream: it is no trusted proxy.
+        # Here, not on the handler: its attributes are many already (past CPython's shared-key limit, slower).
         self.strip = False
 
     def client_certificate(self, conn: ServerConnection, shared: _Shared) -> None:
-        """Set the connection's certificate facts (once, when it is made over TLS or some plugin reads a header)."""
-        self.certificate = thumbprint(conn)
+        """Set the connection's certificate facts (once, when it is made over TLS or some plugin reads a header):
+        the engine's (``TokenMemo``), and ``strip``."""
+        tokens = self.tokens
+        tokens.client_cert_sha256 = thumbprint(conn)
         if shared.cert_headers:
-            self.trusted = shared.trusts(conn.client_ip)
-            self.strip = not self.trusted
+            tokens.trusted_peer = shared.trusts(conn.client_ip)
+            self.strip = not tokens.trusted_peer
 
 
 class ProxyHandler(RequestHandler, ResponseSink):
@@ -261,9 +260,7 @@ class ProxyHandler(RequestHandler, ResponseSink):
         self._route = None
         if self._access:
             self._begin_log(head)
-        memo = self._memo
-        info = RequestInfo(head.method, head.host, head.path, head.headers, memo.tokens, memo.certificate,
-                           memo.trusted)
+        info = RequestInfo(head.method, head.host, head.path, head.headers, self._memo.tokens)
         verdict = self._try_authorize(info)
         if verdict is None:
             self._pending = []
