@@ -255,7 +255,10 @@ STORE_KEY = b"phantom-token:" + b"ab" * 32
 @pytest.mark.parametrize("secret", [None, "0123456789abcdef0123456789abcdef"])
 def test_the_binding_survives_the_shared_store(secret: str | None) -> None:
     codec = EntryCodec(secret)
-    for entry in (CacheEntry("Bearer a.b.c", frozenset({"read"}), 1e9, X5T), CacheEntry("Bearer a", frozenset(), 1e9)):
+    for entry in (CacheEntry("Bearer a.b.c", frozenset({"read"}), 1e9, x5t_s256=X5T),
+                  CacheEntry("Bearer a", frozenset(), 1e9),
+                  CacheEntry("Bearer a", frozenset(), 1e9, (("X-User", "alice"),), X5T),  # with claims_to_headers
+                  CacheEntry("Bearer a", frozenset(), 1e9, ())):
         assert codec.decode(codec.encode(entry, STORE_KEY), STORE_KEY) == entry
 
 
@@ -266,6 +269,8 @@ def test_the_binding_survives_the_shared_store(secret: str | None) -> None:
         b'\x00[1e9,["read"],"Bearer a.b.c",{"jkt":"x"}]',  # a binding this version does not check
         b'\x00[1e9,["read"],"Bearer a.b.c",{"x5t#S256":7}]',
         b'\x00[1e9,["read"],"Bearer a.b.c",[]]',
+        b'\x00[1e9,["read"],"Bearer a.b.c",[["X-User","alice"]]]',  # claims headers, no binding: an older version's
+        b'\x00[1e9,["read"],"Bearer a.b.c",{},[["X-User"]]]',
     ],
 )
 def test_entries_whose_binding_cannot_be_kept_are_a_miss(stored: bytes) -> None:
