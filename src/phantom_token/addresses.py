@@ -15,9 +15,9 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def display(host: str, port: int) -> str:
-    """The ``http://`` URL of a listener (an IPv6 host in brackets)."""
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def display(host: str, port: int, scheme: str = "http") -> str:
+    """The ``http://`` (or ``scheme``) URL of a listener (an IPv6 host in brackets)."""
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 __all__ = ["display", "parse_listen"]

@@ -75,7 +75,7 @@ class Listeners:
             host, port = parse_listen(listen)
             front = await self._front_door(host, port, reuse_port)
             self._servers.append(front)
-            urls = [display(host, _bound_port(front, port))]
+            urls = [display(host, _bound_port(front, port), _scheme(settings))]
             if grpc_listen:
                 self.grpc_address = await self._grpc(grpc_listen, reuse_port)
         if admin_listen:
@@ -92,8 +92,10 @@ class Listeners:
     async def _front_door(self, host: str, port: int, reuse_port: bool) -> Closable:
         gateway = self.gateway
         start = start_proxy if self.command == "serve" else start_decisions
+        tls = gateway.settings.tls
+        context = gateway.material.listener_tls[tls] if tls.cert_file is not None else None  # loaded with the file
         return await start(gateway.engine, gateway.settings, host, port, reuse_port=reuse_port,
-                           observe=gateway.metrics.observe_response)
+                           observe=gateway.metrics.observe_response, tls=context)
 
     async def _grpc(self, listen: str, reuse_port: bool) -> str:
         if self.command != "authz":
@@ -119,6 +121,11 @@ class Listeners:
         except TimeoutError:
             log.warning("drain timed out after %.0fs; closing remaining connections", DRAIN_SECONDS)
         await self.gateway.close()
+
+
+def _scheme(settings: Settings) -> str:
+    """How the front door is reached: ``https`` when ``phantom_token.tls`` is set."""
+    return "https" if settings.tls.cert_file is not None else "http"
 
 
 def _bound_port(server: object, requested: int) -> int:
@@ -153,7 +160,8 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 
 
 def announce(command: str, urls: list[str], grpc_address: str | None = None) -> None:
-    """The line a parent process waits for: ``phantom-token serve listening on http://...``, then the gRPC
+    """The line a parent process waits for: ``phantom-token serve listening on http://...`` (``https://`` over
+    TLS), then the gRPC
     listener (``grpc on HOST:PORT``) and the admin listener when there are."""
     extra = f" (grpc on {grpc_address})" if grpc_address else ""
     extra += f" (admin on {urls[1]})" if len(urls) > 1 else ""
@@ -234,7 +242,8 @@ class Supervisor:
             self._reap()
             return 1
         grpc = display(*parse_listen(self.grpc_listen)).removeprefix("http://") if self.grpc_listen else None
-        front = f"grpc://{grpc}" if self.listen == LISTEN_OFF else display(*parse_listen(self.listen))
+        front = (f"grpc://{grpc}" if self.listen == LISTEN_OFF
+                 else display(*parse_listen(self.listen), _scheme(self.settings)))
         urls = [front] + ([display(*parse_listen(self.admin))] if self.admin else [])
         announce(self.command, urls, None if self.listen == LISTEN_OFF else grpc)
         return self._reap()

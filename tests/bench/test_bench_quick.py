@@ -27,6 +27,8 @@ ROWS = (
     "nginx + authz + decision cache",
     "  the same, cache key by njs",
     "serve, JWT issuer (no introspection)",
+    "nginx over TLS (reference)",
+    "serve over TLS, cache hit",
 )
 NUMBER = r"(\d+(?:\.\d+)?)"
 

@@ -223,11 +223,15 @@ class AuthServer:
         assert isinstance(token, str)
         return token
 
-    def register_token(self, token: str, scope: str = "read write", expires_in: int | None = None) -> None:
-        """Make exactly ``token`` a valid access token (for tokens with unusual characters)."""
+    def register_token(self, token: str, scope: str = "read write", expires_in: int | None = None,
+                       x5t_s256: str | None = None) -> None:
+        """Make exactly ``token`` a valid access token (for tokens with unusual characters); with ``x5t_s256``,
+        bound to that client certificate (RFC 8705: the answers carry ``cnf``)."""
         spec: dict[str, Any] = {"token": token, "scope": scope}
         if expires_in is not None:
             spec["expires_in"] = expires_in
+        if x5t_s256 is not None:
+            spec["x5t#S256"] = x5t_s256
         self.set_controls(register=spec)
 
     def revoke(self, token: str) -> None:
@@ -336,16 +340,18 @@ GatewayFactory = Callable[..., Gateway]
 
 @pytest.fixture
 def gateway(tmp_path: Path, e2e_logs: Path) -> Iterator[GatewayFactory]:
-    """``gateway(config_yaml_text, env=None, args=()) -> Gateway``; all are stopped at teardown and must exit 0."""
+    """``gateway(config_yaml_text, env=None, args=(), scheme="http") -> Gateway`` (``scheme``: ``https`` for a
+    gateway with ``phantom_token.tls``); all are stopped at teardown and must exit 0."""
     started: list[Gateway] = []
 
-    def start(config_text: str, env: Mapping[str, str] | None = None, args: Sequence[str] = ()) -> Gateway:
+    def start(config_text: str, env: Mapping[str, str] | None = None, args: Sequence[str] = (),
+              scheme: str = "http") -> Gateway:
         config = tmp_path / f"gateway-{len(started)}.yml"
         config.write_text(config_text, encoding="utf-8")
         port = free_port()
         argv = [sys.executable, "-m", "phantom_token", "serve", "-c", str(config), "--listen", f"127.0.0.1:{port}",
                 *args]
-        process = start_process("gateway", argv, port, e2e_logs, env)
+        process = start_process("gateway", argv, port, e2e_logs, env, scheme)
         gw = Gateway(process.name, process.proc, process.stderr_path, process.host, port, process.stdout_lines)
         started.append(gw)
         return gw

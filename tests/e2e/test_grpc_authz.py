@@ -10,7 +10,6 @@ The gRPC port: garbage bytes, a check without ``http`` attributes, huge header m
 
 from __future__ import annotations
 
-import datetime
 import re
 import socket
 import sys
@@ -31,6 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc  # noqa: E402
 
 from phantom_token.core.bearer import fingerprint  # noqa: E402
 
+from ..certificates import pem_pair  # noqa: E402
 from .conftest import (  # noqa: E402
     INTROSPECTION_CLIENT,
     UNAUTHORIZED_BODY,
@@ -311,39 +311,12 @@ def test_grpc_only_and_the_cli_s_refusals(auth_server: AuthServer, tmp_path: Pat
 # --- TLS, with client certificates -----------------------------------------------------------------------------------
 
 
-def _pem_pair(name: str, issuer: tuple[Any, Any] | None, *, ca: bool = False, server: bool = False
-              ) -> tuple[Any, Any, bytes, bytes]:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    signer_cert, signer_key = issuer if issuer is not None else (None, key)
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (x509.CertificateBuilder().subject_name(subject)
-               .issuer_name(signer_cert.subject if signer_cert is not None else subject)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(hours=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if server:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-    if not ca:
-        usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
-        builder = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-    cert = builder.sign(signer_key, hashes.SHA256())
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    return cert, key, cert.public_bytes(serialization.Encoding.PEM), key_pem
-
-
 def test_tls_with_client_certificates(auth_server: AuthServer, tmp_path: Path, e2e_logs: Path) -> None:
-    ca_cert, ca_key, ca_pem, _ = _pem_pair("test CA", None, ca=True)
-    _, _, server_pem, server_key = _pem_pair("localhost", (ca_cert, ca_key), server=True)
-    _, _, client_pem, client_key = _pem_pair("envoy", (ca_cert, ca_key))
-    other_ca, other_key, _, _ = _pem_pair("other CA", None, ca=True)
-    _, _, stranger_pem, stranger_key = _pem_pair("stranger", (other_ca, other_key))
+    ca_cert, ca_key, ca_pem, _ = pem_pair("test CA", None, ca=True)
+    _, _, server_pem, server_key = pem_pair("localhost", (ca_cert, ca_key), server=True)
+    _, _, client_pem, client_key = pem_pair("envoy", (ca_cert, ca_key))
+    other_ca, other_key, _, _ = pem_pair("other CA", None, ca=True)
+    _, _, stranger_pem, stranger_key = pem_pair("stranger", (other_ca, other_key))
     for name, data in (("ca.pem", ca_pem), ("server.pem", server_pem), ("server.key", server_key)):
         (tmp_path / name).write_bytes(data)
     section = (f"  grpc_tls:\n    cert_file: {tmp_path / 'server.pem'}\n    key_file: {tmp_path / 'server.key'}\n"

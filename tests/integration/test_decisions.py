@@ -6,16 +6,21 @@ makes the test client an untrusted peer). Which request is asked about, without 
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from ipaddress import ip_network
+from pathlib import Path
 
 import pytest
 
-from phantom_token.config.settings import PluginConfig, Route, Settings
+from phantom_token.config.material import listener_context
+from phantom_token.config.settings import PluginConfig, Route, Settings, TlsSettings
 from phantom_token.core import verdict as v
 from phantom_token.core.request import RequestInfo
 from phantom_token.frontends.decisions import start_decisions
 from phantom_token.http.server import HttpServer
+
+from ..certificates import Pki
 
 PLUGIN = PluginConfig("http://127.0.0.1:1/introspect", "client", "secret", scope=("admin",))
 ROUTE = Route("api", "svc", None, paths=("/api",), plugin=PLUGIN)
@@ -148,3 +153,36 @@ async def test_a_jwt_that_would_split_the_response_is_a_502(serve: Serve, keep_a
     answer = await _exchange(server, request.replace(b"Connection: close", b"X-A: b") if keep_alive else request)
     assert answer.startswith(b"HTTP/1.1 502 ")
     assert b"X-Evil" not in answer
+
+
+async def test_over_tls_the_gateway_s_own_certificate_is_never_taken_for_its_client_s(tmp_path: Path) -> None:
+    """``phantom_token.tls`` on ``authz``: the calling gateway's TLS client certificate is the gateway's, so the
+    engine gets no certificate from it; a client's comes in the plugin's header, believed as every peer here is
+    trusted (``RequestInfo.trusted_peer``). ``required`` answers a gateway without a certificate 400."""
+    pki = Pki(tmp_path)
+    gateway_cert, gateway_key, _ = pki.client("nginx")
+    tls = TlsSettings(str(pki.server_cert), str(pki.server_key), str(pki.ca_file), "required")
+    engine = FakeEngine(_by_path)
+    server = await start_decisions(engine, Settings((ROUTE,), tls=tls), "127.0.0.1", 0, tls=listener_context(tls))
+    try:
+        client = ssl.create_default_context(cafile=str(pki.ca_file))
+        client.load_cert_chain(str(gateway_cert), str(gateway_key))
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=client,
+                                                       server_hostname="localhost")
+        writer.write(_request("/authz/envoy/api/x", ("Client-Cert", ":MAMCAQU=:")))
+        answer = await asyncio.wait_for(reader.read(65536), 5)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 200 OK")
+        assert [(r.client_cert_sha256, r.trusted_peer) for r in engine.asked] == [(None, True)]
+        anonymous = ssl.create_default_context(cafile=str(pki.ca_file))
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=anonymous,
+                                                       server_hostname="localhost")
+        writer.write(_request("/authz/envoy/api/x"))
+        answer = await asyncio.wait_for(reader.read(65536), 5)
+        writer.close()
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        assert answer.endswith(b'{"code":"invalid_request","message":"No required TLS client certificate was sent"}')
+        assert len(engine.asked) == 1
+    finally:
+        server.close()
+        await server.wait_closed()

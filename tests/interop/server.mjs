@@ -116,6 +116,28 @@ const configuration = {
   },
 };
 
+// Certificate-bound access tokens (RFC 8705): the client `app-mtls` (client_secret_basic, secret `app-mtls-secret`)
+// gets tokens bound to the certificate its token request came with, and introspection answers carry
+// cnf["x5t#S256"]. As behind any TLS-terminating proxy, the certificate is the URL-encoded PEM in the
+// X-Client-Cert request header (what nginx's $ssl_client_escaped_cert gives).
+configuration.features.mTLS = {
+  enabled: true,
+  certificateBoundAccessTokens: true,
+  getCertificate(ctx) {
+    const value = ctx.get('x-client-cert');
+    return value ? decodeURIComponent(value) : undefined;
+  },
+};
+configuration.clients.push({
+  client_id: 'app-mtls',
+  client_secret: 'app-mtls-secret',
+  grant_types: ['client_credentials'],
+  response_types: [],
+  redirect_uris: [],
+  scope: 'read write',
+  tls_client_certificate_bound_access_tokens: true,
+});
+
 const provider = new Provider(issuer, configuration);
 provider.on('server_error', (_ctx, err) => console.error('server_error', err));
 

@@ -19,8 +19,8 @@ from cryptography.x509.oid import NameOID
 from phantom_token import jose
 from phantom_token.config.errors import ConfigError
 from phantom_token.config.loader import load_configuration, parse_settings
-from phantom_token.config.material import load_material, tls_files
-from phantom_token.config.settings import GrpcTlsSettings, PluginConfig, Route, Settings
+from phantom_token.config.material import listener_context, load_material, tls_files
+from phantom_token.config.settings import GrpcTlsSettings, PluginConfig, Route, Settings, TlsSettings
 from phantom_token.gateway import Gateway
 
 
@@ -190,3 +190,18 @@ def test_the_grpc_listener_s_tls_files_are_read_and_checked_with_the_configurati
         ("grpc_tls.cert_file", "with key_file, is not a PEM certificate and matching key (SSLError)"),
         ("grpc_tls.client_ca_file", "is not a PEM file of CA certificates (SSLError)")]
     assert "junk" not in str(caught.value)
+
+
+@pytest.mark.parametrize(("mode", "verify"), [("none", ssl.CERT_NONE), ("optional", ssl.CERT_OPTIONAL),
+                                              ("required", ssl.CERT_OPTIONAL)])  # required: answered 400 in HTTP
+def test_the_listener_s_ssl_context_is_built_once_with_the_configuration(tmp_path: Path, mode: str,
+                                                                          verify: ssl.VerifyMode) -> None:
+    cert, key = certificate(tmp_path)
+    tls = TlsSettings(str(cert), str(key), str(cert) if mode != "none" else None, mode)
+    material = load_material(Settings((), tls=tls))
+    context = material.listener_tls[tls]
+    assert context.verify_mode == verify
+    assert context.options & ssl.OP_NO_RENEGOTIATION
+    assert listener_context(tls).verify_mode == verify  # the same, read again for code that has no Material
+    with pytest.raises(ValueError, match="cert_file cannot read the file"):
+        listener_context(TlsSettings(str(tmp_path / "none.pem"), str(key)))

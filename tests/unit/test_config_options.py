@@ -302,3 +302,28 @@ def test_no_declared_field_echoes_its_value(where: str, name: str) -> None:
             messages += [str(err), *(str(problem) for problem in err.problems)]
     assert messages  # some of these values are refused, so there are messages to look at
     assert [message for message in messages if SECRET in message] == []
+
+
+def test_the_listener_s_tls_and_the_client_certificate_modes() -> None:
+    assert problems(document(section={"tls": {"cert_file": "c.pem"}})) == [
+        ("phantom_token", "tls.key_file", "is required in tls (the certificate's private key)")]
+    unreadable = [("phantom_token", f"tls.{name}", "cannot read the file: No such file or directory")
+                  for name in ("cert_file", "key_file")]
+    assert problems(document(section={"tls": {"cert_file": "c", "key_file": "k", "client_certificate": "on"}})) == [
+        ("phantom_token", "tls.client_certificate", "must be none, optional or required"), *unreadable]
+    required = {"tls": {"cert_file": "c", "key_file": "k", "client_certificate": "required"}}
+    assert problems(document(section=required)) == [
+        ("phantom_token", "tls.client_ca_file", "is required when client_certificate is required"), *unreadable]
+    assert problems(document(section={"tls": {"cert_file": "c", "key_file": "k", "client_ca_file": "a"}})) == [
+        ("phantom_token", "tls.client_ca_file", "is only used when client_certificate is optional or required"),
+        *unreadable, ("phantom_token", "tls.client_ca_file", "cannot read the file: No such file or directory")]
+
+
+def test_client_cert_header_is_one_of_the_two_in_any_case() -> None:
+    settings = parse_settings(document({"client_cert_header": "x-forwarded-client-cert"}), source="f", environ={})
+    plugin = settings.routes[0].plugin
+    assert plugin is not None
+    assert plugin.client_cert_header == "X-Forwarded-Client-Cert"
+    assert problems(document({"client_cert_header": "ssl-client-cert"})) == [
+        ("service 'api' / plugin 'phantom-token'", "config.client_cert_header",
+         "must be Client-Cert or X-Forwarded-Client-Cert")]

@@ -77,6 +77,25 @@ def test_a_path_or_host_serve_refuses_is_a_400(path: str, host: str, why: str) -
     assert caught.value.deny().status == 400
 
 
+def test_envoy_s_source_certificate_is_the_client_certificate() -> None:
+    """``include_peer_certificate: true``: the URL-encoded PEM becomes the RFC 8705 thumbprint; junk is none."""
+    import base64
+    from urllib.parse import quote
+
+    from phantom_token.core.client_cert import der_thumbprint
+
+    der = b"\x30\x03\x02\x01\x05"
+    pem = f"-----BEGIN CERTIFICATE-----\n{base64.b64encode(der).decode()}\n-----END CERTIFICATE-----\n"
+    request = check()
+    assert request_info(request, 65536).memo is None  # no certificate, no plugin reads a header: nothing to carry
+    assert request_info(request, 65536).client_cert_sha256 is None
+    assert request_info(request, 65536, reads_headers=True).trusted_peer  # only trusted peers are asked
+    request.attributes.source.certificate = quote(pem)
+    assert request_info(request, 65536).client_cert_sha256 == der_thumbprint(der)
+    request.attributes.source.certificate = "junk"
+    assert request_info(request, 65536).client_cert_sha256 is None
+
+
 def test_a_check_without_http_attributes_is_a_400() -> None:
     with pytest.raises(BadDecisionRequest, match=r"no attributes\.request\.http"):
         request_info(external_auth_pb2.CheckRequest(), 65536)

@@ -82,3 +82,25 @@ async def test_a_refused_target_is_a_400_and_the_app_is_not_called() -> None:
     assert called == []
     assert sent[0]["status"] == 400
     assert sent[1]["body"] == b'{"code":"invalid_request","message":"Malformed HTTP request"}'
+
+
+def test_the_tls_extension_s_client_certificate_and_the_trusted_client() -> None:
+    """RFC 8705: the first certificate of ``extensions.tls.client_cert_chain``; the client is trusted (its
+    certificate headers believed) only when in ``trusted_proxies``."""
+    import base64
+    from ipaddress import ip_network
+
+    from phantom_token.core.client_cert import der_thumbprint
+
+    der = b"\x30\x03\x02\x01\x09"
+    pem = f"-----BEGIN CERTIFICATE-----\n{base64.b64encode(der).decode()}\n-----END CERTIFICATE-----\n"
+    plain = scope(b"/x")
+    assert request_info(plain).client_cert_sha256 is None
+    with_tls = {**plain, "extensions": {"tls": {"client_cert_chain": [pem, "the CA"]}}, "client": ("10.0.0.5", 1)}
+    info = request_info(with_tls)
+    assert info.client_cert_sha256 == der_thumbprint(der)
+    assert not info.trusted_peer
+    assert request_info(with_tls, (ip_network("10.0.0.0/8"),)).trusted_peer
+    assert not request_info(with_tls, (ip_network("127.0.0.0/8"),)).trusted_peer
+    broken = {**plain, "extensions": {"tls": {"client_cert_chain": ["junk"]}}}
+    assert request_info(broken).client_cert_sha256 is None

@@ -3,10 +3,16 @@
 Format: one version byte, then either ``0x00`` + JSON (plain) or ``0x01`` + 12-byte nonce + AES-256-GCM
 ciphertext and tag (encrypted). JSON is ``[expires_at, [scopes...], authorization, headers, {binding}]`` for an
 active entry and ``[expires_at]`` for a negative one. ``headers`` is ``[[name, value], ...]`` when the plugin sets
-``claims_to_headers``, else null; ``{binding}`` holds the token's sender constraint (``"jkt"``: the DPoP key
-thumbprint, RFC 9449), ``{}`` when it has none. An active entry in the older three- or four-member forms (written
-before the binding was kept) is a miss: it cannot say whether the token is bound, and trusting it as unbound would
-let a bound token pass as a bearer token; a process of an older version reads the five-member form as a miss too.
+``claims_to_headers``, else null; ``{binding}`` holds the token's sender constraints as the answer's ``cnf`` names
+them (``"jkt"``: the DPoP key thumbprint, RFC 9449; ``"x5t#S256"``: the client certificate's, RFC 8705), ``{}``
+when it has none.
+
+Bindings and older values: an active entry in the older three- or four-member forms (written before the binding was
+kept) is a miss: it cannot say whether the token is bound, and trusting it as unbound would let a bound token pass
+as a bearer token. So is a binding with a member this version does not know, or a member that is not a string: a
+binding is never dropped on the way through the shared store, so mixed versions during a rolling upgrade
+re-introspect rather than accept a bound token without its check (an older version reads the five-member form as a
+miss too).
 
 Invariants: the AES key is derived with HKDF-SHA256 from the configured secret (never used raw); every value
 gets a fresh random nonce; the store key is the associated data, so a value copied under another key does not
@@ -26,10 +32,14 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from phantom_token.config.settings import MIN_ENCRYPTION_KEY_CHARS
 from phantom_token.core.ports import Cached, CacheEntry, NegativeEntry
+from phantom_token.core.rfc8705 import MEMBER as X5T_S256
 
 _PLAIN, _AES_GCM = b"\x00", b"\x01"
 _NONCE = 12
 _HKDF_INFO = b"phantom-token cache encryption v1"
+JKT = "jkt"  # RFC 9449 cnf member
+_KNOWN_BINDINGS = frozenset({JKT, X5T_S256})
+"""The ``cnf`` members this version checks; an entry bound by any other is a miss (never accepted unchecked)."""
 
 
 def derive_key(secret: str) -> bytes:
@@ -53,7 +63,9 @@ class EntryCodec:
         if isinstance(entry, CacheEntry):
             binding: dict[str, str] = {}
             if entry.jkt is not None:
-                binding["jkt"] = entry.jkt
+                binding[JKT] = entry.jkt
+            if entry.x5t_s256 is not None:
+                binding[X5T_S256] = entry.x5t_s256
             headers = [[name, value] for name, value in entry.headers] if entry.headers is not None else None
             document += [sorted(entry.scopes), entry.authorization, headers, binding]
         plain = json.dumps(document, separators=(",", ":")).encode()
@@ -97,13 +109,13 @@ def _entry(document: object) -> Cached | None:
         return None
     if not all(isinstance(scope, str) for scope in scopes):
         return None
+    if set(binding) - _KNOWN_BINDINGS or not all(isinstance(value, str) for value in binding.values()):
+        return None
     headers = _headers(document[3]) if document[3] is not None else None
     if document[3] is not None and headers is None:
         return None
-    jkt = binding.get("jkt")
-    if jkt is not None and not isinstance(jkt, str):
-        return None
-    return CacheEntry(authorization, frozenset(scopes), expires_at, headers, jkt)
+    return CacheEntry(authorization, frozenset(scopes), expires_at, headers,
+                      x5t_s256=binding.get(X5T_S256), jkt=binding.get(JKT))
 
 
 def _headers(raw: object) -> tuple[tuple[str, str], ...] | None:

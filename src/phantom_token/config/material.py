@@ -5,7 +5,8 @@ each place that names one records a ``Need`` (where it is, which field, what to 
 step that reads the files: PEM private keys through ``phantom_token.jose``, CA bundles and client certificates
 into the ``ssl.SSLContext`` the introspection adapter then uses for every call to the AS, and the gRPC listener's
 certificate, key and client CAs (``phantom_token.grpc_tls``) as the PEM bytes grpcio takes (checked with
-``ssl``). ``phantom-token check`` and start-up run it once, through ``config.loader``; the gateway, the
+``ssl``), and the HTTP listener's SSL context (``phantom_token.tls``: built once, before any worker forks, and
+shared by them). ``phantom-token check`` and start-up run it once, through ``config.loader``; the gateway, the
 introspector, the minter and the gRPC listener take the loaded objects from the ``Material`` instead of reading the
 files again. ``load_material`` derives the needs of a
 ``Settings`` built in code (tests, the ASGI middleware's ``from_settings``).
@@ -29,7 +30,14 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from phantom_token.config.errors import ConfigError, ConfigProblem
-from phantom_token.config.settings import GrpcTlsSettings, JwtSettings, PluginConfig, Settings, introspection_servers
+from phantom_token.config.settings import (
+    GrpcTlsSettings,
+    JwtSettings,
+    PluginConfig,
+    Settings,
+    TlsSettings,
+    introspection_servers,
+)
 
 if TYPE_CHECKING:  # imported when a key is read: a file that names none never loads the JOSE library
     from phantom_token.jose import SigningKey
@@ -42,6 +50,7 @@ __all__ = [
     "TlsFiles",
     "assertion_key_file",
     "jwt_key_files",
+    "listener_context",
     "load_material",
     "load_needs",
     "plugin_needs",
@@ -82,7 +91,7 @@ class Need:
     where: str
     prefix: str  # "config." (a plugin block) or "jwt." (phantom_token.jwt)
     option: str  # the option naming the key file; for TlsFiles: unused ("ca_file"/"client_cert_file" are named)
-    what: KeyFile | TlsFiles | GrpcTlsSettings
+    what: KeyFile | TlsFiles | GrpcTlsSettings | TlsSettings
     at: int = 0
 
 
@@ -102,6 +111,7 @@ class Material:
     keys: Mapping[KeyFile, SigningKey] = field(default_factory=lambda: MappingProxyType({}), repr=False)
     contexts: Mapping[TlsFiles, ssl.SSLContext] = field(default_factory=lambda: MappingProxyType({}))
     server_tls: Mapping[GrpcTlsSettings, ServerPems] = field(default_factory=lambda: MappingProxyType({}), repr=False)
+    listener_tls: Mapping[TlsSettings, ssl.SSLContext] = field(default_factory=lambda: MappingProxyType({}))
 
     def jwt_keys(self, jwt: JwtSettings) -> tuple[SigningKey | None, tuple[SigningKey, ...]]:
         """``phantom_token.jwt``'s current key (None: ``key_file`` is not set) and its previous keys."""
@@ -152,6 +162,8 @@ def load_material(settings: Settings) -> Material:
                 needs += plugin_needs(f"route '{route.name}' / plugin 'phantom-token'", server)
     if settings.grpc_tls.cert_file is not None:
         needs.append(Need("phantom_token", "grpc_tls.", "cert_file", settings.grpc_tls))
+    if settings.tls.cert_file is not None:
+        needs.append(Need("phantom_token", "tls.", "cert_file", settings.tls))
     material, problems = load_needs(settings.source, needs)
     if problems:
         raise ConfigError([problem for _, problem in problems])
@@ -165,21 +177,71 @@ def load_needs(source: str, needs: Iterable[Need]) -> tuple[Material, list[tuple
     pems: dict[str, bytes | str] = {}  # path -> the PEM, or why it cannot be read: a key file is read once
     problems: list[tuple[int, ConfigProblem]] = []
     server_tls: dict[GrpcTlsSettings, ServerPems] = {}
-    failed: dict[KeyFile | TlsFiles | GrpcTlsSettings, list[tuple[str, str]]] = {}  # (option, why): read once too
+    listener_tls: dict[TlsSettings, ssl.SSLContext] = {}
+    failed: dict[KeyFile | TlsFiles | GrpcTlsSettings | TlsSettings, list[tuple[str, str]]] = {}  # read once too
     for need in needs:
         what = need.what
-        if what not in keys and what not in contexts and what not in server_tls and what not in failed:
+        if (what not in keys and what not in contexts and what not in server_tls and what not in listener_tls
+                and what not in failed):
             if isinstance(what, KeyFile):
                 whys = _load_key(what, keys, pems)
             elif isinstance(what, TlsFiles):
                 whys = _load_context(what, contexts)
+            elif isinstance(what, TlsSettings):
+                whys = _load_listener_tls(what, listener_tls)
             else:
                 whys = _load_server_tls(what, server_tls)
             if whys:
                 failed[what] = whys
         for option, why in failed.get(what, ()):
             problems.append((need.at, ConfigProblem(source, need.where, need.prefix + (option or need.option), why)))
-    return Material(MappingProxyType(keys), MappingProxyType(contexts), MappingProxyType(server_tls)), problems
+    material = Material(MappingProxyType(keys), MappingProxyType(contexts), MappingProxyType(server_tls),
+                        MappingProxyType(listener_tls))
+    return material, problems
+
+
+def listener_context(files: TlsSettings) -> ssl.SSLContext:
+    """The HTTP listener's SSL context (``phantom_token.tls``), read now; ``ValueError`` says which file is unusable
+    (for listeners started in code without a ``Material``)."""
+    contexts: dict[TlsSettings, ssl.SSLContext] = {}
+    whys = _load_listener_tls(files, contexts)
+    if whys:
+        raise ValueError("; ".join(f"{option} {why}" for option, why in whys))
+    return contexts[files]
+
+
+def _load_listener_tls(files: TlsSettings, into: dict[TlsSettings, ssl.SSLContext]) -> list[tuple[str, str]]:
+    """The listener's SSL context, or why not. Only the configured CAs verify client certificates (never the
+    system store); ``required`` is enforced per connection by the front door (an HTTP 400, as nginx answers), so
+    the handshake itself asks for a certificate without insisting on one."""
+    whys = []
+    for option, path in (("cert_file", files.cert_file), ("key_file", files.key_file),
+                         ("client_ca_file", files.client_ca_file)):
+        if path is not None:
+            try:
+                with Path(path).open("rb"):
+                    pass
+            except OSError as exc:
+                whys.append((option, f"cannot read the file: {exc.strerror}"))
+    if whys:
+        return whys
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)  # TLS 1.2+, the ssl module's secure defaults, no CA loaded
+    context.options |= ssl.OP_NO_RENEGOTIATION
+    context.set_alpn_protocols(["http/1.1"])
+    try:
+        context.load_cert_chain(str(files.cert_file), files.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        whys.append(("cert_file", f"with key_file, is not a readable PEM certificate and matching key "
+                                  f"({type(exc).__name__})"))
+    if files.client_certificate != "none" and files.client_ca_file is not None:
+        try:
+            context.load_verify_locations(cafile=files.client_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            whys.append(("client_ca_file", f"is not a readable PEM file of CA certificates ({type(exc).__name__})"))
+        context.verify_mode = ssl.CERT_OPTIONAL
+    if not whys:
+        into[files] = context
+    return whys
 
 
 def _load_server_tls(files: GrpcTlsSettings, into: dict[GrpcTlsSettings, ServerPems]) -> list[tuple[str, str]]:

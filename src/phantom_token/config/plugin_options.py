@@ -24,7 +24,13 @@ from urllib.parse import urlsplit
 from phantom_token.config.fields import Block, Context
 from phantom_token.config.material import KeyFile, Need, TlsFiles
 from phantom_token.config.options import Option, OptionTable
-from phantom_token.config.settings import CLIENT_AUTH_METHODS, DPOP_MODES, RESPONSE_MODES, PluginConfig
+from phantom_token.config.settings import (
+    CLIENT_AUTH_METHODS,
+    CLIENT_CERT_HEADERS,
+    DPOP_MODES,
+    RESPONSE_MODES,
+    PluginConfig,
+)
 from phantom_token.config.shaping import TOKEN_EXCHANGE_OPTIONS, shaping_options
 
 __all__ = ["PLUGIN_OPTIONS", "parse_plugin_config"]
@@ -113,6 +119,11 @@ PLUGIN_OPTIONS = OptionTable(
                "require server nonces in DPoP proofs (401 `use_dpop_nonce` with a `DPoP-Nonce` header), keyed by "
                "`phantom_token.dpop_nonce_secret`"),
         Option("forward_dpop_proof", "flag", "`true`: the `DPoP` header goes upstream too (else it is removed)"),
+        Option("client_cert_header", "text",
+               "where a proxy in `trusted_proxies` passes the client certificate of certificate-bound tokens "
+               "(RFC 8705): RFC 9440's `Client-Cert` or Envoy's `X-Forwarded-Client-Cert` (`Hash=`/`Cert=`); "
+               "ignored from anyone else, and not forwarded by `serve` ([certificate-bound](certificate-bound.md))",
+               choices=CLIENT_CERT_HEADERS, shown_default="none: the TLS client certificate `serve` received"),
     ),
 )  # fmt: skip
 _SECRET_METHODS = frozenset(method for method in CLIENT_AUTH_METHODS if method.startswith("client_secret_"))
@@ -163,8 +174,21 @@ def parse_block(block: Block) -> PluginConfig | None:
         **_standards_options(block, method, verify_ssl),
         **shaping_options(block, block.present("issuer")),
         **_dpop_options(block),
+        client_cert_header=_client_cert_header(block),
     )
     return config if len(ctx.problems) == before else None
+
+
+def _client_cert_header(block: Block) -> str | None:
+    """``client_cert_header``, in its canonical spelling (header names are case-insensitive)."""
+    value = PLUGIN_OPTIONS.text(block, "client_cert_header")
+    if value is None:
+        return None
+    for name in CLIENT_CERT_HEADERS:
+        if value.lower() == name.lower():
+            return name
+    block.problem("client_cert_header", "must be " + _or(CLIENT_CERT_HEADERS))
+    return None
 
 
 def check_http_url(block: Block, key: str, url: str) -> None:

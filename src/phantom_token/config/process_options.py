@@ -27,6 +27,7 @@ from phantom_token.config.fields import Block, Context
 from phantom_token.config.material import KeyFile, Need
 from phantom_token.config.options import Option, OptionTable
 from phantom_token.config.settings import (
+    CLIENT_CERTIFICATE_MODES,
     DEFAULT_TRUSTED_PROXIES,
     LISTEN_OFF,
     MIN_ENCRYPTION_KEY_CHARS,
@@ -35,10 +36,11 @@ from phantom_token.config.settings import (
     JwtSettings,
     Route,
     Settings,
+    TlsSettings,
 )
 
 __all__ = ["CACHE_OPTIONS", "GRPC_TLS_OPTIONS", "JWT_OPTIONS", "LOG_FORMATS", "LOG_LEVELS", "SECTION_OPTIONS",
-           "parse_section"]
+           "TLS_OPTIONS", "parse_section"]
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -97,6 +99,24 @@ GRPC_TLS_OPTIONS = OptionTable(
     ),
 )  # fmt: skip
 
+TLS_OPTIONS = OptionTable(
+    TlsSettings,
+    "tls.",
+    (
+        Option("cert_file", "text", "TLS on the `serve`/`authz` listener (ALPN `http/1.1`): its certificate chain "
+               "(with `key_file`)", non_empty=True, shown_type="PEM certificate", shown_default="off (plain HTTP)"),
+        Option("key_file", "text", "the certificate's private key", non_empty=True, shown_type="PEM private key",
+               shown_default="required with `cert_file`"),
+        Option("client_ca_file", "text", "the CAs whose client certificates are accepted", non_empty=True,
+               shown_type="PEM CA bundle", shown_default="required unless `client_certificate` is `none`"),
+        Option("client_certificate", "text",
+               "ask TLS clients for a certificate (RFC 8705 certificate-bound tokens): `optional` accepts "
+               "connections without one; `required` answers their requests 400 (as nginx's "
+               "`ssl_verify_client on`); a certificate the CAs did not sign fails the handshake",
+               choices=CLIENT_CERTIFICATE_MODES),
+    ),
+)  # fmt: skip
+
 SECTION_OPTIONS = OptionTable(
     Settings,
     "",
@@ -115,8 +135,9 @@ SECTION_OPTIONS = OptionTable(
                "default, as it costs on the hot path"),
         Option("cache", "section", "", table=CACHE_OPTIONS),
         Option("trusted_proxies", "custom",
-               "the gateways `authz` answers (every endpoint; anyone else gets 403); `[]` trusts nobody. Host bits "
-               "are ignored (`10.1.2.3/8` is `10.0.0.0/8`)", shown_type="list of IPs or CIDRs"),
+               "the gateways `authz` answers (every endpoint; anyone else gets 403), and the proxies whose "
+               "`client_cert_header` `serve` believes; `[]` trusts nobody. Host bits are ignored (`10.1.2.3/8` is "
+               "`10.0.0.0/8`)", shown_type="list of IPs or CIDRs"),
         Option("upstream_timeout_seconds", "number", "how long the upstream may take to answer"),
         Option("upstream_connect_timeout_seconds", "number", "how long connecting to the upstream may take"),
         Option("max_header_bytes", "integer", "largest request head accepted", low=1024, high=16 * 1024 * 1024),
@@ -139,6 +160,7 @@ SECTION_OPTIONS = OptionTable(
                "keys the stateless DPoP nonces (HMAC); every replica must have the same; use a vault reference",
                non_empty=True, shown_type=f"string ≥ {MIN_ENCRYPTION_KEY_CHARS} characters",
                shown_default="generated at start, with a warning (required with `workers` > 1 or `redis_url`)"),
+        Option("tls", "section", "", table=TLS_OPTIONS),
     ),
     not_options=("routes", "source"),
 )  # fmt: skip
@@ -179,6 +201,7 @@ def parse_section(ctx: Context, raw: Mapping[Any, Any], routes: tuple[Route, ...
         grpc_tls=_grpc_tls(block),
         public_base_url=_public_base_url(block),
         dpop_nonce_secret=_dpop_nonce_secret(block, routes),
+        tls=_tls(block),
     )
 
 
@@ -254,6 +277,33 @@ def _grpc_tls(block: Block) -> GrpcTlsSettings:
     settings = GrpcTlsSettings(cert_file=cert_file, key_file=key_file, client_ca_file=client_ca_file)
     if cert_file is not None and key_file is not None:
         tls.ctx.needs.append(Need(tls.where, "grpc_tls.", "cert_file", settings, len(tls.ctx.problems)))
+    return settings
+
+
+def _tls(block: Block) -> TlsSettings:
+    """``phantom_token.tls``: as ``grpc_tls``, plus whether client certificates are asked (which needs their CAs)."""
+    raw = block.mapping("tls")
+    if raw is None:
+        return TlsSettings()
+    opts = TLS_OPTIONS
+    tls = Block(block.ctx, block.where, raw, opts.names, prefix="tls.")
+    cert_file, key_file = opts.text(tls, "cert_file"), opts.text(tls, "key_file")
+    client_ca_file = opts.text(tls, "client_ca_file")
+    mode = opts.word(tls, "client_certificate")
+    if cert_file is None:
+        tls.problem("cert_file", "is required in tls (the listener's certificate)")
+    if key_file is None:
+        tls.problem("key_file", "is required in tls (the certificate's private key)")
+    if mode not in CLIENT_CERTIFICATE_MODES:
+        tls.problem("client_certificate", "must be none, optional or required")
+    elif mode != "none" and client_ca_file is None:
+        tls.problem("client_ca_file", f"is required when client_certificate is {mode}")
+    elif mode == "none" and client_ca_file is not None:
+        tls.problem("client_ca_file", "is only used when client_certificate is optional or required")
+    settings = TlsSettings(cert_file=cert_file, key_file=key_file, client_ca_file=client_ca_file,
+                           client_certificate=mode)
+    if cert_file is not None and key_file is not None:
+        tls.ctx.needs.append(Need(tls.where, "tls.", "cert_file", settings, len(tls.ctx.problems)))
     return settings
 
 

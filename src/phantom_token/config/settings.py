@@ -25,6 +25,10 @@ CLIENT_AUTH_METHODS: tuple[str, ...] = (
 # The plugin's `dpop` (RFC 9449): `allowed` (bearer tokens as Bearer, DPoP-bound ones as DPoP) or `required`.
 DPOP_MODES: tuple[str, ...] = ("allowed", "required")
 DPOP_ALGORITHMS: tuple[str, ...] = ("ES256", "ES384", "ES512", "PS256", "RS256", "EdDSA")
+# The plugin's `client_cert_header`: where a trusted proxy puts the client certificate (RFC 9440; Envoy's XFCC).
+CLIENT_CERT_HEADERS: tuple[str, ...] = ("Client-Cert", "X-Forwarded-Client-Cert")
+# `phantom_token.tls.client_certificate`: whether `serve` asks TLS clients for a certificate.
+CLIENT_CERTIFICATE_MODES: tuple[str, ...] = ("none", "optional", "required")
 # Who may tell `authz` the original request (X-Original-*/X-Forwarded-*) when the file does not say: loopback.
 # A `jwt_issuers` item's `algorithms` when it names none: asymmetric only (phantom_token.jose refuses none and HMAC).
 DEFAULT_JWT_ALGORITHMS: tuple[str, ...] = ("RS256", "PS256", "ES256", "EdDSA")
@@ -102,6 +106,7 @@ class PluginConfig:
     dpop_proof_lifetime_seconds: int = 300
     dpop_nonce: bool = False  # require server nonces (phantom_token.dpop_nonce_secret keys them)
     forward_dpop_proof: bool = False  # false: the DPoP header is removed before the request goes upstream
+    client_cert_header: str | None = None  # one of CLIENT_CERT_HEADERS, read from trusted proxies only (RFC 8705)
 
     @property
     def mints_jwt(self) -> bool:
@@ -226,6 +231,16 @@ class GrpcTlsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """``phantom_token.tls``: TLS on the ``serve``/``authz`` HTTP listener (off unless ``cert_file`` is set)."""
+
+    cert_file: str | None = None  # PEM certificate chain the listener presents
+    key_file: str | None = None  # its PEM private key
+    client_ca_file: str | None = None  # the CAs that sign the client certificates asked for
+    client_certificate: str = "none"  # one of CLIENT_CERTIFICATE_MODES
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The process-wide ``phantom_token:`` section plus the parsed routes."""
 
@@ -250,3 +265,4 @@ class Settings:
     grpc_tls: GrpcTlsSettings = GrpcTlsSettings()
     public_base_url: str | None = None  # scheme://authority clients use (DPoP htu); None: the listener and Host
     dpop_nonce_secret: str | None = field(default=None, repr=False)  # keys DPoP nonces; replicas share it
+    tls: TlsSettings = TlsSettings()

@@ -44,16 +44,6 @@ def numeric_claim(claims: Mapping[str, object], name: str) -> float | None:
     return float(value)
 
 
-def cnf_member(claims: Mapping[str, object], member: str) -> str | None:
-    """A member of the ``cnf`` (confirmation, RFC 7800) claim as a non-empty string (``jkt``: RFC 9449's DPoP key
-    thumbprint; ``x5t#S256``: RFC 8705's certificate thumbprint), or None when absent or not a string."""
-    confirmation = claims.get("cnf")
-    if not isinstance(confirmation, Mapping):
-        return None
-    value = confirmation.get(member)
-    return value if isinstance(value, str) and value else None
-
-
 def audiences(claims: Mapping[str, object]) -> list[str]:
     """The ``aud`` claim as a list of strings (RFC 7519 section 4.1.3: a string or an array of strings)."""
     aud = claims.get("aud")
@@ -62,6 +52,24 @@ def audiences(claims: Mapping[str, object]) -> list[str]:
     if isinstance(aud, list):
         return [item for item in aud if isinstance(item, str)]
     return []
+
+
+def cnf_member(claims: Mapping[str, object], member: str) -> str | None:
+    """A member of the ``cnf`` (confirmation, RFC 7800) claim: ``x5t#S256`` (RFC 8705), ``jkt`` (RFC 9449).
+
+    None when the token carries no such binding (no ``cnf``, or no ``member`` in it). A binding that is there but
+    unusable (``cnf`` not an object, the member not a non-empty string) is ``""``, which no certificate or key
+    thumbprint equals: the caller then refuses the token rather than treat it as unbound (fail closed).
+    """
+    cnf = claims.get("cnf")
+    if cnf is None:
+        return None
+    if not isinstance(cnf, Mapping):
+        return ""
+    value = cnf.get(member)
+    if value is None and member not in cnf:
+        return None
+    return value if isinstance(value, str) and value else ""
 
 
 def refusal(claims: Mapping[str, object], plugin: PluginConfig, now: float) -> str | None:

@@ -8,7 +8,9 @@ again first) -> claim checks (``exp``, ``nbf``, ``audience``, ``issuer_allowed``
 route that sets it every ``Allow`` carries a tuple, maybe empty, and on any other None) ->
 ``token_exchange`` (RFC 8693, through the ``TokenExchanger`` port: the issued token replaces what goes upstream,
 inside the same flight, so concurrent misses share one exchange; the entry lives for the shorter of the two
-lifetimes; a failed exchange is a 502 and nothing is cached) -> scopes (on every request, hit or miss).
+lifetimes; a failed exchange is a 502 and nothing is cached) ->
+certificate binding (RFC 8705, only for a token whose answer had ``cnf["x5t#S256"]``: ``core.rfc8705``, on every
+request, hit or miss) -> scopes (on every request, hit or miss).
 
 Invariants: no I/O but through the ports; the raw token never leaves this module except to the introspector;
 the authorization server's faults are 502, never 401 and never 200; errors are never cached; an inactive
@@ -39,7 +41,7 @@ from functools import partial
 from typing import Final
 
 from phantom_token.config.settings import JwtIssuer, PluginConfig, Route
-from phantom_token.core import claim_headers, dpop, jwt_access
+from phantom_token.core import claim_headers, dpop, jwt_access, rfc8705
 from phantom_token.core import claims as token_claims
 from phantom_token.core import verdict as v
 from phantom_token.core.bearer import BearerToken, DPoPToken, Problem, extract, fingerprint
@@ -145,7 +147,7 @@ class Engine:
         if entry is None:
             return None
         self._metrics.cache_hits += 1
-        return self._decide(step, entry, now)
+        return self._decide(step, entry, now, request)
 
     async def authorize(self, request: RequestInfo) -> v.Verdict:
         """The verdict for a request, introspecting the token when no cache has an answer."""
@@ -157,8 +159,8 @@ class Engine:
         if cached is not None:
             self._metrics.cache_hits += 1
             if step.proof is not None:
-                return await self._decide_proven(step, cached, now)
-            return self._decided(step, cached, now)
+                return await self._decide_proven(step, cached, now, request)
+            return self._decided(step, cached, now, request)
         self._metrics.cache_misses += 1
         try:
             if step.plugin.authorization_servers:  # several servers, or JWT issuers: _resolve_several
@@ -170,8 +172,8 @@ class Engine:
         if entry is None:
             return self._unauthorized(step.plugin, step.route, token_sent=True, dpop_scheme=step.proof is not None)
         if step.proof is not None:
-            return await self._decide_proven(step, entry, self._clock())
-        return self._decided(step, entry, self._clock())
+            return await self._decide_proven(step, entry, self._clock(), request)
+        return self._decided(step, entry, self._clock(), request)
 
     def _prepare(self, request: RequestInfo) -> v.Verdict | _Pending:
         route = self._router.match(request.method, request.host, request.path, request.headers)
@@ -258,10 +260,24 @@ class Engine:
                  fingerprint(step.token))
         return v.invalid_dpop_proof(step.plugin.realm, step.plugin.dpop_signing_alg_values, step.route)
 
-    async def _decide_proven(self, step: _Pending, entry: Cached, now: float) -> v.Verdict:
+    def _certificate_refusal(self, step: _Pending, entry: CacheEntry, request: RequestInfo) -> v.Deny | None:
+        """401 when the token is bound to a client certificate (RFC 8705) the request does not present."""
+        plugin = step.plugin
+        refused = rfc8705.refusal(entry.x5t_s256, request, plugin) if entry.x5t_s256 is not None else None
+        if refused is None:
+            return None
+        log.info("token refused: endpoint=%s token=%s reason=%s", plugin.endpoint_label, fingerprint(step.token),
+                 refused)
+        return self._unauthorized(plugin, step.route, token_sent=True, dpop_scheme=step.proof is not None)
+
+    async def _decide_proven(self, step: _Pending, entry: Cached, now: float, request: RequestInfo) -> v.Verdict:
         """``_decide`` for a request with a checked proof, on the async path: the replay guard may do I/O."""
         if isinstance(entry, NegativeEntry):
-            return self._decided(step, entry, now)
+            return self._decided(step, entry, now, request)
+        if entry.x5t_s256 is not None:
+            refused = self._certificate_refusal(step, entry, request)
+            if refused is not None:
+                return refused
         denied = self._bound(step, entry)
         if denied is not None:
             return denied
@@ -271,17 +287,21 @@ class Engine:
             return self._replayed(step)
         return self._grant(step, entry, now)
 
-    def _decided(self, step: _Pending, entry: Cached, now: float) -> v.Verdict:
+    def _decided(self, step: _Pending, entry: Cached, now: float, request: RequestInfo) -> v.Verdict:
         """``_decide`` where it cannot be None: a request without a proof (or a negative entry)."""
-        verdict = self._decide(step, entry, now)
+        verdict = self._decide(step, entry, now, request)
         return verdict if verdict is not None else v.server_error(step.route)
 
-    def _decide(self, step: _Pending, entry: Cached, now: float) -> v.Verdict | None:
+    def _decide(self, step: _Pending, entry: Cached, now: float, request: RequestInfo) -> v.Verdict | None:
         """The verdict for a request and the entry its token has; None (only for a request with a proof, when the
         replay guard has a shared store) when the replay check needs I/O: ``authorize`` then does it."""
         route, plugin = step.route, step.plugin
         if isinstance(entry, NegativeEntry):
             return self._unauthorized(plugin, route, token_sent=True, dpop_scheme=step.proof is not None)
+        if entry.x5t_s256 is not None:
+            refused = self._certificate_refusal(step, entry, request)
+            if refused is not None:
+                return refused
         if entry.jkt is not None or step.proof is not None:
             denied = self._bound(step, entry)
             if denied is not None:
@@ -304,7 +324,7 @@ class Engine:
         plugin = step.plugin
         if plugin.scope and not entry.scopes.issuperset(plugin.scope):
             return v.forbidden(plugin.scope, plugin.realm, step.route)
-        return v.Allow(step.route, entry.authorization, 0.0)
+        return v.Allow(step.route, entry.authorization, 0.0, None, entry.headers)
 
     async def _resolve(self, step: _Pending) -> CacheEntry | None:
         """A miss, once per key: look again (a peer may have answered while we waited), else introspect."""
@@ -403,7 +423,7 @@ class Engine:
         now = self._clock()
         lifetime = cache_lifetime(step.plugin.token_cache_seconds, CacheDirectives(), numeric_claim(result, "exp"), now)
         entry = CacheEntry("Bearer " + step.token, self._shared_scopes(granted_scopes(result)), now + lifetime,
-                           jkt=token_claims.cnf_member(result, "jkt"))
+                           jkt=token_claims.cnf_member(result, "jkt"), x5t_s256=rfc8705.bound_thumbprint(result))
         if step.plugin.claims_to_headers:  # from the verified claims (token_exchange is refused with jwt_issuers)
             entry = self._with_claim_headers(step, entry, result)
         if entry.expires_at > now:
@@ -422,7 +442,8 @@ class Engine:
         directives = result.directives if plugin.honor_cache_control else CacheDirectives()
         lifetime = cache_lifetime(plugin.token_cache_seconds, directives, expires, now)
         return CacheEntry("Bearer " + jwt, self._shared_scopes(granted_scopes(claims)), now + lifetime,
-                          jkt=token_claims.cnf_member(result.claims, "jkt"))
+                          jkt=token_claims.cnf_member(result.claims, "jkt"),
+                          x5t_s256=rfc8705.bound_thumbprint(result.claims))
 
     def _with_claim_headers(self, step: _Pending, entry: CacheEntry, claims: dict[str, object]) -> CacheEntry:
         """``entry`` with the ``claims_to_headers`` values of the introspected claims (one log line for those that
@@ -431,7 +452,7 @@ class Engine:
         if problems:
             log.warning("claims_to_headers: route=%s token=%s %s", step.route.name, fingerprint(step.token),
                         "; ".join(problems))
-        return CacheEntry(entry.authorization, entry.scopes, entry.expires_at, headers, entry.jkt)
+        return CacheEntry(entry.authorization, entry.scopes, entry.expires_at, headers, entry.jkt, entry.x5t_s256)
 
     async def _exchange(self, step: _Pending, entry: CacheEntry, now: float) -> CacheEntry:
         """``entry`` with the token the authorization server issued for this route (RFC 8693) in place of the one
@@ -447,7 +468,9 @@ class Engine:
         expires_at = entry.expires_at
         if issued.expires_in is not None:
             expires_at = min(expires_at, now + issued.expires_in)
-        return CacheEntry("Bearer " + issued.access_token, entry.scopes, expires_at, entry.headers, entry.jkt)
+        # the binding stays: it is the client's token (and certificate) the gateway checks, whatever goes upstream
+        return CacheEntry("Bearer " + issued.access_token, entry.scopes, expires_at, entry.headers, entry.jkt,
+                          entry.x5t_s256)
 
     def _shared_scopes(self, scopes: frozenset[str]) -> frozenset[str]:
         shared = self._scope_sets.get(scopes)

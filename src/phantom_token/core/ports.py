@@ -23,7 +23,9 @@ class CacheEntry:
     """What a cache hit needs, and nothing more: no JWT parsing happens on a hit.
 
     ``authorization`` is the full header value to send upstream (``Bearer <jwt>``); ``expires_at`` is absolute
-    (seconds since the epoch), so an entry copied between caches keeps its deadline.
+    (seconds since the epoch), so an entry copied between caches keeps its deadline. ``x5t_s256`` is the
+    certificate the token is bound to (RFC 8705 ``cnf["x5t#S256"]``; None: not bound; ``""``: a malformed binding,
+    which no certificate matches): checked on every request, hit or miss (``core.rfc8705``).
     """
 
     authorization: str
@@ -33,6 +35,7 @@ class CacheEntry:
     # None when the plugin sets no claims_to_headers (a tuple, maybe empty, whenever it does)
     headers: tuple[tuple[str, str], ...] | None = None
     jkt: str | None = None  # the token's DPoP binding (``cnf.jkt``, RFC 9449); None: not DPoP-bound
+    x5t_s256: str | None = None  # RFC 8705 cnf["x5t#S256"] (see above)
 
 
 @dataclass(frozen=True, slots=True)

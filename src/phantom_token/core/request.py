@@ -12,9 +12,16 @@ class TokenMemo:
     token's syntax and hashes it once per connection instead of once per request (two SHA-256 and a regex, about
     a fifth of the hit path). It lives as long as the connection, in its memory only, never shared with another
     connection and never stored or logged; the front door drops it with the connection.
+
+    It also holds two facts of the connection, set once by the front door when it is made (never per request, so
+    they cost a request nothing): ``client_cert_sha256``, the RFC 8705 thumbprint of the TLS client certificate
+    (base64url SHA-256 of its DER, the form of ``cnf["x5t#S256"]``; None: none), and ``trusted_peer``, whether the
+    socket peer is in ``trusted_proxies`` (so a certificate it forwards in a plugin's ``client_cert_header`` is
+    believed). The engine reads them (as ``RequestInfo``'s) only for a token bound to a certificate.
     """
 
-    __slots__ = ("fingerprint", "fingerprinted", "key", "plugin", "token", "value")
+    __slots__ = ("client_cert_sha256", "fingerprint", "fingerprinted", "key", "plugin", "token", "trusted_peer",
+                 "value")
 
     def __init__(self) -> None:
         self.plugin: Any = None  # the PluginConfig the key was derived under (compared by identity)
@@ -25,6 +32,8 @@ class TokenMemo:
         # computed from (compared by identity): computed once per token per connection, only when the log is on.
         self.fingerprint = ""
         self.fingerprinted = ""
+        self.client_cert_sha256: str | None = None
+        self.trusted_peer = False
 
 
 class RequestInfo:
@@ -40,6 +49,9 @@ class RequestInfo:
 
     ``origin`` is ``scheme://authority`` of the URL the client used (``core.dpop.request_origin``), which a DPoP
     proof's ``htu`` must name; front doors set it only when the request carries a ``DPoP`` header ("" otherwise).
+    ``client_cert_sha256`` and ``trusted_peer`` are the connection's (``TokenMemo``): the client certificate's RFC
+    8705 thumbprint (TLS terminated by the front door, Envoy's ``attributes.source.certificate``, the ASGI TLS
+    extension) and whether the peer is a trusted proxy; None and False without a memo. Read by ``core.rfc8705``.
     """
 
     __slots__ = ("headers", "host", "memo", "method", "origin", "path")
@@ -52,6 +64,16 @@ class RequestInfo:
         self.headers = headers
         self.memo = memo  # the connection's, when the front door keeps one
         self.origin = origin
+
+    @property
+    def client_cert_sha256(self) -> str | None:
+        memo = self.memo
+        return memo.client_cert_sha256 if memo is not None else None
+
+    @property
+    def trusted_peer(self) -> bool:
+        memo = self.memo
+        return memo.trusted_peer if memo is not None else False
 
     def __eq__(self, other: object) -> bool:  # the memo is the connection's, not part of the request
         return (isinstance(other, RequestInfo) and self.method == other.method and self.host == other.host

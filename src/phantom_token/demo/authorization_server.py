@@ -33,9 +33,9 @@ Test controls, only when built with ``test_controls=True`` (``--test-controls``)
   ``exchange_failure`` (``null``/``"none"``, ``"invalid_target"`` (400 with that error), ``"status"`` (500),
   ``"garbage"`` (200 with a body that is not JSON) or ``"hang"``: how token exchanges are answered),
   ``revoke`` (a token value), ``register`` (``{"token": value, "scope": "...", "expires_in": s, "client_id": ...,
-  "sub": ..., "jkt": ...}``: makes exactly that value a valid token, for tests of odd characters; ``jkt`` binds it to
-  a DPoP key, RFC 9449: its answers carry ``cnf.jkt``). Answers the current
-  controls as JSON.
+  "sub": ..., "jkt": ..., "x5t#S256": ...}``: makes exactly that value a valid token, for tests of odd characters;
+  ``jkt`` binds it to a DPoP key (RFC 9449) and ``x5t#S256`` to a client certificate thumbprint (RFC 8705): its
+  answers then carry them in ``cnf``). Answers the current controls as JSON.
 
 Invariants: tokens are stored under their SHA-256 digest only; no raw token is ever logged (logs carry the first
 8 hex characters of the SHA-256) or returned except to the client it was issued to; expired tokens are inactive
@@ -111,6 +111,7 @@ class IssuedToken:
     issued_at: int
     expires_at: int
     jkt: str | None = None  # DPoP binding (cnf.jkt)
+    x5t_s256: str | None = None  # the client certificate the token is bound to (RFC 8705 cnf), if any
 
 
 @dataclass(slots=True)
@@ -267,6 +268,7 @@ class DemoAuthorizationServer:
         lifetime: int | None = None,
         subject: str | None = None,
         jkt: str | None = None,
+        x5t_s256: str | None = None,
     ) -> str:
         """Register a token (a fresh random one unless ``value`` is given) and return its value."""
         now = int(self._clock())
@@ -275,7 +277,7 @@ class DemoAuthorizationServer:
         ttl = self.token_lifetime if lifetime is None else lifetime
         scope_list = tuple(dict.fromkeys(scopes))
         self._tokens[fingerprint(token)] = IssuedToken(client_id, subject or client_id, scope_list, now, now + ttl,
-                                                       jkt)
+                                                       jkt, x5t_s256)
         log.info("issued token %s to %s, scope %r, %ds", short_fingerprint(token), client_id, scope_list, ttl)
         return token
 
@@ -430,8 +432,13 @@ class DemoAuthorizationServer:
             exp=issued.expires_at,
             jti=secrets.token_urlsafe(16),
         )
+        cnf: dict[str, str] = {}
         if issued.jkt is not None:
-            claims["cnf"] = {"jkt": issued.jkt}
+            cnf["jkt"] = issued.jkt
+        if issued.x5t_s256 is not None:
+            cnf["x5t#S256"] = issued.x5t_s256
+        if cnf:
+            claims["cnf"] = cnf
         return claims
 
     def _max_age(self, issued: IssuedToken) -> str:
@@ -535,6 +542,7 @@ class DemoAuthorizationServer:
                 lifetime=int(spec["expires_in"]) if "expires_in" in spec else None,
                 subject=spec.get("sub"),
                 jkt=spec.get("jkt"),
+                x5t_s256=str(spec["x5t#S256"]) if "x5t#S256" in spec else None,
             )
             result["registered"] = short_fingerprint(spec["token"])
 

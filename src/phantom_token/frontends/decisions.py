@@ -37,6 +37,8 @@ Invariants:
   original request's method and path when they could be read (else the decision request's), the route, the status
   and outcome of the decision, the token's fingerprint and the request id (the decision request's
   ``X-Request-Id`` when valid, else a new one; nothing is forwarded). Off, it costs one boolean test per request.
+- Certificate-bound tokens (RFC 8705): the calling gateway passes its client's certificate in the plugin's
+  ``client_cert_header``, believed because every peer answered here is trusted (``RequestInfo.trusted_peer``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
@@ -55,6 +58,7 @@ from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
 from phantom_token.frontends import Authorizer, Observe, authorize_timed, listener_limits
 from phantom_token.frontends import access_log as access
+from phantom_token.frontends.tls import requiring_certificate
 from phantom_token.http.connection import RequestHandler, ServerConnection, ServerLimits
 from phantom_token.http.request_head import RequestHead
 from phantom_token.http.responses import encode_headers, status_line
@@ -307,6 +311,9 @@ class DecisionHandler(RequestHandler):
         self._task: asyncio.Task[None] | None = None
         self._memo = TokenMemo()  # a gateway's connection carries many clients' tokens; a repeat still saves work
         self._envoy_dpop = False  # the active request came from Envoy with a DPoP proof
+        # Only a trusted peer's requests reach the engine: a certificate header it forwards is believed. The TLS
+        # certificate of the connection, if any, is the gateway's own: never the client's (left None).
+        self._memo.trusted_peer = True
         self._access = shared.access_log
         # The access log's record of the active request (kept only when it is on).
         self._log_info: RequestInfo | None = None
@@ -436,12 +443,16 @@ class DecisionHandler(RequestHandler):
 
 
 async def start_decisions(engine: Authorizer, settings: Settings, host: str, port: int, *, reuse_port: bool = False,
-                          observe: Observe | None = None, limits: ServerLimits | None = None) -> HttpServer:
-    """Listen on ``host:port`` and answer decision requests (contract section 10)."""
+                          observe: Observe | None = None, limits: ServerLimits | None = None,
+                          tls: ssl.SSLContext | None = None) -> HttpServer:
+    """Listen on ``host:port`` (over TLS with ``tls``) and answer decision requests (contract section 10). The TLS
+    client certificate, if any, is the calling gateway's, never taken for its client's (a client's certificate
+    comes in the plugin's ``client_cert_header``); ``required`` still refuses a gateway without one."""
     shared = _Shared(engine, settings, observe)
-    return await start_server(lambda conn: DecisionHandler(conn, shared), host, port,
-                              limits=limits or listener_limits(settings),
-                              reuse_port=reuse_port)
+    make = requiring_certificate(lambda conn: DecisionHandler(conn, shared),
+                                 tls is not None and settings.tls.client_certificate == "required", observe)
+    return await start_server(make, host, port, limits=limits or listener_limits(settings), reuse_port=reuse_port,
+                              tls=tls)
 
 
 __all__ = [

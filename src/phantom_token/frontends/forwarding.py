@@ -111,6 +111,17 @@ def claim_lines(headers: tuple[tuple[str, str], ...]) -> bytes:
     return b"".join(name.encode("latin-1") + b": " + value.encode("latin-1") + b"\r\n" for name, value in headers)
 
 
+def without_headers(request_head: bytes, headers: dict[str, list[str]], names: tuple[str, ...]) -> bytes:
+    """``request_head`` (as built, ending with its empty line) without the header lines named ``names`` (lower
+    case); unchanged, and not looked at, when the request (``headers``) has none of them."""
+    if not any(name in headers for name in names):
+        return request_head
+    lines = request_head[:-4].split(b"\r\n")
+    dropped = {name.encode("latin-1") for name in names}
+    kept = [lines[0], *(line for line in lines[1:] if line.partition(b":")[0].strip().lower() not in dropped)]
+    return b"\r\n".join(kept) + b"\r\n\r\n"
+
+
 def tunnels(head: RequestHead) -> bool:
     """Whether ``head`` asks for a WebSocket, the one upgrade the gateway forwards (see the module docstring)."""
     values = head.headers.get("upgrade")
@@ -180,4 +191,4 @@ def switching_head(raw: bytes) -> bytes:
 
 
 __all__ = ["HOP_BY_HOP", "claim_lines", "gateway_lines", "host_header", "request_lines", "rewrite_response_head",
-           "switching_head", "tunnels", "with_claim_headers"]
+           "switching_head", "tunnels", "with_claim_headers", "without_headers"]

@@ -9,6 +9,10 @@ answer are the HTTP decision service's (``frontends.decisions``), in protobuf:
   names with ``_`` are ignored, as ``serve`` ignores them. Either way Envoy has already joined a repeated header's
   values with commas, so two ``Authorization`` headers arrive as one value that is no ``b64token``: 401
   ``invalid_token`` and no introspection (where the HTTP front doors, which see both, answer 400).
+- The client certificate (RFC 8705 certificate-bound tokens): ``attributes.source.certificate``, the URL-encoded
+  PEM Envoy sends with ``include_peer_certificate: true``, as ``RequestInfo.client_cert_sha256``; or a plugin's
+  ``client_cert_header`` among the headers (every peer answered here is trusted). A certificate that is not a PEM
+  certificate counts as none (a bound token is then refused).
 - Allowed: status OK and an ``OkHttpResponse`` that sets ``authorization: Bearer <jwt>`` (overwriting the
   client's, never appending), sets the route's ``claims_to_headers`` values the same way and removes the client's
   copies of those that have no value (also for a preflight the route lets through), and removes ``dpop`` (a
@@ -56,8 +60,9 @@ from phantom_token.config.material import ServerPems
 from phantom_token.config.settings import Settings
 from phantom_token.core.bearer import BearerToken, DPoPToken, extract, fingerprint
 from phantom_token.core.claim_headers import header_names, python_value
+from phantom_token.core.client_cert import InvalidCertificateHeader, pem_thumbprint
 from phantom_token.core.dpop import request_origin
-from phantom_token.core.request import RequestInfo
+from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.verdict import Allow, Deny, Verdict, server_error
 from phantom_token.frontends import Authorizer, Observe, authorize
 from phantom_token.frontends import access_log as access
@@ -114,14 +119,17 @@ def _headers(http: Any, max_bytes: int) -> dict[str, list[str]]:
 
 _PATHS: Final[dict[str, str]] = {}  # paths as Envoy sent them (never a query string) -> normal form
 _HOSTS: Final[dict[str, str]] = {}  # hosts as sent -> normal form
+_CERTIFICATES: Final[dict[str, str]] = {}  # source.certificate as sent -> its thumbprint ("": not a certificate)
 
 
 _BAD_TARGET: Final = "The check request has an invalid {name} ({reason})"
 
 
-def request_info(check: CheckRequest, max_header_bytes: int, public_base_url: str | None = None) -> RequestInfo:
+def request_info(check: CheckRequest, max_header_bytes: int, public_base_url: str | None = None,
+                 reads_headers: bool = False) -> RequestInfo:
     """The request Envoy asks about. Raises ``BadDecisionRequest`` (400) or ``HeadersTooLarge`` (431). With a
-    ``DPoP`` header, its ``origin`` is Envoy's ``scheme`` and ``host`` attributes (or ``public_base_url``)."""
+    ``DPoP`` header, its ``origin`` is Envoy's ``scheme`` and ``host`` attributes (or ``public_base_url``).
+    ``reads_headers``: some plugin reads a ``client_cert_header`` (believed: only trusted peers are asked)."""
     if not check.HasField("attributes") or not check.attributes.request.HasField("http"):
         raise BadDecisionRequest("The check request has no attributes.request.http")
     http = check.attributes.request.http
@@ -139,7 +147,24 @@ def request_info(check: CheckRequest, max_header_bytes: int, public_base_url: st
     if "dpop" in headers:
         info.origin = request_origin(public_base_url=public_base_url, scheme=(http.scheme or "http").lower(),
                                      host=http.host)
+    source = check.attributes.source.certificate
+    if source or reads_headers:  # the certificate facts ride on a memo of this check's own
+        memo = info.memo = TokenMemo()
+        memo.trusted_peer = True
+        memo.client_cert_sha256 = _certificate(source) if source else None
     return info
+
+
+def _certificate(url_encoded_pem: str) -> str | None:
+    """The thumbprint of Envoy's ``source.certificate`` (remembered: one Envoy sends few distinct ones), or None."""
+    known = _CERTIFICATES.get(url_encoded_pem)
+    if known is None:
+        try:
+            known = pem_thumbprint(url_encoded_pem)
+        except InvalidCertificateHeader:
+            known = ""
+        remember(_CERTIFICATES, url_encoded_pem, known, 256)
+    return known or None
 
 
 def _header(name: str, value: str) -> Any:
@@ -234,6 +259,8 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         self._trusted_proxies = settings.trusted_proxies
         self._max_header_bytes = settings.max_header_bytes
         self._public_base_url = settings.public_base_url
+        self._reads_headers = any(route.plugin is not None and route.plugin.client_cert_header is not None
+                                  for route in settings.routes)
         self._observe = observe
         self._access = settings.access_log
         self._trust: dict[str, bool] = {}  # peer IP -> trusted; Envoys are few (bounded as the HTTP listener's)
@@ -255,7 +282,7 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
                 verdict = untrusted_peer()
             else:
                 try:
-                    info = request_info(check, self._max_header_bytes, self._public_base_url)
+                    info = request_info(check, self._max_header_bytes, self._public_base_url, self._reads_headers)
                 except BadDecisionRequest as exc:
                     verdict = exc.deny()
                 except HeadersTooLarge:

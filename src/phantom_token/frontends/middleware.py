@@ -27,6 +27,9 @@ Invariants:
 - Denied: the contract's section 8 response (JSON, challenge); the app is not called.
 - Lifespan: ``lifespan.startup`` opens the HTTP client and cache (before the app's own startup), and they close
   after the app's shutdown completes. A server that sends no lifespan events gets them opened on first use.
+- Certificate-bound tokens (RFC 8705): the client certificate is the first of the ASGI TLS extension's
+  ``client_cert_chain`` (``scope["extensions"]["tls"]``, when the server terminates TLS and offers it), or a
+  plugin's ``client_cert_header`` when ``scope["client"]`` is in ``trusted_proxies``.
 - The engine decides; no rule of the pattern is implemented here. Tokens are never logged.
 """
 
@@ -35,17 +38,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
 from phantom_token.config.material import Material
 from phantom_token.config.settings import Settings
 from phantom_token.core.claim_headers import header_names
+from phantom_token.core.client_cert import InvalidCertificateHeader, pem_thumbprint
 from phantom_token.core.dpop import request_origin
-from phantom_token.core.request import RequestInfo
+from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.verdict import Allow, Deny, Verdict
 from phantom_token.frontends import authorize
+from phantom_token.frontends.decisions import Network, is_trusted
 from phantom_token.gateway import Gateway
 from phantom_token.http.uri import InvalidTarget, normalise_host, normalise_path
 from phantom_token.jose import MalformedToken as MalformedJwt
@@ -119,6 +124,10 @@ class PhantomTokenMiddleware:
         self.gateway = Gateway(settings, material)
         self.engine = self.gateway.engine
         self.is_open = False
+        # Whose certificate headers are believed: only asked when some plugin reads one (``client_cert_header``).
+        self._trusted_proxies = settings.trusted_proxies if any(
+            route.plugin is not None and route.plugin.client_cert_header is not None for route in settings.routes
+        ) else ()
         self._opening: asyncio.Lock | None = None
 
     # -- lifespan ------------------------------------------------------------------------------------------------
@@ -164,7 +173,7 @@ class PhantomTokenMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            info = request_info(scope, self.gateway.settings.public_base_url)
+            info = request_info(scope, self._trusted_proxies, self.gateway.settings.public_base_url)
         except InvalidTarget as exc:
             log.info("refused a request: %s", exc.reason)
             await _send_deny(_MALFORMED, scope, send)
@@ -183,12 +192,13 @@ class PhantomTokenMiddleware:
         return await authorize(self.engine, info)
 
 
-def request_info(scope: Scope, public_base_url: str | None = None) -> RequestInfo:
+def request_info(scope: Scope, trusted_proxies: Sequence[Network] = (),
+                 public_base_url: str | None = None) -> RequestInfo:
     """The engine's view of an ASGI HTTP scope: lower-case header names -> every value, the normalised path and
-    host (``phantom_token.http.uri``, as ``serve`` matches them); raises ``InvalidTarget`` for a path or Host that
-    ``serve`` would refuse with 400. With a ``DPoP`` header, ``origin`` (for the proof's ``htu``) is
-    ``public_base_url``, else the scope's ``scheme`` (the ASGI server's, which applies its own proxy-header rules)
-    and the ``Host``."""
+    host (``phantom_token.http.uri``, as ``serve`` matches them), the TLS client certificate, and whether the client
+    is one of ``trusted_proxies``; raises ``InvalidTarget`` for a path or Host that ``serve`` would refuse with 400.
+    With a ``DPoP`` header, ``origin`` (for the proof's ``htu``) is ``public_base_url``, else the scope's ``scheme``
+    (the ASGI server's, which applies its own proxy-header rules) and the ``Host``."""
     headers: dict[str, list[str]] = {}
     for raw_name, raw_value in scope.get("headers", ()):
         name = raw_name.decode("latin-1").lower()
@@ -216,7 +226,26 @@ def request_info(scope: Scope, public_base_url: str | None = None) -> RequestInf
         server = scope.get("server")
         authority = hosts[0] if hosts else (f"{server[0]}:{server[1]}" if server else "")
         info.origin = request_origin(public_base_url=public_base_url, scheme=scheme, host=authority)
+    certificate = client_certificate(scope)
+    client = scope.get("client")
+    trusted = bool(trusted_proxies) and client is not None and is_trusted(str(client[0]), trusted_proxies)
+    if certificate is not None or trusted:  # the certificate facts ride on a memo of this request's own
+        memo = info.memo = TokenMemo()
+        memo.client_cert_sha256, memo.trusted_peer = certificate, trusted
     return info
+
+
+def client_certificate(scope: Scope) -> str | None:
+    """The RFC 8705 thumbprint of the client certificate of the ASGI TLS extension, or None."""
+    extensions = scope.get("extensions")
+    tls = extensions.get("tls") if isinstance(extensions, Mapping) else None
+    chain = tls.get("client_cert_chain") if isinstance(tls, Mapping) else None
+    if not chain or not isinstance(chain[0], str):
+        return None
+    try:
+        return pem_thumbprint(chain[0])
+    except InvalidCertificateHeader:
+        return None
 
 
 def allowed_scope(scope: Scope, allow: Allow, path: str | None = None) -> Scope:

@@ -25,6 +25,11 @@ Invariants:
   (a denial, the upstream's response at its end, a failure, a refusal by the connection core) and goes upstream
   with exactly one ``X-Request-Id``: the client's when valid, else a new one replacing every copy it sent. Off, the
   only cost is one boolean test per request and per answer, and the request goes as it came.
+- Client certificates (RFC 8705, ``frontends.tls``): over TLS the certificate's thumbprint is computed once per
+  connection and given to the engine with each request. A header that carries a certificate (a plugin's
+  ``client_cert_header``) is believed only from a ``trusted_proxies`` peer (``RequestInfo.trusted_peer``, decided
+  once per connection, and only when some plugin names such a header); from any other peer it is removed from what
+  goes upstream, so the API behind never mistakes a client's header for its proxy's.
 """
 
 from __future__ import annotations
@@ -56,7 +61,9 @@ from phantom_token.frontends.forwarding import (
     tunnels,
     with_claim_headers,
     with_request_id,
+    without_headers,
 )
+from phantom_token.frontends.tls import requiring_certificate, thumbprint
 from phantom_token.http.client import (
     ClientError,
     Connection,
@@ -114,6 +121,20 @@ class _Shared:
         # distinct head. Heads with Set-Cookie or over 2 KiB are never remembered; the memo stays small.
         self.response_heads: dict[bytes, tuple[bytes, bool]] = {}
         self._paths: dict[int, tuple[Route, dict[str, bytes]]] = {}
+        # The certificate headers some plugin reads (``client_cert_header``), lower case: believed from trusted
+        # peers only, removed from what anyone else sends upstream. Empty (the default): nothing is looked at.
+        self.cert_headers: tuple[str, ...] = tuple(sorted({
+            route.plugin.client_cert_header.lower() for route in settings.routes
+            if route.plugin is not None and route.plugin.client_cert_header is not None}))
+        self.trusted_proxies = settings.trusted_proxies
+        self._trust: dict[str, bool] = {}
+
+    def trusts(self, peer_ip: str) -> bool:
+        """Whether a peer is in ``trusted_proxies`` (remembered per address, bounded as the decision service's)."""
+        trusted = self._trust.get(peer_ip)
+        if trusted is None:
+            trusted = remember(self._trust, peer_ip, is_trusted(peer_ip, self.trusted_proxies), 4097)
+        return trusted
 
     def upstream_path(self, route: Route, path: str) -> bytes:
         """The path sent upstream for ``path`` on ``route`` (Kong's path rules), remembered per route: clients ask
@@ -158,7 +179,8 @@ class _Memo:
     connection's life."""
 
     __slots__ = ("claims_lines", "claims_names", "claims_plugin", "claims_source", "lines", "lines_auth",
-                 "lines_host", "lines_route", "path", "path_route", "raw_head", "rewritten_head", "target", "tokens")
+                 "lines_host", "lines_route", "path", "path_route", "raw_head", "rewritten_head", "strip", "target",
+                 "tokens")
 
     def __init__(self) -> None:
         self.tokens = TokenMemo()  # the engine's: the token this connection last sent and its cache key
@@ -180,6 +202,18 @@ class _Memo:
         self.claims_lines = b""
         self.claims_plugin: PluginConfig | None = None
         self.claims_names: frozenset[str] = frozenset()
+        # Whether the client's certificate headers are removed from what goes upstream: it is no trusted proxy.
+        # Here, not on the handler: its attributes are many already (past CPython's shared-key limit, slower).
+        self.strip = False
+
+    def client_certificate(self, conn: ServerConnection, shared: _Shared) -> None:
+        """Set the connection's certificate facts (once, when it is made over TLS or some plugin reads a header):
+        the engine's (``TokenMemo``), and ``strip``."""
+        tokens = self.tokens
+        tokens.client_cert_sha256 = thumbprint(conn)
+        if shared.cert_headers:
+            tokens.trusted_peer = shared.trusts(conn.client_ip)
+            self.strip = not tokens.trusted_peer
 
 
 class ProxyHandler(RequestHandler, ResponseSink):
@@ -197,6 +231,8 @@ class ProxyHandler(RequestHandler, ResponseSink):
         self._response_heads = shared.response_heads
         self._memo = _Memo()
         self._ip = conn.client_ip.encode("ascii")
+        if conn.peer_certificate is not None or shared.cert_headers:
+            self._memo.client_certificate(conn, shared)
         self._route: Route | None = None
         self._upstream: Connection | None = None
         self._replay: tuple[_Origin, bytes] | None = None
@@ -389,6 +425,8 @@ class ProxyHandler(RequestHandler, ResponseSink):
             if forwarded_for is None:  # a client's own X-Forwarded-For makes the lines its own: not remembered
                 memo.lines, memo.lines_auth, memo.lines_route, memo.lines_host = lines, authorization, route, raw_host
             parts.append(lines)
+        if memo.strip:
+            return without_headers(b"".join(parts), head.headers, self._shared.cert_headers)
         return b"".join(parts)
 
     def _with_claims(self, request_head: bytes, head: RequestHead, route: Route,
@@ -585,13 +623,15 @@ class ProxyHandler(RequestHandler, ResponseSink):
 
 
 async def start_proxy(engine: Authorizer, settings: Settings, host: str, port: int, *, reuse_port: bool = False,
-                      observe: Observe | None = None, limits: ServerLimits | None = None) -> HttpServer:
-    """Listen on ``host:port`` and proxy every request the engine allows. ``close()``/``wait_closed()`` drain
-    in-flight requests, then close the upstream pool."""
+                      observe: Observe | None = None, limits: ServerLimits | None = None,
+                      tls: ssl.SSLContext | None = None) -> HttpServer:
+    """Listen on ``host:port`` (over TLS with ``tls``: ``phantom_token.tls``'s context) and proxy every request the
+    engine allows. ``close()``/``wait_closed()`` drain in-flight requests, then close the upstream pool."""
     shared = _Shared(engine, settings, observe)
-    return await start_server(lambda conn: ProxyHandler(conn, shared), host, port,
-                              limits=limits or listener_limits(settings),
-                              reuse_port=reuse_port, on_closed=shared.pool.aclose)
+    make = requiring_certificate(lambda conn: ProxyHandler(conn, shared),
+                                 tls is not None and settings.tls.client_certificate == "required", observe)
+    return await start_server(make, host, port, limits=limits or listener_limits(settings),
+                              reuse_port=reuse_port, on_closed=shared.pool.aclose, tls=tls)
 
 
 __all__ = ["HOP_BY_HOP", "Observe", "ProxyHandler", "start_proxy"]

@@ -167,8 +167,12 @@ class ServerConnection:
 
     def __init__(self, listening: Listening, out: Output, send: Callable[[bytes], None],
                  is_closing: Callable[[], bool], peer: tuple[str, int] | None,
-                 make_handler: Callable[[ServerConnection], RequestHandler], now: float) -> None:
+                 make_handler: Callable[[ServerConnection], RequestHandler], now: float,
+                 peer_certificate: bytes | None = None) -> None:
         self.listening = listening
+        # The DER certificate the TLS client presented, verified by the handshake (None: no TLS, or none), for the
+        # handler (which derives what it needs once per connection).
+        self.peer_certificate = peer_certificate
         limits = self.limits = listening.limits
         self.out = out
         self.send = send

@@ -12,6 +12,9 @@ Invariants:
   ``drain_timeout``.
 - A closing transport waits for its write buffer; a client that reads none of it is dropped after the send timeout.
 - A handler of ``serve_app`` that raises is a 500; only the exception type and where it was raised are logged.
+- Over TLS (``start_server(ssl=...)``) a connection exists for the handler only once its handshake completed (a
+  failed or too slow handshake closes it at the transport, logged by asyncio at debug level only); the client
+  certificate (DER) is read once per connection, in ``connection_made``, for the handler.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import traceback
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Final, cast
@@ -46,8 +50,9 @@ MakeHandler = Callable[[ServerConnection], RequestHandler]
 class ServerState(Listening):
     """What the connections of one listening server share: limits, the live connections, shutdown state."""
 
-    def __init__(self, limits: ServerLimits) -> None:
+    def __init__(self, limits: ServerLimits, tls: bool = False) -> None:
         super().__init__(limits)
+        self.tls = tls  # connections arrive over TLS: read the client certificate once each
         self.loop = asyncio.get_running_loop()
         self.connections: set[ServerProtocol] = set()
         self.all_closed = asyncio.Event()
@@ -151,9 +156,10 @@ class ServerProtocol(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         state = self.state
+        certificate = _client_certificate(transport) if state.tls else None
         out = self._out = _Transport(tcp, state.loop, state.limits.send_timeout)
         conn = self.conn = ServerConnection(state, out, tcp.write, tcp.is_closing, peer, self._make_handler,
-                                            self._time())
+                                            self._time(), certificate)
         out.conn = conn
         state.add(self)
         if state.closing:
@@ -176,6 +182,14 @@ class ServerProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.conn.write_resumed()
+
+
+def _client_certificate(transport: asyncio.BaseTransport) -> bytes | None:
+    """The DER certificate a TLS client presented (verified by the handshake), or None."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    if not isinstance(ssl_object, (ssl.SSLObject, ssl.SSLSocket)):  # a tuple: compiled isinstance takes it
+        return None
+    return ssl_object.getpeercert(binary_form=True) or None
 
 
 class HttpServer:
@@ -219,11 +233,14 @@ class HttpServer:
 
 async def start_server(make_handler: MakeHandler, host: str, port: int, *, limits: ServerLimits,
                        reuse_port: bool = False, backlog: int = 1024,
-                       on_closed: Callable[[], Awaitable[None]] | None = None) -> HttpServer:
-    """Listen on ``host:port``; each connection gets the ``RequestHandler`` ``make_handler`` builds for it."""
-    state = ServerState(limits)
+                       on_closed: Callable[[], Awaitable[None]] | None = None,
+                       tls: ssl.SSLContext | None = None) -> HttpServer:
+    """Listen on ``host:port``; each connection gets the ``RequestHandler`` ``make_handler`` builds for it. With
+    ``tls``, over TLS (the handshake may take ``header_timeout`` seconds)."""
+    state = ServerState(limits, tls=tls is not None)
     server = await state.loop.create_server(lambda: ServerProtocol(state, make_handler), host, port,
-                                            reuse_port=reuse_port or None, backlog=backlog)
+                                            reuse_port=reuse_port or None, backlog=backlog, ssl=tls,
+                                            ssl_handshake_timeout=limits.header_timeout if tls else None)
     return HttpServer(server, state, on_closed)
 
 
