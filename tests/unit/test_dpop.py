@@ -16,7 +16,7 @@ from phantom_token.core.claims import cnf_member
 from phantom_token.core.engine import Engine
 from phantom_token.core.ports import CacheEntry
 from phantom_token.core.replay import MemoryReplayGuard
-from phantom_token.core.request import RequestInfo
+from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.routes import Router
 from phantom_token.core.verdict import Allow, Deny
 from tests.dpop_proofs import ProofKey, ath, unsigned_proof
@@ -211,8 +211,10 @@ def test_extract_recognises_the_dpop_scheme() -> None:
 
 def test_cnf_member() -> None:
     assert cnf_member({"cnf": {"jkt": "abc"}}, "jkt") == "abc"
-    assert cnf_member({"cnf": {"jkt": 1}}, "jkt") is None
-    assert cnf_member({"cnf": "abc"}, "jkt") is None
+    # present but unusable: "" (no key thumbprint equals it), never None (which would read as unbound: fail closed)
+    assert cnf_member({"cnf": {"jkt": 1}}, "jkt") == ""
+    assert cnf_member({"cnf": "abc"}, "jkt") == ""
+    assert cnf_member({"cnf": {"x5t#S256": "t"}}, "jkt") is None
     assert cnf_member({}, "jkt") is None
 
 
@@ -501,3 +503,35 @@ def test_dpop_configuration_rules() -> None:
     assert problems(document({"dpop_nonce": True}, {"dpop_nonce_secret": "short"})) == [
         ("phantom_token", "dpop_nonce_secret",
          "must be at least 32 characters (e.g. from openssl rand -base64 32)")]
+
+
+async def test_a_proven_request_gets_its_claims_headers(key: ProofKey) -> None:
+    # DPoP's own grant path must carry the claims_to_headers values like every other Allow: serve strips the
+    # client's copies on such routes, so a path without them would send the API nothing at all.
+    eng, introspector, _ = engine(claims_to_headers=(("X-User-Id", "sub"),))
+    bind(introspector, TOKEN, key.jkt)
+    verdict = await eng.authorize(request(TOKEN, key.proof("GET", URL, TOKEN, iat=NOW)))
+    assert isinstance(verdict, Allow)
+    assert verdict.headers == (("X-User-Id", "alice"),)
+    hit = eng.try_authorize(request(TOKEN, key.proof("GET", URL, TOKEN, iat=NOW)))
+    assert isinstance(hit, Allow)
+    assert hit.headers == (("X-User-Id", "alice"),)
+
+
+async def test_a_token_bound_to_a_key_and_a_certificate_needs_both(key: ProofKey) -> None:
+    eng, introspector, _ = engine()
+    introspector.activate(TOKEN, {"sub": "alice", "scope": "read", "exp": NOW + 3600,
+                                  "cnf": {"jkt": key.jkt, "x5t#S256": "cert-thumbprint"}})
+
+    def with_certificate(info: RequestInfo, thumbprint: str | None) -> RequestInfo:
+        memo = info.memo = TokenMemo()
+        memo.client_cert_sha256 = thumbprint
+        return info
+
+    proven = request(TOKEN, key.proof("GET", URL, TOKEN, iat=NOW))
+    assert isinstance(await eng.authorize(with_certificate(proven, "cert-thumbprint")), Allow)
+    other = request(TOKEN, key.proof("GET", URL, TOKEN, iat=NOW))
+    assert challenge(await eng.authorize(with_certificate(other, "another"))) != []
+    none = request(TOKEN, key.proof("GET", URL, TOKEN, iat=NOW))
+    assert challenge(eng.try_authorize(none)) != []
+    assert introspector.calls == [TOKEN]
