@@ -15,9 +15,22 @@ from __future__ import annotations
 
 from phantom_token.errors import PhantomTokenError
 
+FAILURE_KINDS = ("down", "timeout", "http_5xx", "http_status", "credentials_rejected", "invalid_answer", "discovery",
+                 "config")
+"""Why introspection gave no answer (the ``kind`` label of ``phantom_token_introspection_failures_total``): the
+server could not be reached, did not answer in time, answered 5xx or another unexpected status, refused the
+gateway's own client credentials (401/403), answered something unusable; discovery failed; the gateway's own
+material (a key or TLS file) is unusable."""
+
 
 class IntrospectionUnavailable(PhantomTokenError):
-    """The introspection endpoint did not give a usable answer (down, slow, 5xx, bad credentials, garbage)."""
+    """The introspection endpoint did not give a usable answer (down, slow, 5xx, bad credentials, garbage).
+
+    ``kind`` is one of ``FAILURE_KINDS`` (default ``invalid_answer``), for metrics; the message is for the log."""
+
+    def __init__(self, message: str = "", kind: str = "invalid_answer") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class TokenExchangeFailed(IntrospectionUnavailable):
@@ -25,4 +38,4 @@ class TokenExchangeFailed(IntrospectionUnavailable):
     5xx, garbage, a timeout): a 502 like any fault of the authorization server, never cached."""
 
 
-__all__ = ["IntrospectionUnavailable", "PhantomTokenError", "TokenExchangeFailed"]
+__all__ = ["FAILURE_KINDS", "IntrospectionUnavailable", "PhantomTokenError", "TokenExchangeFailed"]
