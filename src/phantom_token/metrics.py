@@ -19,6 +19,14 @@ from typing import Final
 
 LATENCY_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
+INTROSPECTION_FAILURE_KINDS: Final = ("down", "timeout", "http_5xx", "http_status", "credentials_rejected",
+                                      "invalid_answer", "discovery", "config")
+"""Why introspection gave no answer (``core.errors.IntrospectionUnavailable.kind``): the server could not be reached,
+did not answer in time, answered 5xx or another unexpected status, refused the gateway's own client credentials
+(401/403), answered something unusable; discovery failed; the gateway's own key or TLS file is unusable."""
+
+UPSTREAM_FAILURE_KINDS: Final = ("connect", "timeout", "protocol", "aborted")
+
 Samples = dict[str, float]
 """Series (``name`` or ``name{label="value",...}``) -> value; the unit ``exposition`` merges and renders."""
 
@@ -63,7 +71,8 @@ class Metrics:
         self.cache_misses = 0
         self.introspections = 0
         self.introspection_errors = 0
-        self.introspection_error_kinds: dict[str, int] = {}
+        # Every known kind from the start at 0, so that rate() and alerts see the series before the first failure.
+        self.introspection_error_kinds: dict[str, int] = dict.fromkeys(INTROSPECTION_FAILURE_KINDS, 0)
         # (route, outcome, status) -> count. The last series counted is remembered: keep-alive traffic repeats it,
         # and comparing three values by identity is cheaper than hashing a new tuple.
         self.requests: dict[tuple[str, str, int], _Cell] = {}
@@ -73,7 +82,7 @@ class Metrics:
         self._last_cell = _Cell()
         self.introspection_latency = Histogram()
         self.upstream_latency = Histogram()
-        self.upstream_errors: dict[str, int] = {}
+        self.upstream_errors: dict[str, int] = dict.fromkeys(UPSTREAM_FAILURE_KINDS, 0)
         self.collectors: list[Collector] = []
 
     # -- the hot path ------------------------------------------------------------------------------------------
@@ -101,12 +110,13 @@ class Metrics:
     # -- failures (never on the hit path) -------------------------------------------------------------------------
 
     def introspection_failed(self, kind: str) -> None:
-        """``kind``: one of ``core.errors.FAILURE_KINDS``."""
+        """``kind``: one of ``INTROSPECTION_FAILURE_KINDS``."""
         self.introspection_errors += 1
         self.introspection_error_kinds[kind] = self.introspection_error_kinds.get(kind, 0) + 1
 
     def upstream_failed(self, kind: str) -> None:
-        """``kind``: ``connect``, ``timeout``, ``protocol`` (closed early, not HTTP) or ``aborted`` (mid-response)."""
+        """``kind``: one of ``UPSTREAM_FAILURE_KINDS``: could not connect, no answer in time, closed early or not
+        HTTP, failed mid-response (the client connection is dropped)."""
         self.upstream_errors[kind] = self.upstream_errors.get(kind, 0) + 1
 
     # -- reading -----------------------------------------------------------------------------------------------

@@ -255,7 +255,8 @@ class RedisCache:
         self._codec = codec
         self._undecodable_logged = False
         # Commands by (operation, result), for metrics: ("get", "hit"|"miss"|"error"), ("set", "ok"|"error").
-        self.operations: dict[tuple[str, str], int] = {}
+        self.operations: dict[tuple[str, str], int] = dict.fromkeys(
+            (("get", "hit"), ("get", "miss"), ("get", "error"), ("set", "ok"), ("set", "error")), 0)
         link.on(b"purge", self._purged_elsewhere)
         link.on_resubscribed(memory.clear)
 

@@ -14,13 +14,10 @@ never caches it. No message here ever contains a raw token: use ``fingerprint()`
 from __future__ import annotations
 
 from phantom_token.errors import PhantomTokenError
+from phantom_token.metrics import INTROSPECTION_FAILURE_KINDS
 
-FAILURE_KINDS = ("down", "timeout", "http_5xx", "http_status", "credentials_rejected", "invalid_answer", "discovery",
-                 "config")
-"""Why introspection gave no answer (the ``kind`` label of ``phantom_token_introspection_failures_total``): the
-server could not be reached, did not answer in time, answered 5xx or another unexpected status, refused the
-gateway's own client credentials (401/403), answered something unusable; discovery failed; the gateway's own
-material (a key or TLS file) is unusable."""
+FAILURE_KINDS = INTROSPECTION_FAILURE_KINDS
+"""Why introspection gave no answer: the ``kind`` of ``IntrospectionUnavailable`` (``metrics``)."""
 
 
 class IntrospectionUnavailable(PhantomTokenError):
