@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -11,7 +12,7 @@ import yaml
 from phantom_token.config.loader import Configuration
 from phantom_token.reload import ConfigSource, check_reload, refused
 
-BASE = {
+BASE: dict[str, Any] = {
     "_format_version": "2.1",
     "services": [{
         "name": "api", "url": "http://127.0.0.1:9",
@@ -22,7 +23,7 @@ BASE = {
 }
 
 
-def write(path: Path, document: dict[str, object]) -> ConfigSource:
+def write(path: Path, document: dict[str, Any]) -> ConfigSource:
     path.write_text(yaml.safe_dump(document), encoding="utf-8")
     return ConfigSource(str(path))
 
@@ -40,7 +41,8 @@ def test_a_new_scope_is_accepted(tmp_path: Path) -> None:
     checked = check_reload(source, loaded.settings, has_minter=False)
     assert isinstance(checked, Configuration)
     plugin = checked.settings.routes[0].plugin
-    assert plugin is not None and plugin.scope == ("write",)
+    assert plugin is not None
+    assert plugin.scope == ("write",)
 
 
 def test_a_file_that_fails_check_is_refused_with_its_first_problem(tmp_path: Path) -> None:
@@ -48,7 +50,8 @@ def test_a_file_that_fails_check_is_refused_with_its_first_problem(tmp_path: Pat
     (tmp_path / "gateway.yml").write_text("services: [unclosed\n", encoding="utf-8")
     reason = check_reload(source, loaded.settings, has_minter=False)
     assert isinstance(reason, str)
-    assert reason.startswith(str(tmp_path / "gateway.yml")) and "YAML" in reason
+    assert reason.startswith(str(tmp_path / "gateway.yml"))
+    assert "YAML" in reason
 
 
 def test_several_problems_are_one_line(tmp_path: Path) -> None:
@@ -57,7 +60,9 @@ def test_several_problems_are_one_line(tmp_path: Path) -> None:
     broken["services"][0]["plugins"][0]["config"] = {"token_cache_seconds": "x", "client_id": 3}
     write(tmp_path / "gateway.yml", broken)
     reason = check_reload(source, loaded.settings, has_minter=False)
-    assert isinstance(reason, str) and "more problems" in reason and "\n" not in reason
+    assert isinstance(reason, str)
+    assert "more problems" in reason
+    assert "\n" not in reason
 
 
 def test_process_options_need_a_restart(tmp_path: Path) -> None:
@@ -65,7 +70,9 @@ def test_process_options_need_a_restart(tmp_path: Path) -> None:
     write(tmp_path / "gateway.yml", {**BASE, "phantom_token": {"listen": "127.0.0.1:4000", "workers": 2}})
     reason = check_reload(source, loaded.settings, has_minter=False)
     assert isinstance(reason, str)
-    assert "phantom_token.listen" in reason and "phantom_token.workers" in reason and "restart" in reason
+    assert "phantom_token.listen" in reason
+    assert "phantom_token.workers" in reason
+    assert "restart" in reason
 
 
 def test_the_command_line_access_log_stays_on(tmp_path: Path) -> None:
@@ -83,7 +90,8 @@ def test_a_first_minting_route_without_a_key_needs_a_restart(tmp_path: Path) -> 
     minting["phantom_token"] = {"jwt": {"issuer": "https://gateway.example"}}
     write(tmp_path / "gateway.yml", minting)
     reason = check_reload(source, loaded.settings, has_minter=False)
-    assert isinstance(reason, str) and "mints JWTs" in reason
+    assert isinstance(reason, str)
+    assert "mints JWTs" in reason
 
 
 def test_the_refusal_is_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
