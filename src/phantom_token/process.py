@@ -321,6 +321,8 @@ class Supervisor:
         self.slots = WorkerSlots(workers)
         self.children: dict[int, int] = {}  # pid -> worker index
         self.stopping = False
+        self.running = False  # every worker has started (a SIGHUP before that waits for it)
+        self.reload_pending = False
 
     def _spawn(self, index: int, ready_fd: int | None) -> None:
         pid = os.fork()
@@ -337,6 +339,9 @@ class Supervisor:
     def _reload(self, _signum: int, _frame: object) -> None:
         """SIGHUP: check the file once; refuse it with one log line, or take it and signal every worker."""
         if self.config is None or self.stopping:
+            return
+        if not self.running:  # the workers would ignore it until their loop runs: once they are all up
+            self.reload_pending = True
             return
         checked = check_reload(self.config, self.settings, has_minter=needs_minter(self.settings))
         if isinstance(checked, str):
@@ -371,6 +376,9 @@ class Supervisor:
                  else display(*parse_listen(self.listen), _scheme(self.settings)))
         urls = [front] + ([display(*parse_listen(self.admin))] if self.admin else [])
         announce(self.command, urls, None if self.listen == LISTEN_OFF else grpc)
+        self.running = True
+        if self.reload_pending:
+            self._reload(signal.SIGHUP, None)
         return self._reap()
 
     def _reap(self) -> int:
