@@ -104,8 +104,10 @@ class Metrics:
         self.introspection_latency.observe(seconds)
 
     def observe_upstream(self, seconds: float) -> None:
-        """Time from sending a request upstream to the end of its response."""
-        self.upstream_latency.observe(seconds)
+        """Time from sending a request upstream to the end of its response (on the hit path: inlined)."""
+        histogram = self.upstream_latency
+        histogram.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        histogram.sum += seconds
 
     # -- failures (never on the hit path) -------------------------------------------------------------------------
 

@@ -248,7 +248,6 @@ class ProxyHandler(RequestHandler, ResponseSink):
         self._chunk_out = False
         self._keep_alive = True
         self._access = shared.access_log
-        self._timed = shared.access_log or shared.metrics is not None  # the upstream's time is taken
         # The access log's record of the active request (only kept when it is on): its head, request id, when it
         # began, how long the engine's async path took, when it went upstream (0.0: not yet).
         self._log_head: RequestHead | None = None
@@ -387,7 +386,7 @@ class ProxyHandler(RequestHandler, ResponseSink):
                 self._connect_later(head, origin, request_head)  # nothing was sent: safe to try a new one
             return
         self._upstream = conn
-        if self._timed:
+        if self._access:
             self._t_upstream = time.perf_counter()
         # A pooled connection the upstream closed while we wrote on it (its idle timeout, keepalive_requests) fails
         # with no response: a request without a body and with an idempotent method is then sent once more, on a
@@ -562,6 +561,7 @@ class ProxyHandler(RequestHandler, ResponseSink):
             self.conn.write(out)
 
     def upstream_end(self) -> None:
+        conn = self._upstream
         self._upstream = None
         out = self._out_head
         self._out_head = None
@@ -572,8 +572,8 @@ class ProxyHandler(RequestHandler, ResponseSink):
             self.conn.write(out)
         self._observe(self._status, "allowed", self._route)
         metrics = self._shared.metrics
-        if metrics is not None:
-            metrics.observe_upstream(time.perf_counter() - self._t_upstream)
+        if metrics is not None and conn is not None:
+            metrics.observe_upstream(conn.elapsed())
         if self._access:
             self._log(self._status, "allowed", self._route)
         self.conn.resume_reading(PAUSE_UPSTREAM | PAUSE_VERDICT)

@@ -197,6 +197,7 @@ class Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._timeout = 0.0
         self._t_last = 0.0
+        self._t_begin = 0.0  # loop time the current request began (``elapsed``)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
 
@@ -235,10 +236,15 @@ class Connection(asyncio.Protocol):
         self._in_head = True
         self._informational = False
         self._timeout = timeout
-        now = self._t_last = self._time()
+        now = self._t_last = self._t_begin = self._time()
         if self._timer is None or self._timer_when > now + timeout:
             self._schedule(now + timeout)
         self._send(head)
+
+    def elapsed(self) -> float:
+        """Loop time from ``begin`` to the last bytes received: once the response is complete, how long the
+        upstream took (taken from the clock readings the timeout needs anyway: it costs no clock call)."""
+        return self._t_last - self._t_begin
 
     def send_body(self, data: bytes) -> None:
         if self._sink is None or not data or self._is_closing():
