@@ -149,17 +149,19 @@ class Listeners:
         if self._reloading is None:
             self._reloading = asyncio.Lock()
         async with self._reloading:
-            gateway = self.gateway
-            checked = await asyncio.to_thread(check_reload, self.config, gateway.settings,
-                                              has_minter=gateway.minter is not None)
-            if isinstance(checked, str):
-                return self._refuse(checked)
+            gateway, path = self.gateway, self.config.path
             try:
+                checked = await asyncio.to_thread(check_reload, self.config, gateway.settings,
+                                                  has_minter=gateway.minter is not None)
+                if isinstance(checked, str):
+                    return self._refuse(checked)
                 await gateway.reload(checked.settings, checked.material)
-            except (PhantomTokenError, MetadataError) as exc:
-                return self._refuse(f"{self.config.path}: {exc}")
+            except (PhantomTokenError, MetadataError) as exc:  # e.g. discovery for a new issuer failed
+                return self._refuse(f"{path}: {exc}")
+            except Exception as exc:  # never the worker's end; the message of a foreign error may quote anything
+                return self._refuse(f"{path}: unexpected {type(exc).__name__}")
             self.reloads["applied"] += 1
-            log.info("configuration reloaded from %s (%d routes)", self.config.path, len(checked.settings.routes))
+            log.info("configuration reloaded from %s (%d routes)", path, len(checked.settings.routes))
             return True
 
     def _refuse(self, reason: str) -> bool:
@@ -343,7 +345,10 @@ class Supervisor:
         if not self.running:  # the workers would ignore it until their loop runs: once they are all up
             self.reload_pending = True
             return
-        checked = check_reload(self.config, self.settings, has_minter=needs_minter(self.settings))
+        try:
+            checked = check_reload(self.config, self.settings, has_minter=needs_minter(self.settings))
+        except Exception as exc:  # raised in a signal handler, it would end the supervisor
+            checked = f"{self.config.path}: unexpected {type(exc).__name__}"
         if isinstance(checked, str):
             refused(checked)
             return
