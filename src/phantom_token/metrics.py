@@ -13,7 +13,7 @@ the fixed words of ``introspection_failed``/``upstream_failed``. No token, path,
 
 from __future__ import annotations
 
-import bisect
+from bisect import bisect_left
 from collections.abc import Callable
 from typing import Final
 
@@ -26,6 +26,9 @@ did not answer in time, answered 5xx or another unexpected status, refused the g
 (401/403), answered something unusable; discovery failed; the gateway's own key or TLS file is unusable."""
 
 UPSTREAM_FAILURE_KINDS: Final = ("connect", "timeout", "protocol", "aborted")
+
+ALLOWED: Final = "allowed"
+"""The outcome of a request let through (any other outcome is the code of the ``Deny`` that answered)."""
 
 Samples = dict[str, float]
 """Series (``name`` or ``name{label="value",...}``) -> value; the unit ``exposition`` merges and renders."""
@@ -42,7 +45,7 @@ class Histogram:
         self.sum = 0.0
 
     def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.sum += seconds
 
     def samples(self, name: str, into: Samples) -> None:
@@ -103,10 +106,16 @@ class Metrics:
     def observe_introspection(self, seconds: float) -> None:
         self.introspection_latency.observe(seconds)
 
-    def observe_upstream(self, seconds: float) -> None:
-        """Time from sending a request upstream to the end of its response (on the hit path: inlined)."""
+    def observe_forwarded(self, status: int, route: str, seconds: float) -> None:
+        """A response of the upstream passed on in full (``serve``): ``observe_request(status, "allowed", route)``
+        and its latency (``seconds`` from sending the request upstream to the end of its response), in one call:
+        this is every allowed request's path."""
+        if status == self._last_status and ALLOWED is self._last_outcome and route is self._last_route:
+            self._last_cell.n += 1
+        else:
+            self.observe_request(status, ALLOWED, route)
         histogram = self.upstream_latency
-        histogram.counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        histogram.counts[bisect_left(LATENCY_BUCKETS, seconds)] += 1
         histogram.sum += seconds
 
     # -- failures (never on the hit path) -------------------------------------------------------------------------

@@ -570,10 +570,12 @@ class ProxyHandler(RequestHandler, ResponseSink):
             self.conn.write(out + b"0\r\n\r\n" if out is not None else b"0\r\n\r\n")
         elif out is not None:
             self.conn.write(out)
-        self._observe(self._status, "allowed", self._route)
         metrics = self._shared.metrics
-        if metrics is not None and conn is not None:
-            metrics.observe_upstream(conn.elapsed())
+        route = self._route
+        if metrics is not None and conn is not None and route is not None:
+            metrics.observe_forwarded(self._status, route.name, conn.elapsed())  # the request and its latency
+        else:
+            self._observe(self._status, "allowed", route)
         if self._access:
             self._log(self._status, "allowed", self._route)
         self.conn.resume_reading(PAUSE_UPSTREAM | PAUSE_VERDICT)
