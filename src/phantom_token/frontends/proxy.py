@@ -573,7 +573,7 @@ class ProxyHandler(RequestHandler, ResponseSink):
         metrics = self._shared.metrics
         route = self._route
         if metrics is not None and conn is not None and route is not None:
-            metrics.observe_forwarded(self._status, route.name, conn.elapsed())  # the request and its latency
+            metrics.observe_forwarded(self._status, route.name, conn.elapsed)  # the request and its latency
         else:
             self._observe(self._status, "allowed", route)
         if self._access:
