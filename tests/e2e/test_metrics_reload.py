@@ -241,3 +241,23 @@ def test_sighup_applies_a_good_file_under_load_and_refuses_a_bad_one(
     applied = 'phantom_token_config_reloads_total{result="applied"}'
     wait_for(lambda: metrics(admin_port).get(applied) == 2, what="both workers' reload counted")
     assert token not in gw.stderr()
+
+
+def test_sighup_reloads_a_single_process_too(
+    gateway: GatewayFactory, plugin_config: dict[str, Any], auth_server: AuthServer
+) -> None:
+    gw = gateway(dump(plugin_config))  # no --workers: the process that serves handles SIGHUP itself
+    token = auth_server.issue_token(scope="read")
+    assert gw.get_with_token(token).status == 200
+    path = config_path(gw)
+    plugin_options(plugin_config)["scope"] = ["write"]
+    path.write_text(dump(plugin_config), encoding="utf-8")
+    gw.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "configuration reloaded" in gw.stderr(), what="the reload")
+    assert gw.get_with_token(token).status == 403
+    path.write_text("services: [unclosed\n", encoding="utf-8")
+    gw.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload refused" in gw.stderr(), what="the refusal")
+    assert len([line for line in gw.stderr().splitlines() if "reload refused" in line]) == 1
+    assert gw.get_with_token(token).status == 403
+    assert gw.get_with_token(auth_server.issue_token(scope="read write")).status == 200
