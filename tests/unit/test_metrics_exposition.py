@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from phantom_token import metrics as metrics_module
 from phantom_token.cache.memory import MemoryCache
 from phantom_token.config.loader import parse_settings
 from phantom_token.config.settings import PluginConfig, Route, Settings, Upstream
@@ -87,6 +89,12 @@ def test_render_groups_each_family_under_its_help_and_type() -> None:
             family = line.split()[2]
         elif not line.startswith("#"):
             assert family_of(line.rpartition(" ")[0]) == family, line
+
+
+def test_bucket_agrees_with_bisect() -> None:
+    assert list(metrics_module.LATENCY_BUCKETS) == metrics_module._BOUNDS
+    for seconds in (0.0, 0.0004, 0.001, 0.0010001, 0.003, 0.25, 9.99, 10.0, 10.5, 1e9):
+        assert metrics_module.bucket(seconds) == bisect.bisect_left(metrics_module.LATENCY_BUCKETS, seconds)
 
 
 def test_family_of_strips_histogram_suffixes_only_for_histograms() -> None:
