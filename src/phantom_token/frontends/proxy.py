@@ -146,7 +146,7 @@ class _Shared:
         remembered (they may carry anything, credentials included)."""
         known = self._paths.get(id(route))  # by identity, like origin(): routes are built once
         if known is None or known[0] is not route:
-            known = self._paths[id(route)] = (route, {})
+            known = remember(self._paths, id(route), (route, {}), 4096)  # bounded: reloads bring new routes
         paths = known[1]
         upstream = paths.get(path)
         if upstream is None:
@@ -172,7 +172,8 @@ class _Shared:
                 if self._tls is None:
                     self._tls = ssl.create_default_context()
                 context = self._tls
-            origin = self.origins[id(upstream)] = _Origin(upstream, context, self.pool)
+            # bounded: reloads bring new upstream objects (an _Origin made again shares the pool's idle list)
+            origin = remember(self.origins, id(upstream), _Origin(upstream, context, self.pool), 4096)
         return origin
 
 
