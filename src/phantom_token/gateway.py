@@ -92,7 +92,8 @@ class Gateway:
         await introspector.start(server for route in settings.routes if route.plugin is not None
                                  for server in introspection_servers(route.plugin))
         router = Router(settings.routes)
-        self.engine.reconfigure(router, introspector, HttpIssuerKeys(introspector.fetch))
+        self.engine.reconfigure(router, introspector, HttpIssuerKeys(introspector.fetch),
+                                HttpTokenExchanger(introspector))
         self.settings, self.material, self.introspector, self.router = settings, material, introspector, router
 
     def _collect(self, out: Samples) -> None:

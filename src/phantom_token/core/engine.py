@@ -137,16 +137,18 @@ class Engine:
     def metrics(self) -> Metrics:
         return self._metrics
 
-    def reconfigure(self, router: Router, introspector: Introspector,
-                    issuer_keys: IssuerKeys | None = None) -> None:
+    def reconfigure(self, router: Router, introspector: Introspector, issuer_keys: IssuerKeys | None = None,
+                    exchanger: TokenExchanger | None = None) -> None:
         """A configuration reload: new requests are routed by ``router`` and introspected by ``introspector``;
         those already past routing finish with the route they matched. The cache (entries are keyed by the
         plugin's cache namespace), the coordinator, the metrics and the minter stay; ``issuer_keys`` (the JWKS of
-        ``jwt_issuers``) is replaced when given."""
+        ``jwt_issuers``) and ``exchanger`` are replaced when given."""
         self._router = router
         self._introspector = introspector
         if issuer_keys is not None:
             self._issuer_keys = issuer_keys
+        if exchanger is not None:
+            self._exchanger = exchanger
         self._pass = {}
         self._namespaces = {}
 
