@@ -100,3 +100,12 @@ def test_the_refusal_is_one_log_line(caplog: pytest.LogCaptureFixture) -> None:
     assert len(caplog.records) == 1
     assert "\n" not in caplog.records[0].getMessage()
     assert "running configuration keeps serving" in caplog.records[0].getMessage()
+
+
+def test_a_first_route_with_dpop_nonces_needs_a_restart(tmp_path: Path) -> None:
+    source, loaded = running(tmp_path)
+    nonces = yaml.safe_load(yaml.safe_dump(BASE))
+    nonces["services"][0]["plugins"][0]["config"]["dpop_nonce"] = True
+    write(tmp_path / "gateway.yml", nonces)
+    reason = check_reload(source, loaded.settings, has_minter=False)
+    assert isinstance(reason, str) and "dpop_nonce" in reason, reason

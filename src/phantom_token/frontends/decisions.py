@@ -413,7 +413,7 @@ class DecisionHandler(RequestHandler):
             headers.append(("x-envoy-auth-headers-to-remove", "dpop"))
         observe = self._shared.observe
         if observe is not None:
-            observe(status)
+            observe(status, "allowed", allow.route.name)
         try:
             self.conn.send_response(status, headers, body)
         except ValueError:
