@@ -108,4 +108,5 @@ def test_a_first_route_with_dpop_nonces_needs_a_restart(tmp_path: Path) -> None:
     nonces["services"][0]["plugins"][0]["config"]["dpop_nonce"] = True
     write(tmp_path / "gateway.yml", nonces)
     reason = check_reload(source, loaded.settings, has_minter=False)
-    assert isinstance(reason, str) and "dpop_nonce" in reason, reason
+    assert isinstance(reason, str)
+    assert "dpop_nonce" in reason, reason
