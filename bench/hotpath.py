@@ -150,7 +150,7 @@ async def main(requests: int, profile: bool) -> None:
     from phantom_token.http.client import Connection
     from phantom_token.http.server import ServerLimits, ServerProtocol, ServerState
 
-    shared = _Shared(app.engine, settings, app.metrics.observe_response)
+    shared = _Shared(app.engine, settings, app.metrics.observe_request, app.metrics)  # as `serve` runs it
     client = ServerProtocol(ServerState(ServerLimits()), lambda conn: ProxyHandler(conn, shared))
     client_out = MemoryTransport(("127.0.0.1", 50000))
     client.connection_made(client_out)
@@ -181,7 +181,7 @@ async def main(requests: int, profile: bool) -> None:
 
     from phantom_token.frontends import decisions
 
-    authz_shared = decisions._Shared(app.engine, settings, app.metrics.observe_response)
+    authz_shared = decisions._Shared(app.engine, settings, app.metrics.observe_request)
     authz = ServerProtocol(ServerState(ServerLimits()), lambda conn: decisions.DecisionHandler(conn, authz_shared))
     authz_out = MemoryTransport(("127.0.0.1", 50001))
     authz.connection_made(authz_out)

@@ -1,5 +1,9 @@
 """The admin listener (contract section 11): health, readiness, metrics, the JWKS and ``POST /cache/purge``.
 
+``/readyz`` answers 200 ``{"status": "ready"}`` or 503 ``{"status": "<why>"}`` (``starting``, ``draining``,
+``redis_unreachable``: ``process.Listeners.readiness``). ``/metrics`` is the Prometheus text of the whole process
+(every worker summed under a supervisor: ``exposition``).
+
 Off unless configured. With ``admin_token`` set, every request must carry ``Authorization: Bearer <admin_token>``,
 compared in constant time.
 
@@ -18,6 +22,7 @@ import re
 from collections.abc import Awaitable, Callable
 
 from phantom_token.cache.purge import PurgeReport
+from phantom_token.exposition import render as render_text
 from phantom_token.http.messages import Handler, Request, Response
 from phantom_token.metrics import Metrics
 
@@ -32,9 +37,17 @@ def _json(status: int, document: object) -> Response:
     return Response(status, list(JSON), json.dumps(document, separators=(",", ":")).encode())
 
 
+Readiness = Callable[[], Awaitable[tuple[bool, str]]]
+"""Whether the process should get traffic, and the word for ``/readyz``'s ``status``."""
+
+
 def admin_handler(metrics: Metrics, *, admin_token: str | None, ready: Callable[[], bool],
                   jwks: Callable[[], dict[str, object]] | None = None,
-                  purge: Purge | None = None) -> Handler:
+                  purge: Purge | None = None, render: Callable[[], str] | None = None,
+                  readiness: Readiness | None = None) -> Handler:
+    """``render`` (default: ``metrics``' own series) makes ``/metrics``; ``readiness`` (default: ``ready()``, else
+    ``starting``) answers ``/readyz``."""
+    render_metrics = render if render is not None else lambda: render_text(metrics.samples())
     expected = ("Bearer " + admin_token).encode() if admin_token else None
 
     async def handle(request: Request) -> Response:
@@ -46,10 +59,11 @@ def admin_handler(metrics: Metrics, *, admin_token: str | None, ready: Callable[
         if request.path == "/healthz":
             return _json(200, {"status": "ok"})
         if request.path == "/readyz":
-            return _json(200, {"status": "ready"}) if ready() else _json(503, {"status": "starting"})
+            is_ready, why = await readiness() if readiness is not None else (ready(), "starting")
+            return _json(200, {"status": "ready"}) if is_ready else _json(503, {"status": why})
         if request.path == "/metrics":
             return Response(200, [("Content-Type", "text/plain; version=0.0.4; charset=utf-8")],
-                            metrics.render().encode())
+                            render_metrics().encode())
         if request.path == "/.well-known/jwks.json":
             return _json(200, jwks() if jwks is not None else {"keys": []})
         if request.path == "/cache/purge" and purge is not None:

@@ -177,12 +177,16 @@ def _serve(args: argparse.Namespace) -> int:
 
     if needs_minter(settings):
         signing_keys(settings, material)  # before --workers fork, so that every worker signs with the same key
+    from phantom_token.config.loader import resolve_config_path
     from phantom_token.process import Supervisor, worker
+    from phantom_token.reload import ConfigSource
 
+    config = ConfigSource(resolve_config_path(args.config, os.environ), require_upstream=args.command == "serve",
+                          access_log=bool(args.access_log))
     if workers == 1:
         return worker(settings, material, args.command, listen, admin, reuse_port=False, ready_fd=None,
-                      grpc_listen=grpc_listen)
-    return Supervisor(settings, material, args.command, listen, admin, workers, grpc_listen).run()
+                      grpc_listen=grpc_listen, config=config)
+    return Supervisor(settings, material, args.command, listen, admin, workers, grpc_listen, config).run()
 
 
 def _grpc_installed() -> bool:

@@ -48,6 +48,9 @@ def test_type_and_commands() -> None:
     assert u["Service.Type"] == (["notify"] if notifies else ["exec"]), "Type=notify only with sd_notify support"
     assert u["Service.ExecStart"][0].startswith(f"{INSTALLED} serve -c /etc/phantom-token/")
     assert u["Service.ExecStartPre"][0].startswith(f"{INSTALLED} check -c /etc/phantom-token/")
+    # `systemctl reload`: check first (a bad file fails the reload), then SIGHUP the supervisor
+    assert u["Service.ExecReload"][0].startswith(f"{INSTALLED} check -c /etc/phantom-token/")
+    assert u["Service.ExecReload"][1] == "/bin/kill -HUP $MAINPID"
 
 
 def test_hardening_and_secrets() -> None:

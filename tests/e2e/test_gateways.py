@@ -49,8 +49,9 @@ class Authz:
     def allowed_count(self) -> int:
         """Decisions answered 200 so far (from /metrics)."""
         text = http_request("GET", f"{self.admin_url}/metrics").text
-        match = re.search(r'^phantom_token_requests_total\{status="200",outcome="allowed"\} (\d+)', text, re.M)
-        return int(match.group(1)) if match else 0
+        counts = re.findall(r'^phantom_token_requests_total\{route="[^"]*",outcome="allowed",status="200"\} (\d+)',
+                            text, re.M)
+        return sum(int(count) for count in counts)  # every route's
 
 
 def start_authz(auth_server: AuthServer, work_dir: Path, logs: Path, trusted_proxies: str | None = None) -> Authz:

@@ -102,8 +102,10 @@ def test_admin_listener_health_and_metrics(
     assert metric(text, "phantom_token_introspections_total") == 1
     assert metric(text, "phantom_token_cache_hits_total") == 1
     assert metric(text, "phantom_token_cache_misses_total") == 1
-    assert 'phantom_token_requests_total{status="200",outcome="allowed"} 2' in text
-    assert 'phantom_token_requests_total{status="401",outcome="unauthorized"} 1' in text
+    assert 'phantom_token_requests_total{route="business-api-route",outcome="allowed",status="200"} 2' in text
+    assert 'phantom_token_requests_total{route="business-api-route",outcome="unauthorized",status="401"} 1' in text
+    assert metric(text, "phantom_token_upstream_seconds_count") == 2
+    assert metric(text, 'phantom_token_cache_entries{kind="active"}') == 1
     assert metric(text, "phantom_token_introspection_seconds_count") == 1
     assert token not in text
 

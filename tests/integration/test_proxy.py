@@ -158,7 +158,8 @@ async def make(upstream: RecordingUpstream | None = None, *, upstream_port: int 
     observed: list[int] = []
     settings = Settings(routes=(route,), upstream_timeout_seconds=upstream_timeout,
                         upstream_connect_timeout_seconds=2.0)
-    proxy = await start_proxy(authorizer, settings, "127.0.0.1", 0, observe=observed.append)
+    proxy = await start_proxy(authorizer, settings, "127.0.0.1", 0,
+                              observe=lambda status, _outcome, _route: observed.append(status))
     return Harness(proxy, upstream, authorizer, observed)
 
 

@@ -192,7 +192,8 @@ class FakeContext:
 async def _ask(engine: FakeEngine, request: Any, peer: str = "ipv4:127.0.0.1:1", settings: Settings | None = None,
                ) -> tuple[Any, list[int]]:
     seen: list[int] = []
-    service = AuthorizationService(engine, settings or Settings(()), seen.append)
+    service = AuthorizationService(engine, settings or Settings(()),
+                                   lambda status, _outcome, _route: seen.append(status))
     return await service.Check(request, cast(Any, FakeContext(peer))), seen
 
 

@@ -44,6 +44,11 @@ class ClusterSingleFlight:
         link.on(b"done", self._done)
         link.on_lost(self._wake_everyone)
 
+    @property
+    def process_waits(self) -> int:
+        """Callers that joined a flight already running in this process."""
+        return self._local.waits
+
     async def do(self, key: bytes, call: Flight) -> CacheEntry | None:
         return await self._local.do(key, lambda: self._across_cluster(key, call))
 

@@ -19,6 +19,7 @@ class _Lru:
         self.entries: OrderedDict[bytes, Cached] = OrderedDict()
         # Bound once: compiled code has no OrderedDict primitives and would look the method up by name per hit.
         self._touch: Callable[[bytes], None] = self.entries.move_to_end
+        self.evictions = 0  # entries dropped to stay within ``max`` (metrics)
 
     def get(self, key: bytes, now: float) -> Cached | None:
         entry = self.entries.get(key)
@@ -35,6 +36,7 @@ class _Lru:
         self.entries.move_to_end(key)
         while len(self.entries) > self.max:
             self.entries.popitem(last=False)
+            self.evictions += 1
 
 
 class MemoryCache:
@@ -52,6 +54,11 @@ class MemoryCache:
     @property
     def negative_count(self) -> int:
         return len(self._negative.entries)
+
+    @property
+    def evictions(self) -> tuple[int, int]:
+        """Entries dropped to stay within the bounds so far: (active, negative)."""
+        return self._active.evictions, self._negative.evictions
 
     def get_local(self, key: bytes, now: float) -> Cached | None:
         return self._active.get(key, now) or self._negative.get(key, now)

@@ -111,6 +111,19 @@ class RedisLink:
         self._probing = False
 
     @property
+    def failing(self) -> bool:
+        """True while this process treats Redis as down (from a failed command until a probe succeeds)."""
+        return self._failing
+
+    async def ping(self) -> bool:
+        """Whether Redis answers PING now, within the command timeout (readiness; a success ends an outage)."""
+        try:
+            await self.call(lambda r: resolved(r.ping()))
+        except SharedStoreUnavailable:
+            return False
+        return True
+
+    @property
     def subscribed(self) -> bool:
         """True while this process receives events (so waiting for a notification makes sense)."""
         return self._subscribed.is_set()
@@ -241,6 +254,9 @@ class RedisCache:
         self._link = link
         self._codec = codec
         self._undecodable_logged = False
+        # Commands by (operation, result), for metrics: ("get", "hit"|"miss"|"error"), ("set", "ok"|"error").
+        self.operations: dict[tuple[str, str], int] = dict.fromkeys(
+            (("get", "hit"), ("get", "miss"), ("get", "error"), ("set", "ok"), ("set", "error")), 0)
         link.on(b"purge", self._purged_elsewhere)
         link.on_resubscribed(memory.clear)
 
@@ -258,25 +274,32 @@ class RedisCache:
         try:
             data = await self._link.call(lambda r: resolved(r.get(store_key)))
         except SharedStoreUnavailable:
+            self._count("get", "error")
             return None
-        if not isinstance(data, bytes):
-            return None
-        entry = self._codec.decode(data, store_key)
-        if entry is None:
+        entry = self._codec.decode(data, store_key) if isinstance(data, bytes) else None
+        if isinstance(data, bytes) and entry is None:
             self._undecodable(store_key)
+        if entry is None or entry.expires_at <= now:
+            self._count("get", "miss")
             return None
-        if entry.expires_at <= now:
-            return None
+        self._count("get", "hit")
         self.memory.put_local(key, entry)
         return entry
+
+    def _count(self, operation: str, result: str) -> None:
+        self.operations[operation, result] = self.operations.get((operation, result), 0) + 1
 
     async def put(self, key: bytes, entry: Cached) -> None:
         self.memory.put_local(key, entry)
         store_key = self.store_key(key)
         value = self._codec.encode(entry, store_key)
         deadline = int(entry.expires_at * 1000)
-        with contextlib.suppress(SharedStoreUnavailable):
+        try:
             await self._link.call(lambda r: resolved(r.set(store_key, value, pxat=deadline)))
+        except SharedStoreUnavailable:
+            self._count("set", "error")
+        else:
+            self._count("set", "ok")
 
     async def purge(self, key: bytes) -> Purged:
         local = self.memory.purge_local(key)

@@ -137,6 +137,21 @@ class Engine:
     def metrics(self) -> Metrics:
         return self._metrics
 
+    def reconfigure(self, router: Router, introspector: Introspector, issuer_keys: IssuerKeys | None = None,
+                    exchanger: TokenExchanger | None = None) -> None:
+        """A configuration reload: new requests are routed by ``router`` and introspected by ``introspector``;
+        those already past routing finish with the route they matched. The cache (entries are keyed by the
+        plugin's cache namespace), the coordinator, the metrics and the minter stay; ``issuer_keys`` (the JWKS of
+        ``jwt_issuers``) and ``exchanger`` are replaced when given."""
+        self._router = router
+        self._introspector = introspector
+        if issuer_keys is not None:
+            self._issuer_keys = issuer_keys
+        if exchanger is not None:
+            self._exchanger = exchanger
+        self._pass = {}
+        self._namespaces = {}
+
     def try_authorize(self, request: RequestInfo) -> v.Verdict | None:
         """The verdict when it needs no I/O (a cache hit or a cheap denial); None when introspection is due."""
         step = self._prepare(request)
@@ -342,7 +357,7 @@ class Engine:
         try:
             result = await self._introspector.introspect(step.token, step.plugin)
         except IntrospectionUnavailable as exc:
-            self._metrics.introspection_errors += 1
+            self._metrics.introspection_failed(exc.kind)
             log.error("introspection failed: endpoint=%s token=%s reason=%s",
                       step.plugin.endpoint_label, fingerprint(step.token), exc)
             raise

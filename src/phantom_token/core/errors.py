@@ -14,10 +14,20 @@ never caches it. No message here ever contains a raw token: use ``fingerprint()`
 from __future__ import annotations
 
 from phantom_token.errors import PhantomTokenError
+from phantom_token.metrics import INTROSPECTION_FAILURE_KINDS
+
+FAILURE_KINDS = INTROSPECTION_FAILURE_KINDS
+"""Why introspection gave no answer: the ``kind`` of ``IntrospectionUnavailable`` (``metrics``)."""
 
 
 class IntrospectionUnavailable(PhantomTokenError):
-    """The introspection endpoint did not give a usable answer (down, slow, 5xx, bad credentials, garbage)."""
+    """The introspection endpoint did not give a usable answer (down, slow, 5xx, bad credentials, garbage).
+
+    ``kind`` is one of ``FAILURE_KINDS`` (default ``invalid_answer``), for metrics; the message is for the log."""
+
+    def __init__(self, message: str = "", kind: str = "invalid_answer") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class TokenExchangeFailed(IntrospectionUnavailable):
@@ -25,4 +35,4 @@ class TokenExchangeFailed(IntrospectionUnavailable):
     5xx, garbage, a timeout): a 502 like any fault of the authorization server, never cached."""
 
 
-__all__ = ["IntrospectionUnavailable", "PhantomTokenError", "TokenExchangeFailed"]
+__all__ = ["FAILURE_KINDS", "IntrospectionUnavailable", "PhantomTokenError", "TokenExchangeFailed"]

@@ -20,6 +20,7 @@ T = TypeVar("T")
 class SingleFlight(Generic[T]):
     def __init__(self) -> None:
         self._calls: dict[bytes, asyncio.Task[T]] = {}
+        self.waits = 0  # callers that joined a call already running (phantom_token_single_flight_waits_total)
 
     def __len__(self) -> int:
         return len(self._calls)
@@ -30,6 +31,8 @@ class SingleFlight(Generic[T]):
             task = asyncio.ensure_future(call())
             self._calls[key] = task
             task.add_done_callback(lambda done: self._finished(key, done))
+        else:
+            self.waits += 1
         # shield: one waiter going away (client disconnect) must not cancel the call the others wait for
         return await asyncio.shield(task)
 

@@ -49,8 +49,9 @@ async def authorize_timed(engine: Authorizer, request: RequestInfo) -> tuple[Ver
     return verdict, time.perf_counter() - started
 
 
-Observe = Callable[[int], None]
-"""Called once per answer with its status (``Metrics.observe_response`` counts them)."""
+Observe = Callable[[int, str, str | None], None]
+"""Called once per answer with its status, its outcome (``allowed``, the ``Deny`` code, or the front door's own word:
+``refused``, ``aborted``) and its route's name (None: no route matched); ``Metrics.observe_request`` counts them."""
 
 
 

@@ -380,7 +380,7 @@ class DecisionHandler(RequestHandler):
             payload = self._shared.allow_response(verdict)
             if payload is not None:
                 if observe is not None:
-                    observe(200)
+                    observe(200, "allowed", verdict.route.name)
                 if self._access:
                     self._log(head, 200, "allowed", verdict.route.name)
                 conn = self.conn
@@ -390,14 +390,15 @@ class DecisionHandler(RequestHandler):
                 return
             verdict = server_error(verdict.route)
         status, headers, body = decision_response(verdict)
-        if observe is not None:
-            observe(status)
         try:
             self.conn.send_response(status, headers, body)
         except ValueError:  # a JWT with CR or LF would split the response: the authorization server's fault
             verdict = server_error(verdict.route)
             status, headers, body = decision_response(verdict)
             self.conn.send_response(status, headers, body)
+        if observe is not None:
+            observe(status, "allowed" if isinstance(verdict, Allow) else verdict.code,
+                    verdict.route.name if verdict.route is not None else None)
         if self._access:
             route = verdict.route
             self._log(head, status, "allowed" if isinstance(verdict, Allow) else verdict.code,
@@ -412,7 +413,7 @@ class DecisionHandler(RequestHandler):
             headers.append(("x-envoy-auth-headers-to-remove", "dpop"))
         observe = self._shared.observe
         if observe is not None:
-            observe(status)
+            observe(status, "allowed", allow.route.name)
         try:
             self.conn.send_response(status, headers, body)
         except ValueError:
@@ -422,6 +423,9 @@ class DecisionHandler(RequestHandler):
             self._log(head, status, "allowed" if status == 200 else "server_error", allow.route.name)
 
     def handle_refused(self, status: int) -> None:
+        observe = self._shared.observe
+        if observe is not None:
+            observe(status, "refused", None)
         if self._access:
             self._log(None, status, "refused", None)
 

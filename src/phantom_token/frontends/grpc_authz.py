@@ -300,7 +300,10 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
             verdict = server_error()
             response = check_response(verdict)
         if self._observe is not None:
-            self._observe(200 if isinstance(verdict, Allow) else verdict.status)
+            if isinstance(verdict, Allow):
+                self._observe(200, "allowed", verdict.route.name)
+            else:
+                self._observe(verdict.status, verdict.code, verdict.route.name if verdict.route is not None else None)
         if self._access:
             _log(verdict, info, started, waited)
         return response

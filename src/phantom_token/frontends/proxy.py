@@ -66,6 +66,7 @@ from phantom_token.frontends.forwarding import (
 from phantom_token.frontends.tls import requiring_certificate, thumbprint
 from phantom_token.http.client import (
     ClientError,
+    ConnectError,
     Connection,
     ConnectionPool,
     PoolKey,
@@ -78,6 +79,7 @@ from phantom_token.http.connection import RequestHandler, ServerConnection, Serv
 from phantom_token.http.request_head import RequestHead
 from phantom_token.http.server import HttpServer, start_server
 from phantom_token.memo import remember
+from phantom_token.metrics import Metrics
 
 logger: Final = logging.getLogger("phantom_token.http")
 
@@ -102,12 +104,14 @@ class _Origin:
 class _Shared:
     """Per-listener state shared by all client connections."""
 
-    def __init__(self, engine: Authorizer, settings: Settings, observe: Observe | None) -> None:
+    def __init__(self, engine: Authorizer, settings: Settings, observe: Observe | None,
+                 metrics: Metrics | None = None) -> None:
         self.loop = asyncio.get_running_loop()
         self.engine = engine
         # Bound once: ``Authorizer`` is a protocol, so compiled code would look the method up by name per request.
         self.try_authorize: Callable[[RequestInfo], Verdict | None] = engine.try_authorize
         self.observe = observe
+        self.metrics = metrics  # upstream latency and errors (requests go through ``observe``)
         self.access_log = settings.access_log
         self.public_base_url = settings.public_base_url
         self.trusted_proxies = settings.trusted_proxies
@@ -142,7 +146,7 @@ class _Shared:
         remembered (they may carry anything, credentials included)."""
         known = self._paths.get(id(route))  # by identity, like origin(): routes are built once
         if known is None or known[0] is not route:
-            known = self._paths[id(route)] = (route, {})
+            known = remember(self._paths, id(route), (route, {}), 4096)  # bounded: reloads bring new routes
         paths = known[1]
         upstream = paths.get(path)
         if upstream is None:
@@ -168,7 +172,8 @@ class _Shared:
                 if self._tls is None:
                     self._tls = ssl.create_default_context()
                 context = self._tls
-            origin = self.origins[id(upstream)] = _Origin(upstream, context, self.pool)
+            # bounded: reloads bring new upstream objects (an _Origin made again shares the pool's idle list)
+            origin = remember(self.origins, id(upstream), _Origin(upstream, context, self.pool), 4096)
         return origin
 
 
@@ -445,13 +450,15 @@ class ProxyHandler(RequestHandler, ResponseSink):
     def _deny(self, head: RequestHead, deny: Deny) -> None:
         self._status = deny.status
         self._pending = None
-        self._observe(deny.status)
+        route = deny.route if deny.route is not None else self._route
+        self._observe(deny.status, deny.code, route)
         if self._access:
-            self._log(deny.status, deny.code, deny.route if deny.route is not None else self._route)
+            self._log(deny.status, deny.code, route)
         self.conn.resume_reading(PAUSE_VERDICT)  # what is left of the body has to be read to be discarded
         self.conn.send_response(deny.status, deny.headers(), deny.body())
 
     def handle_refused(self, status: int) -> None:
+        self._observe(status, "refused", self._route)
         if self._access:
             if self._log_head is None:  # a request the handler never saw (broken framing, a slow head): unknown
                 self._request_id, self._own_request_id = access.new_request_id(), False
@@ -480,10 +487,10 @@ class ProxyHandler(RequestHandler, ResponseSink):
             (now - start) * 1000.0 if start else 0.0, self._t_introspection * 1000.0,
             (now - upstream) * 1000.0 if upstream else 0.0, self._request_id))
 
-    def _observe(self, status: int) -> None:
+    def _observe(self, status: int, outcome: str, route: Route | None) -> None:
         observe = self._shared.observe
         if observe is not None:
-            observe(status)
+            observe(status, outcome, route.name if route is not None else None)
 
     # -- the upstream's response (ResponseSink) ----------------------------------------------------------------------
 
@@ -555,6 +562,7 @@ class ProxyHandler(RequestHandler, ResponseSink):
             self.conn.write(out)
 
     def upstream_end(self) -> None:
+        conn = self._upstream
         self._upstream = None
         out = self._out_head
         self._out_head = None
@@ -563,7 +571,12 @@ class ProxyHandler(RequestHandler, ResponseSink):
             self.conn.write(out + b"0\r\n\r\n" if out is not None else b"0\r\n\r\n")
         elif out is not None:
             self.conn.write(out)
-        self._observe(self._status)
+        metrics = self._shared.metrics
+        route = self._route
+        if metrics is not None and conn is not None and route is not None:
+            metrics.observe_forwarded(self._status, route.name, conn.elapsed)  # the request and its latency
+        else:
+            self._observe(self._status, "allowed", route)
         if self._access:
             self._log(self._status, "allowed", self._route)
         self.conn.resume_reading(PAUSE_UPSTREAM | PAUSE_VERDICT)
@@ -579,7 +592,8 @@ class ProxyHandler(RequestHandler, ResponseSink):
         where = f"{route.upstream.host}:{route.upstream.port}" if route and route.upstream else "upstream"
         if self._head_written:
             logger.warning("upstream %s failed mid-response, dropping the client connection: %s", where, exc)
-            self._observe(self._status)
+            self._observe(self._status, "aborted", route)
+            self._upstream_failed("aborted")
             if self._access:
                 self._log(self._status, "aborted", route)
             client.responded = True
@@ -592,6 +606,8 @@ class ProxyHandler(RequestHandler, ResponseSink):
             return
         self._out_head = None
         logger.warning("upstream %s failed: %s", where, exc)
+        self._upstream_failed("timeout" if isinstance(exc, RequestTimeout)
+                              else "connect" if isinstance(exc, ConnectError) else "protocol")
         self._deny(head, gateway_timeout(route) if isinstance(exc, RequestTimeout) else bad_gateway(route))
 
     def _switch(self, client: ServerConnection, head: RequestHead, raw: bytes) -> None:
@@ -603,10 +619,15 @@ class ProxyHandler(RequestHandler, ResponseSink):
             return
         client.write(switching_head(raw))
         self._head_written = True
-        self._observe(101)
+        self._observe(101, "allowed", self._route)
         if self._access:
             self._log(101, "allowed", self._route)
         client.start_tunnel()
+
+    def _upstream_failed(self, kind: str) -> None:
+        metrics = self._shared.metrics
+        if metrics is not None:
+            metrics.upstream_failed(kind)
 
     def upstream_tunnel(self, data: bytes) -> None:
         self.conn.tunnel_send(data)
@@ -624,10 +645,14 @@ class ProxyHandler(RequestHandler, ResponseSink):
 
 async def start_proxy(engine: Authorizer, settings: Settings, host: str, port: int, *, reuse_port: bool = False,
                       observe: Observe | None = None, limits: ServerLimits | None = None,
-                      tls: ssl.SSLContext | None = None) -> HttpServer:
+                      tls: ssl.SSLContext | None = None, metrics: Metrics | None = None) -> HttpServer:
     """Listen on ``host:port`` (over TLS with ``tls``: ``phantom_token.tls``'s context) and proxy every request the
-    engine allows. ``close()``/``wait_closed()`` drain in-flight requests, then close the upstream pool."""
-    shared = _Shared(engine, settings, observe)
+    engine allows. ``close()``/``wait_closed()`` drain in-flight requests, then close the upstream pool.
+    ``metrics``: where upstream latency and errors are counted (the latency from the upstream connection's own clock
+    readings: no clock call of its own); with it, a response forwarded in full is counted by
+    ``metrics.observe_forwarded`` (one call for the request and its latency) instead of ``observe``, so pass
+    ``metrics.observe_request`` as ``observe``."""
+    shared = _Shared(engine, settings, observe, metrics)
     make = requiring_certificate(lambda conn: ProxyHandler(conn, shared),
                                  tls is not None and settings.tls.client_certificate == "required", observe)
     return await start_server(make, host, port, limits=limits or listener_limits(settings),

@@ -34,14 +34,14 @@ def thumbprint(conn: ServerConnection) -> str | None:
 class CertificateRequired(RequestHandler):
     """The handler of a connection without the certificate ``required`` asks for: 400, then close."""
 
-    def __init__(self, conn: ServerConnection, observe: Callable[[int], None] | None = None) -> None:
+    def __init__(self, conn: ServerConnection, observe: Callable[[int, str, str | None], None] | None = None) -> None:
         self.conn = conn
         self._observe = observe
 
     def handle_request(self, head: RequestHead) -> None:
         deny = CERTIFICATE_REQUIRED
         if self._observe is not None:
-            self._observe(deny.status)
+            self._observe(deny.status, deny.code, None)
         self.conn.write(render_response(deny.status, deny.headers(), deny.body(), head_only=head.method == "HEAD",
                                         keep_alive=False, http10=head.http10))
         self.conn.finish_response(False)
@@ -54,7 +54,8 @@ class CertificateRequired(RequestHandler):
 
 
 def requiring_certificate(make: Callable[[ServerConnection], RequestHandler], required: bool,
-                          observe: Callable[[int], None] | None = None) -> Callable[[ServerConnection], RequestHandler]:
+                          observe: Callable[[int, str, str | None], None] | None = None,
+                          ) -> Callable[[ServerConnection], RequestHandler]:
     """``make``, or (``required``) a maker that gives a connection without a certificate ``CertificateRequired``."""
     if not required:
         return make

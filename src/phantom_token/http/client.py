@@ -197,6 +197,10 @@ class Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._timeout = 0.0
         self._t_last = 0.0
+        self._t_begin = 0.0  # loop time the current request began
+        # Once a response is complete: loop time from ``begin`` to its last bytes, i.e. how long the upstream took
+        # (from the clock readings the timeout needs anyway: it costs no clock call).
+        self.elapsed = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
 
@@ -235,7 +239,7 @@ class Connection(asyncio.Protocol):
         self._in_head = True
         self._informational = False
         self._timeout = timeout
-        now = self._t_last = self._time()
+        now = self._t_last = self._t_begin = self._time()
         if self._timer is None or self._timer_when > now + timeout:
             self._schedule(now + timeout)
         self._send(head)
@@ -433,6 +437,7 @@ class Connection(asyncio.Protocol):
     def _complete(self) -> None:
         sink = self._sink
         self._sink = None
+        self.elapsed = self._t_last - self._t_begin
         if self._keep_alive and self._request_sent and not self._closed:
             self.pool.release(self, self._t_last)  # inside data_received: the time it took is now
         else:

@@ -40,7 +40,7 @@ from phantom_token.config.material import (
 from phantom_token.config.settings import PluginConfig
 from phantom_token.core.errors import IntrospectionUnavailable
 from phantom_token.core.ports import IntrospectionResult
-from phantom_token.http.client import ClientError, ClientResponse, MiB
+from phantom_token.http.client import ClientError, ClientResponse, MiB, RequestTimeout
 from phantom_token.introspection.client_auth import ClientAuthentication, client_authentication
 from phantom_token.introspection.discovery import MetadataError, ServerMetadata, metadata_urls, read_metadata
 from phantom_token.introspection.jwks import JwksCache, JwkSet
@@ -51,6 +51,7 @@ from phantom_token.introspection.rfc7662 import (
     check_status,
     read_json_response,
     read_jwt_response,
+    status_kind,
 )
 from phantom_token.introspection.rfc9701 import ACCEPT_SIGNED, UnknownSigningKey, read_signed_response
 from phantom_token.jose import SigningKey
@@ -176,7 +177,7 @@ class HttpIntrospector:
                 self._check_discovered(plugin, metadata)
             except MetadataError as exc:
                 if known is None:
-                    raise IntrospectionUnavailable(str(exc)) from exc
+                    raise IntrospectionUnavailable(str(exc), "discovery") from exc
                 log.warning("metadata refresh failed, keeping the last good metadata: %s", exc)
                 known.fetched_at = self._clock()  # retry after another period, not on every request
                 return known.metadata
@@ -242,7 +243,7 @@ class HttpIntrospector:
             try:
                 key = signing_key(wanted)
             except ValueError as exc:
-                raise IntrospectionUnavailable(f"cannot load client_private_key_file: {exc}") from exc
+                raise IntrospectionUnavailable(f"cannot load client_private_key_file: {exc}", "config") from exc
             self._assertion_keys[wanted] = key
         return key
 
@@ -253,7 +254,7 @@ class HttpIntrospector:
             try:
                 context = ssl_context(files)
             except ValueError as exc:
-                raise IntrospectionUnavailable(f"cannot load the TLS files: {exc}") from exc
+                raise IntrospectionUnavailable(f"cannot load the TLS files: {exc}", "config") from exc
             self._contexts[files] = context
         return context
 
@@ -264,7 +265,7 @@ class HttpIntrospector:
     async def _get(self, url: str, plugin: PluginConfig) -> bytes:
         response = await self._request("GET", url, [("Accept", "application/json")], b"", plugin)
         if response.status != 200:
-            raise IntrospectionUnavailable(f"{url} answered HTTP {response.status}")
+            raise IntrospectionUnavailable(f"{url} answered HTTP {response.status}", status_kind(response.status))
         return response.body
 
     async def _request(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes,
@@ -276,6 +277,7 @@ class HttpIntrospector:
                 timeout=plugin.introspection_timeout_seconds, ssl=context, max_body=MAX_RESPONSE_BYTES,
             )
         except ClientError as exc:
-            raise IntrospectionUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            kind = "timeout" if isinstance(exc, RequestTimeout) else "down"
+            raise IntrospectionUnavailable(f"{type(exc).__name__}: {exc}", kind) from exc
         except (OSError, ssl.SSLError) as exc:
-            raise IntrospectionUnavailable(f"{type(exc).__name__}: {exc}") from exc
+            raise IntrospectionUnavailable(f"{type(exc).__name__}: {exc}", "down") from exc

@@ -96,6 +96,6 @@ class JwksCache:
         try:
             keys = read_jwks(await self._fetch())
         except IntrospectionUnavailable as exc:
-            raise IntrospectionUnavailable(f"cannot use the JWKS at {self._url}: {exc}") from exc
+            raise IntrospectionUnavailable(f"cannot use the JWKS at {self._url}: {exc}", exc.kind) from exc
         self._keys, self._fetched_at = keys, self._clock()
         return keys

@@ -64,10 +64,11 @@ def read_jwt_response(status: int, headers: list[tuple[str, str]], body: bytes) 
         return Inactive()
     if status in (401, 403):
         raise IntrospectionUnavailable(
-            f"the endpoint rejected the gateway's client credentials (HTTP {status}): check client_id/client_secret"
+            f"the endpoint rejected the gateway's client credentials (HTTP {status}): check client_id/client_secret",
+            "credentials_rejected",
         )
     if status != 200:
-        raise IntrospectionUnavailable(f"the endpoint answered HTTP {status}")
+        raise IntrospectionUnavailable(f"the endpoint answered HTTP {status}", status_kind(status))
     text = body.strip()
     if text.startswith(b"{"):
         return _read_json_in_jwt_mode(text)
@@ -123,10 +124,15 @@ def check_status(status: int) -> None:
     if status in (401, 403):
         raise IntrospectionUnavailable(
             f"the endpoint rejected the gateway's client credentials (HTTP {status}): check client_id and the "
-            "client authentication settings"
+            "client authentication settings", "credentials_rejected"
         )
     if status != 200:
-        raise IntrospectionUnavailable(f"the endpoint answered HTTP {status}")
+        raise IntrospectionUnavailable(f"the endpoint answered HTTP {status}", status_kind(status))
+
+
+def status_kind(status: int) -> str:
+    """The failure kind of an unexpected HTTP status (``core.errors.FAILURE_KINDS``)."""
+    return "http_5xx" if 500 <= status <= 599 else "http_status"
 
 
 def _unique_members(pairs: list[tuple[str, object]]) -> dict[str, object]:
