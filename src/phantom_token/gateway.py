@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import secrets
 
+from phantom_token import tracing
 from phantom_token.cache.replay import RedisReplayGuard
 from phantom_token.cache.stack import build_cache
 from phantom_token.config.material import Material, load_material
@@ -73,6 +74,7 @@ class Gateway:
     async def open(self) -> None:
         """Open what the engine needs before the first request (the cache's shared store, introspection
         discovery). The runners call it before they listen; the ASGI middleware from its lifespan."""
+        tracing.start()  # on only when OTEL_* says so (phantom_token.tracing); before the front doors read it
         await self.caches.start()
         await self.introspector.start(server for route in self.settings.routes if route.plugin is not None
                                       for server in introspection_servers(route.plugin))
@@ -81,6 +83,7 @@ class Gateway:
         """Close the HTTP client and the cache (the counterpart of ``open``)."""
         await self.client.aclose()
         await self.caches.aclose()
+        tracing.shutdown()  # exports what is pending
 
 
 __all__ = ["Gateway"]

@@ -30,6 +30,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
+from phantom_token import tracing
 from phantom_token.cache.codec import EntryCodec
 from phantom_token.cache.memory import MemoryCache
 from phantom_token.core.ports import Cached, Purged
@@ -140,12 +141,19 @@ class RedisLink:
         with contextlib.suppress(RedisError, OSError):
             await self._client.aclose()
 
-    async def call(self, operation: Callable[[Redis], Awaitable[T]]) -> T:
+    async def call(self, operation: Callable[[Redis], Awaitable[T]], command: str = "command") -> T:
         """Run one command under the timeout; raise ``SharedStoreUnavailable`` instead of anything foreign.
 
         Waiting for one of the ``MAX_CONNECTIONS`` slots counts against the timeout; running out of time there
-        is this process being busy, not Redis being down, so it skips Redis for this request only.
+        is this process being busy, not Redis being down, so it skips Redis for this request only. ``command``
+        names the span when tracing is on (``phantom_token.tracing``).
         """
+        active = tracing.ACTIVE
+        if active is not None:
+            return await active.redis(command, self._call(operation))
+        return await self._call(operation)
+
+    async def _call(self, operation: Callable[[Redis], Awaitable[T]]) -> T:
         if self._failing and (self._probing or time.monotonic() < self._retry_at):
             raise SharedStoreUnavailable("backing off")
         deadline = asyncio.get_running_loop().time() + self._timeout
@@ -170,7 +178,7 @@ class RedisLink:
 
     async def publish(self, kind: bytes, payload: bytes) -> int:
         """Send an event to every subscribed process (this one included); how many received it."""
-        received = await self.call(lambda r: resolved(r.publish(self.channel, kind + b" " + payload)))
+        received = await self.call(lambda r: resolved(r.publish(self.channel, kind + b" " + payload)), "PUBLISH")
         return received if isinstance(received, int) else 0
 
     def _failed(self, exc: BaseException) -> None:
@@ -256,7 +264,7 @@ class RedisCache:
             return entry
         store_key = self.store_key(key)
         try:
-            data = await self._link.call(lambda r: resolved(r.get(store_key)))
+            data = await self._link.call(lambda r: resolved(r.get(store_key)), "GET")
         except SharedStoreUnavailable:
             return None
         if not isinstance(data, bytes):
@@ -276,13 +284,13 @@ class RedisCache:
         value = self._codec.encode(entry, store_key)
         deadline = int(entry.expires_at * 1000)
         with contextlib.suppress(SharedStoreUnavailable):
-            await self._link.call(lambda r: resolved(r.set(store_key, value, pxat=deadline)))
+            await self._link.call(lambda r: resolved(r.set(store_key, value, pxat=deadline)), "SET")
 
     async def purge(self, key: bytes) -> Purged:
         local = self.memory.purge_local(key)
         store_key = self.store_key(key)
         try:
-            removed = await self._link.call(lambda r: resolved(r.delete(store_key)))
+            removed = await self._link.call(lambda r: resolved(r.delete(store_key)), "DEL")
             notified = await self._link.publish(b"purge", key.hex().encode())
         except SharedStoreUnavailable:
             return Purged(local=local, complete=False)
