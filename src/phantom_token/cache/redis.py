@@ -25,6 +25,8 @@ from typing import Any, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
@@ -42,6 +44,7 @@ MIN_BACKOFF = 0.25
 MAX_BACKOFF = 5.0
 MAX_CONNECTIONS = 64  # per process; more concurrent commands queue (within their timeout) instead of failing
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 Handler = Callable[[bytes], None]
 
 
@@ -60,17 +63,25 @@ async def resolved(value: Any) -> Any:
 
 
 def connect(url: str, timeout: float | None) -> Redis:
-    """A client for ``url``: ``redis://``, ``rediss://``, ``unix://`` (redis-py's own URL syntax), or
-    ``redis+sentinel://[:password@]host:port[,host:port...]/service_name[/db]`` (``rediss+sentinel`` for TLS).
+    """A client for ``url``: ``redis://``, ``rediss://``, ``unix://`` (redis-py's own URL syntax),
+    ``redis+sentinel://[:password@]host:port[,host:port...]/service_name[/db]`` (``rediss+sentinel`` for TLS), or
+    ``redis+cluster://[[user]:password@]host:port[,host:port...]`` (``rediss+cluster`` for TLS): a Redis Cluster
+    found from these nodes (a ``RedisCluster``, which has the commands this module uses; typed as ``Redis``).
 
     No retries inside redis-py: a failed command is reported at once, and this module backs off instead.
     """
     options: dict[str, Any] = {
         "socket_timeout": timeout, "socket_connect_timeout": timeout or 5.0, "socket_keepalive": True,
-        "retry": Retry(NoBackoff(), 0), "retry_on_error": [], "retry_on_timeout": False,
-        "max_connections": MAX_CONNECTIONS,
+        "retry": Retry(NoBackoff(), 0), "max_connections": MAX_CONNECTIONS,
     }
     parts = urlsplit(url)
+    if parts.scheme in CLUSTER_SCHEMES:
+        nodes, username, password = cluster_nodes(url)
+        return cast(Redis, RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in nodes], username=username, password=password,
+            ssl=parts.scheme == "rediss+cluster",
+            **(options | {"retry": AsyncRetry(NoBackoff(), 0)})))
+    options |= {"retry_on_error": [], "retry_on_timeout": False}
     if parts.scheme not in SENTINEL_SCHEMES:
         return Redis.from_url(url, **options)
     hosts = [_host_port(item) for item in parts.netloc.rpartition("@")[2].split(",") if item]
@@ -85,9 +96,32 @@ def connect(url: str, timeout: float | None) -> Redis:
                                ssl=parts.scheme == "rediss+sentinel"))
 
 
-def _host_port(item: str) -> tuple[str, int]:
+def _host_port(item: str, default_port: int = 26379) -> tuple[str, int]:
     host, _, port = item.rpartition(":")
-    return (host.strip("[]"), int(port)) if host else (item, 26379)
+    return (host.strip("[]"), int(port)) if host else (item, default_port)
+
+
+def cluster_nodes(url: str) -> tuple[list[tuple[str, int]], str | None, str | None]:
+    """The startup nodes, user name and password of a ``redis+cluster://`` URL (a cluster has database 0 only)."""
+    parts = urlsplit(url)
+    nodes = [_host_port(item, 6379) for item in parts.netloc.rpartition("@")[2].split(",") if item]
+    if not nodes:
+        raise ValueError("a cluster URL needs host:port[,host:port...]")
+    if parts.path.strip("/") not in ("", "0") or parts.query:
+        raise ValueError("a cluster URL takes no database and no options: redis+cluster://host:port[,host:port]")
+    return (nodes, unquote(parts.username) if parts.username else None,
+            unquote(parts.password) if parts.password else None)
+
+
+def subscriber(url: str, attempt: int) -> Redis:
+    """A client for the events subscription (no read timeout). In a cluster, ``PUBLISH`` reaches every node, so it
+    subscribes on one of the startup nodes, the next one after each failure."""
+    if urlsplit(url).scheme not in CLUSTER_SCHEMES:
+        return connect(url, None)
+    nodes, username, password = cluster_nodes(url)
+    host, port = nodes[attempt % len(nodes)]
+    return Redis(host=host, port=port, username=username, password=password, socket_connect_timeout=5.0,
+                 socket_keepalive=True, ssl=url.startswith("rediss+"), retry=AsyncRetry(NoBackoff(), 0))
 
 
 class RedisLink:
@@ -199,25 +233,25 @@ class RedisLink:
             log.warning("redis reachable again: shared cache in use")
 
     async def _listen(self) -> None:
-        listener = connect(self._url, None)
-        backoff, lost = MIN_BACKOFF, False
-        try:
-            while True:
-                try:
-                    await self._subscribe_and_dispatch(listener, lost)
-                except (RedisError, OSError) as exc:
-                    self._failed(exc)
-                if self._subscribed.is_set():
-                    self._subscribed.clear()
-                    backoff = MIN_BACKOFF
-                    for callback in self._on_lost:
-                        callback()
-                lost = True
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
-        finally:
-            with contextlib.suppress(RedisError, OSError):
-                await listener.aclose()
+        backoff, lost, attempt = MIN_BACKOFF, False, 0
+        while True:
+            listener = subscriber(self._url, attempt)
+            try:
+                await self._subscribe_and_dispatch(listener, lost)
+            except (RedisError, OSError) as exc:
+                self._failed(exc)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await listener.aclose()
+            if self._subscribed.is_set():
+                self._subscribed.clear()
+                backoff = MIN_BACKOFF
+                for callback in self._on_lost:
+                    callback()
+            lost = True
+            attempt += 1
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
 
     async def _subscribe_and_dispatch(self, listener: Redis, lost: bool) -> None:
         async with listener.pubsub() as pubsub:
