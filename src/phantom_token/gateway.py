@@ -46,6 +46,7 @@ class Gateway:
 
     def __init__(self, settings: Settings, material: Material | None = None) -> None:
         self.settings = settings
+        self._traced = False
         self.material = material if material is not None else load_material(settings)
         self.metrics = Metrics()
         self.client = HttpClient()
@@ -74,7 +75,8 @@ class Gateway:
     async def open(self) -> None:
         """Open what the engine needs before the first request (the cache's shared store, introspection
         discovery). The runners call it before they listen; the ASGI middleware from its lifespan."""
-        tracing.start()  # on only when OTEL_* says so (phantom_token.tracing); before the front doors read it
+        # On only when OTEL_* says so (phantom_token.tracing); before the front doors read it.
+        self._traced = tracing.start() is not None
         await self.caches.start()
         await self.introspector.start(server for route in self.settings.routes if route.plugin is not None
                                       for server in introspection_servers(route.plugin))
@@ -83,7 +85,9 @@ class Gateway:
         """Close the HTTP client and the cache (the counterpart of ``open``)."""
         await self.client.aclose()
         await self.caches.aclose()
-        tracing.shutdown()  # exports what is pending
+        if self._traced:
+            self._traced = False
+            tracing.shutdown()  # the last gateway of the process exports what is pending
 
 
 __all__ = ["Gateway"]

@@ -81,10 +81,15 @@ class TracingError(ValueError):
     """The environment asks for something this process cannot do (an unknown exporter or protocol)."""
 
 
+_users = 0  # gateways that started tracing and have not shut it down (a reload may overlap two)
+
+
 def start(environ: Mapping[str, str] | None = None) -> Tracing | None:
-    """Turn tracing on when the environment says so (once per process; later calls return the same)."""
-    global ACTIVE
+    """Turn tracing on when the environment says so (once per process; later calls return the same). Each call
+    that returns a ``Tracing`` is to be paired with one ``shutdown``."""
+    global ACTIVE, _users
     if ACTIVE is not None:
+        _users += 1
         return ACTIVE
     env = os.environ if environ is None else environ
     names = exporter_names(env)
@@ -96,15 +101,19 @@ def start(environ: Mapping[str, str] | None = None) -> Tracing | None:
         log.warning("OTEL_* asks for traces but OpenTelemetry is not installed (%s): tracing off", EXTRA_HINT)
         return None
     ACTIVE = Tracing(_provider([_exporter(name, env) for name in names], env))
+    _users = 1
     log.info("tracing on: %s", ", ".join(names))
     return ACTIVE
 
 
 def shutdown() -> None:
-    """Export what is pending and turn tracing off (the counterpart of ``start``)."""
-    global ACTIVE
-    active, ACTIVE = ACTIVE, None
-    if active is not None:
+    """The counterpart of ``start``: the last user's call exports what is pending and turns tracing off."""
+    global ACTIVE, _users
+    if ACTIVE is None:
+        return
+    _users -= 1
+    if _users <= 0:
+        active, ACTIVE, _users = ACTIVE, None, 0
         active.provider.shutdown()
 
 

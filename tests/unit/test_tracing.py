@@ -45,3 +45,17 @@ def test_the_clients_trace_headers_are_replaced_by_the_gateways() -> None:
         b"GET /a HTTP/1.1\r\nAccept: */*\r\nHost: api\r\ntraceparent: 00-cccc-dddd-01\r\ntracestate: x=1\r\n\r\n")
     plain = b"GET /a HTTP/1.1\r\nHost: api\r\n\r\n"
     assert tracing.with_trace_context(plain, ours) == b"GET /a HTTP/1.1\r\nHost: api\r\n" + ours + b"\r\n"
+
+
+def test_tracing_stays_on_until_its_last_user_shuts_it_down() -> None:
+    pytest.importorskip("opentelemetry.sdk.trace")
+    environ = {"OTEL_TRACES_EXPORTER": "console"}
+    first = tracing.start(environ)
+    assert first is not None
+    assert tracing.start(environ) is first  # a second gateway (a reload overlapping the old one)
+    tracing.shutdown()
+    assert tracing.ACTIVE is first
+    tracing.shutdown()
+    assert tracing.ACTIVE is None
+    tracing.shutdown()  # more shutdowns than starts change nothing
+    assert tracing.ACTIVE is None
