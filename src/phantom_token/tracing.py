@@ -184,6 +184,9 @@ class Tracing:
 
     def end_request(self, span: Span, status: int, outcome: str, route: str | None,
                     memo: TokenMemo | None, headers: dict[str, list[str]] | None) -> None:
+        if not span.is_recording():  # not sampled: nothing to record
+            span.end()
+            return
         span.set_attribute("http.response.status_code", status)
         span.set_attribute("phantom_token.outcome", outcome)
         if route is not None:

@@ -238,6 +238,26 @@ def test_a_refused_request_is_a_span_with_an_error_free_401(
     assert span["parent_id"] == CLIENT_PARENT_ID
 
 
+def test_an_unsampled_trace_is_passed_on_unsampled_and_exports_nothing(
+    gateway: GatewayFactory, plugin_config: dict[str, Any], auth_server: AuthServer, receiver: OtlpReceiver
+) -> None:
+    gw = gateway(dump(plugin_config), env=otel_env(receiver))  # the default sampler follows the parent's flag
+    token = auth_server.issue_token()
+    unsampled = gw.request("/api/hello", [("Authorization", f"Bearer {token}"),
+                                          ("traceparent", f"00-{CLIENT_TRACE_ID}-{CLIENT_PARENT_ID}-00")])
+    assert unsampled.status == 200, unsampled.text
+    (sent,) = [v for n, v in unsampled.json()["raw_headers"] if n == "traceparent"]
+    assert sent.startswith(f"00-{CLIENT_TRACE_ID}-")
+    assert sent.endswith("-00")
+    assert sent != f"00-{CLIENT_TRACE_ID}-{CLIENT_PARENT_ID}-00"  # a span id of the gateway's, not the client's
+    sampled = gw.get_with_token(token)  # a new trace: sampled
+    assert sampled.status == 200
+    receiver.wait_for(lambda spans: any(s["kind"] == SERVER for s in spans))
+    gw.stop()
+    assert all(s["trace_id"] != CLIENT_TRACE_ID for s in receiver.spans), receiver.spans
+    assert "Traceback" not in gw.stderr()
+
+
 def test_without_otel_variables_nothing_is_exported_and_the_clients_traceparent_goes_through(
     gateway: GatewayFactory, plugin_config: dict[str, Any], auth_server: AuthServer, receiver: OtlpReceiver
 ) -> None:
