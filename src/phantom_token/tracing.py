@@ -187,15 +187,15 @@ class Tracing:
         if not span.is_recording():  # not sampled: nothing to record
             span.end()
             return
-        span.set_attribute("http.response.status_code", status)
-        span.set_attribute("phantom_token.outcome", outcome)
+        attributes: dict[str, Any] = {"http.response.status_code": status, "phantom_token.outcome": outcome}
         if route is not None:
-            span.set_attribute("phantom_token.route", route)
+            attributes["phantom_token.route"] = route
             span.update_name(f"{span.name} {route}")  # type: ignore[attr-defined]
         if headers is not None:
             token = token_fingerprint(memo, headers)
             if token != NO_VALUE:
-                span.set_attribute("phantom_token.token.fingerprint", token)
+                attributes["phantom_token.token.fingerprint"] = token
+        span.set_attributes(attributes)  # one call: each takes the span's lock
         if status >= 500:
             span.set_status(self._error)
         span.end()
