@@ -42,9 +42,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit
 
-from phantom_token.core.request import TokenMemo
-from phantom_token.frontends.access_log import NO_VALUE, token_fingerprint
-
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -182,8 +179,8 @@ class Tracing:
             "phantom_token.front_door": front, "http.request.method": head.method, "url.path": head.path,
         })
 
-    def end_request(self, span: Span, status: int, outcome: str, route: str | None,
-                    memo: TokenMemo | None, headers: dict[str, list[str]] | None) -> None:
+    def end_request(self, span: Span, status: int, outcome: str, route: str | None, token: str | None) -> None:
+        """End the request span; ``token`` is the token's fingerprint (as the access log computes it), if any."""
         if not span.is_recording():  # not sampled: nothing to record
             span.end()
             return
@@ -191,10 +188,8 @@ class Tracing:
         if route is not None:
             attributes["phantom_token.route"] = route
             span.update_name(f"{span.name} {route}")  # type: ignore[attr-defined]
-        if headers is not None:
-            token = token_fingerprint(memo, headers)
-            if token != NO_VALUE:
-                attributes["phantom_token.token.fingerprint"] = token
+        if token is not None:
+            attributes["phantom_token.token.fingerprint"] = token
         span.set_attributes(attributes)  # one call: each takes the span's lock
         if status >= 500:
             span.set_status(self._error)

@@ -448,7 +448,8 @@ class DecisionHandler(RequestHandler):
         span, tracer = self._span, self._shared.tracing
         if span is not None and tracer is not None:
             self._span = None
-            tracer.end_request(span, status, outcome, route, self._memo if info is not None else None, headers)
+            token = access.token_fingerprint(self._memo, headers) if info is not None else access.NO_VALUE
+            tracer.end_request(span, status, outcome, route, token if token != access.NO_VALUE else None)
         if not self._shared.access_log:
             return
         request_id = access.request_id(headers)[0]

@@ -502,8 +502,9 @@ class ProxyHandler(RequestHandler, ResponseSink):
             self._span = None
             tracer = self._shared.tracing
             if tracer is not None:
+                token = access.token_fingerprint(self._memo.tokens, head.headers) if head is not None else None
                 tracer.end_request(span, status, outcome, route.name if route is not None else None,
-                                   self._memo.tokens, head.headers if head is not None else None)
+                                   token if token != access.NO_VALUE else None)
         if not self._shared.access_log:
             return
         now = time.perf_counter()
