@@ -233,7 +233,8 @@ def cluster(nodes: list[Node], tmp_path: Path) -> Cluster:
     members = []
     for _ in range(3):
         port = free_port()
-        node = data_node(port, "--cluster-enabled", "yes", "--cluster-config-file",
+        # the bus port chosen free too (by default it is port + 10000, which may be taken or out of range)
+        node = data_node(port, "--cluster-enabled", "yes", "--cluster-port", str(free_port()), "--cluster-config-file",
                          str(tmp_path / f"nodes-{port}.conf"), "--cluster-node-timeout", "2000", "--dir", str(tmp_path))
         nodes.append(node)
         node.start()
