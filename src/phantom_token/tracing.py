@@ -42,6 +42,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 from urllib.parse import urlsplit
 
+from phantom_token.errors import PhantomTokenError
+
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -74,8 +76,9 @@ ACTIVE: Tracing | None = None
 """This process's tracing, or None (off). Set by ``start``; the front doors read it when their listener starts."""
 
 
-class TracingError(ValueError):
-    """The environment asks for something this process cannot do (an unknown exporter or protocol)."""
+class TracingError(PhantomTokenError, ValueError):
+    """The environment asks for something this process cannot do (an unknown exporter or protocol): the process
+    does not start (``phantom-token: cannot start: ...``)."""
 
 
 _users = 0  # gateways that started tracing and have not shut it down (a reload may overlap two)

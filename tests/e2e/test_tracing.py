@@ -9,17 +9,21 @@ receiver here that decodes the protobuf export requests with ``opentelemetry-pro
 from __future__ import annotations
 
 import http.client
+import os
+import subprocess
+import sys
 import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from ..integration.redis_server import RedisServer, running_redis
-from .conftest import AuthServer, GatewayFactory, dump, plugin_options
+from .conftest import AuthServer, GatewayFactory, dump, free_port, plugin_options
 
 trace_service_pb2 = pytest.importorskip(
     "opentelemetry.proto.collector.trace.v1.trace_service_pb2", reason="the otel extra is not installed")
@@ -270,3 +274,16 @@ def test_without_otel_variables_nothing_is_exported_and_the_clients_traceparent_
     gw.stop()
     assert receiver.spans == []
     assert "tracing on" not in gw.stderr()
+
+
+def test_an_unknown_exporter_stops_start_up_with_one_clear_line(
+    plugin_config: dict[str, Any], tmp_path: Path
+) -> None:
+    config = tmp_path / "gateway.yml"
+    config.write_text(dump(plugin_config), encoding="utf-8")
+    argv = [sys.executable, "-m", "phantom_token", "serve", "-c", str(config), "--listen", f"127.0.0.1:{free_port()}"]
+    done = subprocess.run(argv, env={**os.environ, "OTEL_TRACES_EXPORTER": "zipkin"}, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 1
+    assert "phantom-token: cannot start: OTEL_TRACES_EXPORTER: unknown exporter 'zipkin'" in done.stderr
+    assert "Traceback" not in done.stderr
