@@ -12,6 +12,7 @@ import contextlib
 import shutil
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -287,3 +288,15 @@ def test_a_three_node_cluster_shares_the_cache_purges_and_single_flights_across_
     assert all(gw.get_with_token(t).status == 200 for gw in gateways for t in tokens[3:])
     for gw in gateways:
         assert "redis unavailable" not in gw.stderr()
+
+
+def test_a_cluster_that_cannot_be_reached_never_fails_a_request(
+    gateway: GatewayFactory, redis_config: Callable[..., str], auth_server: AuthServer, nodes: list[Node]
+) -> None:
+    down = f"redis+cluster://127.0.0.1:{free_port()},127.0.0.1:{free_port()}"  # nothing listens there
+    gw = gateway(redis_config(down))
+    deadline = time.monotonic() + 3.0  # long enough for the link's backoff to let probes through to the "cluster"
+    while time.monotonic() < deadline:
+        result = gw.get_with_token(auth_server.issue_token())  # a new token: Redis is asked (GET, lock SET)
+        assert result.status == 200, result.text
+    assert "redis unavailable" in gw.stderr()

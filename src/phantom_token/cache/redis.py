@@ -29,7 +29,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
 from phantom_token import tracing
@@ -45,6 +45,9 @@ MAX_BACKOFF = 5.0
 MAX_CONNECTIONS = 64  # per process; more concurrent commands queue (within their timeout) instead of failing
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
 CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+# What a command may raise when Redis is unusable. A cluster client's RedisClusterException (no node reachable to
+# learn the slots from, a slot no node serves) is not a RedisError.
+REDIS_FAILURES = (RedisError, RedisClusterException, OSError)
 Handler = Callable[[bytes], None]
 
 
@@ -200,7 +203,7 @@ class RedisLink:
         try:
             async with asyncio.timeout_at(deadline):
                 result = await operation(self._client)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (*REDIS_FAILURES, TimeoutError) as exc:
             self._failed(exc)
             raise SharedStoreUnavailable(type(exc).__name__) from exc
         finally:
@@ -238,7 +241,7 @@ class RedisLink:
             listener = subscriber(self._url, attempt)
             try:
                 await self._subscribe_and_dispatch(listener, lost)
-            except (RedisError, OSError) as exc:
+            except REDIS_FAILURES as exc:
                 self._failed(exc)
             finally:
                 with contextlib.suppress(RedisError, OSError):
