@@ -11,6 +11,7 @@ figures.
     python bench/hotpath.py --instructions      # CPU instructions per request, under valgrind (apt install valgrind)
     python bench/hotpath.py --access-log ...    # the same with the access log on (its lines go to /dev/null)
     python bench/hotpath.py --claims ...        # the same with three claims_to_headers (bench/run.py's row)
+    python bench/hotpath.py --tracing ...       # the same with tracing on (every span sampled, batched, discarded)
 
 Time per request on a shared machine moves by tens of percent from run to run; ``--instructions`` counts the
 instructions executed per request instead (valgrind's callgrind, the difference between 0 and N requests, so
@@ -31,7 +32,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import uvloop
@@ -53,6 +54,7 @@ ONLY: str | None = None  # --only serve|authz
 ACCESS_LOG = False  # --access-log: the access log on, its lines written to /dev/null
 CLAIMS = False  # --claims: the route sets three claims_to_headers (the cached entry carries their values)
 CLAIM_VALUES = (("X-User-Id", "demo-client"), ("X-Client-Id", "demo-client"), ("X-Scope", "read write"))
+TRACING = False  # --tracing: tracing on (the otel extra), spans exported to an exporter that discards them
 PLAIN = False  # --plain: just run the requests (for an instruction count under valgrind)
 JWT = "eyJhbGciOiJFUzI1NiJ9." + "x" * 300 + "." + "y" * 86  # the size of the demo AS's JWT (413 bytes)
 REQUEST = (b"GET /api/orders?page=2 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
@@ -132,6 +134,23 @@ def _time(label: str, step: Callable[[], None], requests: int, profile: bool) ->
           f"(Python only, {ROUNDS} rounds of {requests // ROUNDS})")
 
 
+def start_discarding_tracer() -> None:
+    """Tracing on as ``OTEL_TRACES_EXPORTER=otlp`` turns it on (every span sampled, a batch span processor), with an
+    exporter that discards the batches instead of sending them."""
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    from phantom_token import tracing
+
+    class Discard(SpanExporter):
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Discard()))
+    tracing.ACTIVE = tracing.Tracing(provider)
+
+
 async def main(requests: int, profile: bool) -> None:
     config = CONFIG
     if CLAIMS:
@@ -140,6 +159,8 @@ async def main(requests: int, profile: bool) -> None:
     settings = parse_settings(yaml.safe_load(config), source="hotpath")
     if ACCESS_LOG:  # as `serve --access-log` sets it up, writing to a file rather than a terminal
         settings = dataclasses.replace(settings, access_log=True)
+    if TRACING:
+        start_discarding_tracer()
     app = Gateway(settings)
     plugin = settings.routes[0].plugin
     assert plugin is not None
@@ -203,7 +224,8 @@ def count_instructions(path: str, requests: int) -> int:
     def total(n: int) -> int:
         done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
                                __file__, "--plain", "--only", path, "--requests", str(n)]
-                              + (["--access-log"] if ACCESS_LOG else []) + (["--claims"] if CLAIMS else []),
+                              + (["--access-log"] if ACCESS_LOG else []) + (["--claims"] if CLAIMS else [])
+                              + (["--tracing"] if TRACING else []),
                               capture_output=True, text=True, check=True,
                               # a fixed hash seed: dict probing varies with it by about 2 % of the count
                               env={**os.environ, "PYTHONHASHSEED": "0"})
@@ -225,10 +247,12 @@ if __name__ == "__main__":
                              "values under 'valgrind --tool=callgrind', which a busy machine does not disturb)")
     parser.add_argument("--access-log", action="store_true", help="with the access log on (lines to /dev/null)")
     parser.add_argument("--claims", action="store_true", help="with three claims_to_headers on the route")
+    parser.add_argument("--tracing", action="store_true", help="with tracing on (spans discarded by the exporter)")
     parser.add_argument("--instructions", action="store_true",
                         help="print instructions per request of each path (runs this script under valgrind)")
     args = parser.parse_args()
     PLAIN, ONLY, ACCESS_LOG, CLAIMS = args.plain, args.only, args.access_log, args.claims
+    TRACING = args.tracing
     if args.instructions:
         count = min(args.requests, 1000)
         for name in (ONLY,) if ONLY else ("serve", "authz"):

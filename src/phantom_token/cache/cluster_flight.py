@@ -59,7 +59,7 @@ class ClusterSingleFlight:
         try:
             name, mine = self._link.prefix + b"lock:" + key.hex().encode(), os.urandom(16)
             try:
-                won = await self._link.call(lambda r: resolved(r.set(name, mine, nx=True, px=self._lock_ms)))
+                won = await self._link.call(lambda r: resolved(r.set(name, mine, nx=True, px=self._lock_ms)), "SET")
             except SharedStoreUnavailable:
                 return await call()
             if won:
@@ -79,7 +79,7 @@ class ClusterSingleFlight:
         message = b"done " + key.hex().encode()
         with contextlib.suppress(SharedStoreUnavailable):
             await self._link.call(
-                lambda r: resolved(r.eval(_RELEASE_AND_NOTIFY, 1, name, mine, self._link.channel, message))
+                lambda r: resolved(r.eval(_RELEASE_AND_NOTIFY, 1, name, mine, self._link.channel, message)), "EVAL"
             )
 
     def _done(self, payload: bytes) -> None:

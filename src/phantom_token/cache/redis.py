@@ -25,11 +25,14 @@ from typing import Any, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry as AsyncRetry
 from redis.asyncio.sentinel import Sentinel
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 from redis.retry import Retry
 
+from phantom_token import tracing
 from phantom_token.cache.codec import EntryCodec
 from phantom_token.cache.memory import MemoryCache
 from phantom_token.core.ports import Cached, Purged
@@ -41,6 +44,10 @@ MIN_BACKOFF = 0.25
 MAX_BACKOFF = 5.0
 MAX_CONNECTIONS = 64  # per process; more concurrent commands queue (within their timeout) instead of failing
 SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+# What a command may raise when Redis is unusable. A cluster client's RedisClusterException (no node reachable to
+# learn the slots from, a slot no node serves) is not a RedisError.
+REDIS_FAILURES = (RedisError, RedisClusterException, OSError)
 Handler = Callable[[bytes], None]
 
 
@@ -59,17 +66,25 @@ async def resolved(value: Any) -> Any:
 
 
 def connect(url: str, timeout: float | None) -> Redis:
-    """A client for ``url``: ``redis://``, ``rediss://``, ``unix://`` (redis-py's own URL syntax), or
-    ``redis+sentinel://[:password@]host:port[,host:port...]/service_name[/db]`` (``rediss+sentinel`` for TLS).
+    """A client for ``url``: ``redis://``, ``rediss://``, ``unix://`` (redis-py's own URL syntax),
+    ``redis+sentinel://[:password@]host:port[,host:port...]/service_name[/db]`` (``rediss+sentinel`` for TLS), or
+    ``redis+cluster://[[user]:password@]host:port[,host:port...]`` (``rediss+cluster`` for TLS): a Redis Cluster
+    found from these nodes (a ``RedisCluster``, which has the commands this module uses; typed as ``Redis``).
 
     No retries inside redis-py: a failed command is reported at once, and this module backs off instead.
     """
     options: dict[str, Any] = {
         "socket_timeout": timeout, "socket_connect_timeout": timeout or 5.0, "socket_keepalive": True,
-        "retry": Retry(NoBackoff(), 0), "retry_on_error": [], "retry_on_timeout": False,
-        "max_connections": MAX_CONNECTIONS,
+        "retry": Retry(NoBackoff(), 0), "max_connections": MAX_CONNECTIONS,
     }
     parts = urlsplit(url)
+    if parts.scheme in CLUSTER_SCHEMES:
+        nodes, username, password = cluster_nodes(url)
+        return cast(Redis, RedisCluster(
+            startup_nodes=[ClusterNode(host, port) for host, port in nodes], username=username, password=password,
+            ssl=parts.scheme == "rediss+cluster",
+            **(options | {"retry": AsyncRetry(NoBackoff(), 0)})))
+    options |= {"retry_on_error": [], "retry_on_timeout": False}
     if parts.scheme not in SENTINEL_SCHEMES:
         return Redis.from_url(url, **options)
     hosts = [_host_port(item) for item in parts.netloc.rpartition("@")[2].split(",") if item]
@@ -84,9 +99,32 @@ def connect(url: str, timeout: float | None) -> Redis:
                                ssl=parts.scheme == "rediss+sentinel"))
 
 
-def _host_port(item: str) -> tuple[str, int]:
+def _host_port(item: str, default_port: int = 26379) -> tuple[str, int]:
     host, _, port = item.rpartition(":")
-    return (host.strip("[]"), int(port)) if host else (item, 26379)
+    return (host.strip("[]"), int(port)) if host else (item, default_port)
+
+
+def cluster_nodes(url: str) -> tuple[list[tuple[str, int]], str | None, str | None]:
+    """The startup nodes, user name and password of a ``redis+cluster://`` URL (a cluster has database 0 only)."""
+    parts = urlsplit(url)
+    nodes = [_host_port(item, 6379) for item in parts.netloc.rpartition("@")[2].split(",") if item]
+    if not nodes:
+        raise ValueError("a cluster URL needs host:port[,host:port...]")
+    if parts.path.strip("/") not in ("", "0") or parts.query:
+        raise ValueError("a cluster URL takes no database and no options: redis+cluster://host:port[,host:port]")
+    return (nodes, unquote(parts.username) if parts.username else None,
+            unquote(parts.password) if parts.password else None)
+
+
+def subscriber(url: str, attempt: int) -> Redis:
+    """A client for the events subscription (no read timeout). In a cluster, ``PUBLISH`` reaches every node, so it
+    subscribes on one of the startup nodes, the next one after each failure."""
+    if urlsplit(url).scheme not in CLUSTER_SCHEMES:
+        return connect(url, None)
+    nodes, username, password = cluster_nodes(url)
+    host, port = nodes[attempt % len(nodes)]
+    return Redis(host=host, port=port, username=username, password=password, socket_connect_timeout=5.0,
+                 socket_keepalive=True, ssl=url.startswith("rediss+"), retry=AsyncRetry(NoBackoff(), 0))
 
 
 class RedisLink:
@@ -153,12 +191,19 @@ class RedisLink:
         with contextlib.suppress(RedisError, OSError):
             await self._client.aclose()
 
-    async def call(self, operation: Callable[[Redis], Awaitable[T]]) -> T:
+    async def call(self, operation: Callable[[Redis], Awaitable[T]], command: str = "command") -> T:
         """Run one command under the timeout; raise ``SharedStoreUnavailable`` instead of anything foreign.
 
         Waiting for one of the ``MAX_CONNECTIONS`` slots counts against the timeout; running out of time there
-        is this process being busy, not Redis being down, so it skips Redis for this request only.
+        is this process being busy, not Redis being down, so it skips Redis for this request only. ``command``
+        names the span when tracing is on (``phantom_token.tracing``).
         """
+        active = tracing.ACTIVE
+        if active is not None:
+            return await active.redis(command, self._call(operation))
+        return await self._call(operation)
+
+    async def _call(self, operation: Callable[[Redis], Awaitable[T]]) -> T:
         if self._failing and (self._probing or time.monotonic() < self._retry_at):
             raise SharedStoreUnavailable("backing off")
         deadline = asyncio.get_running_loop().time() + self._timeout
@@ -171,7 +216,7 @@ class RedisLink:
         try:
             async with asyncio.timeout_at(deadline):
                 result = await operation(self._client)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except (*REDIS_FAILURES, TimeoutError) as exc:
             self._failed(exc)
             raise SharedStoreUnavailable(type(exc).__name__) from exc
         finally:
@@ -183,7 +228,7 @@ class RedisLink:
 
     async def publish(self, kind: bytes, payload: bytes) -> int:
         """Send an event to every subscribed process (this one included); how many received it."""
-        received = await self.call(lambda r: resolved(r.publish(self.channel, kind + b" " + payload)))
+        received = await self.call(lambda r: resolved(r.publish(self.channel, kind + b" " + payload)), "PUBLISH")
         return received if isinstance(received, int) else 0
 
     def _failed(self, exc: BaseException) -> None:
@@ -204,25 +249,25 @@ class RedisLink:
             log.warning("redis reachable again: shared cache in use")
 
     async def _listen(self) -> None:
-        listener = connect(self._url, None)
-        backoff, lost = MIN_BACKOFF, False
-        try:
-            while True:
-                try:
-                    await self._subscribe_and_dispatch(listener, lost)
-                except (RedisError, OSError) as exc:
-                    self._failed(exc)
-                if self._subscribed.is_set():
-                    self._subscribed.clear()
-                    backoff = MIN_BACKOFF
-                    for callback in self._on_lost:
-                        callback()
-                lost = True
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF)
-        finally:
-            with contextlib.suppress(RedisError, OSError):
-                await listener.aclose()
+        backoff, lost, attempt = MIN_BACKOFF, False, 0
+        while True:
+            listener = subscriber(self._url, attempt)
+            try:
+                await self._subscribe_and_dispatch(listener, lost)
+            except REDIS_FAILURES as exc:
+                self._failed(exc)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await listener.aclose()
+            if self._subscribed.is_set():
+                self._subscribed.clear()
+                backoff = MIN_BACKOFF
+                for callback in self._on_lost:
+                    callback()
+            lost = True
+            attempt += 1
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF)
 
     async def _subscribe_and_dispatch(self, listener: Redis, lost: bool) -> None:
         async with listener.pubsub() as pubsub:
@@ -272,7 +317,7 @@ class RedisCache:
             return entry
         store_key = self.store_key(key)
         try:
-            data = await self._link.call(lambda r: resolved(r.get(store_key)))
+            data = await self._link.call(lambda r: resolved(r.get(store_key)), "GET")
         except SharedStoreUnavailable:
             self._count("get", "error")
             return None
@@ -295,7 +340,7 @@ class RedisCache:
         value = self._codec.encode(entry, store_key)
         deadline = int(entry.expires_at * 1000)
         try:
-            await self._link.call(lambda r: resolved(r.set(store_key, value, pxat=deadline)))
+            await self._link.call(lambda r: resolved(r.set(store_key, value, pxat=deadline)), "SET")
         except SharedStoreUnavailable:
             self._count("set", "error")
         else:
@@ -305,7 +350,7 @@ class RedisCache:
         local = self.memory.purge_local(key)
         store_key = self.store_key(key)
         try:
-            removed = await self._link.call(lambda r: resolved(r.delete(store_key)))
+            removed = await self._link.call(lambda r: resolved(r.delete(store_key)), "DEL")
             notified = await self._link.publish(b"purge", key.hex().encode())
         except SharedStoreUnavailable:
             return Purged(local=local, complete=False)

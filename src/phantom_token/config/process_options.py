@@ -44,7 +44,7 @@ __all__ = ["CACHE_OPTIONS", "GRPC_TLS_OPTIONS", "JWT_OPTIONS", "LOG_FORMATS", "L
 
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel")
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel", "rediss+sentinel", "redis+cluster", "rediss+cluster")
 _KEY = "readable PEM private key"
 
 CACHE_OPTIONS = OptionTable(
@@ -307,6 +307,20 @@ def _tls(block: Block) -> TlsSettings:
     return settings
 
 
+def _redis_url_problem(url: str) -> str | None:
+    """What is wrong with a Sentinel or Cluster URL's shape (docs/scaling.md), never quoting it (a password)."""
+    parts = urlsplit(url)
+    hosts = [item for item in parts.netloc.rpartition("@")[2].split(",") if item]
+    path = [piece for piece in parts.path.split("/") if piece]
+    if any(not item.rpartition(":")[2].isdigit() for item in hosts if ":" in item and not item.endswith("]")):
+        return "a node's port is not a number"
+    if parts.scheme.endswith("+sentinel") and (not hosts or not path or len(path) > 2):
+        return "a Sentinel URL is redis+sentinel://[:password@]host:port[,host:port...]/service_name[/db]"
+    if parts.scheme.endswith("+cluster") and (not hosts or path not in ([], ["0"]) or parts.query):
+        return "a Cluster URL is redis+cluster://[[user]:password@]host:port[,host:port...] (no database, no options)"
+    return None
+
+
 def _cache(block: Block) -> CacheSettings:
     raw = block.mapping("cache")
     if raw is None:
@@ -317,6 +331,10 @@ def _cache(block: Block) -> CacheSettings:
     if redis_url is not None and urlsplit(redis_url).scheme not in _REDIS_SCHEMES:
         schemes = ", ".join(f"{scheme}://" for scheme in _REDIS_SCHEMES)
         cache.problem("redis_url", f"must be a URL with one of the schemes {schemes}")
+    elif redis_url is not None:
+        problem = _redis_url_problem(redis_url)
+        if problem is not None:
+            cache.problem("redis_url", problem)
     encryption_key = opts.text(cache, "encryption_key")
     if encryption_key is not None and len(encryption_key) < MIN_ENCRYPTION_KEY_CHARS:
         why = f"must be at least {MIN_ENCRYPTION_KEY_CHARS} characters (e.g. from openssl rand -base64 32)"

@@ -32,6 +32,8 @@ Test controls, only when built with ``test_controls=True`` (``--test-controls``)
   ``"garbage"`` (200 ``application/jwt`` with a body that is not a JWT) or ``"hang"`` (never answer)),
   ``exchange_failure`` (``null``/``"none"``, ``"invalid_target"`` (400 with that error), ``"status"`` (500),
   ``"garbage"`` (200 with a body that is not JSON) or ``"hang"``: how token exchanges are answered),
+  ``failure_every`` (int N: only every Nth introspection call fails that way, e.g. 10 for 10 % of them; 0 or 1:
+  every call),
   ``revoke`` (a token value), ``register`` (``{"token": value, "scope": "...", "expires_in": s, "client_id": ...,
   "sub": ..., "jkt": ..., "x5t#S256": ...}``: makes exactly that value a valid token, for tests of odd characters;
   ``jkt`` binds it to a DPoP key (RFC 9449) and ``x5t#S256`` to a client certificate thumbprint (RFC 8705): its
@@ -122,10 +124,16 @@ class Controls:
     failure: str = "none"  # none | status | garbage | hang
     failure_status: int = 500
     exchange_failure: str = "none"  # none | invalid_target | status | garbage | hang
+    failure_every: int = 0  # N > 1: only every Nth introspection call fails
+    calls: int = 0  # introspection calls that reached the controls (counts for failure_every)
 
     def as_json(self) -> dict[str, Any]:
         return {"delay_ms": self.delay_ms, "failure": self.failure, "failure_status": self.failure_status,
-                "exchange_failure": self.exchange_failure}
+                "exchange_failure": self.exchange_failure, "failure_every": self.failure_every}
+
+    def fails_now(self) -> bool:
+        self.calls += 1
+        return self.failure != "none" and (self.failure_every <= 1 or self.calls % self.failure_every == 0)
 
 
 class BadRequest(Exception):
@@ -413,6 +421,8 @@ class DemoAuthorizationServer:
         controls = self.controls
         if controls.delay_ms > 0:
             await asyncio.sleep(controls.delay_ms / 1000)
+        if not controls.fails_now():
+            return None
         if controls.failure == "hang":
             await asyncio.Event().wait()  # until the connection or the server goes away
         if controls.failure == "status":
@@ -507,7 +517,8 @@ class DemoAuthorizationServer:
         return _json(200, {**self.controls.as_json(), **result})
 
     def _apply_changes(self, changes: Mapping[str, Any], result: dict[str, Any]) -> None:
-        known = {"reset", "delay_ms", "failure", "failure_status", "exchange_failure", "revoke", "register"}
+        known = {"reset", "delay_ms", "failure", "failure_status", "exchange_failure", "failure_every", "revoke",
+                 "register"}
         if unknown := set(changes) - known:
             raise ValueError(f"unknown controls {sorted(unknown)}")
         if changes.get("reset"):
@@ -529,6 +540,9 @@ class DemoAuthorizationServer:
             self.controls.exchange_failure = exchange_failure
         if "failure_status" in changes:
             self.controls.failure_status = int(changes["failure_status"])
+        if "failure_every" in changes:
+            self.controls.failure_every = max(0, int(changes["failure_every"]))
+            self.controls.calls = 0
         if "revoke" in changes:
             result["revoked"] = self.revoke(str(changes["revoke"]))
         if "register" in changes:

@@ -50,8 +50,9 @@ import ssl
 import time
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
-from typing import Final
+from typing import Any, Final
 
+from phantom_token import tracing
 from phantom_token.config.settings import Settings
 from phantom_token.core.dpop import request_origin
 from phantom_token.core.request import RequestInfo, TokenMemo
@@ -271,6 +272,8 @@ class _Shared:
         self.observe = observe
         self.access_log = settings.access_log
         self.public_base_url = settings.public_base_url
+        self.tracing = tracing.ACTIVE  # None unless OTEL_* turned tracing on in this process
+        self.record = self.access_log or self.tracing is not None  # what a request keeps for either
         self._trust: dict[str, bool] = {}
         # authorization header value -> (whole seconds left, the rendered keep-alive 200, the claims headers it
         # carries: the cache entry's own tuple, compared by identity): the hot path renders an answer once a second
@@ -314,8 +317,9 @@ class DecisionHandler(RequestHandler):
         # Only a trusted peer's requests reach the engine: a certificate header it forwards is believed. The TLS
         # certificate of the connection, if any, is the gateway's own: never the client's (left None).
         self._memo.trusted_peer = True
-        self._access = shared.access_log
-        # The access log's record of the active request (kept only when it is on).
+        self._access = shared.record
+        self._span: Any = None  # the active request's span (tracing on only)
+        # The access log's record of the active request (kept only when it or tracing is on).
         self._log_info: RequestInfo | None = None
         self._t_start = 0.0
         self._t_introspection = 0.0
@@ -325,6 +329,9 @@ class DecisionHandler(RequestHandler):
             self._log_info = None
             self._t_start = time.perf_counter()
             self._t_introspection = 0.0
+            tracer = self._shared.tracing
+            if tracer is not None:
+                self._span = tracer.start_request("authz", head)
         if not self._trusted:
             self._reply(head, untrusted_peer())
             return
@@ -362,6 +369,9 @@ class DecisionHandler(RequestHandler):
         return False
 
     async def _authorize(self, head: RequestHead, info: RequestInfo) -> None:
+        tracer = self._shared.tracing
+        if tracer is not None and self._span is not None:  # the engine's asynchronous path under the request's span
+            tracer.attach(self._span)
         verdict, self._t_introspection = await authorize_timed(self._engine, info)
         self._task = None
         conn = self.conn
@@ -430,7 +440,7 @@ class DecisionHandler(RequestHandler):
             self._log(None, status, "refused", None)
 
     def _log(self, head: RequestHead | None, status: int, outcome: str, route: str | None) -> None:
-        """Write the access log line of the request just answered (the access log is on)."""
+        """Write the access log line of the request just answered and end its span (whichever is on)."""
         info, self._log_info = self._log_info, None
         start, self._t_start = self._t_start, 0.0
         if head is None:
@@ -439,6 +449,13 @@ class DecisionHandler(RequestHandler):
             method, path, headers = info.method, info.path, head.headers
         else:
             method, path, headers = head.method, head.path, head.headers
+        span, tracer = self._span, self._shared.tracing
+        if span is not None and tracer is not None:
+            self._span = None
+            token = access.token_fingerprint(self._memo, headers) if info is not None else access.NO_VALUE
+            tracer.end_request(span, status, outcome, route, token if token != access.NO_VALUE else None)
+        if not self._shared.access_log:
+            return
         request_id = access.request_id(headers)[0]
         token = access.token_fingerprint(self._memo, headers) if info is not None else access.NO_VALUE
         access.write(access.fields("authz", route, method, path, status, outcome, token,

@@ -30,6 +30,9 @@ Invariants:
   ``client_cert_header``) is believed only from a ``trusted_proxies`` peer (``RequestInfo.trusted_peer``, decided
   once per connection, and only when some plugin names such a header); from any other peer it is removed from what
   goes upstream, so the API behind never mistakes a client's header for its proxy's.
+- Tracing (``phantom_token.tracing``, on only through ``OTEL_*``) rides on the same boolean (``_Shared.record``):
+  a server span per request, current in the engine's asynchronous path, and a ``traceparent`` naming it upstream
+  instead of the client's. Off, it adds nothing per request.
 """
 
 from __future__ import annotations
@@ -39,8 +42,9 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
+from phantom_token import tracing
 from phantom_token.config.settings import PluginConfig, Route, Settings, Upstream
 from phantom_token.core.claim_headers import header_names
 from phantom_token.core.dpop import request_origin
@@ -115,6 +119,8 @@ class _Shared:
         self.access_log = settings.access_log
         self.public_base_url = settings.public_base_url
         self.trusted_proxies = settings.trusted_proxies
+        self.tracing = tracing.ACTIVE  # None unless OTEL_* turned tracing on in this process
+        self.record = self.access_log or self.tracing is not None  # what a request keeps for either
         self.timeout = settings.upstream_timeout_seconds
         self.connect_timeout = settings.upstream_connect_timeout_seconds
         self.pool = ConnectionPool(max_idle_per_origin=256, idle_timeout=30.0)
@@ -248,7 +254,8 @@ class ProxyHandler(RequestHandler, ResponseSink):
         self._head_written = False
         self._chunk_out = False
         self._keep_alive = True
-        self._access = shared.access_log
+        self._access = shared.record
+        self._span: Any = None  # the active request's span (tracing on only)
         # The access log's record of the active request (only kept when it is on): its head, request id, when it
         # began, how long the engine's async path took, when it went upstream (0.0: not yet).
         self._log_head: RequestHead | None = None
@@ -323,6 +330,8 @@ class ProxyHandler(RequestHandler, ResponseSink):
             self._upstream.send_body(data)
 
     async def _authorize(self, head: RequestHead, info: RequestInfo) -> None:
+        if self._span is not None:  # the engine's asynchronous path (and its calls) under the request's span
+            self._attach_span()
         verdict, self._t_introspection = await authorize_timed(self._engine, info)
         self._task = None
         conn = self.conn
@@ -347,7 +356,7 @@ class ProxyHandler(RequestHandler, ResponseSink):
         if claims is not None:  # the route sets claims_to_headers
             request_head = self._with_claims(request_head, head, route, claims)
         if self._access:
-            request_head = with_request_id(request_head, self._request_id.encode("ascii"), self._own_request_id)
+            request_head = self._decorate(request_head)
         conn = self._shared.pool.take(origin.idle)
         if conn is None:
             self._connect_later(head, origin, request_head)
@@ -465,6 +474,20 @@ class ProxyHandler(RequestHandler, ResponseSink):
                 self._t_start = self._t_introspection = self._t_upstream = 0.0
             self._log(status, "refused", self._route)
 
+    def _decorate(self, request_head: bytes) -> bytes:
+        """The head sent upstream with the access log's ``X-Request-Id`` and tracing's ``traceparent``."""
+        if self._shared.access_log:
+            request_head = with_request_id(request_head, self._request_id.encode("ascii"), self._own_request_id)
+        tracer = self._shared.tracing
+        if tracer is not None and self._span is not None:
+            request_head = tracing.with_trace_context(request_head, tracer.upstream_lines(self._span))
+        return request_head
+
+    def _attach_span(self) -> None:
+        tracer = self._shared.tracing
+        if tracer is not None:
+            tracer.attach(self._span)
+
     def _begin_log(self, head: RequestHead) -> None:
         self._log_head = head
         self._request_id, own = access.request_id(head.headers)
@@ -473,11 +496,24 @@ class ProxyHandler(RequestHandler, ResponseSink):
         self._t_start = time.perf_counter()
         self._t_introspection = 0.0
         self._t_upstream = 0.0
+        tracer = self._shared.tracing
+        if tracer is not None:
+            self._span = tracer.start_request("serve", head)
 
     def _log(self, status: int, outcome: str, route: Route | None) -> None:
-        """Write the active request's access log line (the access log is on)."""
+        """Write the active request's access log line and end its span (whichever is on)."""
         head = self._log_head
         self._log_head = None
+        span = self._span
+        if span is not None:
+            self._span = None
+            tracer = self._shared.tracing
+            if tracer is not None:
+                token = access.token_fingerprint(self._memo.tokens, head.headers) if head is not None else None
+                tracer.end_request(span, status, outcome, route.name if route is not None else None,
+                                   token if token != access.NO_VALUE else None)
+        if not self._shared.access_log:
+            return
         now = time.perf_counter()
         start, upstream = self._t_start, self._t_upstream
         access.write(access.fields(

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
+from phantom_token import tracing
 from phantom_token.config.material import (
     KeyFile,
     Material,
@@ -112,10 +113,17 @@ class HttpIntrospector:
 
     async def introspect(self, token: str, plugin: PluginConfig) -> IntrospectionResult:
         endpoint = await self._introspection_endpoint(plugin)
+        active = tracing.ACTIVE
+        if active is not None:  # in a span, its traceparent on the request (phantom_token.tracing)
+            return await active.introspection(endpoint, lambda extra: self._introspect(token, plugin, endpoint, extra))
+        return await self._introspect(token, plugin, endpoint, [])
+
+    async def _introspect(self, token: str, plugin: PluginConfig, endpoint: str,
+                          extra_headers: list[tuple[str, str]]) -> IntrospectionResult:
         auth = client_authentication(plugin, endpoint=endpoint, key=self._assertion_key(plugin),
                                      now=self._clock(), jti=secrets.token_urlsafe(18))
         request = build_authenticated_request(token, ACCEPT[plugin.introspection_response], auth.headers, auth.params)
-        response = await self._request("POST", endpoint, request.headers, request.body, plugin)
+        response = await self._request("POST", endpoint, request.headers + extra_headers, request.body, plugin)
         if plugin.introspection_response == "json":
             return read_json_response(response.status, response.headers, response.body)
         if plugin.introspection_response == "signed":
