@@ -2,6 +2,7 @@
 # phantom-token's container image: docs/deploy.md. Build from the repository root:
 #   docker build -t phantom-token:0.1.0 .
 #   docker build --build-arg EXTRAS=grpc -t phantom-token:0.1.0-grpc .   # with `authz --grpc-listen`
+#   docker build --build-arg EXTRAS=grpc,otel ...                         # and OpenTelemetry tracing
 # Pin the base image by digest for reproducible builds:
 #   docker build --build-arg PYTHON_IMAGE=python:3.11-slim-bookworm@sha256:<digest> .
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -22,10 +23,14 @@ RUN apt-get update \
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY src ./src
-RUN python -m pip wheel --wheel-dir /wheels . \
+# With both grpc and otel: xds-protos carries an older copy of opentelemetry.proto, so opentelemetry-proto's own
+# modules are written again last (docs/tracing.md, "Install").
+RUN python -m pip wheel --wheel-dir /wheels ".${EXTRAS:+[$EXTRAS]}" \
  && python -m venv /opt/phantom-token \
  && /opt/phantom-token/bin/pip install --no-index --find-links /wheels \
       "phantom-token${EXTRAS:+[$EXTRAS]}" \
+ && case ",$EXTRAS," in *,otel,*) /opt/phantom-token/bin/pip install --no-index --find-links /wheels \
+      --force-reinstall --no-deps opentelemetry-proto ;; esac \
  && version="$(/opt/phantom-token/bin/phantom-token --version)" \
  && echo "$version" && echo "$version" | grep -q 'compiled (mypyc)'
 COPY deploy/docker/phantom-token.yml /opt/phantom-token/etc/phantom-token.yml

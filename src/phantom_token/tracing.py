@@ -140,8 +140,11 @@ def _exporter(name: str, environ: Mapping[str, str]) -> SpanExporter:
     protocol = (environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
                 or "http/protobuf").strip()
     if protocol == "http/protobuf":
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        except ImportError as exc:  # e.g. xds-protos' older copy of opentelemetry.proto over opentelemetry-proto's
+            raise TracingError(f"the OTLP exporter cannot be imported ({exc}); with the grpc extra installed too, "
+                               "reinstall opentelemetry-proto last (docs/tracing.md, \"Installing\")") from None
         return OTLPSpanExporter()  # endpoint, headers, timeout, compression, certificate: OTEL_EXPORTER_OTLP_*
     if protocol == "grpc":
         try:
