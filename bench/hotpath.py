@@ -12,6 +12,7 @@ figures.
     python bench/hotpath.py --access-log ...    # the same with the access log on (its lines go to /dev/null)
     python bench/hotpath.py --claims ...        # the same with three claims_to_headers (bench/run.py's row)
     python bench/hotpath.py --tracing ...       # the same with tracing on (every span sampled, batched, discarded)
+    python bench/hotpath.py --tokens 1000 ...   # N distinct tokens round robin on the same connections (all cached)
 
 Time per request on a shared machine moves by tens of percent from run to run; ``--instructions`` counts the
 instructions executed per request instead (valgrind's callgrind, the difference between 0 and N requests, so
@@ -25,6 +26,7 @@ import asyncio
 import cProfile
 import dataclasses
 import gc
+import itertools
 import logging
 import os
 import pstats
@@ -55,12 +57,28 @@ ACCESS_LOG = False  # --access-log: the access log on, its lines written to /dev
 CLAIMS = False  # --claims: the route sets three claims_to_headers (the cached entry carries their values)
 CLAIM_VALUES = (("X-User-Id", "demo-client"), ("X-Client-Id", "demo-client"), ("X-Scope", "read write"))
 TRACING = False  # --tracing: tracing on (the otel extra), spans exported to an exporter that discards them
+TOKENS = 1  # --tokens N: N distinct tokens, round robin, so consecutive requests on a connection differ
 PLAIN = False  # --plain: just run the requests (for an instruction count under valgrind)
 JWT = "eyJhbGciOiJFUzI1NiJ9." + "x" * 300 + "." + "y" * 86  # the size of the demo AS's JWT (413 bytes)
-REQUEST = (b"GET /api/orders?page=2 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
-           b"Authorization: Bearer " + TOKEN.encode() + b"\r\n\r\n")
-AUTHZ_REQUEST = (b"GET /authz HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nX-Original-URI: /api/orders?page=2\r\n"
-                 b"X-Original-Method: GET\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n\r\n")
+
+
+def request(token: str) -> bytes:
+    return (b"GET /api/orders?page=2 HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n"
+            b"Authorization: Bearer " + token.encode() + b"\r\n\r\n")
+
+
+def authz_request(token: str) -> bytes:
+    return (b"GET /authz HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nX-Original-URI: /api/orders?page=2\r\n"
+            b"X-Original-Method: GET\r\nAuthorization: Bearer " + token.encode() + b"\r\n\r\n")
+
+
+def tokens(n: int) -> list[str]:
+    """``n`` distinct tokens of the same length as TOKEN (the first is TOKEN), so request sizes do not change."""
+    return [TOKEN] + [f"{TOKEN[:-12]}{i:012x}" for i in range(1, n)]
+
+
+REQUEST = request(TOKEN)
+AUTHZ_REQUEST = authz_request(TOKEN)
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 29 Nov 2026 03:00:00 GMT\r\n"
             b"Content-Type: text/plain\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok")
 
@@ -164,8 +182,14 @@ async def main(requests: int, profile: bool) -> None:
     app = Gateway(settings)
     plugin = settings.routes[0].plugin
     assert plugin is not None
-    await app.cache.put(cache_key(plugin, TOKEN), CacheEntry("Bearer " + JWT, frozenset(), time.time() + 1e6,
-                                                             CLAIM_VALUES if CLAIMS else None))
+    used = tokens(TOKENS)
+    for token in used:
+        await app.cache.put(cache_key(plugin, token), CacheEntry("Bearer " + JWT, frozenset(), time.time() + 1e6,
+                                                                 CLAIM_VALUES if CLAIMS else None))
+    requests_ = [request(token) for token in used]
+    authz_requests = [authz_request(token) for token in used]
+    serve_turns = itertools.islice(itertools.cycle(requests_), 1, None)  # round robin, from the warm-up's next
+    authz_turns = itertools.islice(itertools.cycle(authz_requests), 1, None)
 
     from phantom_token.frontends.proxy import ProxyHandler, _Shared
     from phantom_token.http.client import Connection
@@ -189,6 +213,12 @@ async def main(requests: int, profile: bool) -> None:
         client_out.out.clear()
         upstream_out.out.clear()
 
+    def serve_step_mixed() -> None:
+        client.data_received(next(serve_turns))
+        conn.data_received(RESPONSE)
+        client_out.out.clear()
+        upstream_out.out.clear()
+
     client.data_received(REQUEST)
     _check(len(upstream_out.out) == 1 and JWT.encode() in upstream_out.out[0], upstream_out.out)
     _check(TOKEN.encode() not in upstream_out.out[0], "the opaque token went upstream")
@@ -198,7 +228,7 @@ async def main(requests: int, profile: bool) -> None:
     client_out.out.clear()
     upstream_out.out.clear()
     if ONLY in (None, "serve"):
-        _time("serve, cache hit", serve_step, requests, profile)
+        _time("serve, cache hit", serve_step if TOKENS == 1 else serve_step_mixed, requests, profile)
 
     from phantom_token.frontends import decisions
 
@@ -211,12 +241,16 @@ async def main(requests: int, profile: bool) -> None:
         authz.data_received(AUTHZ_REQUEST)
         authz_out.out.clear()
 
+    def authz_step_mixed() -> None:
+        authz.data_received(next(authz_turns))
+        authz_out.out.clear()
+
     authz.data_received(AUTHZ_REQUEST)
     _check(bool(authz_out.out) and authz_out.out[0].startswith(b"HTTP/1.1 200 OK\r\n"), authz_out.out)
     _check(not CLAIMS or b"\r\nX-Scope: read write\r\n" in authz_out.out[0], authz_out.out)
     authz_out.out.clear()
     if ONLY in (None, "authz"):
-        _time("authz, cache hit", authz_step, requests, profile)
+        _time("authz, cache hit", authz_step if TOKENS == 1 else authz_step_mixed, requests, profile)
 
 
 def count_instructions(path: str, requests: int) -> int:
@@ -225,7 +259,7 @@ def count_instructions(path: str, requests: int) -> int:
         done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
                                __file__, "--plain", "--only", path, "--requests", str(n)]
                               + (["--access-log"] if ACCESS_LOG else []) + (["--claims"] if CLAIMS else [])
-                              + (["--tracing"] if TRACING else []),
+                              + (["--tracing"] if TRACING else []) + ["--tokens", str(TOKENS)],
                               capture_output=True, text=True, check=True,
                               # a fixed hash seed: dict probing varies with it by about 2 % of the count
                               env={**os.environ, "PYTHONHASHSEED": "0"})
@@ -248,16 +282,21 @@ if __name__ == "__main__":
     parser.add_argument("--access-log", action="store_true", help="with the access log on (lines to /dev/null)")
     parser.add_argument("--claims", action="store_true", help="with three claims_to_headers on the route")
     parser.add_argument("--tracing", action="store_true", help="with tracing on (spans discarded by the exporter)")
+    parser.add_argument("--tokens", type=int, default=1,
+                        help="N distinct tokens (all cached), sent round robin on the same connections, so the "
+                             "per-connection token memo misses on every request (default 1: one token repeated)")
     parser.add_argument("--instructions", action="store_true",
                         help="print instructions per request of each path (runs this script under valgrind)")
     args = parser.parse_args()
     PLAIN, ONLY, ACCESS_LOG, CLAIMS = args.plain, args.only, args.access_log, args.claims
-    TRACING = args.tracing
+    TRACING, TOKENS = args.tracing, args.tokens
+    if TOKENS < 1:
+        parser.error("--tokens must be at least 1")
     if args.instructions:
         count = min(args.requests, 1000)
         for name in (ONLY,) if ONLY else ("serve", "authz"):
             print(f"{name + ', cache hit':20s} {count_instructions(name, count):8d} instructions/request "
-                  f"(valgrind, {count} requests)")
+                  f"(valgrind, {count} requests, {TOKENS} token{'s' if TOKENS > 1 else ''})")
         sys.exit(0)
     if ACCESS_LOG:  # as `serve --access-log` sets it up, but writing to /dev/null rather than a terminal
         setup_logging("text", "info", access_log=True)
