@@ -19,6 +19,7 @@ import math
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import SplitResult, urlsplit
 
 from phantom_token.config.errors import ConfigProblem
 
@@ -192,6 +193,22 @@ class Block:
 # ------------------------------------------------------------------------------------------ vault references
 
 _REFERENCE = re.compile(r"\{vault://(?P<vault>[^/}]*)/(?P<name>[^/}]+)(?:/(?P<key>[^}]+))?\}")
+
+
+def url_parts(block: Block, key: str, url: str, *, http: bool = False) -> SplitResult | None:
+    """``url`` split (its port checked too), or None with the problem recorded under ``key``: ``is not a valid URL``,
+    and with ``http`` also ``must be an http:// or https:// URL with a host``. The one parse every URL option uses;
+    what else an option forbids (fragment, path, credentials) is its own rule."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        block.problem(key, "is not a valid URL")
+        return None
+    if http and (parts.scheme not in ("http", "https") or not parts.hostname):
+        block.problem(key, "must be an http:// or https:// URL with a host")
+        return None
+    return parts
 
 
 def resolve_reference(block: Block, key: str, value: str) -> str | None:

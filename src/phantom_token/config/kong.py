@@ -17,9 +17,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 from typing import Any
-from urllib.parse import urlsplit
 
-from phantom_token.config.fields import Block, Context, entity, type_name
+from phantom_token.config.fields import Block, Context, entity, type_name, url_parts
 from phantom_token.config.kong_routes import (
     PluginDef,
     RouteDef,
@@ -196,20 +195,14 @@ def _parse_upstream(block: Block) -> Upstream | None:
 
 
 def _upstream_from_url(block: Block, url: str) -> Upstream | None:
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        block.problem("url", "is not a valid URL")
-        return None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        block.problem("url", "must be an http:// or https:// URL with a host")
+    parts = url_parts(block, "url", url, http=True)
+    if parts is None or parts.hostname is None:  # (url_parts made sure of a host)
         return None
     if parts.query or parts.fragment or parts.username or parts.password:
         block.problem("url", "must not have a query, a fragment or credentials")
         return None
     default = 443 if parts.scheme == "https" else 80
-    return Upstream(parts.scheme, parts.hostname, port or default, parts.path or "/")
+    return Upstream(parts.scheme, parts.hostname, parts.port or default, parts.path or "/")
 
 
 # ---------------------------------------------------------------------- top-level routes and plugins: references

@@ -19,9 +19,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
-from phantom_token.config.fields import Block, Context
+from phantom_token.config.fields import Block, Context, url_parts
 from phantom_token.config.material import KeyFile, Need, TlsFiles
 from phantom_token.config.options import Option, OptionTable
 from phantom_token.config.settings import (
@@ -192,15 +191,8 @@ def _client_cert_header(block: Block) -> str | None:
 
 
 def check_http_url(block: Block, key: str, url: str) -> None:
-    try:
-        parts = urlsplit(url)
-        _ = parts.port
-    except ValueError:
-        block.problem(key, "is not a valid URL")
-        return
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        block.problem(key, "must be an http:// or https:// URL with a host")
-    elif parts.fragment:
+    parts = url_parts(block, key, url, http=True)
+    if parts is not None and parts.fragment:
         block.problem(key, "must not have a fragment")
 
 

@@ -23,7 +23,7 @@ from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
 from typing import Any
 from urllib.parse import urlsplit
 
-from phantom_token.config.fields import Block, Context
+from phantom_token.config.fields import Block, Context, url_parts
 from phantom_token.config.material import KeyFile, Need
 from phantom_token.config.options import Option, OptionTable
 from phantom_token.config.settings import (
@@ -209,13 +209,10 @@ def _public_base_url(block: Block) -> str | None:
     value = SECTION_OPTIONS.text(block, "public_base_url")
     if value is None:
         return None
-    try:
-        parts = urlsplit(value)
-        _ = parts.port
-    except ValueError:
-        block.problem("public_base_url", "is not a valid URL")
+    parts = url_parts(block, "public_base_url", value, http=True)
+    if parts is None:
         return None
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username is not None:
+    if parts.username is not None:
         block.problem("public_base_url", "must be an http:// or https:// URL with a host")
         return None
     if parts.path not in ("", "/") or parts.query or parts.fragment:

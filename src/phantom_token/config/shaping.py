@@ -16,9 +16,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from typing import Any, Final
-from urllib.parse import urlsplit
 
-from phantom_token.config.fields import Block
+from phantom_token.config.fields import Block, url_parts
 from phantom_token.config.options import Option, OptionTable
 from phantom_token.config.settings import TokenExchange
 
@@ -134,11 +133,8 @@ class _Section(Block):
 
 
 def _check_url(block: Block, key: str, url: str, schemes: tuple[str, ...] | None) -> None:
-    try:
-        parts = urlsplit(url)
-        _ = parts.port
-    except ValueError:
-        block.problem(key, "is not a valid URL")
+    parts = url_parts(block, key, url)
+    if parts is None:
         return
     if not parts.scheme or (schemes is not None and (parts.scheme not in schemes or not parts.hostname)):
         block.problem(key, "must be an http:// or https:// URL with a host" if schemes else "must be an absolute URI")
