@@ -21,6 +21,7 @@ import yaml
 
 from phantom_token.jose import verify
 
+from ..dpop_proofs import ProofKey
 from .conftest import (
     INTROSPECTION_CLIENT,
     UNAUTHORIZED_BODY,
@@ -31,7 +32,6 @@ from .conftest import (
     http_request,
     start_process,
 )
-from ..dpop_proofs import ProofKey
 from .gateways import DECISION_CACHE, EXAMPLES, GatewayProcess, gateway_argv, render, start_gateway
 
 pytestmark = pytest.mark.e2e
@@ -235,6 +235,8 @@ def test_nginx_decision_cache_answers_like_the_decision_service(cached_nginx: Ga
         assert echoed["headers"]["x-client-id"] == "demo-client"
         assert echoed["headers"]["x-scope"] == "read write"
     assert authz.allowed_count() == before + 1
+    posted = http_request("POST", cached_nginx.base_url + "/profile/me", forged, b'{"order": 7}')
+    assert assert_jwt_upstream(posted, auth_server, token)["method"] == "POST"  # another decision: the method
     public = get(cached_nginx, "/public/info", token)
     assert public.status == 200, public.text
     assert "authorization" not in public.json()["headers"]
