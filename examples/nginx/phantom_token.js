@@ -2,18 +2,17 @@
 //
 // nginx writes the text of `proxy_cache_key` into every cache file ("KEY: ..."), so keying on
 // $http_authorization would put the raw opaque token on disk. This key is a SHA-256 of everything the decision
-// depends on: the original method, host and URI, and every Authorization header the client sent (two headers
-// make a different key, so they can never hit an entry that one header made; the decision service answers them
-// 400). Only this hex digest reaches the disk.
+// depends on: the original method, host and URI, and the Authorization header (nginx itself refuses a request
+// with two: 400). Only this hex digest reaches the disk.
+//
+// One template string and one hash: the earlier version (filtering r.rawHeadersIn, then an array join) cost nginx
+// 18,000 more instructions a request (bench/nginx_instructions.py).
 const crypto = require('crypto');
 
 function decisionKey(r) {
-    const authorization = r.rawHeadersIn
-        .filter((header) => header[0].toLowerCase() === 'authorization')
-        .map((header) => header[1]);
+    const v = r.variables;
     return crypto.createHash('sha256')
-        .update([r.variables.request_method, r.variables.host, r.variables.request_uri]
-            .concat(authorization).join('\n'))
+        .update(`${v.request_method}\n${v.host}\n${v.request_uri}\n${r.headersIn.Authorization || ''}`)
         .digest('hex');
 }
 

@@ -26,6 +26,7 @@ ROWS = (
     "nginx + authz (auth_request)",
     "nginx + authz + decision cache",
     "  the same, cache key by njs",
+    "  the same, in memory (lua)",
     "serve, JWT issuer (no introspection)",
     "nginx over TLS (reference)",
     "serve over TLS, cache hit",

@@ -10,6 +10,7 @@ phantom-token, and no raw token is on disk) and forged forwarding headers from a
 from __future__ import annotations
 
 import re
+import secrets
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ import yaml
 
 from phantom_token.jose import verify
 
+from ..dpop_proofs import ProofKey
 from .conftest import (
     INTROSPECTION_CLIENT,
     UNAUTHORIZED_BODY,
@@ -197,16 +199,68 @@ def test_nginx_decision_cache_never_writes_the_raw_token_to_disk(cached_nginx: G
                                                                  auth_server: AuthServer) -> None:
     token = auth_server.issue_token()
     assert get(cached_nginx, "/api/disk", token).status == 200
-    cache_dir = cached_nginx.log_path.parent / "decisions"
+    work_dir = cached_nginx.log_path.parent
+    for path in (p for p in work_dir.rglob("*") if p.is_file()):
+        assert token.encode() not in path.read_bytes(), f"raw token found in {path}"
+    cache_dir = work_dir / "decisions"
+    if "lua_shared_dict" in (work_dir / "nginx.conf").read_text():
+        assert not cache_dir.exists(), "the lua variant keeps decisions in shared memory, never in files"
+        return
     files = [p for p in cache_dir.rglob("*") if p.is_file()]
     assert files, "nginx cached no decision"
     keys = []
     for path in files:
-        data = path.read_bytes()
-        assert token.encode() not in data, f"raw token found in {path}"
-        keys += re.findall(rb"\nKEY: (.*)\n", data)
+        keys += re.findall(rb"\nKEY: (.*)\n", path.read_bytes())
     assert keys
-    assert all(re.fullmatch(rb"[0-9a-f]{64}", key) for key in keys), keys
+    # set-misc: a keyed SHA-1 (40 hex digits); njs: a SHA-256 (64)
+    assert all(re.fullmatch(rb"[0-9a-f]{40}|[0-9a-f]{64}", key) for key in keys), keys
+
+
+def test_nginx_decision_cache_answers_like_the_decision_service(cached_nginx: GatewayProcess, authz: Authz,
+                                                                  auth_server: AuthServer) -> None:
+    """Every variant answers exactly as nginx.conf does: the contract's denials (never remembered), the claims as
+    headers replacing a client's copies (from the service, then from the cache), a route without the plugin."""
+    token = auth_server.issue_token(scope="read write")
+    for _ in range(2):
+        assert_denied(get(cached_nginx, "/api/x", "not-an-issued-token"), 401, UNAUTHORIZED_BODY,
+                      'Bearer error="invalid_token"')
+        assert_denied(get(cached_nginx, "/admin/users", token), 403, FORBIDDEN,
+                      'Bearer error="insufficient_scope", scope="admin"')
+    before = authz.allowed_count()
+    forged = [("Authorization", f"Bearer {token}"), ("X-User-Id", "admin"), ("X-Scope", "admin")]
+    for _ in range(3):
+        result = http_request("GET", cached_nginx.base_url + "/profile/me", forged)
+        echoed = assert_jwt_upstream(result, auth_server, token)
+        assert echoed["headers"]["x-user-id"] == "demo-client"
+        assert echoed["headers"]["x-client-id"] == "demo-client"
+        assert echoed["headers"]["x-scope"] == "read write"
+    assert authz.allowed_count() == before + 1
+    posted = http_request("POST", cached_nginx.base_url + "/profile/me", forged, b'{"order": 7}')
+    assert assert_jwt_upstream(posted, auth_server, token)["method"] == "POST"  # another decision: the method
+    public = get(cached_nginx, "/public/info", token)
+    assert public.status == 200, public.text
+    assert "authorization" not in public.json()["headers"]
+
+
+def test_nginx_decision_cache_never_replays_a_dpop_decision(cached_nginx: GatewayProcess, authz: Authz,
+                                                            auth_server: AuthServer) -> None:
+    """A decision on a DPoP proof says max-age=0 (a proof is good once): each request is asked again, and a
+    proof used once is refused the second time rather than answered from a cache."""
+    key = ProofKey()
+    token = "e2e-dpop-" + secrets.token_urlsafe(24)
+    auth_server.set_controls(register={"token": token, "scope": "read write", "expires_in": 3600, "jkt": key.jkt})
+    url = cached_nginx.base_url + "/api/dpop"
+    htu = "http://127.0.0.1/api/dpop"  # what the service rebuilds from the examples' X-Forwarded-Host $host
+    before = authz.allowed_count()
+    for _ in range(2):
+        proof = key.proof("GET", htu, token)
+        result = http_request("GET", url, [("Authorization", f"DPoP {token}"), ("DPoP", proof)])
+        assert result.status == 200, result.text
+        assert authz.allowed_count() == before + 1
+        before += 1
+        replayed = http_request("GET", url, [("Authorization", f"DPoP {token}"), ("DPoP", proof)])
+        assert replayed.status == 401, replayed.text
+        assert authz.allowed_count() == before
 
 
 # --- forwarding headers and trust --------------------------------------------------------------------------------
