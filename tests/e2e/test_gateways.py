@@ -212,8 +212,8 @@ def test_nginx_decision_cache_never_writes_the_raw_token_to_disk(cached_nginx: G
     for path in files:
         keys += re.findall(rb"\nKEY: (.*)\n", path.read_bytes())
     assert keys
-    # set-misc: a keyed SHA-1 (40 hex digits); njs: a SHA-256 (64)
-    assert all(re.fullmatch(rb"[0-9a-f]{40}|[0-9a-f]{64}", key) for key in keys), keys
+    # set-misc: an HMAC-SHA256, njs: a SHA-256 (64 hex digits each)
+    assert all(re.fullmatch(rb"[0-9a-f]{64}", key) for key in keys), keys
 
 
 def test_nginx_decision_cache_answers_like_the_decision_service(cached_nginx: GatewayProcess, authz: Authz,
@@ -250,7 +250,7 @@ def test_nginx_decision_cache_never_replays_a_dpop_decision(cached_nginx: Gatewa
     token = "e2e-dpop-" + secrets.token_urlsafe(24)
     auth_server.set_controls(register={"token": token, "scope": "read write", "expires_in": 3600, "jkt": key.jkt})
     url = cached_nginx.base_url + "/api/dpop"
-    htu = "http://127.0.0.1/api/dpop"  # what the service rebuilds from the examples' X-Forwarded-Host $host
+    htu = url  # the URL the client used: the examples send X-Forwarded-Host $http_host (with the port) and the scheme
     before = authz.allowed_count()
     for _ in range(2):
         proof = key.proof("GET", htu, token)
@@ -261,6 +261,13 @@ def test_nginx_decision_cache_never_replays_a_dpop_decision(cached_nginx: Gatewa
         replayed = http_request("GET", url, [("Authorization", f"DPoP {token}"), ("DPoP", proof)])
         assert replayed.status == 401, replayed.text
         assert authz.allowed_count() == before
+    # The scheme and host come from nginx, never from the client: a proof for https:// with a forged
+    # X-Forwarded-Proto is refused (the example overwrites the header with $scheme).
+    https_proof = key.proof("GET", "https" + url.removeprefix("http"), token)
+    forged = http_request("GET", url, [("Authorization", f"DPoP {token}"), ("DPoP", https_proof),
+                                       ("X-Forwarded-Proto", "https")])
+    assert forged.status == 401, forged.text
+    assert "invalid_dpop_proof" in (forged.header("www-authenticate") or ""), forged.headers
 
 
 # --- forwarding headers and trust --------------------------------------------------------------------------------
