@@ -40,9 +40,13 @@ _SS_PID = re.compile(r"pid=(\d+)")
 def nginx_conf(directory: Path, name: str, port: int, upstream: int, workers: int, reuseport: bool = False) -> str:
     """bench/harness.py's plain ``proxy_pass`` nginx with ``workers`` worker processes (optionally reuseport)."""
     text = PLAIN_PROXY_CONF.format(dir=directory, name=name, port=port, upstream=upstream)
-    text = text.replace("worker_processes 1;", f"worker_processes {workers};", 1)
+    changes = [("worker_processes 1;", f"worker_processes {workers};")]
     if reuseport:
-        text = text.replace(f"listen 127.0.0.1:{port};", f"listen 127.0.0.1:{port} reuseport;", 1)
+        changes.append((f"listen 127.0.0.1:{port};", f"listen 127.0.0.1:{port} reuseport;"))
+    for old, new in changes:
+        if old not in text:
+            raise RuntimeError(f"bench/harness.py PLAIN_PROXY_CONF has no {old!r} any more: update bench/workers.py")
+        text = text.replace(old, new, 1)
     return text
 
 

@@ -430,4 +430,4 @@ class Supervisor:
                 os.kill(pid, signal.SIGTERM)
 
 
-__all__ = ["Listeners", "Supervisor", "announce", "run", "run_until_signalled", "worker"]
+__all__ = ["Listeners", "Supervisor", "announce", "freeze_heap", "run", "run_until_signalled", "worker"]
