@@ -9,8 +9,11 @@
   containing ``listening on http://HOST:PORT`` (or, under a supervisor, writes one byte to its pipe). SIGHUP
   reloads the configuration (``phantom_token.reload``); under a supervisor the worker publishes its metrics to its
   slot (``exposition``) every second and when it stops.
-- ``Supervisor``: ``--workers N`` processes sharing the port (SO_REUSEPORT), a dead one restarted; SIGTERM stops all;
-  SIGHUP checks the file once and, when it is good, passes the signal on to every worker.
+- ``Supervisor``: ``--workers N`` processes sharing the port (SO_REUSEPORT: each worker its own listening socket, the
+  kernel hashing each new connection to one; one shared socket gave a burst of connections all to one worker, see
+  docs/performance.md "Workers"), a dead one restarted; SIGTERM stops all; SIGHUP checks the file once and, when it
+  is good, passes the signal on to every worker. ``freeze_heap`` runs before the forks (and in a single process
+  before it serves).
 
 Readiness (``/readyz``): 503 ``starting`` until the listeners are up (the configuration loaded, discovery done),
 503 ``draining`` after SIGTERM, 503 ``redis_unreachable`` while Redis is configured and does not answer PING within
