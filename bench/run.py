@@ -1,7 +1,7 @@
 """The benchmark: phantom-token against plain nginx, every process on 127.0.0.1, one worker each.
 
     .venv/bin/python bench/run.py [--quick] [--seconds S] [--connections C] [--repeat N] [--envoy-only]
-                                  [--tls-only]
+                                  [--tls-only] [--workers-only]
 
 Starts an upstream (nginx ``return 200``, its own process, 1 worker), a plain nginx ``proxy_pass`` in front of it
 (the limit), the demo authorization server, ``phantom-token serve`` (and a second one with ``--access-log``, its
@@ -16,7 +16,9 @@ prints one table: req/s, p50/p99 latency and the ratio to plain nginx in the sam
 (examples/envoy/envoy-grpc.yaml, ``authz --grpc-listen``), at cache hit, as ratios to that direct Envoy;
 ``--envoy-only`` measures just those rows. A third table: TLS terminated by ``serve`` (``phantom_token.tls``) against
 nginx with ``listen ... ssl`` and ``proxy_pass`` to the same upstream, both with a certificate made for the run, at
-cache hit (``--tls-only`` measures just those). Then memory per cached
+cache hit (``--tls-only`` measures just those). A fourth: nginx with 1 and 2 worker processes against ``serve
+--workers 1`` and ``2``, at cache hit and with 10 000 distinct tokens, with CPU per request and the balance between
+workers (bench/workers.py; ``--workers-only`` measures just those, last in a full run). Then memory per cached
 entry (tracemalloc around the real engine and cache, and the RSS of a ``serve`` process) and how throughput and
 memory change from 1 to 100 000 distinct tokens. ``--quick`` runs a few seconds per row (for CI); nothing here
 asserts on timing. Every process started is stopped on exit, on failure too.
@@ -57,6 +59,7 @@ from harness import (
 )
 from memory import entry_memory
 from tests.certificates import Pki
+from workers import DISTINCT_TOKENS, print_workers_table, start_workers, workers_rows
 
 from phantom_token.http.client import HttpClient
 
@@ -98,6 +101,7 @@ class Plan:
     envoy_only: bool = False  # only the Envoy table (and what it needs)
     dpop_only: bool = False  # only nginx proxy_pass, serve at cache hit with Bearer, and with DPoP
     tls_only: bool = False  # only the TLS table (and what it needs)
+    workers_only: bool = False  # only the workers table (bench/workers.py) and what it needs
 
     @property
     def miss_tokens(self) -> int:
@@ -328,6 +332,18 @@ def print_tls_table(rows: list[Row], plan: Plan) -> None:
     print(f"\nTLS terminated by the gateway (one worker each, keep-alive, no client certificates), the same upstream, "
           f"at cache hit; best of {plan.repeat} rounds, as ratios to nginx over TLS:")
     print_table(rows, rows[0], "nginx")
+
+
+def workers_table(plan: Plan, procs: Processes, tmp: Path, ports: Ports, token: str, token_file: Path) -> None:
+    """The workers table (bench/workers.py): nginx and serve with 1 and 2 workers; ``token_file`` holds at least
+    DISTINCT_TOKENS tokens."""
+    env = {"INTROSPECTION_SECRET": INTROSPECTION_SECRET, "PYTHONPATH": str(REPO / "src")}
+    setup = start_workers(procs, tmp, ports.upstream, serve_command,
+                          serve_config(tmp, ports.upstream, ports.auth), env)
+    rows = workers_rows(setup, token=token, token_file=token_file, seconds=plan.seconds,
+                        warm_seconds=plan.warm_seconds, connections=plan.connections, repeat=plan.repeat,
+                        introspections=lambda: introspections(ports.auth))
+    print_workers_table(rows, plan.repeat)
 
 
 def _example(name: str, work: Path, **values: int) -> str:
@@ -745,6 +761,16 @@ def run(plan: Plan, keep: Path | None = None) -> int:
         print(f"work dir {tmp}; load average before the run {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs",
               flush=True)
         ports = Ports(*(free_port() for _ in range(len(fields(Ports)))))
+        if plan.workers_only:
+            upstream = procs.nginx("upstream", UPSTREAM_CONF.format(dir=tmp, name="upstream", port=ports.upstream))
+            auth = procs.start("auth", auth_command(ports.auth), env={"PYTHONPATH": str(REPO / "src")})
+            wait_listening(upstream, ports.upstream)
+            wait_listening(auth, ports.auth)
+            tokens = asyncio.run(_issue(ports.auth, 1 + DISTINCT_TOKENS))
+            (tmp / "distinct.txt").write_text("\n".join(tokens[1:]) + "\n")
+            workers_table(plan, procs, tmp, ports, tokens[0], tmp / "distinct.txt")
+            print(f"\ntotal {time.monotonic() - started:.0f}s")
+            return 0
         kids = start_all(procs, tmp, ports, plan.envoy_only, plan.tls_only)
         if plan.envoy_only or plan.tls_only:
             token = asyncio.run(_issue(ports.auth, 1))[0]
@@ -791,6 +817,7 @@ def run(plan: Plan, keep: Path | None = None) -> int:
 
         print("\nserve at cache hit with N distinct tokens (round robin), its RSS after the run:")
         print_scale(scale_rows(plan, ports, kids["serve_scale"], tmp / "scale.txt", scale), limit)
+        workers_table(plan, procs, tmp, ports, token, tmp / "scale.txt")
         print(f"\ntotal {time.monotonic() - started:.0f}s")
     return 0
 
@@ -807,14 +834,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="only nginx proxy_pass, serve at cache hit with Bearer and with DPoP (a fresh proof each)")
     parser.add_argument("--tls-only", action="store_true",
                         help="only nginx over TLS and serve over TLS (proxy_pass to the same upstream)")
+    parser.add_argument("--workers-only", action="store_true",
+                        help="only the workers table: nginx and serve with 1 and 2 workers (bench/workers.py)")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep its configs and logs")
     args = parser.parse_args(argv)
     if args.quick:
         plan = Plan(args.seconds or 2, 1, args.connections, (1, 100, 10_000), 2_000, args.repeat or 1,
-                    args.envoy_only, args.dpop_only, args.tls_only)
+                    args.envoy_only, args.dpop_only, args.tls_only, args.workers_only)
     else:
         plan = Plan(args.seconds or 10, 3, args.connections, (1, 100, 10_000, 100_000), 20_000, args.repeat or 3,
-                    args.envoy_only, args.dpop_only, args.tls_only)
+                    args.envoy_only, args.dpop_only, args.tls_only, args.workers_only)
     try:
         return run(plan, args.keep)
     except KeyboardInterrupt:
