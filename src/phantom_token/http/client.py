@@ -33,6 +33,7 @@ import httptools
 
 from phantom_token._trait import trait
 from phantom_token.http.messages import RawHeaders, drop_before_connected, not_connected
+from phantom_token.memo import remember
 
 logger: Final = logging.getLogger("phantom_token.http")
 
@@ -601,55 +602,98 @@ class _BufferedSink(ResponseSink):
     # upstream_flush, upstream_write_paused/resumed: the base class's nothing (the body is collected in memory)
 
 
-class HttpClient:
-    """Whole-body HTTP/1.1 requests over pooled keep-alive connections (http and https)."""
+class _Target:
+    """What ``HttpClient.request`` derives from a URL, once per URL (``HttpClient._targets``)."""
 
-    def __init__(self, *, max_idle_per_origin: int = 16, idle_timeout: float = 30.0) -> None:
+    __slots__ = ("authority", "default_port", "host", "https", "port", "scheme", "target")
+
+    def __init__(self, scheme: str, host: str, port: int, authority: str, target: str) -> None:
+        self.scheme = scheme
+        self.https = scheme == "https"
+        self.host = host
+        self.port = port
+        self.authority = authority
+        self.target = target
+
+
+_MAX_TARGETS: Final = 256  # distinct URLs remembered (the AS's endpoints: a handful); a full memo starts over
+_MAX_HEADS: Final = 1024  # distinct (method, URL, header list) request heads remembered, likewise
+
+
+def _target(url: str) -> _Target:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise ConnectError(f"unsupported URL scheme or missing host: {scheme}://")
+    default_port = 443 if scheme == "https" else 80
+    try:
+        port = parts.port or default_port
+    except ValueError as exc:
+        raise ConnectError("invalid port in URL") from exc
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    authority = host if port == default_port else f"{host}:{port}"
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return _Target(scheme, parts.hostname, port, authority, target)
+
+
+class HttpClient:
+    """Whole-body HTTP/1.1 requests over pooled keep-alive connections (http and https).
+
+    A cache miss makes one call to the authorization server, so what a call costs is kept small (docs/performance.md,
+    "Cache misses"): a URL is parsed once (``_targets``), a request head is encoded once per method, URL and header
+    list (``_heads``: the introspection request's headers are the same on every call, only the body differs), head
+    and body leave in one write, and up to ``max_idle_per_origin`` connections per origin stay open between calls
+    (enough for a burst of concurrent misses: each one in flight holds its own connection)."""
+
+    def __init__(self, *, max_idle_per_origin: int = 64, idle_timeout: float = 30.0) -> None:
         self._max_idle = max_idle_per_origin
         self._idle_timeout = idle_timeout
         self._pool: ConnectionPool | None = None
         self._default_ssl: ssl_module.SSLContext | None = None
+        self._targets: dict[str, _Target] = {}
+        self._heads: dict[tuple[str, str, tuple[tuple[str, str], ...]], bytes] = {}
+
+    def pool(self) -> ConnectionPool:
+        """The connection pool (made on first use: it needs the running loop)."""
+        if self._pool is None:
+            self._pool = ConnectionPool(max_idle_per_origin=self._max_idle, idle_timeout=self._idle_timeout)
+        return self._pool
 
     async def request(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes = b"", *,
                       timeout: float,  # noqa: ASYNC109 -- the callers' contract: one bound for the whole call
                       ssl: ssl_module.SSLContext | None = None, max_body: int = MiB) -> ClientResponse:
         """Send one request and read the whole response; raises a ``ClientError`` subclass on failure."""
-        if self._pool is None:
-            self._pool = ConnectionPool(max_idle_per_origin=self._max_idle, idle_timeout=self._idle_timeout)
-        pool = self._pool
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https") or not parts.hostname:
-            raise ConnectError(f"unsupported URL scheme or missing host: {scheme}://")
-        default_port = 443 if scheme == "https" else 80
-        try:
-            port = parts.port or default_port
-        except ValueError as exc:
-            raise ConnectError("invalid port in URL") from exc
+        pool = self._pool if self._pool is not None else self.pool()
+        target = self._targets.get(url)
+        if target is None:
+            target = remember(self._targets, url, _target(url), _MAX_TARGETS)
         context: ssl_module.SSLContext | None = None
-        if scheme == "https":
+        if target.https:
             if ssl is None:
                 if self._default_ssl is None:
                     self._default_ssl = ssl_module.create_default_context()
                 ssl = self._default_ssl
             context = ssl
-        key: PoolKey = (scheme, parts.hostname, port, context)
-        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-        authority = host if port == default_port else f"{host}:{port}"
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        fields = [("Host", authority), *headers]
+        key: PoolKey = (target.scheme, target.host, target.port, context)
+        fields = (method, url, tuple(headers))
+        start = self._heads.get(fields)
+        if start is None:  # everything but the Content-Length line and the blank line
+            start = remember(self._heads, fields, encode_request_head(
+                method, target.target, [("Host", target.authority), *headers])[:-2], _MAX_HEADS)
         if body or method in ("POST", "PUT", "PATCH"):
-            fields.append(("Content-Length", str(len(body))))
-        head = encode_request_head(method, target, fields)
+            message = b"%bContent-Length: %d\r\n\r\n%b" % (start, len(body), body)
+        else:
+            message = start + b"\r\n"
         try:
             async with asyncio.timeout(timeout):
-                return await self._exchange(pool, key, head, body, method == "HEAD", timeout, max_body)
+                return await self._exchange(pool, key, message, method == "HEAD", timeout, max_body)
         except TimeoutError as exc:
-            raise RequestTimeout(f"{scheme}://{authority} did not answer within {timeout:g}s") from exc
+            raise RequestTimeout(f"{target.scheme}://{target.authority} did not answer within {timeout:g}s") from exc
 
-    async def _exchange(self, pool: ConnectionPool, key: PoolKey, head: bytes, body: bytes, head_request: bool,
+    async def _exchange(self, pool: ConnectionPool, key: PoolKey, message: bytes, head_request: bool,
                         read_timeout: float, max_body: int) -> ClientResponse:
-        loop = asyncio.get_running_loop()
+        """``message``: the whole request, head and body, written at once."""
+        loop = pool.loop
         retried = False
         while True:
             conn = pool.acquire(key)
@@ -661,13 +705,12 @@ class HttpClient:
             future: asyncio.Future[ClientResponse] = loop.create_future()
             sink = _BufferedSink(future, conn, max_body)
             try:
-                conn.begin(sink, head, head_request=head_request, timeout=read_timeout, chunked=False)
+                conn.begin(sink, message, head_request=head_request, timeout=read_timeout, chunked=False)
             except StaleConnection as exc:
                 if retried:
                     raise ProtocolError("the connection closed before the request could be sent") from exc
                 retried = True  # nothing was written: one more try is safe even for POST
                 continue
-            conn.send_body(body)
             conn.end_body()
             try:
                 return await future
