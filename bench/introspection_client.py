@@ -126,11 +126,11 @@ async def run(port: int, calls: int, concurrency: int, only: set[str]) -> None:
             print("aiohttp is not installed (pip install aiohttp): no aiohttp rows", flush=True)
             return
         connector = aiohttp.TCPConnector(limit=concurrency)
-        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=5)) as session:
+        async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=5)) as aio:
 
             async def with_aiohttp() -> None:
-                async with session.post(url, data=body, headers=headers) as response:
-                    await response.json()
+                async with aio.post(url, data=body, headers=headers) as answer:
+                    await answer.json()
 
             await measure(f"aiohttp {aiohttp.__version__}", with_aiohttp, calls, concurrency)
 

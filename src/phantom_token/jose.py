@@ -314,11 +314,13 @@ KeySource: TypeAlias = Mapping[str, Any] | Iterable[SigningKey | VerificationKey
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> JsonObject:
-    result: JsonObject = {}
-    for name, value in pairs:
-        if name in result:
-            raise MalformedToken(f"duplicate member {name!r}")
-        result[name] = value
+    result: JsonObject = dict(pairs)
+    if len(result) != len(pairs):  # the rare case: find the name for the message
+        seen: set[str] = set()
+        for name, _ in pairs:
+            if name in seen:
+                raise MalformedToken(f"duplicate member {name!r}")
+            seen.add(name)
     return result
 
 
@@ -326,10 +328,14 @@ def _reject_constant(name: str) -> Any:
     raise MalformedToken(f"{name} is not JSON")
 
 
+# One decoder for every JWS part: ``json.loads`` with hooks would build a new JSONDecoder (and its scanner) per call.
+_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+
+
 def _json_object(part: str, what: str) -> JsonObject:
     raw = b64url_decode(part)
     try:
-        value = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        value = _STRICT_JSON.decode(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise MalformedToken(f"{what} is not JSON") from exc
     if not isinstance(value, dict):

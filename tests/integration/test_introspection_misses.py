@@ -229,3 +229,36 @@ async def test_different_headers_to_one_url_are_sent_as_given() -> None:
         b"POST /oauth/introspect HTTP/1.1\r\n" + host + b"\r\nAuthorization: Basic YQ==\r\nContent-Length: 12\r\n\r\n"
         b"token=three!",
     ]
+
+
+async def test_the_timeout_bounds_the_whole_call_even_when_the_as_drips() -> None:
+    """An AS that sends a byte now and then never trips the connection's between-reads timer; the call's own deadline
+    (one timer for the whole call) still ends it with a ``RequestTimeout``, which the adapter reports as "timeout"."""
+    stop = asyncio.Event()
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_request(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n")
+        while not stop.is_set():
+            writer.write(b"x")
+            await writer.drain()
+            try:
+                async with asyncio.timeout(0.05):
+                    await stop.wait()
+            except TimeoutError:
+                pass
+        writer.close()
+
+    srv, port = await raw_as(handler)
+    client = HttpClient()
+    options = PluginConfig(introspection_endpoint=f"http://127.0.0.1:{port}/oauth/introspect", client_id="c",
+                           client_secret="s", introspection_timeout_seconds=0.3)
+    try:
+        with pytest.raises(IntrospectionUnavailable) as raised:
+            await HttpIntrospector(client).introspect("a-token", options)
+    finally:
+        stop.set()
+        await client.aclose()
+        srv.close()
+    assert raised.value.kind == "timeout"
+    assert "did not answer within 0.3s" in str(raised.value)

@@ -25,7 +25,6 @@ import logging
 import select
 import ssl as ssl_module
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Final, cast
 from urllib.parse import urlsplit
 
@@ -106,11 +105,19 @@ class _HeadResponseDone(Exception):
     """Stops the parser after the head of a response to HEAD, which has no body whatever its headers say."""
 
 
-@dataclass(slots=True)
 class ClientResponse:
-    status: int
-    headers: list[tuple[str, str]]  # names as received
-    body: bytes
+    """A whole response. (A plain class: one is made per call, and a dataclass's generated ``__init__`` runs
+    interpreted even in the compiled build.)"""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status = status
+        self.headers = headers  # names as received
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"ClientResponse(status={self.status}, {len(self.headers)} headers, {len(self.body)} bytes)"
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""
@@ -599,6 +606,12 @@ class _BufferedSink(ResponseSink):
         if not self.future.done():
             self.future.set_exception(exc)
 
+    def expire(self, message: str) -> None:
+        """The call's deadline passed without a whole answer: a ``RequestTimeout``, the connection dropped."""
+        if not self.future.done():
+            self.conn.abort()
+            self.future.set_exception(RequestTimeout(message))
+
     # upstream_flush, upstream_write_paused/resumed: the base class's nothing (the body is collected in memory)
 
 
@@ -684,16 +697,16 @@ class HttpClient:
             message = b"%bContent-Length: %d\r\n\r\n%b" % (start, len(body), body)
         else:
             message = start + b"\r\n"
-        try:
-            async with asyncio.timeout(timeout):
-                return await self._exchange(pool, key, message, method == "HEAD", timeout, max_body)
-        except TimeoutError as exc:
-            raise RequestTimeout(f"{target.scheme}://{target.authority} did not answer within {timeout:g}s") from exc
+        return await self._exchange(pool, key, message, method == "HEAD", timeout, max_body, target)
 
     async def _exchange(self, pool: ConnectionPool, key: PoolKey, message: bytes, head_request: bool,
-                        read_timeout: float, max_body: int) -> ClientResponse:
-        """``message``: the whole request, head and body, written at once."""
+                        timeout: float,  # noqa: ASYNC109 -- one timer for the whole call (below)
+                        max_body: int, target: _Target) -> ClientResponse:
+        """``message``: the whole request, head and body, written at once. ``timeout`` bounds the whole call: the
+        connect (when no pooled connection is free) and the answer share one deadline, kept by one timer on the
+        loop rather than an ``asyncio.timeout`` block (a Python object, its coroutine and its timer per call)."""
         loop = pool.loop
+        deadline = loop.time() + timeout
         retried = False
         while True:
             conn = pool.acquire(key)
@@ -701,23 +714,30 @@ class HttpClient:
                 conn.close()  # nothing sent on it: take another (bounded by the pool's size)
                 continue
             if conn is None:
-                conn = await pool.connect(key, read_timeout)
+                left = deadline - loop.time()
+                if left <= 0.0:
+                    raise RequestTimeout(f"{target.scheme}://{target.authority} did not answer within {timeout:g}s")
+                conn = await pool.connect(key, left)
             future: asyncio.Future[ClientResponse] = loop.create_future()
             sink = _BufferedSink(future, conn, max_body)
             try:
-                conn.begin(sink, message, head_request=head_request, timeout=read_timeout, chunked=False)
+                conn.begin(sink, message, head_request=head_request, timeout=timeout, chunked=False)
             except StaleConnection as exc:
                 if retried:
                     raise ProtocolError("the connection closed before the request could be sent") from exc
                 retried = True  # nothing was written: one more try is safe even for POST
                 continue
             conn.end_body()
+            timer = loop.call_at(deadline, sink.expire, f"{target.scheme}://{target.authority} did not answer "
+                                                        f"within {timeout:g}s")
             try:
                 return await future
             except BaseException:
                 if not future.done():
-                    conn.abort()  # cancelled or timed out with the request in flight: the connection is unusable
+                    conn.abort()  # cancelled with the request in flight: the connection is unusable
                 raise
+            finally:
+                timer.cancel()
 
     async def aclose(self) -> None:
         if self._pool is not None:
