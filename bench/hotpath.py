@@ -438,7 +438,8 @@ if __name__ == "__main__":
         for name in (ONLY,) if ONLY else ("serve", "authz"):
             label = name + (", cache miss" if MISS else ", cache hit")
             print(f"{label:20s} {count_instructions(name, count):8d} instructions/request "
-                  f"(valgrind, {count} requests, {TOKENS} token{'s' if TOKENS > 1 else ''})")
+                  f"(valgrind, {count} requests, "
+                  + ("each a new token)" if MISS else f"{TOKENS} token{'s' if TOKENS > 1 else ''})"))
         sys.exit(0)
     if ACCESS_LOG:  # as `serve --access-log` sets it up, but writing to /dev/null rather than a terminal
         setup_logging("text", "info", access_log=True)
