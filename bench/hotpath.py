@@ -13,6 +13,14 @@ figures.
     python bench/hotpath.py --claims ...        # the same with three claims_to_headers (bench/run.py's row)
     python bench/hotpath.py --tracing ...       # the same with tracing on (every span sampled, batched, discarded)
     python bench/hotpath.py --tokens 1000 ...   # N distinct tokens round robin on the same connections (all cached)
+    python bench/hotpath.py --miss ...          # serve at cache miss: every request a new token, introspected
+
+``--miss``: each request carries a token never seen, so the engine's async path runs: the single flight, the
+introspection request written to an in-memory transport that stands for the authorization server's pooled
+keep-alive connection, a canned answer of the demo AS's shape (``application/jwt``, a 413-byte ES256 JWT with its
+claims, ``Cache-Control: max-age``) fed back into that connection, the JWT's payload read, the cache insert, then
+the upstream request and response as at a hit. The event loop (uvloop, as ``serve`` runs) is stepped between the
+two answers, so its task and future callbacks are in the count; its syscalls are not.
 
 Time per request on a shared machine moves by tens of percent from run to run; ``--instructions`` counts the
 instructions executed per request instead (valgrind's callgrind, the difference between 0 and N requests, so
@@ -58,6 +66,7 @@ CLAIMS = False  # --claims: the route sets three claims_to_headers (the cached e
 CLAIM_VALUES = (("X-User-Id", "demo-client"), ("X-Client-Id", "demo-client"), ("X-Scope", "read write"))
 TRACING = False  # --tracing: tracing on (the otel extra), spans exported to an exporter that discards them
 TOKENS = 1  # --tokens N: N distinct tokens, round robin, so consecutive requests on a connection differ
+MISS = False  # --miss: serve at cache miss, every request a new token introspected through an in-memory AS
 PLAIN = False  # --plain: just run the requests (for an instruction count under valgrind)
 JWT = "eyJhbGciOiJFUzI1NiJ9." + "x" * 300 + "." + "y" * 86  # the size of the demo AS's JWT (413 bytes)
 
@@ -170,6 +179,9 @@ def start_discarding_tracer() -> None:
 
 
 async def main(requests: int, profile: bool) -> None:
+    if MISS:
+        await main_miss(requests, profile)
+        return
     config = CONFIG
     if CLAIMS:
         line = "      token_cache_seconds: 3600\n"
@@ -253,13 +265,135 @@ async def main(requests: int, profile: bool) -> None:
         _time("authz, cache hit", authz_step if TOKENS == 1 else authz_step_mixed, requests, profile)
 
 
+def demo_as_answer() -> bytes:
+    """What the demo AS answers an ``Accept: application/jwt`` introspection of an active token: a JWT signed by an
+    ES256 key with the demo AS's claims (413 bytes, as in bench/run.py), ``Cache-Control: max-age``."""
+    from phantom_token.jose import SigningKey
+
+    now = 1_795_000_000  # a fixed instant: the same bytes on every run (the clock is not read here)
+    claims = {"iss": "http://127.0.0.1:9", "sub": "demo-client", "client_id": "demo-client", "scope": "read write",
+              "iat": now, "exp": now + 10**8, "jti": "k7bB1iBxPBdGdAqbbBzU4Q"}
+    jwt = SigningKey.generate("ES256").sign(claims).encode("ascii")
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/jwt\r\nCache-Control: max-age=7199\r\n"
+            b"Content-Length: %d\r\n\r\n%b" % (len(jwt), jwt))
+
+
+async def _time_async(label: str, step: Callable[[], Any], requests: int, profile: bool) -> None:
+    """``_time`` for a step that is a coroutine function (the miss path needs the event loop between its parts)."""
+    if PLAIN:
+        for _ in range(requests):
+            await step()
+        return
+    for _ in range(2000):
+        await step()
+    if profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(requests // 10):
+            await step()
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+    rounds = []
+    gc.collect()
+    gc.disable()
+    for _ in range(ROUNDS):
+        started = time.perf_counter()
+        for _ in range(requests // ROUNDS):
+            await step()
+        rounds.append((time.perf_counter() - started) / (requests // ROUNDS) * 1e6)
+    gc.enable()
+    rounds.sort()
+    print(f"{label:20s} best {rounds[0]:6.2f} us/request, median {rounds[len(rounds) // 2]:6.2f} "
+          f"(Python only, {ROUNDS} rounds of {requests // ROUNDS})")
+
+
+def _client_pool(client: Any) -> Any:
+    """The pool of an ``HttpClient`` without ``pool()`` (before it had one: the count before the change)."""
+    from phantom_token.http.client import ConnectionPool
+
+    if client._pool is None:
+        client._pool = ConnectionPool(max_idle_per_origin=client._max_idle, idle_timeout=client._idle_timeout)
+    return client._pool
+
+
+async def main_miss(requests: int, profile: bool) -> None:
+    """``serve`` at cache miss (``--miss``): see the module's docstring."""
+    settings = parse_settings(yaml.safe_load(CONFIG), source="hotpath")
+    app = Gateway(settings)
+    answer = demo_as_answer()
+
+    from phantom_token.frontends.proxy import ProxyHandler, _Shared
+    from phantom_token.http.client import Connection, ConnectionPool
+    from phantom_token.http.server import ServerLimits, ServerProtocol, ServerState
+
+    shared = _Shared(app.engine, settings, app.metrics.observe_request, app.metrics)  # as `serve` runs it
+    client = ServerProtocol(ServerState(ServerLimits()), lambda conn: ProxyHandler(conn, shared))
+    client_out = MemoryTransport(("127.0.0.1", 50000))
+    client.connection_made(client_out)
+    upstream = settings.routes[0].upstream
+    assert upstream is not None
+    conn = Connection(shared.pool, shared.origin(upstream).key)
+    upstream_out = MemoryTransport(("127.0.0.1", 9))
+    conn.connection_made(upstream_out)
+    shared.pool.release(conn)
+    # The authorization server's connection: the one the introspection client's pool holds for its endpoint.
+    as_pool = app.client.pool() if hasattr(app.client, "pool") else _client_pool(app.client)
+    as_conn = Connection(as_pool, ("http", "127.0.0.1", 9, None))
+    as_out = MemoryTransport(("127.0.0.1", 9))
+    as_conn.connection_made(as_out)
+    as_pool.release(as_conn)
+    assert isinstance(as_pool, ConnectionPool)
+
+    # Every request a token never seen (the same length as TOKEN); made before the count, the same number whatever
+    # --requests is under 1000, so valgrind's difference between two runs holds none of their making.
+    fresh = iter([request(f"{TOKEN[:-12]}{i:012x}") for i in range(1, max(requests, 1000) * 11 // 10 + 2100)])
+    sleep = asyncio.sleep
+
+    async def miss_step() -> None:
+        client.data_received(next(fresh))
+        while not as_out.out:  # the engine's task runs: cache, single flight, the introspection request written
+            await sleep(0)
+        as_out.out.clear()
+        as_conn.data_received(answer)
+        while not upstream_out.out:  # the answer read and cached, the verdict applied, the request forwarded
+            await sleep(0)
+        upstream_out.out.clear()
+        conn.data_received(RESPONSE)
+        client_out.out.clear()
+
+    first = next(fresh)
+    client.data_received(first)
+    while not as_out.out:
+        await sleep(0)
+    sent = b"".join(as_out.out)
+    _check(sent.startswith(b"POST /oauth/introspect HTTP/1.1\r\n") and first.split(b"Bearer ")[1].split(b"\r\n")[0]
+           in sent, sent)
+    as_out.out.clear()
+    as_conn.data_received(answer)
+    while not upstream_out.out:
+        await sleep(0)
+    jwt = answer.rsplit(b"\r\n\r\n", 1)[1]
+    _check(len(upstream_out.out) == 1 and b"Bearer " + jwt in upstream_out.out[0], upstream_out.out)
+    _check(TOKEN[:-12].encode() not in upstream_out.out[0], "the opaque token went upstream")
+    upstream_out.out.clear()
+    conn.data_received(RESPONSE)
+    _check(len(client_out.out) == 1 and client_out.out[0].startswith(b"HTTP/1.1 200 OK\r\n"), client_out.out)
+    client_out.out.clear()
+    _check(as_pool.acquire(as_conn.key) is as_conn, "the AS connection was not kept for the next miss")
+    as_pool.release(as_conn)
+    introspections = app.metrics.introspections
+    await _time_async("serve, cache miss", miss_step, requests, profile)
+    _check(app.metrics.introspections - introspections >= requests, "a request was not introspected")
+
+
 def count_instructions(path: str, requests: int) -> int:
     """Instructions per request of one path, from two runs of this script under callgrind."""
     def total(n: int) -> int:
         done = subprocess.run(["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
                                __file__, "--plain", "--only", path, "--requests", str(n)]
                               + (["--access-log"] if ACCESS_LOG else []) + (["--claims"] if CLAIMS else [])
-                              + (["--tracing"] if TRACING else []) + ["--tokens", str(TOKENS)],
+                              + (["--tracing"] if TRACING else []) + (["--miss"] if MISS else [])
+                              + ["--tokens", str(TOKENS)],
                               capture_output=True, text=True, check=True,
                               # a fixed hash seed: dict probing varies with it by about 2 % of the count
                               env={**os.environ, "PYTHONHASHSEED": "0"})
@@ -285,18 +419,27 @@ if __name__ == "__main__":
     parser.add_argument("--tokens", type=int, default=1,
                         help="N distinct tokens (all cached), sent round robin on the same connections, so the "
                              "per-connection token memo misses on every request (default 1: one token repeated)")
+    parser.add_argument("--miss", action="store_true",
+                        help="serve at cache miss: every request a new token, introspected through an in-memory "
+                             "connection to the authorization server (the demo AS's answer fed back)")
     parser.add_argument("--instructions", action="store_true",
                         help="print instructions per request of each path (runs this script under valgrind)")
     args = parser.parse_args()
     PLAIN, ONLY, ACCESS_LOG, CLAIMS = args.plain, args.only, args.access_log, args.claims
-    TRACING, TOKENS = args.tracing, args.tokens
+    TRACING, TOKENS, MISS = args.tracing, args.tokens, args.miss
     if TOKENS < 1:
         parser.error("--tokens must be at least 1")
+    if MISS and (ONLY == "authz" or ACCESS_LOG or CLAIMS or TRACING or TOKENS > 1):
+        parser.error("--miss measures serve alone, without --access-log, --claims, --tracing or --tokens")
+    if MISS:
+        ONLY = "serve"
     if args.instructions:
         count = min(args.requests, 1000)
         for name in (ONLY,) if ONLY else ("serve", "authz"):
-            print(f"{name + ', cache hit':20s} {count_instructions(name, count):8d} instructions/request "
-                  f"(valgrind, {count} requests, {TOKENS} token{'s' if TOKENS > 1 else ''})")
+            label = name + (", cache miss" if MISS else ", cache hit")
+            print(f"{label:20s} {count_instructions(name, count):8d} instructions/request "
+                  f"(valgrind, {count} requests, "
+                  + ("each a new token)" if MISS else f"{TOKENS} token{'s' if TOKENS > 1 else ''})"))
         sys.exit(0)
     if ACCESS_LOG:  # as `serve --access-log` sets it up, but writing to /dev/null rather than a terminal
         setup_logging("text", "info", access_log=True)

@@ -132,6 +132,38 @@ async def test_client_secret_post_sends_the_credentials_in_the_body() -> None:
     assert form(server.sent[0].body) == {"token": ["tok"], "client_id": ["gw"], "client_secret": ["s3cret"]}
 
 
+@pytest.mark.parametrize("method", ["client_secret_basic", "client_secret_post", "tls_client_auth"])
+async def test_a_prepared_request_is_the_one_built_for_each_token(method: str) -> None:
+    """The request is prepared once per plugin (docs/performance.md, "Cache misses"): each call must still send
+    exactly what ``build_authenticated_request`` builds for its own token, and never an earlier token."""
+    from phantom_token.introspection.client_auth import client_authentication
+    from phantom_token.introspection.rfc7662 import ACCEPT_JSON, build_authenticated_request
+
+    server = FakeServer({INTROSPECT: json_response({"active": False})})
+    options = plugin(introspection_response="json", client_auth_method=method)
+    introspector = HttpIntrospector(server)
+    tokens = ["first-token", "a+b/c=", "second"]
+    for token in tokens:
+        await introspector.introspect(token, options)
+    auth = client_authentication(options, endpoint=INTROSPECT, key=None, now=0.0, jti="")
+    for sent, token in zip(server.sent, tokens, strict=True):
+        expected = build_authenticated_request(token, ACCEPT_JSON, auth.headers, auth.params)
+        assert (sent.headers, sent.body) == (expected.headers, expected.body)
+    assert form(server.sent[1].body)["token"] == ["a+b/c="]
+
+
+async def test_a_new_endpoint_or_plugin_gets_its_own_prepared_request() -> None:
+    other = "https://as.example.com/other/introspect"
+    server = FakeServer({INTROSPECT: json_response({"active": False}), other: json_response({"active": False})})
+    introspector = HttpIntrospector(server)
+    await introspector.introspect("tok", plugin(introspection_response="json"))
+    await introspector.introspect("tok", plugin(introspection_response="json", introspection_endpoint=other,
+                                                client_id="gw2", client_auth_method="client_secret_post"))
+    assert [sent.url for sent in server.sent] == [INTROSPECT, other]
+    assert form(server.sent[1].body) == {"token": ["tok"], "client_id": ["gw2"], "client_secret": ["s3cret"]}
+    assert "Authorization" not in dict(server.sent[1].headers)
+
+
 async def test_private_key_jwt_sends_a_fresh_short_assertion(tmp_path: Path) -> None:
     key = jose.SigningKey.generate("ES256")
     (tmp_path / "client.pem").write_bytes(key.private_pem())

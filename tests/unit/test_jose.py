@@ -342,3 +342,34 @@ def test_eddsa_warns_nothing(keys: dict[str, SigningKey]) -> None:
         warnings.simplefilter("always")
         verify(keys["EdDSA"].sign(CLAIMS), jwks([keys["EdDSA"]]), algorithms=["EdDSA"])
     assert caught == []
+
+
+def test_b64url_decode_accepts_and_refuses_what_joserfcs_strict_decoder_does() -> None:
+    """``b64url_decode`` does joserfc's ``urlsafe_b64decode`` rules its own (cheaper) way: same bytes for what both
+    accept, ``MalformedToken`` for everything joserfc refuses (padding, the standard alphabet, whitespace, stray bits
+    in the last character, a length of 1 mod 4, non-ASCII)."""
+    import binascii
+    import random
+
+    from joserfc.util import urlsafe_b64decode
+
+    rng = random.Random(7)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    samples = ["", "A", "AA", "AB", "AAA", "AAB", "AAAA", "QQ", "QR", "QUI", "QUJ", "Zm9v", "Zm9vYg", "Zm9vYmE",
+               "Zm9v\n", " Zm9v", "Zm9v ", "Zm9v=", "Zm9vYg==", "ab+c", "ab/c", "Zm9vYmE=", "Zé9v", "-_-_", "____",
+               "Zm9\x00v"]
+    for _ in range(3000):
+        size = rng.randrange(0, 12)
+        chars = alphabet + ("+/= \t.é" if rng.random() < 0.3 else "")
+        samples.append("".join(rng.choice(chars) for _ in range(size)))
+    samples += [b64url_encode(bytes(rng.randrange(256) for _ in range(n))) for n in range(40)]
+    for text in samples:
+        try:
+            expected: bytes | None = urlsafe_b64decode(text.encode("ascii"))
+        except (binascii.Error, UnicodeEncodeError, ValueError):
+            expected = None
+        if expected is None:
+            with pytest.raises(MalformedToken):
+                b64url_decode(text)
+        else:
+            assert b64url_decode(text) == expected, text

@@ -25,7 +25,6 @@ import logging
 import select
 import ssl as ssl_module
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Final, cast
 from urllib.parse import urlsplit
 
@@ -33,6 +32,7 @@ import httptools
 
 from phantom_token._trait import trait
 from phantom_token.http.messages import RawHeaders, drop_before_connected, not_connected
+from phantom_token.memo import remember
 
 logger: Final = logging.getLogger("phantom_token.http")
 
@@ -105,11 +105,19 @@ class _HeadResponseDone(Exception):
     """Stops the parser after the head of a response to HEAD, which has no body whatever its headers say."""
 
 
-@dataclass(slots=True)
 class ClientResponse:
-    status: int
-    headers: list[tuple[str, str]]  # names as received
-    body: bytes
+    """A whole response. (A plain class: one is made per call, and a dataclass's generated ``__init__`` runs
+    interpreted even in the compiled build.)"""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+        self.status = status
+        self.headers = headers  # names as received
+        self.body = body
+
+    def __repr__(self) -> str:
+        return f"ClientResponse(status={self.status}, {len(self.headers)} headers, {len(self.body)} bytes)"
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (case-insensitive), or None."""
@@ -598,58 +606,107 @@ class _BufferedSink(ResponseSink):
         if not self.future.done():
             self.future.set_exception(exc)
 
+    def expire(self, message: str) -> None:
+        """The call's deadline passed without a whole answer: a ``RequestTimeout``, the connection dropped."""
+        if not self.future.done():
+            self.conn.abort()
+            self.future.set_exception(RequestTimeout(message))
+
     # upstream_flush, upstream_write_paused/resumed: the base class's nothing (the body is collected in memory)
 
 
-class HttpClient:
-    """Whole-body HTTP/1.1 requests over pooled keep-alive connections (http and https)."""
+class _Target:
+    """What ``HttpClient.request`` derives from a URL, once per URL (``HttpClient._targets``)."""
 
-    def __init__(self, *, max_idle_per_origin: int = 16, idle_timeout: float = 30.0) -> None:
+    __slots__ = ("authority", "default_port", "host", "https", "port", "scheme", "target")
+
+    def __init__(self, scheme: str, host: str, port: int, authority: str, target: str) -> None:
+        self.scheme = scheme
+        self.https = scheme == "https"
+        self.host = host
+        self.port = port
+        self.authority = authority
+        self.target = target
+
+
+_MAX_TARGETS: Final = 256  # distinct URLs remembered (the AS's endpoints: a handful); a full memo starts over
+_MAX_HEADS: Final = 1024  # distinct (method, URL, header list) request heads remembered, likewise
+
+
+def _target(url: str) -> _Target:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.hostname:
+        raise ConnectError(f"unsupported URL scheme or missing host: {scheme}://")
+    default_port = 443 if scheme == "https" else 80
+    try:
+        port = parts.port or default_port
+    except ValueError as exc:
+        raise ConnectError("invalid port in URL") from exc
+    host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+    authority = host if port == default_port else f"{host}:{port}"
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return _Target(scheme, parts.hostname, port, authority, target)
+
+
+class HttpClient:
+    """Whole-body HTTP/1.1 requests over pooled keep-alive connections (http and https).
+
+    A cache miss makes one call to the authorization server, so what a call costs is kept small (docs/performance.md,
+    "Cache misses"): a URL is parsed once (``_targets``), a request head is encoded once per method, URL and header
+    list (``_heads``: the introspection request's headers are the same on every call, only the body differs), head
+    and body leave in one write, and up to ``max_idle_per_origin`` connections per origin stay open between calls
+    (enough for a burst of concurrent misses: each one in flight holds its own connection)."""
+
+    def __init__(self, *, max_idle_per_origin: int = 64, idle_timeout: float = 30.0) -> None:
         self._max_idle = max_idle_per_origin
         self._idle_timeout = idle_timeout
         self._pool: ConnectionPool | None = None
         self._default_ssl: ssl_module.SSLContext | None = None
+        self._targets: dict[str, _Target] = {}
+        self._heads: dict[tuple[str, str, tuple[tuple[str, str], ...]], bytes] = {}
+
+    def pool(self) -> ConnectionPool:
+        """The connection pool (made on first use: it needs the running loop)."""
+        if self._pool is None:
+            self._pool = ConnectionPool(max_idle_per_origin=self._max_idle, idle_timeout=self._idle_timeout)
+        return self._pool
 
     async def request(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes = b"", *,
                       timeout: float,  # noqa: ASYNC109 -- the callers' contract: one bound for the whole call
                       ssl: ssl_module.SSLContext | None = None, max_body: int = MiB) -> ClientResponse:
         """Send one request and read the whole response; raises a ``ClientError`` subclass on failure."""
-        if self._pool is None:
-            self._pool = ConnectionPool(max_idle_per_origin=self._max_idle, idle_timeout=self._idle_timeout)
-        pool = self._pool
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https") or not parts.hostname:
-            raise ConnectError(f"unsupported URL scheme or missing host: {scheme}://")
-        default_port = 443 if scheme == "https" else 80
-        try:
-            port = parts.port or default_port
-        except ValueError as exc:
-            raise ConnectError("invalid port in URL") from exc
+        pool = self._pool if self._pool is not None else self.pool()
+        target = self._targets.get(url)
+        if target is None:
+            target = remember(self._targets, url, _target(url), _MAX_TARGETS)
         context: ssl_module.SSLContext | None = None
-        if scheme == "https":
+        if target.https:
             if ssl is None:
                 if self._default_ssl is None:
                     self._default_ssl = ssl_module.create_default_context()
                 ssl = self._default_ssl
             context = ssl
-        key: PoolKey = (scheme, parts.hostname, port, context)
-        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
-        authority = host if port == default_port else f"{host}:{port}"
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        fields = [("Host", authority), *headers]
+        key: PoolKey = (target.scheme, target.host, target.port, context)
+        fields = (method, url, tuple(headers))
+        start = self._heads.get(fields)
+        if start is None:  # everything but the Content-Length line and the blank line
+            start = remember(self._heads, fields, encode_request_head(
+                method, target.target, [("Host", target.authority), *headers])[:-2], _MAX_HEADS)
         if body or method in ("POST", "PUT", "PATCH"):
-            fields.append(("Content-Length", str(len(body))))
-        head = encode_request_head(method, target, fields)
-        try:
-            async with asyncio.timeout(timeout):
-                return await self._exchange(pool, key, head, body, method == "HEAD", timeout, max_body)
-        except TimeoutError as exc:
-            raise RequestTimeout(f"{scheme}://{authority} did not answer within {timeout:g}s") from exc
+            message = b"%bContent-Length: %d\r\n\r\n%b" % (start, len(body), body)
+        else:
+            message = start + b"\r\n"
+        return await self._exchange(pool, key, message, method == "HEAD", timeout, max_body, target)
 
-    async def _exchange(self, pool: ConnectionPool, key: PoolKey, head: bytes, body: bytes, head_request: bool,
-                        read_timeout: float, max_body: int) -> ClientResponse:
-        loop = asyncio.get_running_loop()
+    async def _exchange(self, pool: ConnectionPool, key: PoolKey, message: bytes, head_request: bool,
+                        timeout: float,  # noqa: ASYNC109 -- one timer for the whole call (below)
+                        max_body: int, target: _Target) -> ClientResponse:
+        """``message``: the whole request, head and body, written at once. ``timeout`` bounds the whole call: the
+        connect (when no pooled connection is free) and the answer share one deadline, kept by one timer on the
+        loop rather than an ``asyncio.timeout`` block (a Python object, its coroutine and its timer per call)."""
+        loop = pool.loop
+        deadline = loop.time() + timeout
         retried = False
         while True:
             conn = pool.acquire(key)
@@ -657,24 +714,30 @@ class HttpClient:
                 conn.close()  # nothing sent on it: take another (bounded by the pool's size)
                 continue
             if conn is None:
-                conn = await pool.connect(key, read_timeout)
+                left = deadline - loop.time()
+                if left <= 0.0:
+                    raise RequestTimeout(f"{target.scheme}://{target.authority} did not answer within {timeout:g}s")
+                conn = await pool.connect(key, left)
             future: asyncio.Future[ClientResponse] = loop.create_future()
             sink = _BufferedSink(future, conn, max_body)
             try:
-                conn.begin(sink, head, head_request=head_request, timeout=read_timeout, chunked=False)
+                conn.begin(sink, message, head_request=head_request, timeout=timeout, chunked=False)
             except StaleConnection as exc:
                 if retried:
                     raise ProtocolError("the connection closed before the request could be sent") from exc
                 retried = True  # nothing was written: one more try is safe even for POST
                 continue
-            conn.send_body(body)
             conn.end_body()
+            timer = loop.call_at(deadline, sink.expire, f"{target.scheme}://{target.authority} did not answer "
+                                                        f"within {timeout:g}s")
             try:
                 return await future
             except BaseException:
                 if not future.done():
-                    conn.abort()  # cancelled or timed out with the request in flight: the connection is unusable
+                    conn.abort()  # cancelled with the request in flight: the connection is unusable
                 raise
+            finally:
+                timer.cancel()
 
     async def aclose(self) -> None:
         if self._pool is not None:

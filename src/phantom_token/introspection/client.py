@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
+from urllib.parse import quote
 
 from phantom_token import tracing
 from phantom_token.config.material import (
@@ -78,6 +79,28 @@ class _Discovered:
     fetched_at: float
 
 
+class _Prepared:
+    """The introspection request of one plugin and endpoint whose client authentication is the same on every call
+    (every method but ``private_key_jwt``): built once by ``build_authenticated_request`` with an empty token, so a
+    call only percent-encodes its token into the body (docs/performance.md, "Cache misses")."""
+
+    __slots__ = ("body_tail", "endpoint", "headers", "plugin")
+
+    def __init__(self, plugin: PluginConfig, endpoint: str) -> None:
+        auth = client_authentication(plugin, endpoint=endpoint, key=None, now=0.0, jti="")
+        template = build_authenticated_request("", ACCEPT[plugin.introspection_response], auth.headers, auth.params)
+        if not template.body.startswith(b"token="):  # the form's first field is the token: the tail is the rest
+            raise AssertionError("the introspection request's body must begin with the token")
+        self.plugin = plugin
+        self.endpoint = endpoint
+        self.headers = template.headers
+        self.body_tail = template.body[len(b"token="):]
+
+    def request(self, token: str) -> tuple[list[tuple[str, str]], bytes]:
+        """The headers (shared: not to be changed) and the body of the request for ``token``."""
+        return self.headers, b"token=" + quote(token, safe="").encode("ascii") + self.body_tail
+
+
 class Requester(Protocol):
     """What the introspector needs of an HTTP client: ``phantom_token.http.client.HttpClient``, or a test's fake
     (the compiled ``HttpClient`` cannot be subclassed by interpreted code)."""
@@ -99,6 +122,7 @@ class HttpIntrospector:
         self._discovered: dict[str, _Discovered] = {}
         self._discovery_locks: dict[str, asyncio.Lock] = {}
         self._jwks: dict[str, JwksCache] = {}
+        self._prepared_requests: dict[int, _Prepared] = {}  # by plugin identity (plugins are built once)
 
     async def start(self, plugins: Iterable[PluginConfig]) -> None:
         """Check every plugin has its key and SSL context, discover endpoints; raises ``MetadataError`` naming what
@@ -120,15 +144,30 @@ class HttpIntrospector:
 
     async def _introspect(self, token: str, plugin: PluginConfig, endpoint: str,
                           extra_headers: list[tuple[str, str]]) -> IntrospectionResult:
-        auth = client_authentication(plugin, endpoint=endpoint, key=self._assertion_key(plugin),
-                                     now=self._clock(), jti=secrets.token_urlsafe(18))
-        request = build_authenticated_request(token, ACCEPT[plugin.introspection_response], auth.headers, auth.params)
-        response = await self._request("POST", endpoint, request.headers + extra_headers, request.body, plugin)
+        if plugin.client_auth_method == "private_key_jwt":  # a fresh assertion (its own jti) on every call
+            auth = client_authentication(plugin, endpoint=endpoint, key=self._assertion_key(plugin),
+                                         now=self._clock(), jti=secrets.token_urlsafe(18))
+            request = build_authenticated_request(token, ACCEPT[plugin.introspection_response], auth.headers,
+                                                  auth.params)
+            headers, body = request.headers, request.body
+        else:
+            headers, body = self._prepared(plugin, endpoint).request(token)
+        if extra_headers:
+            headers = headers + extra_headers
+        response = await self._request("POST", endpoint, headers, body, plugin)
         if plugin.introspection_response == "json":
             return read_json_response(response.status, response.headers, response.body)
         if plugin.introspection_response == "signed":
             return await self._read_signed(response, plugin)
         return read_jwt_response(response.status, response.headers, response.body)
+
+    def _prepared(self, plugin: PluginConfig, endpoint: str) -> _Prepared:
+        known = self._prepared_requests.get(id(plugin))
+        if known is None or known.plugin is not plugin or known.endpoint != endpoint:
+            if len(self._prepared_requests) >= 4096:  # plugins of reloads past: start over, stay bounded
+                self._prepared_requests.clear()
+            known = self._prepared_requests[id(plugin)] = _Prepared(plugin, endpoint)
+        return known
 
     # --- signed answers ------------------------------------------------------------------------------------
 

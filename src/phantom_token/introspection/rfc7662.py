@@ -148,10 +148,14 @@ def _no_constants(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder: ``json.loads`` with hooks would build a new JSONDecoder (and its scanner) on every answer.
+_STRICT_JSON = json.JSONDecoder(object_pairs_hook=_unique_members, parse_constant=_no_constants)
+
+
 def _strict_json(text: bytes) -> object:
     """RFC 8259 JSON: no duplicate member names (RFC 7662 answers are claim sets), no NaN/Infinity."""
     try:
-        return json.loads(text.decode("utf-8"), object_pairs_hook=_unique_members, parse_constant=_no_constants)
+        return _STRICT_JSON.decode(text.decode("utf-8"))
     except UnicodeDecodeError:
         raise IntrospectionUnavailable("the 200 body is not UTF-8 JSON") from None
     except RecursionError:
