@@ -313,11 +313,12 @@ class Engine:
         route, plugin = step.route, step.plugin
         if isinstance(entry, NegativeEntry):
             return self._unauthorized(plugin, route, token_sent=True, dpop_scheme=step.proof is not None)
-        if entry.x5t_s256 is not None:
+        extra = entry.extra  # read once: None for most entries (no binding, no claims_to_headers)
+        if extra is not None and extra.x5t_s256 is not None:
             refused = self._certificate_refusal(step, entry, request)
             if refused is not None:
                 return refused
-        if entry.jkt is not None or step.proof is not None:
+        if step.proof is not None or (extra is not None and extra.jkt is not None):
             denied = self._bound(step, entry)
             if denied is not None:
                 return denied
@@ -331,7 +332,8 @@ class Engine:
         if plugin.scope and not entry.scopes.issuperset(plugin.scope):
             return v.forbidden(plugin.scope, plugin.realm, route)
         expires_in = entry.expires_at - now  # not max(): a builtin call costs more than the test, at every hit
-        return v.Allow(route, entry.authorization, expires_in if expires_in > 0.0 else 0.0, None, entry.headers)
+        return v.Allow(route, entry.authorization, expires_in if expires_in > 0.0 else 0.0, None,
+                       extra.headers if extra is not None else None)
 
     def _grant(self, step: _Pending, entry: CacheEntry, now: float) -> v.Verdict:
         """The scope check and the Allow of a request with a checked proof. The decision is valid for this request
