@@ -313,12 +313,22 @@ class Engine:
         route, plugin = step.route, step.plugin
         if isinstance(entry, NegativeEntry):
             return self._unauthorized(plugin, route, token_sent=True, dpop_scheme=step.proof is not None)
-        extra = entry.extra  # read once: None for most entries (no binding, no claims_to_headers)
-        if extra is not None and extra.x5t_s256 is not None:
+        if entry.extra is not None or step.proof is not None:  # bound, proven, or with claims_to_headers
+            return self._decide_further(step, entry, now, request)
+        if plugin.scope and not entry.scopes.issuperset(plugin.scope):
+            return v.forbidden(plugin.scope, plugin.realm, route)
+        expires_in = entry.expires_at - now  # not max(): a builtin call costs more than the test, at every hit
+        return v.Allow(route, entry.authorization, expires_in if expires_in > 0.0 else 0.0, None, None)
+
+    def _decide_further(self, step: _Pending, entry: CacheEntry, now: float,
+                        request: RequestInfo) -> v.Verdict | None:
+        """``_decide`` for an entry with ``extra`` (a binding, claim headers) or a request with a proof."""
+        route, plugin = step.route, step.plugin
+        if entry.x5t_s256 is not None:
             refused = self._certificate_refusal(step, entry, request)
             if refused is not None:
                 return refused
-        if step.proof is not None or (extra is not None and extra.jkt is not None):
+        if entry.jkt is not None or step.proof is not None:
             denied = self._bound(step, entry)
             if denied is not None:
                 return denied
@@ -331,9 +341,8 @@ class Engine:
             return self._grant(step, entry, now)
         if plugin.scope and not entry.scopes.issuperset(plugin.scope):
             return v.forbidden(plugin.scope, plugin.realm, route)
-        expires_in = entry.expires_at - now  # not max(): a builtin call costs more than the test, at every hit
-        return v.Allow(route, entry.authorization, expires_in if expires_in > 0.0 else 0.0, None,
-                       extra.headers if extra is not None else None)
+        expires_in = entry.expires_at - now
+        return v.Allow(route, entry.authorization, expires_in if expires_in > 0.0 else 0.0, None, entry.headers)
 
     def _grant(self, step: _Pending, entry: CacheEntry, now: float) -> v.Verdict:
         """The scope check and the Allow of a request with a checked proof. The decision is valid for this request
