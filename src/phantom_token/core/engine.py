@@ -313,6 +313,17 @@ class Engine:
         route, plugin = step.route, step.plugin
         if isinstance(entry, NegativeEntry):
             return self._unauthorized(plugin, route, token_sent=True, dpop_scheme=step.proof is not None)
+        if entry.extra is not None or step.proof is not None:  # bound, proven, or with claims_to_headers
+            return self._decide_further(step, entry, now, request)
+        if plugin.scope and not entry.scopes.issuperset(plugin.scope):
+            return v.forbidden(plugin.scope, plugin.realm, route)
+        expires_in = entry.expires_at - now  # not max(): a builtin call costs more than the test, at every hit
+        return v.Allow(route, entry.authorization, expires_in if expires_in > 0.0 else 0.0, None, None)
+
+    def _decide_further(self, step: _Pending, entry: CacheEntry, now: float,
+                        request: RequestInfo) -> v.Verdict | None:
+        """``_decide`` for an entry with ``extra`` (a binding, claim headers) or a request with a proof."""
+        route, plugin = step.route, step.plugin
         if entry.x5t_s256 is not None:
             refused = self._certificate_refusal(step, entry, request)
             if refused is not None:
@@ -330,7 +341,7 @@ class Engine:
             return self._grant(step, entry, now)
         if plugin.scope and not entry.scopes.issuperset(plugin.scope):
             return v.forbidden(plugin.scope, plugin.realm, route)
-        expires_in = entry.expires_at - now  # not max(): a builtin call costs more than the test, at every hit
+        expires_in = entry.expires_at - now
         return v.Allow(route, entry.authorization, expires_in if expires_in > 0.0 else 0.0, None, entry.headers)
 
     def _grant(self, step: _Pending, entry: CacheEntry, now: float) -> v.Verdict:

@@ -19,23 +19,74 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True, slots=True)
-class CacheEntry:
-    """What a cache hit needs, and nothing more: no JWT parsing happens on a hit.
+class EntryExtras:
+    """The rare parts of a ``CacheEntry``, kept behind one member so an entry without them costs no slot for each.
 
-    ``authorization`` is the full header value to send upstream (``Bearer <jwt>``); ``expires_at`` is absolute
-    (seconds since the epoch), so an entry copied between caches keeps its deadline. ``x5t_s256`` is the
-    certificate the token is bound to (RFC 8705 ``cnf["x5t#S256"]``; None: not bound; ``""``: a malformed binding,
-    which no certificate matches): checked on every request, hit or miss (``core.rfc8705``).
+    ``headers``: the ``claims_to_headers`` (name, wire value) pairs to send upstream, computed once per answer
+    (core.claim_headers); None when the plugin sets no claims_to_headers (a tuple, maybe empty, whenever it does).
+    ``jkt``: the token's DPoP binding (``cnf.jkt``, RFC 9449); None: not DPoP-bound. ``x5t_s256``: the certificate
+    the token is bound to (RFC 8705 ``cnf["x5t#S256"]``; None: not bound; ``""``: a malformed binding, which no
+    certificate matches).
     """
 
-    authorization: str
-    scopes: frozenset[str]
-    expires_at: float
-    # ``claims_to_headers``: (name, wire value) pairs to send upstream, computed once per answer (core.claim_headers);
-    # None when the plugin sets no claims_to_headers (a tuple, maybe empty, whenever it does)
     headers: tuple[tuple[str, str], ...] | None = None
-    jkt: str | None = None  # the token's DPoP binding (``cnf.jkt``, RFC 9449); None: not DPoP-bound
-    x5t_s256: str | None = None  # RFC 8705 cnf["x5t#S256"] (see above)
+    jkt: str | None = None
+    x5t_s256: str | None = None
+
+
+class CacheEntry:
+    """What a cache hit needs, and nothing more: no JWT parsing happens on a hit. Never changed once built.
+
+    ``authorization`` is the full header value to send upstream (``Bearer <jwt>``); ``expires_at`` is absolute
+    (seconds since the epoch), so an entry copied between caches keeps its deadline. ``headers``, ``jkt`` and
+    ``x5t_s256`` (see ``EntryExtras``) live in ``extra``, None for the common entry that has none of them: one
+    member instead of three, since every member is 8 bytes in each of up to ``max_entries`` entries (the hot path
+    reads ``extra`` once; docs/performance.md, "Memory per cached entry"). The binding is checked on every request,
+    hit or miss (``core.dpop``, ``core.rfc8705``).
+
+    A plain class, not a dataclass: compiled (phantom_token/compiled.py) it is a native class with the float
+    unboxed, 80 bytes with its GC header (a dataclass with six members took 96, plus a 32-byte float as Python).
+    """
+
+    __slots__ = ("authorization", "expires_at", "extra", "scopes")
+
+    def __init__(self, authorization: str, scopes: frozenset[str], expires_at: float,
+                 headers: tuple[tuple[str, str], ...] | None = None, jkt: str | None = None,
+                 x5t_s256: str | None = None) -> None:
+        self.authorization = authorization
+        self.scopes = scopes
+        self.expires_at = expires_at
+        self.extra: EntryExtras | None = (
+            None if headers is None and jkt is None and x5t_s256 is None else EntryExtras(headers, jkt, x5t_s256)
+        )
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...] | None:
+        extra = self.extra
+        return extra.headers if extra is not None else None
+
+    @property
+    def jkt(self) -> str | None:
+        extra = self.extra
+        return extra.jkt if extra is not None else None
+
+    @property
+    def x5t_s256(self) -> str | None:
+        extra = self.extra
+        return extra.x5t_s256 if extra is not None else None
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CacheEntry):
+            return NotImplemented
+        return (self.authorization == other.authorization and self.scopes == other.scopes
+                and self.expires_at == other.expires_at and self.extra == other.extra)
+
+    def __hash__(self) -> int:
+        return hash((self.authorization, self.expires_at))
+
+    def __repr__(self) -> str:  # never the JWT: an entry may end up in a log or an assertion message
+        return (f"CacheEntry(authorization=<{len(self.authorization)} chars>, scopes={sorted(self.scopes)!r}, "
+                f"expires_at={self.expires_at!r}, extra={self.extra!r})")
 
 
 @dataclass(frozen=True, slots=True)
