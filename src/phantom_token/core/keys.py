@@ -15,6 +15,11 @@ key and personalisation parameters were measured too and cost more (a second com
 keyword arguments' parsing) without adding anything here: the prefix is not a secret, it separates namespaces and
 versions.
 
+Per request, the engine derives keys with ``prefixed_state``/``key_from`` rather than ``prefixed_key``: the same bytes
+(a hash is a function of the whole input, however it is fed), but the prefix is absorbed once per plugin into a
+BLAKE2s object, and each key is a ``copy()`` of it, ``update(digest)``, ``digest()``: that skips the constructor's
+argument parsing and parameter-block set-up (about 3 400 -> 2 600 instructions compiled, 380 -> 220 ns).
+
 Versions: a change of format changes ``VERSION``; replicas of two versions sharing a Redis then never read each
 other's entries (they miss and introspect once). ``legacy_key`` derives the v1 key (``sha256(namespace + digest)``)
 so that a purge during a rolling upgrade reaches entries written by v1 replicas too (``cache/purge.py``;
@@ -49,6 +54,19 @@ def prefixed_key(prefix: bytes, digest: bytes) -> bytes:
     return hashlib.blake2s(prefix + digest).digest()
 
 
+def prefixed_state(prefix: bytes) -> hashlib.blake2s:
+    """A BLAKE2s that has absorbed ``prefix`` (a ``key_prefix``), for ``key_from``; made once per plugin, never
+    updated after (``key_from`` works on copies)."""
+    return hashlib.blake2s(prefix)
+
+
+def key_from(state: hashlib.blake2s, digest: bytes) -> bytes:
+    """``prefixed_key(prefix, digest)`` for the ``prefixed_state(prefix)`` ``state``: byte for byte the same key."""
+    hasher = state.copy()
+    hasher.update(digest)
+    return hasher.digest()
+
+
 def namespaced_key(namespace: bytes, digest: bytes) -> bytes:
     """The cache key of a token whose SHA-256 is ``digest``, under one endpoint/client namespace."""
     return prefixed_key(key_prefix(namespace), digest)
@@ -65,4 +83,5 @@ def cache_key(plugin: PluginConfig, token: str) -> bytes:
     return namespaced_key(plugin.cache_namespace, token_digest(token))
 
 
-__all__ = ["VERSION", "cache_key", "key_prefix", "legacy_key", "namespaced_key", "prefixed_key", "token_digest"]
+__all__ = ["VERSION", "cache_key", "key_from", "key_prefix", "legacy_key", "namespaced_key", "prefixed_key",
+           "prefixed_state", "token_digest"]
