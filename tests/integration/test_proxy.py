@@ -671,6 +671,9 @@ async def test_gateway_headers_follow_each_request_on_one_connection() -> None:
     requests = [b"GET /api/x HTTP/1.1\r\nHost: " + host + b"\r\nAuthorization: " + auth + b"\r\n" + extra + b"\r\n"
                 for host, auth, extra in sent]
     requests.append(b"GET /api/open HTTP/1.1\r\nHost: a.example\r\nAuthorization: Basic own\r\n\r\n")
+    # the token line and the forwarding lines are remembered apart: back to a token after none, then none again
+    requests.append(b"GET /api/x HTTP/1.1\r\nHost: a.example\r\nAuthorization: Bearer one\r\n\r\n")
+    requests.append(b"GET /api/open HTTP/1.1\r\nHost: a.example\r\n\r\n")
     seen = [(s.all("authorization"), s.all("host"), s.all("x-forwarded-for"), s.all("x-forwarded-host"))
             for s in await send_on_one_connection(proxy, upstream, requests)]
     here = [f"127.0.0.1:{port}"]
@@ -683,6 +686,8 @@ async def test_gateway_headers_follow_each_request_on_one_connection() -> None:
         (["Bearer jwt-of-two"], here, ["127.0.0.1"], ["b.example:81"]),
         (["Bearer jwt-of-one"], here, ["127.0.0.1"], ["b.example:81"]),
         (["Basic own"], here, ["127.0.0.1"], ["a.example"]),  # no JWT on this route: the client's own goes through
+        (["Bearer jwt-of-one"], here, ["127.0.0.1"], ["a.example"]),
+        ([], here, ["127.0.0.1"], ["a.example"]),
     ]
 
 

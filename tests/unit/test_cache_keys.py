@@ -17,10 +17,12 @@ from phantom_token.core.engine import Engine
 from phantom_token.core.keys import (
     VERSION,
     cache_key,
+    key_from,
     key_prefix,
     legacy_key,
     namespaced_key,
     prefixed_key,
+    prefixed_state,
     token_digest,
 )
 from phantom_token.core.ports import Exchanged, Inactive, IntrospectionResult
@@ -62,6 +64,22 @@ def test_the_v2_key_of_a_fixed_namespace_and_token_is_pinned() -> None:
     prefix = hashlib.sha256(b"phantom-token cache key v2\x00" + namespace).digest()
     assert namespaced_key(namespace, digest) == hashlib.blake2s(prefix + digest).digest()
     assert legacy_key(namespace, digest) == hashlib.sha256(namespace + digest).digest()
+
+
+def test_the_engine_s_per_request_derivation_gives_the_same_bytes() -> None:
+    """``key_from(prefixed_state(prefix), digest)`` (a copy of a BLAKE2s that absorbed the prefix once) is byte for
+    byte ``prefixed_key(prefix, digest)``, for every namespace and many digests, and never alters its state."""
+    digests = [token_digest(token) for token in TOKENS] + [bytes(32), b"\xff" * 32] + [
+        hashlib.sha256(bytes([i])).digest() for i in range(64)]
+    for namespace in NAMESPACES:
+        prefix = key_prefix(namespace)
+        state = prefixed_state(prefix)
+        for digest in digests:
+            assert key_from(state, digest) == prefixed_key(prefix, digest) == namespaced_key(namespace, digest)
+        assert state.digest() == hashlib.blake2s(prefix).digest()  # still the prefix alone
+    state = prefixed_state(key_prefix(PLAIN.cache_namespace))
+    assert key_from(state, token_digest("a1b2c3d4-e5f6-4711-8899-aabbccddeeff")).hex() == (
+        "6142e618ae6e96b367ccef5fa456e9a278f91a67fb8009d0234383a9f02ff273")
 
 
 def test_two_namespaces_never_give_the_same_key_for_a_token() -> None:

@@ -14,10 +14,12 @@ from phantom_token.core import verdict as v
 from phantom_token.core.request import RequestInfo
 from phantom_token.frontends.decisions import (
     BadDecisionRequest,
+    allow_payload,
     decision_response,
     is_trusted,
     original_request,
 )
+from phantom_token.http.responses import encode_headers, status_line
 
 PLUGIN = PluginConfig("http://127.0.0.1:1/introspect", "client", "secret", scope=("admin",))
 ROUTE = Route("api", "svc", None, paths=("/api",), plugin=PLUGIN)
@@ -156,6 +158,30 @@ def test_allow_carries_the_jwt_and_x_accel_expires_before_cache_control() -> Non
 def test_allow_without_plugin_has_no_authorization_and_is_not_cacheable() -> None:
     _, headers, _ = decision_response(v.Allow(ROUTE))
     assert headers == [("X-Accel-Expires", "0"), ("Cache-Control", "private, max-age=0")]
+
+
+def _general_allow_payload(allow: v.Allow) -> bytes | None:
+    """The keep-alive 200 as the general rendering builds it (``decision_response`` + ``encode_headers``)."""
+    _, headers, _ = decision_response(allow)
+    try:
+        return b"".join((status_line(200), encode_headers(headers), b"Content-Length: 0\r\n\r\n"))
+    except ValueError:
+        return None
+
+
+@pytest.mark.parametrize("authorization", [
+    None, "Bearer a.b.c", "Bearer " + "x" * 2000, "Bearer \xe9t\xe9", "Bearer a\rb", "Bearer a\nb", "Bearer a\r\n",
+    "\r", "Bearer \u0100", "Bearer \U0001f600", "", "Bearer a\tb", "Bearer a b", "Bearer a:b,c;d=e%20",
+])
+@pytest.mark.parametrize("expires_in", [0.0, -5.0, 0.4, 1.0, 299.7, 300.0, 86399.99, 1e6])
+def test_the_usual_allow_answer_is_the_general_rendering_byte_for_byte(authorization: str | None,
+                                                                         expires_in: float) -> None:
+    """``allow_payload`` (an Allow without claims headers, the decision service's usual answer) renders exactly what
+    ``decision_response`` and ``encode_headers`` render, and refuses (None) exactly what they refuse."""
+    allow = v.Allow(ROUTE, authorization, expires_in)
+    seconds = max(int(expires_in // 1), 0)
+    assert allow_payload(authorization, seconds) == _general_allow_payload(allow)
+    assert allow_payload(authorization, seconds) == _general_allow_payload(allow)  # the expiry lines remembered
 
 
 @pytest.mark.parametrize(

@@ -33,6 +33,7 @@ and only when the route's ``dpop`` is ``allowed``. Last, the proof's ``jti`` mus
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import secrets
 import time
@@ -47,7 +48,7 @@ from phantom_token.core import verdict as v
 from phantom_token.core.bearer import BearerToken, DPoPToken, Problem, extract, fingerprint
 from phantom_token.core.claims import numeric_claim
 from phantom_token.core.errors import IntrospectionUnavailable, TokenExchangeFailed
-from phantom_token.core.keys import key_prefix, prefixed_key, token_digest
+from phantom_token.core.keys import key_from, key_prefix, prefixed_state, token_digest
 from phantom_token.core.ports import (
     Active,
     Cached,
@@ -124,8 +125,9 @@ class Engine:
             coordinator if coordinator is not None else SingleFlight[CacheEntry | None]()
         )
         self._pass: dict[str, v.Allow] = {}  # one reusable Allow per unauthenticated route
-        # Cache-key prefixes (``keys.key_prefix`` of the cache namespace) by plugin identity (plugins are built once).
-        self._namespaces: dict[int, tuple[PluginConfig, bytes]] = {}
+        # The cache namespace's ``keys.key_prefix``, absorbed in a BLAKE2s (``keys.prefixed_state``), by plugin
+        # identity (plugins are built once).
+        self._namespaces: dict[int, tuple[PluginConfig, hashlib.blake2s]] = {}
         # One shared frozenset per distinct set of granted scopes: most tokens carry one of a few scope sets, and
         # a private frozenset (plus its strings) per cache entry would cost about 300 bytes each.
         self._scope_sets: dict[frozenset[str], frozenset[str]] = {}
@@ -212,8 +214,8 @@ class Engine:
                 return self._unauthorized(plugin, route, token_sent=True, dpop_scheme=True)
             known = self._namespaces.get(id(plugin))
             if known is None or known[0] is not plugin:
-                known = self._namespaces[id(plugin)] = (plugin, key_prefix(plugin.cache_namespace))
-            key = prefixed_key(known[1], token_digest(token.value))
+                known = self._namespaces[id(plugin)] = (plugin, prefixed_state(key_prefix(plugin.cache_namespace)))
+            key = key_from(known[1], token_digest(token.value))
             if memo is not None and values is not None:
                 memo.plugin, memo.value, memo.token, memo.key = plugin, values[0], token.value, key
             return _Pending(route, plugin, token.value, key, None)
@@ -251,7 +253,7 @@ class Engine:
         if isinstance(proof, dpop.Refusal):
             log.info("dpop proof refused: route=%s token=%s reason=%s", route.name, fingerprint(token), proof.reason)
             return v.invalid_dpop_proof(plugin.realm, plugin.dpop_signing_alg_values, route, nonce=proof.nonce)
-        return _Pending(route, plugin, token, prefixed_key(self._namespace(plugin), token_digest(token)), proof)
+        return _Pending(route, plugin, token, key_from(self._namespace(plugin), token_digest(token)), proof)
 
     def _bound(self, step: _Pending, entry: CacheEntry) -> v.Deny | None:
         """The binding rules (see the module docstring): a denial, or None when scheme, binding and proof agree.
@@ -417,7 +419,7 @@ class Engine:
         digest = token_digest(step.token)
         failure: IntrospectionUnavailable | None = None
         for server in candidates(plugin.authorization_servers, step.token):
-            server_step = _Pending(step.route, server, step.token, prefixed_key(self._namespace(server), digest),
+            server_step = _Pending(step.route, server, step.token, key_from(self._namespace(server), digest),
                                    step.proof)
             try:
                 entry = await self._flights.do(server_step.key, partial(self._resolve, server_step))
@@ -432,11 +434,11 @@ class Engine:
             raise failure
         return None
 
-    def _namespace(self, plugin: PluginConfig) -> bytes:
-        """The plugin's ``keys.key_prefix``, derived once per plugin."""
+    def _namespace(self, plugin: PluginConfig) -> hashlib.blake2s:
+        """The plugin's ``keys.prefixed_state``, derived once per plugin."""
         known = self._namespaces.get(id(plugin))
         if known is None or known[0] is not plugin:
-            known = self._namespaces[id(plugin)] = (plugin, key_prefix(plugin.cache_namespace))
+            known = self._namespaces[id(plugin)] = (plugin, prefixed_state(key_prefix(plugin.cache_namespace)))
         return known[1]
 
     async def _verified_jwt(self, step: _Pending, issuer: JwtIssuer) -> CacheEntry | None:

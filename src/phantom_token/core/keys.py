@@ -15,6 +15,11 @@ key and personalisation parameters were measured too and cost more (a second com
 keyword arguments' parsing) without adding anything here: the prefix is not a secret, it separates namespaces and
 versions.
 
+Per request, the engine derives keys with ``prefixed_state``/``key_from`` rather than ``prefixed_key``: the same bytes
+(a hash is a function of the whole input, however it is fed), but the prefix is absorbed once per plugin into a
+BLAKE2s object, and each key is a ``copy()`` of it, ``update(digest)``, ``digest()``: that skips the constructor's
+argument parsing and parameter-block set-up (about 3 400 -> 2 600 instructions compiled, 380 -> 220 ns).
+
 Versions: a change of format changes ``VERSION``; replicas of two versions sharing a Redis then never read each
 other's entries (they miss and introspect once). ``legacy_key`` derives the v1 key (``sha256(namespace + digest)``)
 so that a purge during a rolling upgrade reaches entries written by v1 replicas too (``cache/purge.py``;
@@ -27,15 +32,19 @@ pure functions, no I/O. Compiled with the engine (``phantom_token/compiled.py``)
 from __future__ import annotations
 
 import hashlib
+from typing import Final
 
 from phantom_token.config.settings import PluginConfig
 
 VERSION = b"phantom-token cache key v2\x00"  # folded into every prefix: a new format, new keys
 
 
+_SHA256: Final = hashlib.sha256  # read as a C static when compiled, not looked up in hashlib per request
+
+
 def token_digest(token: str) -> bytes:
     """SHA-256 of the token (its hex form is what ``POST /cache/purge`` accepts as ``token_sha256``)."""
-    return hashlib.sha256(token.encode("ascii")).digest()
+    return _SHA256(token.encode("ascii")).digest()
 
 
 def key_prefix(namespace: bytes) -> bytes:
@@ -47,6 +56,19 @@ def prefixed_key(prefix: bytes, digest: bytes) -> bytes:
     """The cache key of a token whose SHA-256 is ``digest``, under the namespace whose ``key_prefix`` is ``prefix``
     (the per-request step: 64 bytes, one BLAKE2s block)."""
     return hashlib.blake2s(prefix + digest).digest()
+
+
+def prefixed_state(prefix: bytes) -> hashlib.blake2s:
+    """A BLAKE2s that has absorbed ``prefix`` (a ``key_prefix``), for ``key_from``; made once per plugin, never
+    updated after (``key_from`` works on copies)."""
+    return hashlib.blake2s(prefix)
+
+
+def key_from(state: hashlib.blake2s, digest: bytes) -> bytes:
+    """``prefixed_key(prefix, digest)`` for the ``prefixed_state(prefix)`` ``state``: byte for byte the same key."""
+    hasher = state.copy()
+    hasher.update(digest)
+    return hasher.digest()
 
 
 def namespaced_key(namespace: bytes, digest: bytes) -> bytes:
@@ -65,4 +87,5 @@ def cache_key(plugin: PluginConfig, token: str) -> bytes:
     return namespaced_key(plugin.cache_namespace, token_digest(token))
 
 
-__all__ = ["VERSION", "cache_key", "key_prefix", "legacy_key", "namespaced_key", "prefixed_key", "token_digest"]
+__all__ = ["VERSION", "cache_key", "key_from", "key_prefix", "legacy_key", "namespaced_key", "prefixed_key",
+           "prefixed_state", "token_digest"]

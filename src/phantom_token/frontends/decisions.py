@@ -262,6 +262,33 @@ def claim_answer_headers(headers: tuple[tuple[str, str], ...], configured: tuple
     return lines
 
 
+_ALLOW_STATUS: Final = b"HTTP/1.1 200 OK\r\n"
+# Whole seconds -> the lines that follow Authorization in an allow answer without claims headers. A few hundred
+# distinct values at most (``token_cache_seconds``); bounded all the same.
+_EXPIRY_LINES: Final[dict[int, bytes]] = {}
+
+
+def allow_payload(authorization: str | None, seconds: int) -> bytes | None:
+    """The keep-alive 200 that ``decision_response`` and ``encode_headers`` render for an ``Allow`` without claims
+    headers (byte for byte: tested), built from two pieces instead: the Authorization line (per token) and the
+    expiry lines (per value of ``seconds``, remembered). None, as ``encode_headers``'s ValueError, for a value with
+    CR or LF or outside ISO-8859-1: it would split the answer or cannot be sent."""
+    expiry = _EXPIRY_LINES.get(seconds)
+    if expiry is None:
+        expiry = remember(_EXPIRY_LINES, seconds, (
+            f"X-Accel-Expires: {seconds}\r\nCache-Control: private, max-age={seconds}\r\n"
+            "Content-Length: 0\r\n\r\n").encode("ascii"), 4096)
+    if authorization is None:
+        return _ALLOW_STATUS + expiry
+    if "\r" in authorization or "\n" in authorization:
+        return None
+    try:
+        value = authorization.encode("latin-1")
+    except UnicodeEncodeError:
+        return None
+    return b"".join((_ALLOW_STATUS, b"Authorization: ", value, b"\r\n", expiry))
+
+
 class _Shared:
     def __init__(self, engine: Authorizer, settings: Settings, observe: Observe | None) -> None:
         self.loop = asyncio.get_running_loop()
@@ -292,11 +319,16 @@ class _Shared:
         known = self._allowed.get(allow.authorization)
         if known is not None and known[0] == seconds and known[2] is allow.headers:
             return known[1]
-        _, headers, _ = decision_response(allow)
-        try:
-            payload = b"".join((status_line(200), encode_headers(headers), b"Content-Length: 0\r\n\r\n"))
-        except ValueError:
-            return None
+        if allow.headers is None:  # no claims_to_headers (the usual route): rendered without the general machinery
+            payload = allow_payload(allow.authorization, seconds)
+            if payload is None:
+                return None
+        else:
+            _, headers, _ = decision_response(allow)
+            try:
+                payload = b"".join((status_line(200), encode_headers(headers), b"Content-Length: 0\r\n\r\n"))
+            except ValueError:
+                return None
         if allow.authorization is not None or allow.headers is None:  # a preflight's depends on its route: not kept
             remember(self._allowed, allow.authorization, (seconds, payload, allow.headers), MAX_RENDERED)
         return payload
@@ -483,6 +515,7 @@ __all__ = [
     "NGINX_PATH",
     "BadDecisionRequest",
     "DecisionHandler",
+    "allow_payload",
     "decision_response",
     "is_trusted",
     "normal_form",

@@ -1,7 +1,8 @@
 """What the proxy sends upstream and back, as pure functions of what was parsed (contract section 9).
 
 - ``request_lines``: the request line and the client's header lines as forwarded, with the gateway's own framing.
-- ``gateway_lines``: ``Authorization``, ``Host`` and ``X-Forwarded-*`` as the gateway sets them, and the head's end.
+- ``gateway_lines``: ``Authorization``, ``Host`` and ``X-Forwarded-*`` as the gateway sets them, and the head's end
+  (``authorization_line`` + ``forwarding_lines``).
 - ``rewrite_response_head``: the upstream's response head as the client receives it; ``switching_head`` for a 101.
 
 Invariants:
@@ -132,10 +133,23 @@ def gateway_lines(authorization: str | None, host: bytes, raw_host: bytes, clien
                   forwarded_for: bytes | None) -> bytes:
     """``Authorization`` (when the verdict carries one), ``Host``, ``X-Forwarded-For`` (the client's values, then
     its address), ``X-Forwarded-Proto``, ``X-Forwarded-Host`` (the Host the client sent, when it sent one) and the
-    head's final empty line."""
-    parts = [b"Authorization: " + authorization.encode("latin-1") + b"\r\n" if authorization is not None else b"",
-             b"Host: %b\r\nX-Forwarded-For: %b\r\nX-Forwarded-Proto: http\r\n" % (
-                 host, forwarded_for + b", " + client_ip if forwarded_for else client_ip)]
+    head's final empty line: ``authorization_line`` then ``forwarding_lines`` (the proxy remembers the two apart)."""
+    return authorization_line(authorization) + forwarding_lines(host, raw_host, client_ip, forwarded_for)
+
+
+def authorization_line(authorization: str | None) -> bytes:
+    """The ``Authorization`` line of the verdict's value ("" when it carries none). The caller has refused a value
+    with CR or LF."""
+    if authorization is None:
+        return b""
+    return b"".join((b"Authorization: ", authorization.encode("latin-1"), b"\r\n"))
+
+
+def forwarding_lines(host: bytes, raw_host: bytes, client_ip: bytes, forwarded_for: bytes | None) -> bytes:
+    """``gateway_lines`` after ``Authorization``: ``Host``, ``X-Forwarded-*`` and the head's final empty line. They do
+    not depend on the token, so a connection whose requests carry many tokens builds them once."""
+    parts = [b"Host: %b\r\nX-Forwarded-For: %b\r\nX-Forwarded-Proto: http\r\n" % (
+        host, forwarded_for + b", " + client_ip if forwarded_for else client_ip)]
     if raw_host:
         parts.extend((b"X-Forwarded-Host: ", raw_host, b"\r\n"))
     parts.append(b"\r\n")
@@ -190,5 +204,6 @@ def switching_head(raw: bytes) -> bytes:
     return head + b"Connection: Upgrade\r\nUpgrade: " + chosen + b"\r\n\r\n"
 
 
-__all__ = ["HOP_BY_HOP", "claim_lines", "gateway_lines", "host_header", "request_lines", "rewrite_response_head",
-           "switching_head", "tunnels", "with_claim_headers", "without_headers"]
+__all__ = ["HOP_BY_HOP", "authorization_line", "claim_lines", "forwarding_lines", "gateway_lines", "host_header",
+           "request_lines", "rewrite_response_head", "switching_head", "tunnels", "with_claim_headers",
+           "without_headers"]

@@ -56,8 +56,9 @@ from phantom_token.frontends import access_log as access
 from phantom_token.frontends.decisions import is_trusted
 from phantom_token.frontends.forwarding import (
     HOP_BY_HOP,
+    authorization_line,
     claim_lines,
-    gateway_lines,
+    forwarding_lines,
     host_header,
     request_lines,
     rewrite_response_head,
@@ -189,7 +190,7 @@ class _Memo:
     (its last path, the response head it last got, the gateway lines built for its own token's JWT), for the
     connection's life."""
 
-    __slots__ = ("claims_lines", "claims_names", "claims_plugin", "claims_source", "lines", "lines_auth",
+    __slots__ = ("claims_lines", "claims_names", "claims_plugin", "claims_source", "forwarding", "lines", "lines_auth",
                  "lines_host", "lines_route", "path", "path_route", "raw_head", "rewritten_head", "strip", "target",
                  "tokens")
 
@@ -203,11 +204,14 @@ class _Memo:
         self.path = ""
         self.path_route: Route | None = None
         self.target = b""
-        # The gateway's own header lines of the last request sent upstream and what they were made from.
+        # The gateway's own header lines of the last request sent upstream and what they were made from. A token
+        # change alone (a connection from a load balancer or a BFF carries many users' tokens) rebuilds only the
+        # Authorization line: ``forwarding`` (Host, X-Forwarded-*) depends on the route and Host only.
         self.lines = b""
         self.lines_auth: str | None = None  # compared by identity: the cache entry's own string
         self.lines_route: Route | None = None  # its upstream (origin) and preserve_host decide the Host line
         self.lines_host = ""
+        self.forwarding = b""
         # claims_to_headers: the lines of the last values sent (by the cache entry's tuple) and the route's names.
         self.claims_source: tuple[tuple[str, str], ...] | None = None
         self.claims_lines = b""
@@ -429,15 +433,18 @@ class ProxyHandler(RequestHandler, ResponseSink):
         authorization = allow.authorization
         parts, forwarded_for = request_lines(head, target, authorization, route.plugin)
         raw_host = head.raw_host
-        if (forwarded_for is None and authorization is memo.lines_auth and route is memo.lines_route
-                and raw_host == memo.lines_host and memo.lines):
+        if forwarded_for is None and route is memo.lines_route and raw_host == memo.lines_host and memo.lines:
+            if authorization is not memo.lines_auth:  # another token's entry: its line, then the same forwarding
+                memo.lines, memo.lines_auth = authorization_line(authorization) + memo.forwarding, authorization
             parts.append(memo.lines)
         else:
             raw = raw_host.encode("latin-1")
             host = raw if route.preserve_host and raw else origin.host_header
-            lines = gateway_lines(authorization, host, raw, self._ip, forwarded_for)
+            forwarding = forwarding_lines(host, raw, self._ip, forwarded_for)
+            lines = authorization_line(authorization) + forwarding
             if forwarded_for is None:  # a client's own X-Forwarded-For makes the lines its own: not remembered
                 memo.lines, memo.lines_auth, memo.lines_route, memo.lines_host = lines, authorization, route, raw_host
+                memo.forwarding = forwarding
             parts.append(lines)
         if memo.strip:
             return without_headers(b"".join(parts), head.headers, self._shared.cert_headers)
