@@ -39,6 +39,7 @@ MODULES = (
     "phantom_token.core.request",
     "phantom_token.core.routes",
     "phantom_token.core.scopes",
+    "phantom_token.core.single_flight",
     "phantom_token.core.ttl",
     "phantom_token.core.verdict",
     "phantom_token.frontends.decisions",
@@ -51,6 +52,8 @@ MODULES = (
     "phantom_token.http.responses",
     "phantom_token.http.server",
     "phantom_token.http.uri",
+    "phantom_token.introspection.client",
+    "phantom_token.introspection.rfc7662",
     "phantom_token.memo",
     "phantom_token.metrics",
 )
