@@ -8,7 +8,7 @@ import pytest
 
 from phantom_token.cache.memory import MemoryCache
 from phantom_token.core.bearer import BearerToken, Problem, extract, fingerprint
-from phantom_token.core.ports import CacheEntry
+from phantom_token.core.ports import Active, CacheEntry
 from phantom_token.core.single_flight import SingleFlight
 from phantom_token.core.ttl import CacheDirectives, cache_lifetime, parse_cache_control
 
@@ -58,6 +58,17 @@ def test_fingerprint_is_short_and_stable() -> None:
 )
 def test_parse_cache_control(values: list[str], expected: CacheDirectives) -> None:
     assert parse_cache_control(values) == expected
+
+
+def test_directives_and_active_answers_are_values() -> None:
+    """Plain classes (made per miss), equal by their fields as the frozen dataclasses they replaced."""
+    assert CacheDirectives() == CacheDirectives(None, False) != CacheDirectives(None, True)
+    assert CacheDirectives(60) != CacheDirectives(10)
+    assert hash(CacheDirectives(60, True)) == hash(CacheDirectives(60, True))
+    assert Active("j", {"sub": "a"}) == Active("j", {"sub": "a"}, CacheDirectives())
+    assert Active("j", {"sub": "a"}) != Active("j", {"sub": "b"})
+    assert Active("j", {}, CacheDirectives(5)) != Active("j", {}, CacheDirectives(6))
+    assert Active(None, {}).directives == CacheDirectives()
 
 
 def test_cache_lifetime_never_outlives_the_token() -> None:
