@@ -118,3 +118,43 @@ async def test_single_flight_shares_results_and_errors() -> None:
     assert calls == 1
     assert all(isinstance(r, ValueError) for r in results)
     assert len(flights) == 0
+
+
+async def test_single_flight_call_outlives_its_callers_and_ends_for_all() -> None:
+    """Every caller gone, the call still finishes (its answer is cached for the next); a caller arriving after it
+    starts a new call; a call cancelled from outside (shutdown) cancels whoever still waits."""
+    flights: SingleFlight[int] = SingleFlight()
+    gate, started, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    calls: list[asyncio.Task[object] | None] = []
+
+    async def call() -> int:
+        calls.append(asyncio.current_task())
+        started.set()
+        await gate.wait()
+        finished.set()
+        return len(calls)
+
+    first, second = (asyncio.ensure_future(flights.do(b"k", call)) for _ in range(2))
+    await asyncio.sleep(0)
+    assert flights.waits == 1
+    assert len(flights) == 1
+    first.cancel()
+    second.cancel()
+    await asyncio.gather(first, second, return_exceptions=True)
+    gate.set()
+    await asyncio.wait_for(finished.wait(), 5)
+    await asyncio.sleep(0)
+    assert len(flights) == 0
+    assert await flights.do(b"k", call) == 2  # a new call, not the finished one's result
+
+    gate.clear()
+    started.clear()
+    waiter = asyncio.ensure_future(flights.do(b"k", call))
+    await asyncio.wait_for(started.wait(), 5)  # the third call running, in the flight's task
+    running = calls[-1]
+    assert running is not None
+    assert running is not waiter
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(waiter, 5)
+    assert len(flights) == 0
