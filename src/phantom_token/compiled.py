@@ -54,6 +54,7 @@ MODULES = (
     "phantom_token.http.uri",
     "phantom_token.introspection.client",
     "phantom_token.introspection.rfc7662",
+    "phantom_token.jose",
     "phantom_token.memo",
     "phantom_token.metrics",
 )
