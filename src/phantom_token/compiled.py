@@ -1,7 +1,8 @@
 """The hot path compiled to C with mypyc, and the pure-Python way around it.
 
 ``setup.py`` compiles ``MODULES`` (the per-request code: HTTP parsing and framing, the proxy and decision front
-doors, the engine, the memory cache) with mypyc, the compiler of the mypy project, which turns this
+doors, the engine, the memory cache; and what a cache miss runs: the single flight, the introspection client, the
+JWT reader) with mypyc, the compiler of the mypy project, which turns this
 ``mypy --strict`` code into C extension modules: about half the instructions per request (docs/performance.md).
 Every module stays plain Python source too, and runs as such when:
 
@@ -39,6 +40,7 @@ MODULES = (
     "phantom_token.core.request",
     "phantom_token.core.routes",
     "phantom_token.core.scopes",
+    "phantom_token.core.single_flight",
     "phantom_token.core.ttl",
     "phantom_token.core.verdict",
     "phantom_token.frontends.decisions",
@@ -51,6 +53,9 @@ MODULES = (
     "phantom_token.http.responses",
     "phantom_token.http.server",
     "phantom_token.http.uri",
+    "phantom_token.introspection.client",
+    "phantom_token.introspection.rfc7662",
+    "phantom_token.jose",
     "phantom_token.memo",
     "phantom_token.metrics",
 )

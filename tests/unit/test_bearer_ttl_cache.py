@@ -8,7 +8,7 @@ import pytest
 
 from phantom_token.cache.memory import MemoryCache
 from phantom_token.core.bearer import BearerToken, Problem, extract, fingerprint
-from phantom_token.core.ports import CacheEntry
+from phantom_token.core.ports import Active, CacheEntry
 from phantom_token.core.single_flight import SingleFlight
 from phantom_token.core.ttl import CacheDirectives, cache_lifetime, parse_cache_control
 
@@ -60,6 +60,17 @@ def test_parse_cache_control(values: list[str], expected: CacheDirectives) -> No
     assert parse_cache_control(values) == expected
 
 
+def test_directives_and_active_answers_are_values() -> None:
+    """Plain classes (made per miss), equal by their fields as the frozen dataclasses they replaced."""
+    assert CacheDirectives() == CacheDirectives(None, False) != CacheDirectives(None, True)
+    assert CacheDirectives(60) != CacheDirectives(10)
+    assert hash(CacheDirectives(60, True)) == hash(CacheDirectives(60, True))
+    assert Active("j", {"sub": "a"}) == Active("j", {"sub": "a"}, CacheDirectives())
+    assert Active("j", {"sub": "a"}) != Active("j", {"sub": "b"})
+    assert Active("j", {}, CacheDirectives(5)) != Active("j", {}, CacheDirectives(6))
+    assert Active(None, {}).directives == CacheDirectives()
+
+
 def test_cache_lifetime_never_outlives_the_token() -> None:
     assert cache_lifetime(300, CacheDirectives(), 1030, 1000) == 30
     assert cache_lifetime(300, CacheDirectives(), 990, 1000) == 0
@@ -106,4 +117,44 @@ async def test_single_flight_shares_results_and_errors() -> None:
     results = await asyncio.gather(*waiters, return_exceptions=True)
     assert calls == 1
     assert all(isinstance(r, ValueError) for r in results)
+    assert len(flights) == 0
+
+
+async def test_single_flight_call_outlives_its_callers_and_ends_for_all() -> None:
+    """Every caller gone, the call still finishes (its answer is cached for the next); a caller arriving after it
+    starts a new call; a call cancelled from outside (shutdown) cancels whoever still waits."""
+    flights: SingleFlight[int] = SingleFlight()
+    gate, started, finished = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    calls: list[asyncio.Task[object] | None] = []
+
+    async def call() -> int:
+        calls.append(asyncio.current_task())
+        started.set()
+        await gate.wait()
+        finished.set()
+        return len(calls)
+
+    first, second = (asyncio.ensure_future(flights.do(b"k", call)) for _ in range(2))
+    await asyncio.sleep(0)
+    assert flights.waits == 1
+    assert len(flights) == 1
+    first.cancel()
+    second.cancel()
+    await asyncio.gather(first, second, return_exceptions=True)
+    gate.set()
+    await asyncio.wait_for(finished.wait(), 5)
+    await asyncio.sleep(0)
+    assert len(flights) == 0
+    assert await flights.do(b"k", call) == 2  # a new call, not the finished one's result
+
+    gate.clear()
+    started.clear()
+    waiter = asyncio.ensure_future(flights.do(b"k", call))
+    await asyncio.wait_for(started.wait(), 5)  # the third call running, in the flight's task
+    running = calls[-1]
+    assert running is not None
+    assert running is not waiter
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(waiter, 5)
     assert len(flights) == 0

@@ -8,7 +8,7 @@ store is down degrades to a miss (or to this process's memory); it never raises.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from phantom_token.core.ttl import CacheDirectives
@@ -110,17 +110,30 @@ class Purged:
     complete: bool = True  # False when a shared store is configured but could not be reached
 
 
-@dataclass(frozen=True, slots=True)
 class Active:
     """The token is active. ``jwt`` goes upstream; ``claims`` are its (unverified or verified) claims.
 
     ``jwt`` is None when the server answered claims, not a JWT (RFC 7662 JSON, RFC 9701): the engine then checks
     those claims and has a ``TokenMinter`` sign the JWT that goes upstream.
+
+    A value, never changed once made (equal by its fields). A plain class, not a frozen dataclass: one is made per
+    cache miss, and a dataclass's generated ``__init__`` runs interpreted even in the compiled build.
     """
 
-    jwt: str | None
-    claims: dict[str, object]
-    directives: CacheDirectives = field(default_factory=CacheDirectives)
+    __slots__ = ("claims", "directives", "jwt")
+
+    def __init__(self, jwt: str | None, claims: dict[str, object], directives: CacheDirectives | None = None) -> None:
+        self.jwt = jwt
+        self.claims = claims
+        self.directives = directives if directives is not None else CacheDirectives()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Active):
+            return NotImplemented
+        return self.jwt == other.jwt and self.claims == other.claims and self.directives == other.directives
+
+    def __repr__(self) -> str:
+        return f"Active(jwt={self.jwt!r}, claims={self.claims!r}, directives={self.directives!r})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,27 +17,64 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
+class _Flight(Generic[T]):
+    """One call in flight: its task, and a future per caller waiting for it."""
+
+    __slots__ = ("task", "waiters")
+
+    def __init__(self, waiter: asyncio.Future[T]) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self.waiters = [waiter]
+
+
 class SingleFlight(Generic[T]):
+    """The call runs in a task of its own; each caller waits on a future of its own, which the task resolves. So a
+    caller going away (a client disconnect cancels its request's task) cancels only its own future, never the call
+    the others wait for, as ``asyncio.shield`` would do, at a fraction of its cost: a miss pays one task and one
+    future, not a task, a done callback and shield's future with its two callbacks (docs/performance.md, "Cache
+    misses")."""
+
     def __init__(self) -> None:
-        self._calls: dict[bytes, asyncio.Task[T]] = {}
+        self._calls: dict[bytes, _Flight[T]] = {}
         self.waits = 0  # callers that joined a call already running (phantom_token_single_flight_waits_total)
 
     def __len__(self) -> int:
         return len(self._calls)
 
     async def do(self, key: bytes, call: Callable[[], Awaitable[T]]) -> T:
-        task = self._calls.get(key)
-        if task is None:
-            task = asyncio.ensure_future(call())
-            self._calls[key] = task
-            task.add_done_callback(lambda done: self._finished(key, done))
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[T] = loop.create_future()
+        flight = self._calls.get(key)
+        if flight is None:
+            flight = self._calls[key] = _Flight(waiter)
+            flight.task = loop.create_task(self._run(key, flight, call))
         else:
+            flight.waiters.append(waiter)
             self.waits += 1
-        # shield: one waiter going away (client disconnect) must not cancel the call the others wait for
-        return await asyncio.shield(task)
+        return await waiter
 
-    def _finished(self, key: bytes, task: asyncio.Task[T]) -> None:
-        if self._calls.get(key) is task:
+    async def _run(self, key: bytes, flight: _Flight[T], call: Callable[[], Awaitable[T]]) -> None:
+        """Runs the call and hands its result or exception to every caller still waiting."""
+        try:
+            result = await call()
+        except BaseException as exc:  # every waiter gets it, whatever it is
+            self._land(key, flight)
+            cancelled = isinstance(exc, asyncio.CancelledError)
+            for waiter in flight.waiters:
+                if not waiter.done():  # done: that caller was cancelled
+                    if cancelled:
+                        waiter.cancel()
+                    else:
+                        waiter.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise  # cancelled, KeyboardInterrupt, SystemExit: the task ends as they say
+            return
+        self._land(key, flight)
+        for waiter in flight.waiters:
+            if not waiter.done():
+                waiter.set_result(result)
+
+    def _land(self, key: bytes, flight: _Flight[T]) -> None:
+        """The call is over: a caller arriving from now on starts a new one."""
+        if self._calls.get(key) is flight:
             del self._calls[key]
-        if not task.cancelled():
-            task.exception()  # mark retrieved: the waiters may all have gone away

@@ -6,13 +6,29 @@ lifetime = min(token_cache_seconds, Cache-Control max-age, JWT exp - now); ``no-
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
-
-@dataclass(frozen=True, slots=True)
 class CacheDirectives:
-    max_age: float | None = None  # None: the response set no max-age
-    no_store: bool = False  # no-store or no-cache: the response must not be reused
+    """What an answer's ``Cache-Control`` says; a value, never changed once made (equal by its fields).
+
+    A plain class, not a frozen dataclass: one is made per cache miss, and a dataclass's generated ``__init__`` runs
+    interpreted even in the compiled build (docs/performance.md, "Cache misses")."""
+
+    __slots__ = ("max_age", "no_store")
+
+    def __init__(self, max_age: float | None = None, no_store: bool = False) -> None:
+        self.max_age = max_age  # None: the response set no max-age
+        self.no_store = no_store  # no-store or no-cache: the response must not be reused
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CacheDirectives):
+            return NotImplemented
+        return self.max_age == other.max_age and self.no_store == other.no_store
+
+    def __hash__(self) -> int:
+        return hash((self.max_age, self.no_store))
+
+    def __repr__(self) -> str:
+        return f"CacheDirectives(max_age={self.max_age!r}, no_store={self.no_store!r})"
 
 
 def parse_cache_control(values: list[str]) -> CacheDirectives:
