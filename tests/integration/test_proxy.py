@@ -616,13 +616,13 @@ async def test_upstream_targets_follow_each_request_on_one_connection(harness: H
     """Upstream targets are remembered per route; every request still gets its own path and query."""
     reader, writer = await open_conn(harness.port)
     responses = ResponseReader(reader)
-    sent = [b"/api/a?x=1", b"/api/a?x=1", b"/api/a", b"/api/b?x=%26", b"/api", b"/api/a?x=1"]
+    sent = [b"/api/a?x=1", b"/api/a?x=1", b"/api/a?x=2", b"/api/a", b"/api/b?x=%26", b"/api", b"/api/a?x=1"]
     for target in sent:
         writer.write(b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n")
         assert (await responses.next()).status == 200
     writer.close()
-    assert [s.target for s in harness.upstream.requests] == ["/base/a?x=1", "/base/a?x=1", "/base/a", "/base/b?x=%26",
-                                                             "/base", "/base/a?x=1"]
+    assert [s.target for s in harness.upstream.requests] == ["/base/a?x=1", "/base/a?x=1", "/base/a?x=2", "/base/a",
+                                                             "/base/b?x=%26", "/base", "/base/a?x=1"]
 
 
 async def send_on_one_connection(proxy: HttpServer, upstream: RecordingUpstream, requests: list[bytes]) -> list[Seen]:

@@ -393,3 +393,30 @@ def test_bytes_that_arrive_while_an_upgrade_is_decided_are_held_for_the_tunnel()
     conn.receive(b"two", 101.1)  # a read already under way when reading paused
     handler.accept()
     assert b"".join(handler.tunnelled) == b"onetwo"
+
+
+def test_a_repeated_target_gives_what_a_fresh_connection_makes_of_it() -> None:
+    """The connection remembers its last origin-form target and what it meant; every head, repeated or not, must
+    carry the path, query and host a fresh connection (no memo) gives the same request, and a refused target is
+    refused however often it follows an accepted one."""
+    targets = [b"/", b"/", b"/a/../b?q=1", b"/a/../b?q=1", b"/b?q=1", b"/b", b"/b?", b"/b?", b"*",
+               b"http://Other.example./x/./y?z", b"/b", b"http://Other.example./x/./y?z", b"/%41//c?x=%2F",
+               b"/%41//c?x=%2F", b"/b", b"/b"]
+    conn, handler, _ = connect()
+    for target in targets:
+        method = b"OPTIONS" if target == b"*" else b"GET"
+        request = method + b" " + target + b" HTTP/1.1\r\nHost: h.example\r\n\r\n"
+        conn.receive(request, 101.0)
+        fresh, fresh_handler, _ = connect()
+        fresh.receive(request, 101.0)
+        head, expected = handler.heads[-1], fresh_handler.heads[0]
+        assert (head.path, head.query, head.host, head.raw_host) == (
+            expected.path, expected.query, expected.host, expected.raw_host), target
+    assert [head.path for head in handler.heads][:6] == ["/", "/", "/b", "/b", "/b", "/b"]
+    assert handler.heads[9].host == "other.example"
+    assert handler.heads[10].host == "h.example"
+    for refused in (b"/a/..%2F/b", b"/b#f"):
+        conn, handler, out = connect()
+        conn.receive(b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n", 101.0)
+        conn.receive(b"GET " + refused + b" HTTP/1.1\r\nHost: h\r\n\r\n", 101.1)
+        assert out.text.count(b"HTTP/1.1 400 ") == 1, refused

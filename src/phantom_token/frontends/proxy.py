@@ -191,8 +191,8 @@ class _Memo:
     connection's life."""
 
     __slots__ = ("claims_lines", "claims_names", "claims_plugin", "claims_source", "forwarding", "lines", "lines_auth",
-                 "lines_host", "lines_route", "path", "path_route", "raw_head", "rewritten_head", "strip", "target",
-                 "tokens")
+                 "lines_host", "lines_route", "path", "path_route", "query", "raw_head", "rewritten_head", "strip",
+                 "target", "tokens")
 
     def __init__(self) -> None:
         self.tokens = TokenMemo()  # the engine's: the token this connection last sent and its cache key
@@ -200,8 +200,10 @@ class _Memo:
         # cheaper than hashing them.
         self.raw_head = b""
         self.rewritten_head: tuple[bytes, bool] = (b"", False)
-        # The last request path, its route and the upstream path for it (from the shared memo).
+        # The last request path and query, its route and the upstream target for them (the upstream path from the
+        # shared memo, then ``?query`` when there is one).
         self.path = ""
+        self.query = ""
         self.path_route: Route | None = None
         self.target = b""
         # The gateway's own header lines of the last request sent upstream and what they were made from. A token
@@ -422,14 +424,14 @@ class ProxyHandler(RequestHandler, ResponseSink):
         headers as forwarded, and the gateway's own lines, each from this connection's memo when it repeats."""
         memo = self._memo
         route = allow.route
-        path = head.path
-        if path == memo.path and route is memo.path_route:
+        path, query = head.path, head.query
+        if path == memo.path and route is memo.path_route and query == memo.query:
             target = memo.target
         else:
             target = self._shared.upstream_path(route, path)
-            memo.path, memo.path_route, memo.target = path, route, target
-        if head.query:
-            target = b"%b?%b" % (target, head.query.encode("latin-1"))
+            if query:
+                target = b"%b?%b" % (target, query.encode("latin-1"))
+            memo.path, memo.path_route, memo.query, memo.target = path, route, query, target
         authorization = allow.authorization
         parts, forwarded_for = request_lines(head, target, authorization, route.plugin)
         raw_host = head.raw_host

@@ -393,10 +393,11 @@ class Connection(asyncio.Protocol):
             raise ProtocolError("malformed response head")
         if end > MAX_RESPONSE_HEAD:
             raise ProtocolError(f"response head larger than {MAX_RESPONSE_HEAD} bytes")
-        head, self._buf = buf[:end], buf[end:]
+        head = buf[:end]
         parser = self._parser
         status: int = parser.get_status_code()
         if status < 200:
+            self._buf = buf[end:]  # only here is the rest of the read kept (it starts the real response)
             if status == 101 and self._upgrade:
                 self._switch(head)
                 return

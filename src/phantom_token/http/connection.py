@@ -185,6 +185,11 @@ class ServerConnection:
         self._parsed_method: Callable[[], bytes] = parser.get_method
         self._parsed_keep_alive: Callable[[], bool] = parser.should_keep_alive
         self._url = b""
+        # The last origin-form target (``/path?query``) and what ``split_target`` made of it: a keep-alive client
+        # repeats its targets, and comparing bytes is cheaper than scanning and decoding them again.
+        self._last_target = b"/"  # never b"": that is no target split_target would accept
+        self._last_path = "/"
+        self._last_query = ""
         self._raw: RawHeaders = []
         self._header_bytes = 0
         self._receiving: RequestHead | None = None  # the request whose body is arriving (state BODY)
@@ -469,7 +474,13 @@ class ServerConnection:
         limit = self.limits.max_body_bytes
         if limit and head.content_length is not None and head.content_length > limit:
             raise Reject(413, "request body larger than max_body_bytes")
-        split_target(head)
+        target = head.target
+        if target == self._last_target:  # only ever an origin-form target that split_target accepted
+            head.path, head.query = self._last_path, self._last_query
+        else:
+            split_target(head)
+            if target[:1] == b"/":
+                self._last_target, self._last_path, self._last_query = target, head.path, head.query
         if self.active is None:
             self._start(head)
         else:

@@ -31,6 +31,9 @@ class Reject(Exception):
         self.reason = reason
 
 
+_NO_TOKENS: Final[frozenset[str]] = frozenset()  # one shared empty set: a head without Connection makes none
+
+
 class RequestHead:
     """The parsed head of one request. ``headers`` maps lower-case names to every value (ISO-8859-1);
     ``lnames`` holds the lower-case name of each entry of ``raw_headers`` at the same index."""
@@ -54,7 +57,7 @@ class RequestHead:
         self.content_length: int | None = None
         self.chunked = False
         self.expect_continue = False
-        self.connection_tokens: frozenset[str] = frozenset()
+        self.connection_tokens = _NO_TOKENS
         self.upgrade = False  # Connection: upgrade with an Upgrade header (llhttp then stops at the head)
         self.early_body: list[bytes] | None = None  # body parsed while the request waited in the pipeline
         self.complete = False  # the whole request (head and body) has been received
