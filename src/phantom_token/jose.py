@@ -78,7 +78,8 @@ class BadSignature(JoseError):
 
 def b64url_encode(data: bytes) -> str:
     """base64url without padding."""
-    return urlsafe_b64encode(data).decode("ascii")
+    encoded: bytes = urlsafe_b64encode(data)  # typed: joserfc may be absent where mypyc compiles this module
+    return encoded.decode("ascii")
 
 
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
@@ -131,8 +132,10 @@ def _fits(alg: str, key: Key) -> bool:
     if key.key_type != kty:
         return False
     if isinstance(key, RSAKey):
-        return key.public_key.key_size >= MIN_RSA_BITS
-    return crv == key.curve_name
+        bits: int = key.public_key.key_size
+        return bits >= MIN_RSA_BITS
+    curve: str = key.curve_name
+    return crv == curve
 
 
 def _default_alg(key: Key) -> str:
@@ -258,7 +261,8 @@ class SigningKey:
 
     def private_pem(self) -> bytes:
         """PKCS#8 PEM, unencrypted (for demos and tests)."""
-        return self._key.as_pem(private=True)
+        pem: bytes = self._key.as_pem(private=True)
+        return pem
 
     def public_jwk(self) -> JsonObject:
         """The public JWK, with ``kid``, ``alg`` and ``use: sig``."""
@@ -279,8 +283,8 @@ class SigningKey:
         header["alg"], header["kid"] = self.alg, self.kid
         if not with_kid:
             del header["kid"]
-        signing_input = json_b64encode(header) + b"." + json_b64encode(dict(claims))
-        signature = urlsafe_b64encode(self._model.sign(signing_input, self._key))
+        signing_input: bytes = json_b64encode(header) + b"." + json_b64encode(dict(claims))
+        signature: bytes = urlsafe_b64encode(self._model.sign(signing_input, self._key))
         return (signing_input + b"." + signature).decode("ascii")
 
     def __repr__(self) -> str:
