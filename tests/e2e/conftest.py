@@ -425,3 +425,17 @@ def run_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
         return subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd=REPO, check=False)
 
     return run
+
+
+def child_pids(parent: int) -> list[int]:
+    """The live (not zombie) children of ``parent``, from /proc: a supervisor's workers."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found

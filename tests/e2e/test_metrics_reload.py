@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from ..integration.redis_server import RedisServer, running_redis
-from .conftest import AuthServer, Gateway, GatewayFactory, dump, free_port, http_request, plugin_options
-from .test_operations import _children, wait_for
+from .conftest import AuthServer, Gateway, GatewayFactory, child_pids, dump, free_port, http_request, plugin_options
+from .test_operations import wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -94,10 +94,10 @@ def test_metrics_with_two_workers_sum_every_worker_and_survive_a_restart(
     introspections = samples["phantom_token_introspections_total"]
     assert introspections == auth_server.introspections()
     # A worker that stops gracefully publishes last; its replacement carries its counts on: none vanish or double.
-    children = _children(gw.proc.pid)
+    children = child_pids(gw.proc.pid)
     assert len(children) == 2
     os.kill(children[1], signal.SIGTERM)
-    wait_for(lambda: len(_children(gw.proc.pid)) == 2 and children[1] not in _children(gw.proc.pid),
+    wait_for(lambda: len(child_pids(gw.proc.pid)) == 2 and children[1] not in child_pids(gw.proc.pid),
              what="a replacement worker")
     wait_for(lambda: metrics(admin_port).get("phantom_token_workers") == 2, what="both workers publishing")
     assert requests_by_outcome(metrics(admin_port)) == expected

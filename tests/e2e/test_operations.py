@@ -21,6 +21,7 @@ from .conftest import (
     GatewayFactory,
     HttpResult,
     _basic,
+    child_pids,
     dump,
     free_port,
     http_request,
@@ -154,23 +155,12 @@ def test_workers_share_the_port_and_are_restarted(
     token = auth_server.issue_token()
     for _ in range(6):
         assert gw.get_with_token(token).status == 200
-    children = _children(gw.proc.pid)
+    children = child_pids(gw.proc.pid)
     assert len(children) == 2
     os.kill(children[0], signal.SIGKILL)
-    wait_for(lambda: len(_children(gw.proc.pid)) == 2 and children[0] not in _children(gw.proc.pid),
+    wait_for(lambda: len(child_pids(gw.proc.pid)) == 2 and children[0] not in child_pids(gw.proc.pid),
              what="a replacement worker")
     for _ in range(6):
         assert gw.get_with_token(token).status == 200
 
 
-def _children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.append(int(entry.name))
-    return found

@@ -15,26 +15,12 @@ from typing import Any
 
 import pytest
 
-from .conftest import AuthServer, GatewayFactory, dump
+from .conftest import AuthServer, GatewayFactory, child_pids, dump
 
 pytestmark = pytest.mark.e2e
 
 CONNECTIONS = 40
 AT_LEAST = 5  # per worker; the chance that hashing puts fewer than 5 of 40 on one of two workers is about 2e-7
-
-
-def _workers(supervisor: int) -> list[int]:
-    """The live children of ``supervisor``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == supervisor and fields[0] != "Z":
-                found.append(int(entry.name))
-    return found
 
 
 def _established_inodes(port: int) -> set[int]:
@@ -74,7 +60,7 @@ def test_two_workers_share_the_keep_alive_connections(
             assert response.status == 200
             assert not response.will_close
         accepted = _established_inodes(gw.port)
-        workers = _workers(gw.proc.pid)
+        workers = child_pids(gw.proc.pid)
         assert len(workers) == 2
         held = {pid: len(_socket_inodes(pid) & accepted) for pid in workers}
         assert sum(held.values()) == CONNECTIONS, held
