@@ -1,8 +1,9 @@
 """What the proxy sends upstream and back, as pure functions of what was parsed (contract section 9).
 
 - ``request_lines``: the request line and the client's header lines as forwarded, with the gateway's own framing.
-- ``gateway_lines``: ``Authorization``, ``Host`` and ``X-Forwarded-*`` as the gateway sets them, and the head's end
-  (``authorization_line`` + ``forwarding_lines``).
+- ``authorization_line`` + ``forwarding_lines``: ``Authorization``, ``Host`` and ``X-Forwarded-*`` as the gateway
+  sets them, and the head's end (two pieces: the proxy remembers them apart, the first per token, the second per
+  route and Host).
 - ``rewrite_response_head``: the upstream's response head as the client receives it; ``switching_head`` for a 101.
 
 Invariants:
@@ -50,7 +51,8 @@ def request_lines(head: RequestHead, target: bytes, authorization: str | None,
                   plugin: PluginConfig | None = None) -> tuple[list[bytes], bytes | None]:
     """The request line for ``target`` (the upstream path and query) and the client's header lines as forwarded,
     with the framing; and the client's ``X-Forwarded-For`` values joined (None when it sent none). The caller
-    appends ``gateway_lines`` and joins. ``plugin`` is the route's (its ``forward_dpop_proof``)."""
+    appends ``authorization_line`` and ``forwarding_lines`` and joins. ``plugin`` is the route's (its
+    ``forward_dpop_proof``)."""
     parts = [head.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
     tokens = head.connection_tokens
     forwarded_for: bytes | None = None
@@ -129,25 +131,19 @@ def tunnels(head: RequestHead) -> bool:
     return head.upgrade and values is not None and len(values) == 1 and values[0].strip().lower() == "websocket"
 
 
-def gateway_lines(authorization: str | None, host: bytes, raw_host: bytes, client_ip: bytes,
-                  forwarded_for: bytes | None) -> bytes:
-    """``Authorization`` (when the verdict carries one), ``Host``, ``X-Forwarded-For`` (the client's values, then
-    its address), ``X-Forwarded-Proto``, ``X-Forwarded-Host`` (the Host the client sent, when it sent one) and the
-    head's final empty line: ``authorization_line`` then ``forwarding_lines`` (the proxy remembers the two apart)."""
-    return authorization_line(authorization) + forwarding_lines(host, raw_host, client_ip, forwarded_for)
-
-
 def authorization_line(authorization: str | None) -> bytes:
-    """The ``Authorization`` line of the verdict's value ("" when it carries none). The caller has refused a value
-    with CR or LF."""
+    """The ``Authorization`` line of the verdict's value ("" when it carries none), the first of the gateway's own
+    lines. The caller has refused a value with CR or LF."""
     if authorization is None:
         return b""
     return b"".join((b"Authorization: ", authorization.encode("latin-1"), b"\r\n"))
 
 
 def forwarding_lines(host: bytes, raw_host: bytes, client_ip: bytes, forwarded_for: bytes | None) -> bytes:
-    """``gateway_lines`` after ``Authorization``: ``Host``, ``X-Forwarded-*`` and the head's final empty line. They do
-    not depend on the token, so a connection whose requests carry many tokens builds them once."""
+    """The gateway's own lines after ``Authorization``: ``Host``, ``X-Forwarded-For`` (the client's values, then its
+    address), ``X-Forwarded-Proto``, ``X-Forwarded-Host`` (the Host the client sent, when it sent one) and the head's
+    final empty line. They do not depend on the token, so a connection whose requests carry many tokens builds them
+    once."""
     parts = [b"Host: %b\r\nX-Forwarded-For: %b\r\nX-Forwarded-Proto: http\r\n" % (
         host, forwarded_for + b", " + client_ip if forwarded_for else client_ip)]
     if raw_host:
@@ -204,6 +200,6 @@ def switching_head(raw: bytes) -> bytes:
     return head + b"Connection: Upgrade\r\nUpgrade: " + chosen + b"\r\n\r\n"
 
 
-__all__ = ["HOP_BY_HOP", "authorization_line", "claim_lines", "forwarding_lines", "gateway_lines", "host_header",
+__all__ = ["HOP_BY_HOP", "authorization_line", "claim_lines", "forwarding_lines", "host_header",
            "request_lines", "rewrite_response_head", "switching_head", "tunnels", "with_claim_headers",
            "without_headers"]
