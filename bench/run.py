@@ -1,7 +1,7 @@
 """The benchmark: phantom-token against plain nginx, every process on 127.0.0.1, one worker each.
 
     .venv/bin/python bench/run.py [--quick] [--seconds S] [--connections C] [--repeat N] [--envoy-only]
-                                  [--tls-only] [--workers-only]
+                                  [--tls-only] [--workers-only] [--goals-only]
 
 Starts an upstream (nginx ``return 200``, its own process, 1 worker), a plain nginx ``proxy_pass`` in front of it
 (the limit), the demo authorization server, ``phantom-token serve`` (and a second one with ``--access-log``, its
@@ -18,10 +18,12 @@ prints one table: req/s, p50/p99 latency and the ratio to plain nginx in the sam
 nginx with ``listen ... ssl`` and ``proxy_pass`` to the same upstream, both with a certificate made for the run, at
 cache hit (``--tls-only`` measures just those). A fourth: nginx with 1 and 2 worker processes against ``serve
 --workers 1`` and ``2``, at cache hit and with 10 000 distinct tokens, with CPU per request and the balance between
-workers (bench/workers.py; ``--workers-only`` measures just those, last in a full run). Then memory per cached
-entry (tracemalloc around the real engine and cache, and the RSS of a ``serve`` process) and how throughput and
-memory change from 1 to 100 000 distinct tokens. ``--quick`` runs a few seconds per row (for CI); nothing here
-asserts on timing. Every process started is stopped on exit, on failure too.
+workers (bench/workers.py; ``--workers-only`` measures just those, last in a full run). ``--goals-only``: only
+what issue 18 sets goals for (nginx, serve at a hit and at a miss, the set-misc and lua decision caches, N distinct
+tokens, memory), in about half the time. Then memory per cached entry (tracemalloc around the real engine and
+cache, and the RSS of a ``serve`` process) and how throughput and memory change from 1 to 100 000 distinct tokens.
+``--quick`` runs a few seconds per row (for CI); nothing here asserts on timing. Every process started is stopped on
+exit, on failure too.
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ class Plan:
     dpop_only: bool = False  # only nginx proxy_pass, serve at cache hit with Bearer, and with DPoP
     tls_only: bool = False  # only the TLS table (and what it needs)
     workers_only: bool = False  # only the workers table (bench/workers.py) and what it needs
+    goals_only: bool = False  # only the rows issue 18 sets goals for (GOAL_ROWS, the misses, N tokens, memory)
 
     @property
     def miss_tokens(self) -> int:
@@ -563,6 +566,8 @@ def main_rows(plan: Plan, ports: Ports, kids: dict[str, Child], token: str, miss
         ("  the same, in memory (lua)", ports.nginx_authz_lua, ["nginx_authz_lua", "authz"]),
         (JWT_ROW, ports.serve_jwt, ["serve_jwt"]),
     ]
+    if plan.goals_only:
+        repeated = [entry for entry in repeated if entry[0] in GOAL_ROWS]
     best: dict[str, Row] = {}
     miss: Row | None = None
     miss_now: Row | None = None
@@ -583,11 +588,16 @@ def main_rows(plan: Plan, ports: Ports, kids: dict[str, Child], token: str, miss
     rows = [best[name] for name, _, _ in repeated]
     assert miss is not None
     assert miss_now is not None
+    if plan.goals_only:
+        return [*rows[:3], miss, miss_now, *rows[3:]]
     serve_rows = 7 if "serve_trace_on" in kids else 5
     return [*rows[:serve_rows], miss, miss_now, *rows[serve_rows:]]
 
 
 ACCESS_LOG_ROW = "serve, cache hit, access log on"
+# --goals-only: the main rows issue 18's goals are about (with the two miss rows, N distinct tokens and memory)
+GOAL_ROWS = frozenset({"upstream nginx direct (reference)", "nginx proxy_pass (the limit)", "serve, cache hit",
+                       "nginx + authz + decision cache", "  the same, in memory (lua)"})
 DPOP_ROW = "serve, cache hit, DPoP (fresh proofs)"
 
 
@@ -823,7 +833,8 @@ def run(plan: Plan, keep: Path | None = None) -> int:
         round_ratios: dict[str, list[float]] = {}
         jwt_issued = real_jwt(ports.auth_jwt, asyncio.run(_issue(ports.auth_jwt, 1))[0])  # signed by auth_jwt
         rows = main_rows(plan, ports, kids, token, tmp / "miss.txt", round_ratios, jwt_issued)
-        rows.insert(4, dpop_row(plan, ports, kids, DPoPLoad(ports.auth, tmp), rows[2].result.rps))
+        if not plan.goals_only:
+            rows.insert(4, dpop_row(plan, ports, kids, DPoPLoad(ports.auth, tmp), rows[2].result.rps))
         limit = rows[1].result.rps
         print_table(rows, rows[1])
         hit = rows[2].result
@@ -831,8 +842,9 @@ def run(plan: Plan, keep: Path | None = None) -> int:
               f"(over the upstream itself: {hit.p99_ms - rows[0].result.p99_ms:+.2f} ms)")
         print_miss_ratio(rows)
         print_round_ratios(round_ratios)
-        print_envoy_table(envoy_rows(plan, ports, kids, token), plan)
-        print_tls_table(tls_rows(plan, ports, kids, token), plan)
+        if not plan.goals_only:
+            print_envoy_table(envoy_rows(plan, ports, kids, token), plan)
+            print_tls_table(tls_rows(plan, ports, kids, token), plan)
 
         memory = entry_memory(jwt, plan.memory_entries)
         print(f"\nmemory per cached entry (tracemalloc, {memory.entries} entries): {memory.bytes_per_entry:.0f} B "
@@ -840,7 +852,8 @@ def run(plan: Plan, keep: Path | None = None) -> int:
 
         print("\nserve at cache hit with N distinct tokens (round robin), its RSS after the run:")
         print_scale(scale_rows(plan, ports, kids["serve_scale"], tmp / "scale.txt", scale), limit)
-        workers_table(plan, procs, tmp, ports, token, tmp / "scale.txt")
+        if not plan.goals_only:
+            workers_table(plan, procs, tmp, ports, token, tmp / "scale.txt")
         print(f"\ntotal {time.monotonic() - started:.0f}s")
     return 0
 
@@ -859,14 +872,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="only nginx over TLS and serve over TLS (proxy_pass to the same upstream)")
     parser.add_argument("--workers-only", action="store_true",
                         help="only the workers table: nginx and serve with 1 and 2 workers (bench/workers.py)")
+    parser.add_argument("--goals-only", action="store_true",
+                        help="only the rows issue 18 sets goals for: nginx, serve at a hit and at a miss, the "
+                             "decision caches (set-misc, lua), N distinct tokens and memory per entry")
     parser.add_argument("--keep", type=Path, metavar="DIR", help="work in DIR and keep its configs and logs")
     args = parser.parse_args(argv)
     if args.quick:
         plan = Plan(args.seconds or 2, 1, args.connections, (1, 100, 10_000), 2_000, args.repeat or 1,
-                    args.envoy_only, args.dpop_only, args.tls_only, args.workers_only)
+                    args.envoy_only, args.dpop_only, args.tls_only, args.workers_only, args.goals_only)
     else:
         plan = Plan(args.seconds or 10, 3, args.connections, (1, 100, 10_000, 100_000), 20_000, args.repeat or 3,
-                    args.envoy_only, args.dpop_only, args.tls_only, args.workers_only)
+                    args.envoy_only, args.dpop_only, args.tls_only, args.workers_only, args.goals_only)
     try:
         return run(plan, args.keep)
     except KeyboardInterrupt:

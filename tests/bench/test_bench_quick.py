@@ -111,3 +111,27 @@ def test_the_hot_path_alone_is_timed_for_both_front_doors() -> None:
                           re.MULTILINE)
         assert found is not None, done.stdout
         assert 0 < float(found.group(1)) <= float(found.group(2))
+
+
+GOAL_ROWS = ("nginx proxy_pass (the limit)", "serve, cache hit", "serve, cache miss (20 ms AS)",
+             "serve, cache miss (0 ms AS)", "nginx + authz + decision cache", "  the same, in memory (lua)")
+
+
+def test_goals_only_measures_the_goal_rows_and_nothing_else() -> None:
+    """``--goals-only``: issue 18's rows (hit, misses, decision caches, N tokens, memory) without Envoy, TLS, DPoP
+    or the workers table, so three rounds of what the goals judge fit in the time one full run takes."""
+    done = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--goals-only"],
+                          capture_output=True, text=True, timeout=600, check=False, cwd=REPO)
+    output = done.stdout
+    assert done.returncode == 0, output + done.stderr
+    for row in GOAL_ROWS:
+        found = re.search(rf"^{re.escape(row)}\s+{NUMBER}\s+{NUMBER}", output, re.MULTILINE)
+        assert found is not None, (row, output)
+        assert float(found.group(1)) > 0
+    assert re.search(r"serve, cache miss \(0 ms AS\): \d+ us CPU per request, [\d.]+x a hit", output), output
+    for absent in ("serve, cache hit, DPoP", "serve, cache hit, access log on", "x envoy", "over TLS",
+                   "nginx + authz (auth_request)"):
+        assert absent not in output, (absent, output)
+    scaled = re.findall(rf"^\s+(\d+)\s+{NUMBER}\s+{NUMBER}", output, re.MULTILINE)
+    assert [int(tokens) for tokens, _, _ in scaled] == [1, 100, 10_000], output
+    assert re.search(rf"memory per cached entry .*: {NUMBER} B", output), output
