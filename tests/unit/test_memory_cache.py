@@ -16,8 +16,8 @@ def key(n: int) -> bytes:
 
 
 def colliding(n: int) -> bytes:
-    """Keys whose first 64 bits differ only above bit 40: the same home slot in any table this test builds, so
-    every one of them lands in one long probe run."""
+    """Keys whose low 32 bits are all zero (the first 64 bits differ only above bit 40): whatever the table's
+    multiplier, they all start probing at slot 0, so every one of them lands in one long probe run."""
     return (n << 40).to_bytes(8, "little") + hashlib.sha256(b"%d" % n).digest()[:24]
 
 
@@ -172,3 +172,15 @@ def test_the_table_agrees_with_a_dict_under_collisions_removals_and_expiry() -> 
         held = {k for k in model if cache.get_local(k, now) is not None}
         assert all(cache.get_local(k, now) == model[k] for k in held)
         assert len(cache) == len(held)
+
+
+def test_the_slot_a_key_starts_at_depends_on_a_secret_multiplier() -> None:
+    """Multiply-shift with a random odd multiplier per table (cache/memory.py): whoever picks tokens cannot aim
+    them at one run of slots without knowing it."""
+    tables = [MemoryCache(10)._active for _ in range(8)]
+    assert all(table.seed % 2 == 1 and 0 < table.seed < 2**31 for table in tables)
+    assert len({table.seed for table in tables}) > 1
+    table = tables[0]
+    for n in range(100):
+        k0 = int.from_bytes(key(n)[:8], "little", signed=True)
+        assert table._home(k0) == ((k0 & 0xFFFFFFFF) * table.seed % 2**32) >> (32 - 3)

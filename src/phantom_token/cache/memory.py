@@ -16,8 +16,11 @@ There is no key object and no dict or linked-list node per entry (an ``OrderedDi
   random digests (BLAKE2s/SHA-256 output), so 128 bits keep collisions negligible (about n^2 / 2^129) while
   namespaces and key-format versions stay apart exactly as in the full key (they are hashed into it). A key shorter
   than 16 bytes (only tests use such keys) is hashed to 16 bytes first. Redis keeps the full key (format v2).
-- Slot: the first 64 bits masked by the table size; linear probing, the table grows (doubling) before it is more
-  than half full, and a removal shifts the following run back (no tombstones, so lookups never walk deleted slots).
+- Slot: the key's low 32 bits hashed by multiply-shift with a random odd multiplier drawn per table
+  (``_Table.seed``; Dietzfelbinger's universal family: ``((x * seed) mod 2^32) >> (32 - log2(slots))``), so someone
+  who chooses tokens cannot aim them at one run of slots without knowing it (what SipHash's per-process secret does
+  for a dict). Linear probing; the table grows (doubling) before it is more than half full, and a removal shifts the
+  following run back (no tombstones, so lookups never walk deleted slots).
 - Eviction, CLOCK: a hit only sets the entry's ``hot`` bit (no list splicing, cheaper than an LRU's
   ``move_to_end``); when the table is at its bound, the hand walks the slots, clearing ``hot`` bits, and evicts the
   first entry it finds not hot. An entry hit at least once per turn of the hand is never evicted, so a flood of
@@ -30,6 +33,7 @@ they have their own bound).
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final
@@ -41,6 +45,7 @@ if TYPE_CHECKING:
     from mypy_extensions import i64
 
 _MIN_SLOTS: Final = 8
+_LOW32: Final = 0xFFFFFFFF
 
 
 class _Held(CacheEntry):
@@ -73,6 +78,9 @@ class _Table:
         self.max = max_entries
         self.slots: list[_Held | None] = [None] * _MIN_SLOTS
         self.mask: i64 = _MIN_SLOTS - 1
+        self.shift: i64 = 32 - 3  # 32 - log2(len(slots))
+        # Odd and below 2^31, so ``low32 * seed`` stays below 2^63: no native overflow.
+        self.seed: i64 = secrets.randbits(30) * 2 + 1
         self.count = 0
         self.hand: i64 = 0
         self.evictions = 0  # entries dropped to stay within ``max`` (metrics)
@@ -85,7 +93,7 @@ class _Table:
             k1 = read_i64_le(key, 8)
         slots = self.slots
         mask = self.mask
-        index = k0 & mask
+        index = (((k0 & _LOW32) * self.seed) & _LOW32) >> self.shift
         while True:
             held = slots[index]
             if held is None:
@@ -98,11 +106,15 @@ class _Table:
                 return held
             index = (index + 1) & mask
 
+    def _home(self, k0: i64) -> i64:
+        """The slot where probing for a key starts (see the module docstring)."""
+        return (((k0 & _LOW32) * self.seed) & _LOW32) >> self.shift
+
     def _find(self, k0: i64, k1: i64) -> i64:
         """The slot holding the key, or -1."""
         slots = self.slots
         mask = self.mask
-        index = k0 & mask
+        index = self._home(k0)
         while True:
             held = slots[index]
             if held is None:
@@ -121,7 +133,7 @@ class _Table:
         if self.count >= self.max:
             self._evict()
         elif (self.count + 1) * 2 > len(self.slots):
-            self._resize(len(self.slots) * 2)
+            self._grow()
         self._place(held)
         self.count += 1
 
@@ -136,6 +148,7 @@ class _Table:
     def clear(self) -> None:
         self.slots = [None] * _MIN_SLOTS
         self.mask = _MIN_SLOTS - 1
+        self.shift = 32 - 3
         self.count = 0
         self.hand = 0
 
@@ -145,15 +158,18 @@ class _Table:
     def _place(self, held: _Held) -> None:
         slots = self.slots
         mask = self.mask
-        index = held.k0 & mask
+        index = self._home(held.k0)
         while slots[index] is not None:
             index = (index + 1) & mask
         slots[index] = held
 
-    def _resize(self, size: int) -> None:
+    def _grow(self) -> None:
+        """Twice the slots, every entry placed again (2^32 slots at most: 64 GiB of list, never reached)."""
         old = self.slots
+        size = len(old) * 2
         self.slots = [None] * size
         self.mask = size - 1
+        self.shift -= 1
         self.hand = 0
         for held in old:
             if held is not None:
@@ -170,7 +186,7 @@ class _Table:
             if held is None:
                 break
             # ``held`` may move into the hole when the hole lies between its home slot and where it is.
-            if ((index - (held.k0 & mask)) & mask) >= ((index - hole) & mask):
+            if ((index - self._home(held.k0)) & mask) >= ((index - hole) & mask):
                 slots[hole] = held
                 hole = index
         slots[hole] = None
