@@ -93,7 +93,7 @@ class _Table:
             k1 = read_i64_le(key, 8)
         slots = self.slots
         mask = self.mask
-        index = (((k0 & _LOW32) * self.seed) & _LOW32) >> self.shift
+        index = (((k0 & 0xFFFFFFFF) * self.seed) & 0xFFFFFFFF) >> self.shift  # _home(k0), inline
         while True:
             held = slots[index]
             if held is None:
