@@ -5,8 +5,8 @@
 The engine is driven exactly as the gateway drives it (``Engine.authorize`` on a miss: the normal put path, then
 the entry stays in the ``MemoryCache`` that ``cache.stack.build_cache`` builds); only the introspector is a
 stand-in that answers a real JWT issued by the demo authorization server (signed in this process), so what is
-counted is what a cache entry keeps alive: the key, the ``Bearer <jwt>`` string, the entry object, the LRU's
-bookkeeping, and anything else a miss leaves behind (single-flight table, metrics, scope sets, allocator
+counted is what a cache entry keeps alive: the ``Bearer <jwt>`` string, the table's entry object (the key inline), the
+table's slots, and anything else a miss leaves behind (single-flight table, metrics, scope sets, allocator
 fragmentation). Two figures per N, each in a fresh process:
 
 - RSS growth per entry (``/proc/self/statm`` before and after the fill, after a ``gc.collect()``): what the
@@ -36,7 +36,7 @@ if __name__ == "__main__":
 from phantom_token.cache.memory import MemoryCache
 from phantom_token.config.settings import PluginConfig, Route, Upstream
 from phantom_token.core.engine import Engine
-from phantom_token.core.ports import Active, CacheEntry, IntrospectionResult
+from phantom_token.core.ports import Active, IntrospectionResult
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.routes import Router
 from phantom_token.core.ttl import CacheDirectives
@@ -147,11 +147,8 @@ def anatomy(jwt: str) -> list[tuple[str, int]]:
     """What one entry's own objects take (allocator blocks, GC headers included), from one real entry."""
     engine, cache = _engine(jwt, 10)
     asyncio.run(_fill(engine, [secrets.token_urlsafe(32)]))
-    key, entry = next(iter(cache._active.entries.items()))
-    if not isinstance(entry, CacheEntry):
-        raise RuntimeError(f"unexpected entry {entry!r}")
-    parts = [("key (bytes)", _block(sys.getsizeof(key))),  # getsizeof counts the GC header of tracked objects
-             ("authorization", _block(sys.getsizeof(entry.authorization))),
+    entry = next(cache.active_entries())  # the table's own copy, with its key bits inline: no key object
+    parts = [("authorization", _block(sys.getsizeof(entry.authorization))),  # getsizeof counts GC headers
              (f"entry ({type(entry).__name__})", _block(sys.getsizeof(entry)))]
     if not _native(entry):  # a compiled (mypyc native) class keeps the float unboxed, in the object itself
         parts.append(("expires_at (float)", _block(sys.getsizeof(entry.expires_at))))
@@ -183,7 +180,7 @@ def main() -> None:
           f"{'compiled' if compiled else 'pure Python'}; goal <= 1.5x = {1.5 * len(jwt):.0f} B per entry")
     parts = anatomy(jwt)
     print("one entry's own objects: " + ", ".join(f"{name} {size}" for name, size in parts)
-          + f" = {sum(size for _, size in parts)} B (the rest: the LRU's table and allocator overhead)")
+          + f" = {sum(size for _, size in parts)} B (the rest: the table's slots and allocator overhead)")
     for entries in args.entries:
         figures = []
         for child in ("rss", "tracemalloc"):

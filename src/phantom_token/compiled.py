@@ -110,6 +110,12 @@ class _SourceFinder(importlib.abc.MetaPathFinder):
         return importlib.util.spec_from_file_location(fullname, source_of(fullname))
 
 
+def _runtime_present() -> bool:
+    """True when ``librt.strings`` (mypyc's run-time library: the compiled memory cache reads its keys with it,
+    ``phantom_token/_native.py``) can be imported; a compiled module needing it would fail to import without it."""
+    return importlib.util.find_spec("librt") is not None and importlib.util.find_spec("librt.strings") is not None
+
+
 _reason: str | None = None
 
 
@@ -124,6 +130,10 @@ def install() -> None:
         _reason = f"{source_of(stale[0]).name} changed after it was compiled"
         print(f"phantom-token: {_reason}; running the hot path from source (slower). "
               "Rebuild with scripts/setup (or pip install -e .).", file=sys.stderr)
+    elif _compiled_library() is not None and not _runtime_present():
+        _reason = "librt (mypyc's run-time library, a dependency) is not installed"
+        print(f"phantom-token: {_reason}; running the hot path from source (slower). "
+              "Install it: pip install librt.", file=sys.stderr)
     else:
         return
     sys.meta_path.insert(0, _SourceFinder())

@@ -25,7 +25,7 @@ from phantom_token.core.keys import (
     prefixed_state,
     token_digest,
 )
-from phantom_token.core.ports import Exchanged, Inactive, IntrospectionResult
+from phantom_token.core.ports import CacheEntry, Exchanged, Inactive, IntrospectionResult
 from phantom_token.core.request import RequestInfo, TokenMemo
 from phantom_token.core.routes import Router
 from phantom_token.core.verdict import Allow
@@ -87,8 +87,26 @@ def test_two_namespaces_never_give_the_same_key_for_a_token() -> None:
     for token in TOKENS:
         keys = {namespaced_key(namespace, token_digest(token)) for namespace in NAMESPACES}
         assert len(keys) == len(NAMESPACES)
+        assert len({key[:16] for key in keys}) == len(NAMESPACES)  # the memory cache's identity: 128 bits
     plugins = (PLAIN, CLAIMS, EXCHANGE, A, B, SEVERAL)
     assert len({cache_key(plugin, "tok") for plugin in plugins}) == len(plugins)
+    assert len({cache_key(plugin, "tok")[:16] for plugin in plugins}) == len(plugins)
+
+
+def test_the_memory_cache_keeps_namespaces_and_versions_apart() -> None:
+    """The memory cache identifies an entry by the key's first 128 bits (cache/memory.py): the entries of one token
+    under every namespace and both key formats stay separate entries there too."""
+    digest = token_digest("tok")
+    keys = [namespaced_key(namespace, digest) for namespace in NAMESPACES]
+    keys += [legacy_key(namespace, digest) for namespace in NAMESPACES]
+    cache = MemoryCache(len(keys))
+    for n, key in enumerate(keys):
+        cache.put_local(key, CacheEntry(f"Bearer jwt-{n}", frozenset(), 100.0))
+    assert len(cache) == len(keys)
+    for n, key in enumerate(keys):
+        entry = cache.get_local(key, 0)
+        assert isinstance(entry, CacheEntry)
+        assert entry.authorization == f"Bearer jwt-{n}"
 
 
 def test_two_versions_never_give_the_same_key() -> None:
@@ -101,7 +119,8 @@ def test_two_versions_never_give_the_same_key() -> None:
     assert not current & legacy
     for namespace, digest in pairs:
         other_version = hashlib.sha256(b"phantom-token cache key v3\x00" + namespace).digest()
-        assert prefixed_key(other_version, digest) != namespaced_key(namespace, digest)
+        assert prefixed_key(other_version, digest)[:16] != namespaced_key(namespace, digest)[:16]
+    assert not {key[:16] for key in current} & {key[:16] for key in legacy}  # apart in the memory cache too
 
 
 def test_a_purge_removes_both_formats_of_every_namespace() -> None:

@@ -104,3 +104,29 @@ def test_a_stale_build_runs_from_source_with_one_warning(package: Path, monkeypa
     assert spec is not None
     assert spec.origin == str(package / "core" / "engine.py")
     assert finder.find_spec("phantom_token.cli", None) is None  # not compiled: the usual import machinery
+
+
+def test_a_compiled_build_without_librt_runs_from_source_with_a_warning(
+        package: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The compiled memory cache imports librt.strings when it loads (cache/memory.py, _native.py): without it the
+    build must not fail to import but run from source."""
+    monkeypatch.delenv(compiled.PURE_ENV, raising=False)
+    monkeypatch.setattr(sys, "meta_path", [finder for finder in sys.meta_path
+                                           if not isinstance(finder, compiled._SourceFinder)])
+    assert compiled._runtime_present()  # installed here (a dependency)
+    monkeypatch.setattr(compiled, "_runtime_present", lambda: False)
+    compiled.install()
+    assert "librt" in capsys.readouterr().err
+    assert any(isinstance(finder, compiled._SourceFinder) for finder in sys.meta_path)
+
+
+def test_the_pure_python_key_reader_matches_librt() -> None:
+    from librt.strings import read_i64_le
+
+    from phantom_token._native import int_from_bytes_i64_le
+
+    data = bytes(range(250, 256)) + bytes(range(20))
+    for index in (0, 3, 8, 18):
+        assert int_from_bytes_i64_le(data, index) == read_i64_le(data, index)
+    with pytest.raises(ValueError, match="cannot read"):
+        int_from_bytes_i64_le(data, 19)

@@ -51,7 +51,8 @@ CACHE_OPTIONS = OptionTable(
     CacheSettings,
     "cache.",
     (
-        Option("max_entries", "integer", "entries in the in-memory token cache (least recently used evicted)", low=1),
+        Option("max_entries", "integer",
+               "entries in the in-memory token cache (CLOCK eviction: not used lately goes first)", low=1),
         Option("negative_max_entries", "integer",
                "inactive-token entries in memory, bounded apart so junk tokens cannot evict good ones", low=1),
         Option("redis_url", "text",
