@@ -160,12 +160,9 @@ def index_headers(head: RequestHead, memo: HeaderMemo | None = None) -> None:
     known_names = min(len(prev_raw), len(prev_lnames))
     for i in range(len(raw_headers)):  # indexes: the compiled loop makes no iterator, and compares by position
         name, value = raw_headers[i]
-        if i < known_names and prev_raw[i][0] == name:
-            lname = prev_lnames[i]
-        else:
-            lname = _LNAMES.get(name)
-            if lname is None:
-                lname = _lname(name)
+        lname = prev_lnames[i] if i < known_names and prev_raw[i][0] == name else _LNAMES.get(name)
+        if lname is None:
+            lname = _lname(name)
         lnames.append(lname)
         if not lname:
             continue
