@@ -10,8 +10,8 @@ Invariants:
   discarded, or the connection is closed when the rest is large or the client still waits for 100-continue.
 - What goes upstream and back is built by the pure functions of ``frontends.forwarding`` (hop-by-hop headers, the
   gateway's own framing, Authorization, Host, X-Forwarded-*; then the route's ``claims_to_headers``), each remembered
-  per connection (``_Memo``) or per listener (``_Shared``) when it repeats; the memos hold no query string and never
-  another connection's token.
+  per connection (``_Memo``) or per listener (``_Shared``) when it repeats; the listener's memos hold no query
+  string, and a connection's only its own last request (never another connection's token).
 - The path sent upstream is the normalised one the route matched (``phantom_token.http.uri``), after Kong's
   ``strip_path``; the query string goes as received.
 - Bodies stream both ways and at most one socket read is held per side: the client is not read while the upstream's
@@ -81,6 +81,7 @@ from phantom_token.http.client import (
     StaleConnection,
 )
 from phantom_token.http.connection import RequestHandler, ServerConnection, ServerLimits
+from phantom_token.http.messages import RawHeaders
 from phantom_token.http.request_head import RequestHead
 from phantom_token.http.server import HttpServer, start_server
 from phantom_token.memo import remember
@@ -190,8 +191,9 @@ class _Memo:
     (its last path, the response head it last got, the gateway lines built for its own token's JWT), for the
     connection's life."""
 
-    __slots__ = ("claims_lines", "claims_names", "claims_plugin", "claims_source", "forwarding", "lines", "lines_auth",
-                 "lines_host", "lines_route", "path", "path_route", "query", "raw_head", "rewritten_head", "strip",
+    __slots__ = ("claims_lines", "claims_names", "claims_plugin", "claims_source", "forwarding", "head_auth",
+                 "head_method", "head_raw", "head_route", "head_target", "lines", "lines_auth", "lines_host",
+                 "lines_route", "path", "path_route", "query", "raw_head", "request_head", "rewritten_head", "strip",
                  "target", "tokens")
 
     def __init__(self) -> None:
@@ -219,6 +221,16 @@ class _Memo:
         self.claims_lines = b""
         self.claims_plugin: PluginConfig | None = None
         self.claims_names: frozenset[str] = frozenset()
+        # The last head sent upstream (``request_head``, before claims and the access log's lines) and everything it
+        # was made from: the client's method, target and raw headers (the head is a function of these, of the route
+        # and the verdict's Authorization value, and of this connection's constants). A keep-alive client that
+        # repeats its request exactly gets the same bytes without rebuilding them.
+        self.request_head = b""
+        self.head_method = ""
+        self.head_target = b""
+        self.head_raw: RawHeaders = []
+        self.head_route: Route | None = None
+        self.head_auth: str | None = None  # compared by identity: the cache entry's own string
         # Whether the client's certificate headers are removed from what goes upstream: it is no trusted proxy.
         # Here, not on the handler: its attributes are many already (past CPython's shared-key limit, slower).
         self.strip = False
@@ -421,7 +433,22 @@ class ProxyHandler(RequestHandler, ResponseSink):
 
     def _request_head(self, head: RequestHead, allow: Allow, origin: _Origin) -> bytes:
         """The head sent upstream (``forwarding``): the request line with the route's upstream path, the client's
-        headers as forwarded, and the gateway's own lines, each from this connection's memo when it repeats."""
+        headers as forwarded, and the gateway's own lines, each from this connection's memo when it repeats; the
+        whole head when the request repeats the last one exactly (same method, target and raw header bytes, same
+        route and the same cache entry's Authorization value)."""
+        memo = self._memo
+        route = allow.route
+        authorization = allow.authorization
+        if (authorization is memo.head_auth and route is memo.head_route and memo.request_head
+                and head.target == memo.head_target and head.method == memo.head_method
+                and head.raw_headers == memo.head_raw):
+            return memo.request_head
+        request_head = self._build_request_head(head, allow, origin)
+        memo.request_head, memo.head_auth, memo.head_route = request_head, authorization, route
+        memo.head_target, memo.head_method, memo.head_raw = head.target, head.method, head.raw_headers
+        return request_head
+
+    def _build_request_head(self, head: RequestHead, allow: Allow, origin: _Origin) -> bytes:
         memo = self._memo
         route = allow.route
         path, query = head.path, head.query
