@@ -445,7 +445,8 @@ class ServerConnection:
         self.out.wake_at(self._t_rx + self.limits.header_timeout)
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        part = self._url
+        self._url = part + url if part else url  # llhttp gives the target in one piece unless a read splits it
         if len(self._url) > self.limits.max_url_bytes:
             raise Reject(414, "request target too long")
 
