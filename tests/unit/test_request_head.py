@@ -31,6 +31,8 @@ HEADS: list[tuple[RawHeaders, bool]] = [  # (raw headers, HTTP/1.0)
     ([(H, b"[::1]:8080"), (b"connection", b"close"), (b"X-Forwarded-For", b"1.2.3.4")], False),
     ([], True),
     ([(H, b"api.test\xff")], False),  # a byte outside ASCII
+    ([(H, b"api.test"), (b"Authorization", b"Bearer tok2")], False),  # same names, another value
+    ([(H, b"api.test"), (b"Authorization", b"Bearer tok\xe9")], False),
 ]
 
 
