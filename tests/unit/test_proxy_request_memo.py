@@ -70,9 +70,14 @@ REQUESTS = [
     get(b"/api/y?q=2", b"Host: other.test", B),  # another Host
     get(b"/kept/y?q=2", b"Host: other.test", B),  # another route (preserve_host, strip_path)
     get(b"/kept/y?q=2", b"Host: other.test", B),
+    get(b"/kept/y?q=2", b"Host: other.test", A),  # only the token, on the route that keeps the Host
     get(b"/api/y?q=2", HOST, B, b"X-Forwarded-For: 10.0.0.1"),  # the client's own X-Forwarded-For
     get(b"/api/y?q=2", HOST, B, b"X-Forwarded-For: 10.0.0.1"),
     get(b"/api/y?q=2", HOST, B, b"X-Forwarded-For: 10.0.0.2"),
+    get(b"/api/y?q=2", HOST, A, b"X-Forwarded-For: 10.0.0.2"),  # only the token changes, with the client's XFF
+    get(b"/api/y?q=2", A, HOST, b"X-Forwarded-For: 10.0.0.2"),  # the same headers in another order
+    get(b"/api/y?q=2", B, HOST, b"X-Forwarded-For: 10.0.0.2"),
+    get(b"/api/y?q=2", B, b"Host: other.test", b"X-Forwarded-For: 10.0.0.2"),  # the token and the Host both
     get(b"/api/y?q=2", HOST, B, b"Connection: X-A", b"X-A: 1"),  # a header the Connection header removes
     get(b"/api/y?q=2", HOST, B, b"Connection: X-B", b"X-A: 1"),
     get(b"/api/y?q=2", HOST, B, b"X_A: 1"),  # an underscore name: ignored
@@ -85,6 +90,10 @@ REQUESTS = [
     get(b"/api/y?q=2", HOST, B),
     get(b"http://api.test/api/y?q=2", HOST, B),  # absolute form: its authority wins
     get(b"http://other.test/api/y?q=2", HOST, B),
+    get(b"http://other.test/api/y?q=2", HOST, A),  # only the token, absolute form
+    get(b"http://other.test/api/y?q=2", HOST, b"authorization: Bearer tok-b"),  # and the name's spelling
+    get(b"/api/y?q=2", HOST, A, b"DPoP: x.y.z"),  # a DPoP header with a Bearer token (not forwarded)
+    get(b"/api/y?q=2", HOST, B, b"DPoP: x.y.z"),
     get(b"/public/z", HOST, B),  # no plugin: the client's Authorization goes through
     get(b"/public/z", HOST, A),
     get(b"/public/z", HOST, A),
