@@ -10,8 +10,8 @@ Invariants:
   discarded, or the connection is closed when the rest is large or the client still waits for 100-continue.
 - What goes upstream and back is built by the pure functions of ``frontends.forwarding`` (hop-by-hop headers, the
   gateway's own framing, Authorization, Host, X-Forwarded-*; then the route's ``claims_to_headers``), each remembered
-  per connection (``_Memo``) or per listener (``_Shared``) when it repeats; the memos hold no query string and never
-  another connection's token.
+  per connection (``_Memo``) or per listener (``_Shared``) when it repeats; the listener's memos hold no query
+  string, and a connection's only its own last request (never another connection's token).
 - The path sent upstream is the normalised one the route matched (``phantom_token.http.uri``), after Kong's
   ``strip_path``; the query string goes as received.
 - Bodies stream both ways and at most one socket read is held per side: the client is not read while the upstream's
@@ -81,6 +81,7 @@ from phantom_token.http.client import (
     StaleConnection,
 )
 from phantom_token.http.connection import RequestHandler, ServerConnection, ServerLimits
+from phantom_token.http.messages import RawHeaders
 from phantom_token.http.request_head import RequestHead
 from phantom_token.http.server import HttpServer, start_server
 from phantom_token.memo import remember
@@ -184,15 +185,30 @@ class _Shared:
         return origin
 
 
+def _same_but_authorization(raw: RawHeaders, lnames: list[str], last_raw: RawHeaders, last_lnames: list[str]) -> bool:
+    """Whether two heads' raw headers are the same bytes except the values of ``Authorization`` headers at the same
+    places (which ``request_lines`` never forwards on a route with the plugin)."""
+    size = len(raw)
+    if size != len(last_raw) or size != len(lnames) or size != len(last_lnames):
+        return False
+    for i in range(size):
+        if lnames[i] == "authorization" and last_lnames[i] == "authorization":
+            continue
+        if raw[i] != last_raw[i]:
+            return False
+    return True
+
+
 class _Memo:
     """What one client connection last sent and received, compared with the next request and response before the
     shared, hashed memos are asked (a keep-alive client repeats itself). It holds only that connection's own data
     (its last path, the response head it last got, the gateway lines built for its own token's JWT), for the
     connection's life."""
 
-    __slots__ = ("claims_lines", "claims_names", "claims_plugin", "claims_source", "forwarding", "lines", "lines_auth",
-                 "lines_host", "lines_route", "path", "path_route", "query", "raw_head", "rewritten_head", "strip",
-                 "target", "tokens")
+    __slots__ = ("claims_lines", "claims_names", "claims_plugin", "claims_source", "forwarding", "head_auth",
+                 "head_client", "head_forwarding", "head_lnames", "head_method", "head_raw", "head_route",
+                 "head_target", "lines", "lines_auth", "lines_host", "lines_route", "path", "path_route", "query",
+                 "raw_head", "request_head", "rewritten_head", "strip", "target", "tokens")
 
     def __init__(self) -> None:
         self.tokens = TokenMemo()  # the engine's: the token this connection last sent and its cache key
@@ -219,6 +235,21 @@ class _Memo:
         self.claims_lines = b""
         self.claims_plugin: PluginConfig | None = None
         self.claims_names: frozenset[str] = frozenset()
+        # The last head sent upstream (``request_head``, before claims and the access log's lines) and everything it
+        # was made from: the client's method, target and raw headers (the head is a function of these, of the route
+        # and the verdict's Authorization value, and of this connection's constants). A keep-alive client that
+        # repeats its request exactly gets the same bytes without rebuilding them.
+        self.request_head = b""
+        self.head_method = ""
+        self.head_target = b""
+        self.head_raw: RawHeaders = []
+        self.head_route: Route | None = None
+        self.head_auth: str | None = None  # compared by identity: the cache entry's own string
+        self.head_lnames: list[str] = []
+        # The two parts of the last head built in full around its Authorization line: the request line with the
+        # client's lines, and the gateway's lines after it ("" when the connection strips certificate headers).
+        self.head_client = b""
+        self.head_forwarding = b""
         # Whether the client's certificate headers are removed from what goes upstream: it is no trusted proxy.
         # Here, not on the handler: its attributes are many already (past CPython's shared-key limit, slower).
         self.strip = False
@@ -421,7 +452,31 @@ class ProxyHandler(RequestHandler, ResponseSink):
 
     def _request_head(self, head: RequestHead, allow: Allow, origin: _Origin) -> bytes:
         """The head sent upstream (``forwarding``): the request line with the route's upstream path, the client's
-        headers as forwarded, and the gateway's own lines, each from this connection's memo when it repeats."""
+        headers as forwarded, and the gateway's own lines, each from this connection's memo when it repeats; the
+        whole head when the request repeats the last one exactly (same method, target and raw header bytes, same
+        route and the same cache entry's Authorization value)."""
+        memo = self._memo
+        route = allow.route
+        authorization = allow.authorization
+        if (authorization is memo.head_auth and route is memo.head_route and memo.request_head
+                and head.target == memo.head_target and head.method == memo.head_method
+                and head.raw_headers == memo.head_raw):
+            return memo.request_head
+        if (authorization is not None and memo.head_client and memo.head_auth is not None
+                and route is memo.head_route and head.target == memo.head_target and head.method == memo.head_method
+                and _same_but_authorization(head.raw_headers, head.lnames, memo.head_raw, memo.head_lnames)):
+            # Only the token changed (a load balancer's or a BFF's connection): the client's part as before (it never
+            # includes the client's Authorization on a route with the plugin), this entry's line, the same lines after
+            request_head = b"".join((memo.head_client, b"Authorization: ", authorization.encode("latin-1"), b"\r\n",
+                                     memo.head_forwarding))
+        else:
+            request_head = self._build_request_head(head, allow, origin)
+        memo.request_head, memo.head_auth, memo.head_route = request_head, authorization, route
+        memo.head_target, memo.head_method, memo.head_raw = head.target, head.method, head.raw_headers
+        memo.head_lnames = head.lnames
+        return request_head
+
+    def _build_request_head(self, head: RequestHead, allow: Allow, origin: _Origin) -> bytes:
         memo = self._memo
         route = allow.route
         path, query = head.path, head.query
@@ -434,11 +489,12 @@ class ProxyHandler(RequestHandler, ResponseSink):
             memo.path, memo.path_route, memo.query, memo.target = path, route, query, target
         authorization = allow.authorization
         parts, forwarded_for = request_lines(head, target, authorization, route.plugin)
+        client = b"".join(parts)  # the request line and the client's lines as forwarded (``_request_head`` reuses it)
         raw_host = head.raw_host
         if forwarded_for is None and route is memo.lines_route and raw_host == memo.lines_host and memo.lines:
             if authorization is not memo.lines_auth:  # another token's entry: its line, then the same forwarding
                 memo.lines, memo.lines_auth = authorization_line(authorization) + memo.forwarding, authorization
-            parts.append(memo.lines)
+            lines, forwarding = memo.lines, memo.forwarding
         else:
             raw = raw_host.encode("latin-1")
             host = raw if route.preserve_host and raw else origin.host_header
@@ -447,10 +503,11 @@ class ProxyHandler(RequestHandler, ResponseSink):
             if forwarded_for is None:  # a client's own X-Forwarded-For makes the lines its own: not remembered
                 memo.lines, memo.lines_auth, memo.lines_route, memo.lines_host = lines, authorization, route, raw_host
                 memo.forwarding = forwarding
-            parts.append(lines)
-        if memo.strip:
-            return without_headers(b"".join(parts), head.headers, self._shared.cert_headers)
-        return b"".join(parts)
+        if memo.strip:  # the certificate headers are removed from the whole head: no part of it is reused
+            memo.head_client = memo.head_forwarding = b""
+            return without_headers(client + lines, head.headers, self._shared.cert_headers)
+        memo.head_client, memo.head_forwarding = client, forwarding
+        return client + lines
 
     def _with_claims(self, request_head: bytes, head: RequestHead, route: Route,
                      claims: tuple[tuple[str, str], ...]) -> bytes:

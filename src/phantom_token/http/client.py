@@ -185,6 +185,11 @@ class Connection(asyncio.Protocol):
         self._time: Callable[[], float] = pool.loop.time
         self._parser = httptools.HttpResponseParser(self)
         self._feed: Callable[[bytes], None] = self._parser.feed_data
+        self._status_code: Callable[[], int] = self._parser.get_status_code
+        self._parsed_keep_alive: Callable[[], bool] = self._parser.should_keep_alive
+        # The head of the last response on this connection, when small: a response that begins with the same
+        # bytes has its head end at the same place (see ``on_headers_complete``).
+        self._last_head = b""
         self._sink: ResponseSink | None = None
         self._buf = b""  # bytes of the response head received so far
         self._head = b""  # the head of the current response, once complete
@@ -333,13 +338,18 @@ class Connection(asyncio.Protocol):
             return
         self._t_last = self._time()
         if self._in_head:
-            self._buf += data  # no copy when the head starts in this read (b"" + data is data)
+            buf = self._buf
+            # no copy when the head starts in this read; not ``+=``, which takes both operands' buffers (~250
+            # instructions) even when one is empty
+            self._buf = buf + data if buf else data
         try:
             self._feed(data)
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _HeadResponseDone):
                 self._parser = httptools.HttpResponseParser(self)
                 self._feed = self._parser.feed_data
+                self._status_code = self._parser.get_status_code
+                self._parsed_keep_alive = self._parser.should_keep_alive
                 self._complete()
             elif isinstance(exc.__context__, ProtocolError):
                 self._fail(exc.__context__)
@@ -388,14 +398,28 @@ class Connection(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         buf = self._buf
-        end = buf.find(b"\r\n\r\n") + 4
-        if end < 4:  # cannot happen after llhttp accepted a head; refuse rather than guess
-            raise ProtocolError("malformed response head")
-        if end > MAX_RESPONSE_HEAD:
-            raise ProtocolError(f"response head larger than {MAX_RESPONSE_HEAD} bytes")
-        head = buf[:end]
-        parser = self._parser
-        status: int = parser.get_status_code()
+        # Where the head ends: the first empty line. An upstream sends the same head again and again (nginx's
+        # changes once a second, with Date): when the bytes begin with the last head, that is where it ends (the
+        # last head holds exactly one CRLFCRLF, at its end, so none comes earlier), and one comparison replaces
+        # the search (bytes.find: about 1 400 instructions with its call, against 200).
+        last = self._last_head
+        end = len(last)
+        # byte reads first (C reads when compiled): a head of another length (another Content-Length) fails here,
+        # before a slice is made
+        if (end and len(buf) >= end and buf[end - 1] == 10 and buf[end - 2] == 13 and buf[end - 3] == 10
+                and buf[end - 4] == 13 and buf[:end] == last):
+            head = last
+        else:
+            end = buf.find(b"\r\n\r\n") + 4
+            if end < 4:  # cannot happen after llhttp accepted a head; refuse rather than guess
+                raise ProtocolError("malformed response head")
+            if end > MAX_RESPONSE_HEAD:
+                raise ProtocolError(f"response head larger than {MAX_RESPONSE_HEAD} bytes")
+            head = buf[:end]
+            # Remembered when small. It is only ever compared with the next response's bytes on this connection
+            # (never sent anywhere: a match means the new response carries those very bytes), and replaced by it.
+            self._last_head = head if end <= 2048 else b""
+        status = self._status_code()
         if status < 200:
             self._buf = buf[end:]  # only here is the rest of the read kept (it starts the real response)
             if status == 101 and self._upgrade:
@@ -408,7 +432,7 @@ class Connection(asyncio.Protocol):
         self._head = head
         self._head_seen = True
         # llhttp already answers False for a body delimited by the close (no Content-Length, not chunked).
-        self._keep_alive = parser.should_keep_alive()
+        self._keep_alive = self._parsed_keep_alive()
         self._has_body = not (self._head_request or status == 204 or status == 304)
         sink = self._sink
         if sink is not None:

@@ -55,7 +55,15 @@ import httptools
 
 from phantom_token._trait import mypyc_attr
 from phantom_token.http.messages import RawHeaders
-from phantom_token.http.request_head import METHODS, Reject, RequestHead, index_headers, split_target, version_at
+from phantom_token.http.request_head import (
+    METHODS,
+    HeaderMemo,
+    Reject,
+    RequestHead,
+    index_headers,
+    split_target,
+    version_at,
+)
 from phantom_token.http.responses import CONTINUE_100, ERROR_BODIES, MALFORMED, render_response
 
 logger: Final = logging.getLogger("phantom_token.http")
@@ -190,6 +198,7 @@ class ServerConnection:
         self._last_target = b"/"  # never b"": that is no target split_target would accept
         self._last_path = "/"
         self._last_query = ""
+        self._header_memo = HeaderMemo()  # the previous head's names and Host, for ``index_headers``
         self._raw: RawHeaders = []
         self._header_bytes = 0
         self._receiving: RequestHead | None = None  # the request whose body is arriving (state BODY)
@@ -436,7 +445,8 @@ class ServerConnection:
         self.out.wake_at(self._t_rx + self.limits.header_timeout)
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        part = self._url
+        self._url = part + url if part else url  # llhttp gives the target in one piece unless a read splits it
         if len(self._url) > self.limits.max_url_bytes:
             raise Reject(414, "request target too long")
 
@@ -468,7 +478,7 @@ class ServerConnection:
         self.state = BODY
         self._receiving = head
         try:
-            index_headers(head)
+            index_headers(head, self._header_memo)
         except ValueError as exc:
             raise Reject(400, "invalid header") from exc
         limit = self.limits.max_body_bytes

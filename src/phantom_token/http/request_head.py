@@ -131,12 +131,36 @@ def _lname(name: bytes) -> str:
     return remember(_LNAMES, name, "" if "_" in lname else lname, 1024)
 
 
-def index_headers(head: RequestHead) -> None:
-    """One pass over the raw headers for the lower-case mapping, then what framing and routing need from it."""
+class HeaderMemo:
+    """What ``index_headers`` made of the previous request head on one connection, to skip the hashed memos when the
+    next head repeats it (a keep-alive client sends the same names, in the same order, and the same Host): its raw
+    headers and their lower-case names (the previous head's own lists, not copies), and its Host header value and
+    what ``normalise_host`` made of it. Only ever that connection's own data, for the connection's life (the same
+    bytes its ``TokenMemo`` and last ``RequestHead`` hold)."""
+
+    __slots__ = ("host", "host_value", "lnames", "raw")
+
+    def __init__(self) -> None:
+        self.raw: RawHeaders = []
+        self.lnames: list[str] = []
+        self.host_value: str | None = None  # None: no valid Host seen yet (never equal to a value)
+        self.host = ""
+
+
+def index_headers(head: RequestHead, memo: HeaderMemo | None = None) -> None:
+    """One pass over the raw headers for the lower-case mapping, then what framing and routing need from it.
+    ``memo``: the connection's (``HeaderMemo``); a name equal to the previous head's at the same index takes its
+    lower-case name, and a Host value equal to the previous one its normalised host: the same results as the
+    process-wide memos give (pure functions of the bytes), without hashing the bytes."""
     headers = head.headers
     lnames = head.lnames
-    for name, value in head.raw_headers:
-        lname = _LNAMES.get(name)
+    raw_headers = head.raw_headers
+    prev_raw: RawHeaders = memo.raw if memo is not None else []
+    prev_lnames: list[str] = memo.lnames if memo is not None else []
+    known_names = min(len(prev_raw), len(prev_lnames))
+    for i in range(len(raw_headers)):  # indexes: the compiled loop makes no iterator, and compares by position
+        name, value = raw_headers[i]
+        lname = prev_lnames[i] if i < known_names and prev_raw[i][0] == name else _LNAMES.get(name)
         if lname is None:
             lname = _lname(name)
         lnames.append(lname)
@@ -147,18 +171,25 @@ def index_headers(head: RequestHead) -> None:
             headers[lname] = [value.decode("latin-1")]
         else:
             values.append(value.decode("latin-1"))
+    if memo is not None:
+        memo.raw, memo.lnames = raw_headers, lnames
     hosts = headers.get("host")
     if hosts is not None:
         if len(hosts) > 1:
             raise Reject(400, "more than one Host header")
         host = head.raw_host = hosts[0]
-        known = _HOSTS.get(host)
-        if known is None:
-            try:
-                known = remember(_HOSTS, host, normalise_host(host), 1024)
-            except InvalidTarget as exc:
-                raise Reject(400, exc.reason) from exc
-        head.host = known
+        if memo is not None and host == memo.host_value:
+            head.host = memo.host
+        else:
+            known = _HOSTS.get(host)
+            if known is None:
+                try:
+                    known = remember(_HOSTS, host, normalise_host(host), 1024)
+                except InvalidTarget as exc:
+                    raise Reject(400, exc.reason) from exc
+            head.host = known
+            if memo is not None:
+                memo.host_value, memo.host = host, known
     elif not head.http10:
         raise Reject(400, "missing Host header")
     length = headers.get("content-length")
@@ -186,4 +217,4 @@ def index_headers(head: RequestHead) -> None:
 _HOSTS: Final[dict[str, str]] = {}
 
 
-__all__ = ["METHODS", "Reject", "RequestHead", "index_headers", "split_target", "version_at"]
+__all__ = ["METHODS", "HeaderMemo", "Reject", "RequestHead", "index_headers", "split_target", "version_at"]

@@ -1,0 +1,60 @@
+"""``index_headers`` with a connection's ``HeaderMemo`` gives exactly what it gives without one, for any sequence of
+heads on a connection: the memo only skips hashing bytes it has seen at the same place in the previous head."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from phantom_token.http.messages import RawHeaders
+from phantom_token.http.request_head import HeaderMemo, Reject, RequestHead, index_headers
+
+H = b"Host"
+A = (b"Authorization", b"Bearer tok")
+HEADS: list[tuple[RawHeaders, bool]] = [  # (raw headers, HTTP/1.0)
+    ([(H, b"api.test"), A], False),
+    ([(H, b"api.test"), A], False),  # the same again
+    ([(b"HOST", b"API.test."), A], False),  # another spelling of the same name and host
+    ([A, (H, b"api.test")], False),  # the same names in another order
+    ([(H, b"api.test:8080"), (b"X_Forwarded_Host", b"evil"), A], False),  # an underscore name: ignored
+    ([(H, b"api.test:8080"), (b"X-Forwarded-Host", b"evil"), A], False),  # the dash name at the same index
+    ([(H, b"bad host")], False),  # an invalid Host after valid ones
+    ([(H, b"")], False),  # an empty Host (what no valid value memo may stand for)
+    ([(H, b"api.test"), (H, b"api.test")], False),  # two Host headers
+    ([A], False),  # no Host: 400 in HTTP/1.1
+    ([A], True),  # no Host in HTTP/1.0: accepted
+    ([(b"Content-Length", b"5"), (H, b"api.test"), (b"Expect", b"100-continue")], False),
+    ([(b"Transfer-Encoding", b"chunked"), (H, b"api.test"), (b"Connection", b"keep-alive, Upgrade"),
+      (b"Upgrade", b"websocket")], False),  # an upgrade with a body: 400
+    ([(H, b"api.test"), (b"Connection", b"Upgrade"), (b"Upgrade", b"websocket")], False),
+    ([(H, b"[::1]:8080"), (b"connection", b"close"), (b"X-Forwarded-For", b"1.2.3.4")], False),
+    ([], True),
+    ([(H, b"api.test\xff")], False),  # a byte outside ASCII
+    ([(H, b"api.test"), (b"Authorization", b"Bearer tok2")], False),  # same names, another value
+    ([(H, b"api.test"), (b"Authorization", b"Bearer tok\xe9")], False),
+]
+
+
+def indexed(raw: RawHeaders, http10: bool, memo: HeaderMemo | None) -> tuple[object, ...]:
+    head = RequestHead("GET", b"/", list(raw), True, http10)
+    try:
+        index_headers(head, memo)
+    except Reject as exc:
+        return ("reject", exc.status, exc.reason)
+    return (head.lnames, head.headers, head.host, head.raw_host, head.content_length, head.chunked,
+            head.expect_continue, head.connection_tokens, head.upgrade)
+
+
+@pytest.mark.parametrize("order", [HEADS, HEADS[::-1], [HEADS[i] for i in (0, 6, 0, 7, 2, 7, 9, 0, 4, 5, 4, 16, 0)]])
+def test_a_memo_never_changes_what_a_head_indexes_to(order: list[tuple[RawHeaders, bool]]) -> None:
+    memo = HeaderMemo()
+    for raw, http10 in order:
+        assert indexed(raw, http10, memo) == indexed(raw, http10, None), raw
+
+
+def test_every_pair_of_heads_in_sequence_indexes_as_without_a_memo() -> None:
+    for (first, first10), (second, second10) in itertools.product(HEADS, repeat=2):
+        memo = HeaderMemo()
+        indexed(first, first10, memo)
+        assert indexed(second, second10, memo) == indexed(second, second10, None), (first, second)
