@@ -23,8 +23,9 @@ class Authorizer(Protocol):
         """The verdict when no I/O is needed (a cache hit or a cheap denial); None means call ``authorize``."""
         ...
 
-    async def authorize(self, request: RequestInfo) -> Verdict:
-        """The verdict, introspecting the token when needed."""
+    async def authorize(self, request: RequestInfo, *, uncancelled: bool = False) -> Verdict:
+        """The verdict, introspecting the token when needed. ``uncancelled``: the caller never cancels the task
+        awaiting this (``Engine.authorize``)."""
         ...
 
 

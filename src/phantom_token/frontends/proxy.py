@@ -21,6 +21,9 @@ Invariants:
   ``gateway_timeout``; after that the client connection is dropped, so a cut-short response never looks complete.
 - The fast path (``try_authorize`` answers, a pooled connection is free) runs in protocol callbacks only: no
   await, no task. Header values are never logged.
+- A cache miss runs in one task (``_verdict_task``), which is never cancelled, not even when the client goes away:
+  the engine runs the introspection in it (``Engine.authorize(uncancelled=True)``), and other requests for the same
+  token may be waiting for that call. The verdict of a request gone meanwhile is dropped.
 - With the access log on (``settings.access_log``; ``frontends.access_log``) every answered request writes one line
   (a denial, the upstream's response at its end, a failure, a refusal by the connection core) and goes upstream
   with exactly one ``X-Request-Id``: the client's when valid, else a new one replacing every copy it sent. Off, the
@@ -285,7 +288,10 @@ class ProxyHandler(RequestHandler, ResponseSink):
         self._upstream: Connection | None = None
         self._replay: tuple[_Origin, bytes] | None = None
         self._pending: list[bytes] | None = None  # body received before the upstream was ready
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Task[None] | None = None  # connecting upstream (cancelled when the request is aborted)
+        # A miss's verdict being made (``_authorize``): never cancelled, so that the engine may run the introspection
+        # in this task (``Engine.authorize(uncancelled=True)``); a request aborted meanwhile has its verdict dropped.
+        self._verdict_task: asyncio.Task[None] | None = None
         self._status = 0
         self._out_head: bytes | None = None  # response head, held back to leave in one write with the body
         self._head_written = False
@@ -320,7 +326,7 @@ class ProxyHandler(RequestHandler, ResponseSink):
         if verdict is None:
             self._pending = []
             self.conn.pause_reading(PAUSE_VERDICT)
-            self._task = self._shared.loop.create_task(self._authorize(head, info))
+            self._verdict_task = self._shared.loop.create_task(self._authorize(head, info))
             return
         self._apply(head, verdict)
 
@@ -349,6 +355,8 @@ class ProxyHandler(RequestHandler, ResponseSink):
         if self._task is not None:
             self._task.cancel()
             self._task = None
+        # _verdict_task is left to finish (it may be running an introspection other requests wait for): _authorize
+        # then finds the request gone and drops the verdict.
         if self._upstream is not None:
             self._upstream.abort()
             self._upstream = None
@@ -371,11 +379,11 @@ class ProxyHandler(RequestHandler, ResponseSink):
             self._attach_span()
         started = time.perf_counter()
         try:  # frontends.authorize_timed, inlined: its two interpreted coroutines cost a miss more than this
-            verdict = await self._engine.authorize(info)
+            verdict = await self._engine.authorize(info, uncancelled=True)  # see _verdict_task: a promise kept
         except Exception as exc:
             verdict = authorization_failed(exc)
         self._t_introspection = time.perf_counter() - started
-        self._task = None
+        self._verdict_task = None
         conn = self.conn
         if conn.active is head and not conn.responded and not conn.closed:
             self._apply(head, verdict)
