@@ -47,6 +47,8 @@ from joserfc.jwk import ECKey, JWKRegistry, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 from joserfc.util import json_b64encode, urlsafe_b64encode
 
+from phantom_token.memo import remember
+
 Key: TypeAlias = ECKey | RSAKey | OKPKey
 """A joserfc asymmetric key (private or public)."""
 PrivateKey: TypeAlias = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | Ed25519PrivateKey
@@ -82,7 +84,10 @@ def b64url_encode(data: bytes) -> str:
     return encoded.decode("ascii")
 
 
-_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+# The URL-safe alphabet onto the standard one, and the standard alphabet's own "+" and "/" (and "=") onto "!", which
+# a2b_base64's strict mode refuses like any character outside the alphabet: one translate does what three find()
+# calls did, and the padding is ours only (added after the translation).
+_FROM_URLSAFE = bytes.maketrans(b"-_+/=", b"+/!!!")
 _CANONICAL_LAST = (b"AEIMQUYcgkosw048", b"AQgw")  # the last character when 1 or 2 "=" would pad: no stray bits
 
 
@@ -97,8 +102,7 @@ def b64url_decode(text: str) -> bytes:
     except UnicodeEncodeError as exc:
         raise MalformedToken("not canonical base64url without padding") from exc
     pad = -len(raw) % 4
-    if (pad == 3 or raw.find(b"+") >= 0 or raw.find(b"/") >= 0 or raw.find(b"=") >= 0
-            or (pad and raw[-1] not in _CANONICAL_LAST[pad - 1])):
+    if pad == 3 or (pad and raw[-1] not in _CANONICAL_LAST[pad - 1]):
         raise MalformedToken("not canonical base64url without padding")
     try:
         return binascii.a2b_base64(raw.translate(_FROM_URLSAFE) + b"=" * pad, strict_mode=True)
@@ -372,15 +376,33 @@ def _json_object(part: str, what: str) -> JsonObject:
     return value
 
 
+# Headers read before, by their base64url text: the tokens of one issuer share one header (``alg``, ``kid``,
+# ``typ``), so a cache miss need not decode and parse it again. Only small headers whose every member is a string
+# are kept (a copy is handed out: no caller can change another's), at most ``_MAX_HEADERS`` (a full memo starts over).
+_headers: dict[str, JsonObject] = {}
+_MAX_HEADERS = 256
+_MAX_HEADER_TEXT = 512
+
+
+def _header(part: str) -> JsonObject:
+    known = _headers.get(part)
+    if known is not None:
+        return dict(known)
+    header = _json_object(part, "header")
+    if not isinstance(header.get("alg"), str):
+        raise MalformedToken("header has no string 'alg'")
+    if len(part) <= _MAX_HEADER_TEXT and all(isinstance(value, str) for value in header.values()):
+        remember(_headers, part, dict(header), _MAX_HEADERS)
+    return header
+
+
 def _split(token: str) -> tuple[JsonObject, JsonObject, bytes, bytes]:
     if not isinstance(token, str):
         raise MalformedToken("a token is text")
     parts = token.split(".")
     if len(parts) != 3:
         raise MalformedToken("a compact JWS has exactly three parts")
-    header = _json_object(parts[0], "header")
-    if not isinstance(header.get("alg"), str):
-        raise MalformedToken("header has no string 'alg'")
+    header = _header(parts[0])
     claims = _json_object(parts[1], "payload")
     signature = b64url_decode(parts[2])
     return header, claims, f"{parts[0]}.{parts[1]}".encode("ascii"), signature

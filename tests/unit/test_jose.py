@@ -409,3 +409,27 @@ def test_scan_json_accepts_and_refuses_what_json_decode_does() -> None:
             except ValueError as exc:
                 got = (type(exc).__name__,)
             assert got == expected, text
+
+
+def test_a_header_read_before_is_handed_out_as_a_copy_and_only_when_all_strings() -> None:
+    """``_split``'s memo of headers (the tokens of one issuer share theirs): a reader changing what it got changes
+    nothing for the next; a header with a non-string member (a DPoP proof's ``jwk``) is read anew each time."""
+    from phantom_token import jose
+
+    flat = b64url_encode(json.dumps({"alg": "ES256", "kid": "k1", "typ": "JWT"}).encode())
+    nested = b64url_encode(json.dumps({"alg": "ES256", "jwk": {"kty": "EC"}}).encode())
+    payload = b64url_encode(b'{"sub": "a"}')
+    first, _ = decode_unverified(f"{flat}.{payload}.")
+    first["alg"] = "none"
+    first["x"] = "y"
+    again, _ = decode_unverified(f"{flat}.{payload}.")
+    assert again == {"alg": "ES256", "kid": "k1", "typ": "JWT"}
+    assert flat in jose._headers
+    header, _ = decode_unverified(f"{nested}.{payload}.")
+    header["jwk"]["kty"] = "RSA"
+    assert decode_unverified(f"{nested}.{payload}.")[0] == {"alg": "ES256", "jwk": {"kty": "EC"}}
+    assert nested not in jose._headers
+    bad = b64url_encode(b'{"alg": 1}')
+    for _ in range(2):  # refused every time: only good headers are remembered
+        with pytest.raises(MalformedToken):
+            decode_unverified(f"{bad}.{payload}.")

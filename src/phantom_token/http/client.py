@@ -612,7 +612,13 @@ class _BufferedSink(ResponseSink):
 
     def upstream_head(self, status: int, head: bytes, has_body: bool) -> None:
         self.status = status
-        self.headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head_fields(head)]
+        # head_fields' rules on the head decoded once (not each name and value: a cache miss reads one such head)
+        headers = []
+        for line in head.decode("latin-1").split("\r\n")[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers.append((name, value.strip(" \t")))
+        self.headers = headers
 
     def upstream_body(self, data: bytes) -> None:
         self.size += len(data)
@@ -631,11 +637,12 @@ class _BufferedSink(ResponseSink):
         if not self.future.done():
             self.future.set_exception(exc)
 
-    def expire(self, message: str) -> None:
+    def expire(self, target: _Target, timeout: float) -> None:
         """The call's deadline passed without a whole answer: a ``RequestTimeout``, the connection dropped."""
         if not self.future.done():
             self.conn.abort()
-            self.future.set_exception(RequestTimeout(message))
+            self.future.set_exception(
+                RequestTimeout(f"{target.scheme}://{target.authority} did not answer within {timeout:g}s"))
 
     # upstream_flush, upstream_write_paused/resumed: the base class's nothing (the body is collected in memory)
 
@@ -753,8 +760,7 @@ class HttpClient:
                 retried = True  # nothing was written: one more try is safe even for POST
                 continue
             conn.end_body()
-            timer = loop.call_at(deadline, sink.expire, f"{target.scheme}://{target.authority} did not answer "
-                                                        f"within {timeout:g}s")
+            timer = loop.call_at(deadline, sink.expire, target, timeout)  # the message only if it fires
             try:
                 return await future
             except BaseException:

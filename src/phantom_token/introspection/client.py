@@ -142,7 +142,8 @@ class HttpIntrospector:
                 self._check_discovered(plugin, known.metadata if known else await self._discover(plugin))
 
     async def introspect(self, token: str, plugin: PluginConfig) -> IntrospectionResult:
-        endpoint = await self._introspection_endpoint(plugin)
+        # the configured endpoint without a coroutine (per miss); discovered metadata otherwise
+        endpoint = plugin.introspection_endpoint or await self._introspection_endpoint(plugin)
         active = tracing.ACTIVE
         if active is not None:  # in a span, its traceparent on the request (phantom_token.tracing)
             return await active.introspection(endpoint, lambda extra: self._introspect(token, plugin, endpoint, extra))
