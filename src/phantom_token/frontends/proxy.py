@@ -21,7 +21,7 @@ Invariants:
   ``gateway_timeout``; after that the client connection is dropped, so a cut-short response never looks complete.
 - The fast path (``try_authorize`` answers, a pooled connection is free) runs in protocol callbacks only: no
   await, no task. Header values are never logged.
-- A cache miss runs in one task (``_verdict_task``), which is never cancelled, not even when the client goes away:
+- A cache miss runs in one task (``_authorize``), which is never cancelled, not even when the client goes away:
   the engine runs the introspection in it (``Engine.authorize(uncancelled=True)``), and other requests for the same
   token may be waiting for that call. The verdict of a request gone meanwhile is dropped.
 - With the access log on (``settings.access_log``; ``frontends.access_log``) every answered request writes one line
@@ -288,10 +288,11 @@ class ProxyHandler(RequestHandler, ResponseSink):
         self._upstream: Connection | None = None
         self._replay: tuple[_Origin, bytes] | None = None
         self._pending: list[bytes] | None = None  # body received before the upstream was ready
-        self._task: asyncio.Task[None] | None = None  # connecting upstream (cancelled when the request is aborted)
-        # A miss's verdict being made (``_authorize``): never cancelled, so that the engine may run the introspection
-        # in this task (``Engine.authorize(uncancelled=True)``); a request aborted meanwhile has its verdict dropped.
-        self._verdict_task: asyncio.Task[None] | None = None
+        # A miss's verdict being made (``_authorize``, while ``_route`` is None), or the connection to the upstream
+        # (``_connect``). Only the latter is cancelled when the request is aborted: the engine may run the
+        # introspection in the verdict's task (``Engine.authorize(uncancelled=True)``); a request aborted meanwhile
+        # has its verdict dropped. (One attribute for both: as Python, a 31st attribute would cost every hit.)
+        self._task: asyncio.Task[None] | None = None
         self._status = 0
         self._out_head: bytes | None = None  # response head, held back to leave in one write with the body
         self._head_written = False
@@ -326,7 +327,7 @@ class ProxyHandler(RequestHandler, ResponseSink):
         if verdict is None:
             self._pending = []
             self.conn.pause_reading(PAUSE_VERDICT)
-            self._verdict_task = self._shared.loop.create_task(self._authorize(head, info))
+            self._task = self._shared.loop.create_task(self._authorize(head, info))
             return
         self._apply(head, verdict)
 
@@ -352,11 +353,11 @@ class ProxyHandler(RequestHandler, ResponseSink):
             self._upstream.end_body()
 
     def handle_abort(self) -> bool:
-        if self._task is not None:
-            self._task.cancel()
+        task = self._task
+        if task is not None:
             self._task = None
-        # _verdict_task is left to finish (it may be running an introspection other requests wait for): _authorize
-        # then finds the request gone and drops the verdict.
+            if self._route is not None:  # connecting upstream: stop. A verdict's task is left to finish (it may be
+                task.cancel()  # running an introspection others wait for); _authorize then drops the verdict.
         if self._upstream is not None:
             self._upstream.abort()
             self._upstream = None
@@ -379,11 +380,11 @@ class ProxyHandler(RequestHandler, ResponseSink):
             self._attach_span()
         started = time.perf_counter()
         try:  # frontends.authorize_timed, inlined: its two interpreted coroutines cost a miss more than this
-            verdict = await self._engine.authorize(info, uncancelled=True)  # see _verdict_task: a promise kept
+            verdict = await self._engine.authorize(info, uncancelled=True)  # handle_abort never cancels this task
         except Exception as exc:
             verdict = authorization_failed(exc)
         self._t_introspection = time.perf_counter() - started
-        self._verdict_task = None
+        self._task = None
         conn = self.conn
         if conn.active is head and not conn.responded and not conn.closed:
             self._apply(head, verdict)
