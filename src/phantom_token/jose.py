@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import binascii
 import json
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -46,6 +46,8 @@ from joserfc.jwa import JWSAlgModel
 from joserfc.jwk import ECKey, JWKRegistry, OKPKey, RSAKey
 from joserfc.jws import JWSRegistry
 from joserfc.util import json_b64encode, urlsafe_b64encode
+
+from phantom_token.memo import remember
 
 Key: TypeAlias = ECKey | RSAKey | OKPKey
 """A joserfc asymmetric key (private or public)."""
@@ -82,7 +84,10 @@ def b64url_encode(data: bytes) -> str:
     return encoded.decode("ascii")
 
 
-_FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
+# The URL-safe alphabet onto the standard one, and the standard alphabet's own "+" and "/" (and "=") onto "!", which
+# a2b_base64's strict mode refuses like any character outside the alphabet: one translate does what three find()
+# calls did, and the padding is ours only (added after the translation).
+_FROM_URLSAFE = bytes.maketrans(b"-_+/=", b"+/!!!")
 _CANONICAL_LAST = (b"AEIMQUYcgkosw048", b"AQgw")  # the last character when 1 or 2 "=" would pad: no stray bits
 
 
@@ -97,8 +102,7 @@ def b64url_decode(text: str) -> bytes:
     except UnicodeEncodeError as exc:
         raise MalformedToken("not canonical base64url without padding") from exc
     pad = -len(raw) % 4
-    if (pad == 3 or raw.find(b"+") >= 0 or raw.find(b"/") >= 0 or raw.find(b"=") >= 0
-            or (pad and raw[-1] not in _CANONICAL_LAST[pad - 1])):
+    if pad == 3 or (pad and raw[-1] not in _CANONICAL_LAST[pad - 1]):
         raise MalformedToken("not canonical base64url without padding")
     try:
         return binascii.a2b_base64(raw.translate(_FROM_URLSAFE) + b"=" * pad, strict_mode=True)
@@ -334,17 +338,62 @@ def _reject_constant(name: str) -> Any:
 
 # One decoder for every JWS part: ``json.loads`` with hooks would build a new JSONDecoder (and its scanner) per call.
 _STRICT_JSON = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+_JSON_SPACE = " \t\n\r"  # what json's decoder skips around a document (its WHITESPACE)
+
+
+def scan_json(scan: Callable[[str, int], tuple[Any, int]], text: str) -> Any:
+    """``JSONDecoder.decode(text)`` for a decoder whose ``scan_once`` is ``scan``: the same document accepted, the
+    same ``json.JSONDecodeError`` otherwise, without ``decode``'s and ``raw_decode``'s Python frames and their two
+    regular-expression calls (interpreted even in the compiled build: a fifth of reading a JWT, per cache miss).
+    The scanner (C, ``_json``) does the work either way, its hooks included."""
+    start = len(text) - len(text.lstrip(_JSON_SPACE))
+    try:
+        value, end = scan(text, start)
+    except StopIteration as exc:
+        raise json.JSONDecodeError("Expecting value", text, exc.value) from None
+    if len(text.rstrip(_JSON_SPACE)) > end:  # the document ends in a non-space character: anything past it is extra
+        raise json.JSONDecodeError("Extra data", text, end)
+    return value
+
+
+def scanner_of(decoder: json.JSONDecoder) -> Callable[[str, int], tuple[Any, int]]:
+    """The decoder's own scanner (``_json``'s, in C), which ``decode`` calls with its hooks: for ``scan_json``."""
+    scan: Callable[[str, int], tuple[Any, int]] = decoder.scan_once  # type: ignore[attr-defined]  # not in typeshed
+    return scan
+
+
+_SCAN_STRICT = scanner_of(_STRICT_JSON)
 
 
 def _json_object(part: str, what: str) -> JsonObject:
     raw = b64url_decode(part)
     try:
-        value = _STRICT_JSON.decode(raw.decode("utf-8"))
+        value = scan_json(_SCAN_STRICT, raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise MalformedToken(f"{what} is not JSON") from exc
     if not isinstance(value, dict):
         raise MalformedToken(f"{what} is not a JSON object")
     return value
+
+
+# Headers read before, by their base64url text: the tokens of one issuer share one header (``alg``, ``kid``,
+# ``typ``), so a cache miss need not decode and parse it again. Only small headers whose every member is a string
+# are kept (a copy is handed out: no caller can change another's), at most ``_MAX_HEADERS`` (a full memo starts over).
+_headers: dict[str, JsonObject] = {}
+_MAX_HEADERS = 256
+_MAX_HEADER_TEXT = 512
+
+
+def _header(part: str) -> JsonObject:
+    known = _headers.get(part)
+    if known is not None:
+        return dict(known)
+    header = _json_object(part, "header")
+    if not isinstance(header.get("alg"), str):
+        raise MalformedToken("header has no string 'alg'")
+    if len(part) <= _MAX_HEADER_TEXT and all(isinstance(value, str) for value in header.values()):
+        remember(_headers, part, dict(header), _MAX_HEADERS)
+    return header
 
 
 def _split(token: str) -> tuple[JsonObject, JsonObject, bytes, bytes]:
@@ -353,9 +402,7 @@ def _split(token: str) -> tuple[JsonObject, JsonObject, bytes, bytes]:
     parts = token.split(".")
     if len(parts) != 3:
         raise MalformedToken("a compact JWS has exactly three parts")
-    header = _json_object(parts[0], "header")
-    if not isinstance(header.get("alg"), str):
-        raise MalformedToken("header has no string 'alg'")
+    header = _header(parts[0])
     claims = _json_object(parts[1], "payload")
     signature = b64url_decode(parts[2])
     return header, claims, f"{parts[0]}.{parts[1]}".encode("ascii"), signature

@@ -40,7 +40,7 @@ class FakeEngine:
         self.asked.append(request)
         return self.answer(request)
 
-    async def authorize(self, request: RequestInfo) -> v.Verdict:
+    async def authorize(self, request: RequestInfo, *, uncancelled: bool = False) -> v.Verdict:
         await asyncio.sleep(0)
         self.asked.append(request)
         return self.answer(request)

@@ -14,6 +14,7 @@ from phantom_token.http.client import (
     HttpClient,
     ProtocolError,
     RequestTimeout,
+    head_fields,
 )
 from phantom_token.http.messages import Request, Response
 from phantom_token.http.server import HttpServer, ServerLimits, serve_app
@@ -93,7 +94,7 @@ async def test_request_timeout(client: HttpClient) -> None:
 
     srv = await serve_app(app, "127.0.0.1", 0)
     try:
-        with pytest.raises(RequestTimeout):
+        with pytest.raises(RequestTimeout, match=rf"^http://127\.0\.0\.1:{srv.port} did not answer within 0\.2s$"):
             await client.request("GET", f"http://127.0.0.1:{srv.port}/", [], timeout=0.2)
     finally:
         never.set()
@@ -200,3 +201,26 @@ async def test_the_pool_keeps_one_idle_list_per_origin_bounded_and_empties_it_on
         await pool.aclose()
         srv.close()
         await srv.wait_closed()
+
+
+async def test_response_headers_are_the_heads_fields_as_received(client: HttpClient) -> None:
+    """``ClientResponse.headers``: every field of the head in order, names as sent, values without the spaces and
+    tabs around them, bytes as latin-1 (what ``head_fields`` reads, decoded)."""
+    head = (b"HTTP/1.1 200 OK\r\nCache-Control:max-age=60\r\nX-Empty:\r\nX-Spaced: \t a b \t\r\n"
+            b"X-Colon: a:b: c\r\nX-Latin: caf\xe9\r\ncache-control: no-store\r\nContent-Length: 2\r\n\r\n")
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(head + b"ok")
+        await writer.drain()
+
+    server, port = await raw_server(handler)
+    try:
+        response = await client.request("GET", f"http://127.0.0.1:{port}/", [], timeout=TIMEOUT)
+    finally:
+        server.close()
+    assert response.headers == [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head_fields(head)]
+    assert response.headers == [("Cache-Control", "max-age=60"), ("X-Empty", ""), ("X-Spaced", "a b"),
+                                ("X-Colon", "a:b: c"), ("X-Latin", "caf\u00e9"), ("cache-control", "no-store"),
+                                ("Content-Length", "2")]
+    assert response.body == b"ok"

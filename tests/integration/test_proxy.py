@@ -131,7 +131,7 @@ class FakeAuthorizer:
         self.seen.append(request)
         return None if self.slow else self._verdict(request)
 
-    async def authorize(self, request: RequestInfo) -> Verdict:
+    async def authorize(self, request: RequestInfo, *, uncancelled: bool = False) -> Verdict:
         await asyncio.sleep(0)
         return self._verdict(request)
 

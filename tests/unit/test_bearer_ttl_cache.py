@@ -158,3 +158,64 @@ async def test_single_flight_call_outlives_its_callers_and_ends_for_all() -> Non
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(waiter, 5)
     assert len(flights) == 0
+
+
+async def test_single_flight_run_here_runs_the_call_in_the_first_callers_task() -> None:
+    """``run_here`` (a caller never cancelled: the proxy's): the first caller's own task runs the call, no task of
+    its own; those arriving meanwhile wait apart, a cancelled one cancels nothing, and all share the result."""
+    flights: SingleFlight[int] = SingleFlight()
+    gate = asyncio.Event()
+    ran_in: list[asyncio.Task[object] | None] = []
+
+    async def call() -> int:
+        ran_in.append(asyncio.current_task())
+        await gate.wait()
+        return 7
+
+    owner = asyncio.ensure_future(flights.run_here(b"k", call))
+    await asyncio.sleep(0)
+    waiters = [asyncio.ensure_future(flights.do(b"k", call)),
+               asyncio.ensure_future(flights.run_here(b"k", call)),
+               asyncio.ensure_future(flights.run_here(b"k", call))]
+    await asyncio.sleep(0)
+    assert flights.waits == 3
+    assert len(flights) == 1
+    waiters[2].cancel()
+    await asyncio.gather(waiters[2], return_exceptions=True)
+    gate.set()
+    assert await asyncio.wait_for(owner, 5) == 7
+    assert await asyncio.wait_for(asyncio.gather(*waiters[:2]), 5) == [7, 7]
+    assert ran_in == [owner]  # one call, in the first caller's task
+    assert len(flights) == 0
+    assert await flights.run_here(b"k", call) == 7  # over: a new call
+    assert len(ran_in) == 2
+
+
+async def test_single_flight_run_here_shares_errors_and_a_cancelled_owner_cancels_the_waiters() -> None:
+    flights: SingleFlight[int] = SingleFlight()
+    gate = asyncio.Event()
+
+    async def failing() -> int:
+        await gate.wait()
+        raise ValueError("boom")
+
+    owner = asyncio.ensure_future(flights.run_here(b"k", failing))
+    await asyncio.sleep(0)
+    waiter = asyncio.ensure_future(flights.do(b"k", failing))
+    await asyncio.sleep(0)
+    gate.set()
+    results = await asyncio.gather(owner, waiter, return_exceptions=True)
+    assert [type(r) for r in results] == [ValueError, ValueError]
+    assert len(flights) == 0
+
+    # the owner's task cancelled after all (the loop shutting down): the call is, and so is whoever waits for it
+    gate.clear()
+    owner = asyncio.ensure_future(flights.run_here(b"k", failing))
+    await asyncio.sleep(0)
+    waiter = asyncio.ensure_future(flights.do(b"k", failing))
+    await asyncio.sleep(0)
+    owner.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(waiter, 5)
+    assert owner.cancelled()
+    assert len(flights) == 0

@@ -221,6 +221,35 @@ async def test_a_cancelled_waiter_does_not_cancel_the_others() -> None:
     assert introspector.calls == ["tok"]
 
 
+async def test_an_uncancelled_caller_runs_the_call_in_its_task_and_shares_it() -> None:
+    """``authorize(uncancelled=True)`` (the proxy's): the introspection runs in the caller's own task; callers of
+    either kind arriving meanwhile share it, a cancelled one cancels nothing, a failure is every waiter's 502."""
+    engine, introspector, clock, _ = build()
+    introspector.activate("tok", claims(clock))
+    introspector.gate = asyncio.Event()
+    owner = asyncio.ensure_future(engine.authorize(req("/api/x", "Bearer tok"), uncancelled=True))
+    await asyncio.sleep(0)
+    others = [asyncio.ensure_future(engine.authorize(req("/api/x", "Bearer tok"), uncancelled=flag))
+              for flag in (True, False, True)]
+    await asyncio.sleep(0)
+    others[2].cancel()
+    introspector.gate.set()
+    verdicts = await asyncio.wait_for(asyncio.gather(owner, *others[:2]), 5)
+    assert all(isinstance(v, Allow) for v in verdicts)
+    assert introspector.calls == ["tok"]
+
+    introspector.gate.clear()
+    introspector.answers["other"] = IntrospectionUnavailable("the AS is down")
+    owner = asyncio.ensure_future(engine.authorize(req("/api/x", "Bearer other"), uncancelled=True))
+    await asyncio.sleep(0)
+    waiter = asyncio.ensure_future(engine.authorize(req("/api/x", "Bearer other"), uncancelled=True))
+    await asyncio.sleep(0)
+    introspector.gate.set()
+    denials = await asyncio.wait_for(asyncio.gather(owner, waiter), 5)
+    assert [d.status for d in denials if isinstance(d, Deny)] == [502, 502]
+    assert introspector.calls == ["tok", "other"]
+
+
 def test_cache_key_is_a_namespaced_hash_not_the_token() -> None:
     key = cache_key(PLUGIN, "tok")
     assert len(key) == 32

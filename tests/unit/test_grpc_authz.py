@@ -175,7 +175,7 @@ class FakeEngine:
         self.asked.append(request)
         return self.verdict
 
-    async def authorize(self, request: RequestInfo) -> Verdict:
+    async def authorize(self, request: RequestInfo, *, uncancelled: bool = False) -> Verdict:
         if self.later is None:
             raise RuntimeError("boom with a secret in it")
         return self.later

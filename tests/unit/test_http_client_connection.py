@@ -8,7 +8,7 @@ import asyncio
 import itertools
 from typing import Any
 
-from phantom_token.http.client import ClientResponse, Connection, ConnectionPool, _BufferedSink
+from phantom_token.http.client import ClientResponse, Connection, ConnectionPool, _BufferedSink, _target
 
 KEY = ("http", "127.0.0.1", 9, None)
 OK = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 29 Nov 2026 03:00:00 GMT\r\nContent-Length: 2\r\n\r\nok"
@@ -75,7 +75,7 @@ def exchange(conn: Connection, reads: list[bytes], head_request: bool) -> tuple[
     the failure; a ``ResponseSink`` the compiled build accepts, unlike a test's own subclass), the head the connection
     took, and whether the connection is still usable and pooled."""
     future: asyncio.Future[ClientResponse] = asyncio.get_running_loop().create_future()
-    sink = _BufferedSink(future, conn, 1 << 20)
+    sink = _BufferedSink(future, conn, 1 << 20, _target("http://a/"), 5.0)
     conn.begin(sink, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", head_request=head_request, timeout=5.0, chunked=False)
     conn.end_body()
     for data in reads:

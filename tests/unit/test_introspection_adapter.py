@@ -142,7 +142,8 @@ async def test_a_prepared_request_is_the_one_built_for_each_token(method: str) -
     server = FakeServer({INTROSPECT: json_response({"active": False})})
     options = plugin(introspection_response="json", client_auth_method=method)
     introspector = HttpIntrospector(server)
-    tokens = ["first-token", "a+b/c=", "second"]
+    # all unreserved (sent as it is, without quote()), and tokens with characters quote() must encode
+    tokens = ["first-token", "a+b/c=", "second", "A-z_0.9~", "", "a b", "t\u00e9", "a\nb", "x%41", "a&b=c"]
     for token in tokens:
         await introspector.introspect(token, options)
     auth = client_authentication(options, endpoint=INTROSPECT, key=None, now=0.0, jti="")

@@ -373,3 +373,63 @@ def test_b64url_decode_accepts_and_refuses_what_joserfcs_strict_decoder_does() -
                 b64url_decode(text)
         else:
             assert b64url_decode(text) == expected, text
+
+
+def test_scan_json_accepts_and_refuses_what_json_decode_does() -> None:
+    """``scan_json`` (the JWT parts' and the JSON answers' reader) is ``JSONDecoder.decode`` without its Python frames:
+    the same value for every document decode accepts, a ``JSONDecodeError`` for every one it refuses (leading and
+    trailing whitespace of json's four kinds only, extra data, nothing at all, a document cut short), and the
+    decoder's hooks still run (duplicate members, NaN)."""
+    import json
+    import random
+
+    from phantom_token.jose import _STRICT_JSON, scan_json, scanner_of
+
+    plain = json.JSONDecoder()
+    rng = random.Random(11)
+    samples = ["", " ", "{}", " {} ", "\t\n\r{}\r\n\t", "\x0c{}", "{}\x0c", "{}\u00a0", "\u00a0{}", "{} {}", "{}x",
+               '{"a": 1}', '{"a": 1} ', '{"a": 1', '"s"', "1", "1 2", "[1, 2]", "[1, 2] ]", "null", "nul", "truex",
+               '{"a": NaN}', '{"a": 1, "a": 2}', "-", "1.", "[", "]", '{"a": [1, {"b": null}]}\n']
+    pieces = ["{", "}", "[", "]", '"a"', ":", ",", "1", " ", "\n", "\t", "null", "true", "x", '"\\u00e9"', "2.5e3",
+              "\x0b", "NaN"]
+    for _ in range(3000):
+        samples.append("".join(rng.choice(pieces) for _ in range(rng.randrange(0, 9))))
+    for decoder in (plain, _STRICT_JSON):
+        for text in samples:
+            try:
+                expected: Any = ("ok", decoder.decode(text))
+            except json.JSONDecodeError:
+                expected = ("JSONDecodeError",)
+            except ValueError as exc:  # the strict decoder's hooks: MalformedToken
+                expected = (type(exc).__name__,)
+            try:
+                got: Any = ("ok", scan_json(scanner_of(decoder), text))
+            except json.JSONDecodeError:
+                got = ("JSONDecodeError",)
+            except ValueError as exc:
+                got = (type(exc).__name__,)
+            assert got == expected, text
+
+
+def test_a_header_read_before_is_handed_out_as_a_copy_and_only_when_all_strings() -> None:
+    """``_split``'s memo of headers (the tokens of one issuer share theirs): a reader changing what it got changes
+    nothing for the next; a header with a non-string member (a DPoP proof's ``jwk``) is read anew each time."""
+    from phantom_token import jose
+
+    flat = b64url_encode(json.dumps({"alg": "ES256", "kid": "k1", "typ": "JWT"}).encode())
+    nested = b64url_encode(json.dumps({"alg": "ES256", "jwk": {"kty": "EC"}}).encode())
+    payload = b64url_encode(b'{"sub": "a"}')
+    first, _ = decode_unverified(f"{flat}.{payload}.")
+    first["alg"] = "none"
+    first["x"] = "y"
+    again, _ = decode_unverified(f"{flat}.{payload}.")
+    assert again == {"alg": "ES256", "kid": "k1", "typ": "JWT"}
+    assert flat in jose._headers
+    header, _ = decode_unverified(f"{nested}.{payload}.")
+    header["jwk"]["kty"] = "RSA"
+    assert decode_unverified(f"{nested}.{payload}.")[0] == {"alg": "ES256", "jwk": {"kty": "EC"}}
+    assert nested not in jose._headers
+    bad = b64url_encode(b'{"alg": 1}')
+    for _ in range(2):  # refused every time: only good headers are remembered
+        with pytest.raises(MalformedToken):
+            decode_unverified(f"{bad}.{payload}.")

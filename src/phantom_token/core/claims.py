@@ -39,7 +39,7 @@ MAX_RESPONSE_AGE_SECONDS = 300
 def numeric_claim(claims: Mapping[str, object], name: str) -> float | None:
     """A NumericDate claim (``exp``, ``nbf``, ``iat``) as a number, or None when absent or not a number."""
     value = claims.get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)
 

@@ -124,6 +124,11 @@ class Engine:
         self._flights: IntrospectionCoordinator = (
             coordinator if coordinator is not None else SingleFlight[CacheEntry | None]()
         )
+        # The in-process coordinator (the default), for ``authorize(uncancelled=True)``; None: another coordinator
+        # (the cluster's), which keeps its own way.
+        self._single: SingleFlight[CacheEntry | None] | None = (
+            self._flights if isinstance(self._flights, SingleFlight) else None
+        )
         self._pass: dict[str, v.Allow] = {}  # one reusable Allow per unauthenticated route
         # The cache namespace's ``keys.key_prefix``, absorbed in a BLAKE2s (``keys.prefixed_state``), by plugin
         # identity (plugins are built once).
@@ -166,8 +171,13 @@ class Engine:
         self._metrics.cache_hits += 1
         return self._decide(step, entry, now, request)
 
-    async def authorize(self, request: RequestInfo) -> v.Verdict:
-        """The verdict for a request, introspecting the token when no cache has an answer."""
+    async def authorize(self, request: RequestInfo, *, uncancelled: bool = False) -> v.Verdict:
+        """The verdict for a request, introspecting the token when no cache has an answer.
+
+        ``uncancelled``: the caller's task is never cancelled while this runs (the proxy's, which lets the verdict
+        of a request whose client left finish and drops it). A miss then runs its introspection in that task
+        (``SingleFlight.run_here``) instead of a task of its own: one task per miss, not two. Other callers for the
+        same token still wait apart, and may be cancelled, so none can cancel the call they share."""
         step = self._prepare(request)
         if not isinstance(step, _Pending):
             return step
@@ -182,6 +192,8 @@ class Engine:
         try:
             if step.plugin.authorization_servers:  # several servers, or JWT issuers: _resolve_several
                 entry = await self._resolve_several(step)
+            elif uncancelled and self._single is not None:
+                entry = await self._single.run_here(step.key, lambda: self._resolve(step))
             else:
                 entry = await self._flights.do(step.key, lambda: self._resolve(step))
         except IntrospectionUnavailable:

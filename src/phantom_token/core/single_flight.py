@@ -18,13 +18,13 @@ T = TypeVar("T")
 
 
 class _Flight(Generic[T]):
-    """One call in flight: its task, and a future per caller waiting for it."""
+    """One call in flight: its task, and a future per caller waiting for it (but the one running it, ``run_here``)."""
 
     __slots__ = ("task", "waiters")
 
-    def __init__(self, waiter: asyncio.Future[T]) -> None:
-        self.task: asyncio.Task[None] | None = None
-        self.waiters = [waiter]
+    def __init__(self, waiter: asyncio.Future[T] | None) -> None:
+        self.task: asyncio.Task[None] | None = None  # None too when the first caller runs the call (``run_here``)
+        self.waiters: list[asyncio.Future[T]] = [waiter] if waiter is not None else []
 
 
 class SingleFlight(Generic[T]):
@@ -53,26 +53,54 @@ class SingleFlight(Generic[T]):
             self.waits += 1
         return await waiter
 
+    async def run_here(self, key: bytes, call: Callable[[], Awaitable[T]]) -> T:
+        """``do`` for a caller whose task is never cancelled while it waits (the proxy's: a request whose client
+        left has its verdict finished and dropped, ``frontends.proxy``): the first caller for a key runs the call in
+        its own task, so a miss pays one task, not two; callers arriving meanwhile wait on futures as with ``do``,
+        and may be cancelled. The promise is the same as ``do``'s as long as the running caller keeps its word; if
+        its task is cancelled anyway (the loop shutting down), the call is, and whoever waits is cancelled too, as
+        when ``do``'s call task is cancelled."""
+        flight = self._calls.get(key)
+        if flight is not None:
+            waiter: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+            flight.waiters.append(waiter)
+            self.waits += 1
+            return await waiter
+        flight = self._calls[key] = _Flight(None)
+        try:
+            result = await call()
+        except BaseException as exc:
+            self._fail(key, flight, exc)
+            raise
+        self._succeed(key, flight, result)
+        return result
+
     async def _run(self, key: bytes, flight: _Flight[T], call: Callable[[], Awaitable[T]]) -> None:
         """Runs the call and hands its result or exception to every caller still waiting."""
         try:
             result = await call()
         except BaseException as exc:  # every waiter gets it, whatever it is
-            self._land(key, flight)
-            cancelled = isinstance(exc, asyncio.CancelledError)
-            for waiter in flight.waiters:
-                if not waiter.done():  # done: that caller was cancelled
-                    if cancelled:
-                        waiter.cancel()
-                    else:
-                        waiter.set_exception(exc)
+            self._fail(key, flight, exc)
             if not isinstance(exc, Exception):
                 raise  # cancelled, KeyboardInterrupt, SystemExit: the task ends as they say
             return
+        self._succeed(key, flight, result)
+
+    def _succeed(self, key: bytes, flight: _Flight[T], result: T) -> None:
         self._land(key, flight)
         for waiter in flight.waiters:
-            if not waiter.done():
+            if not waiter.done():  # done: that caller was cancelled
                 waiter.set_result(result)
+
+    def _fail(self, key: bytes, flight: _Flight[T], exc: BaseException) -> None:
+        self._land(key, flight)
+        cancelled = isinstance(exc, asyncio.CancelledError)
+        for waiter in flight.waiters:
+            if not waiter.done():
+                if cancelled:
+                    waiter.cancel()
+                else:
+                    waiter.set_exception(exc)
 
     def _land(self, key: bytes, flight: _Flight[T]) -> None:
         """The call is over: a caller arriving from now on starts a new one."""

@@ -168,6 +168,10 @@ class ResponseSink:
         """The upgraded connection's other end closed (or failed): the tunnel is over."""
         raise NotImplementedError
 
+    def upstream_deadline(self) -> None:
+        """The ``deadline`` given to ``Connection.begin`` passed before the response ended: the sink ends the call
+        (``HttpClient.request``'s, with its own message); by default the connection fails it as a timeout."""
+
 
 class Connection(asyncio.Protocol):
     """One keep-alive connection to one origin, carrying one request at a time. The methods called on every
@@ -216,6 +220,7 @@ class Connection(asyncio.Protocol):
         self.elapsed = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_when = 0.0
+        self._deadline = 0.0  # loop time the current request must be answered by (begin's ``deadline``); 0: none
 
     @property
     def usable(self) -> bool:
@@ -236,10 +241,13 @@ class Connection(asyncio.Protocol):
     # -- driving a request ---------------------------------------------------------------------------------------
 
     def begin(self, sink: ResponseSink, head: bytes, *, head_request: bool, timeout: float, chunked: bool,
-              upgrade: bool = False) -> None:
+              upgrade: bool = False, deadline: float = 0.0) -> None:
         """Send a request head; the body follows with ``send_body``/``end_body``. Raises ``StaleConnection``
         (nothing written) when the connection is already closed. ``upgrade``: the request asks to switch protocols;
-        a 101 answer then makes the connection a tunnel (``send_body`` one way, ``upstream_tunnel`` the other)."""
+        a 101 answer then makes the connection a tunnel (``send_body`` one way, ``upstream_tunnel`` the other).
+        ``deadline`` (loop time; 0: none): the whole response must have arrived by then, however steadily it drips
+        (``timeout`` bounds each wait for bytes); past it the sink's ``upstream_deadline`` ends the call. The
+        connection's one timer keeps both (``HttpClient.request`` needs no timer of its own per call)."""
         if self._closed or self._is_closing():
             raise StaleConnection
         self._sink = sink
@@ -252,9 +260,13 @@ class Connection(asyncio.Protocol):
         self._in_head = True
         self._informational = False
         self._timeout = timeout
+        self._deadline = deadline
         now = self._t_last = self._t_begin = self._time()
-        if self._timer is None or self._timer_when > now + timeout:
-            self._schedule(now + timeout)
+        due = now + timeout
+        if 0.0 < deadline < due:
+            due = deadline
+        if self._timer is None or self._timer_when > due:
+            self._schedule(due)
         self._send(head)
 
     def send_body(self, data: bytes) -> None:
@@ -497,11 +509,20 @@ class Connection(asyncio.Protocol):
         now = self._time()
         if self._tunnel:
             return  # the client side judges an upgraded connection's idle time
-        if self._sink is not None:
+        sink = self._sink
+        if sink is not None:
             deadline = now + self._timeout if self._reading_paused else self._t_last + self._timeout
+            call = self._deadline
+            if 0.0 < call <= now:  # the whole call's bound (begin's deadline)
+                sink.upstream_deadline()
+                if not self._closed and self._sink is sink:
+                    self._fail(RequestTimeout(f"no response within {self._timeout:g}s"))
+                return
             if now >= deadline:
                 self._fail(RequestTimeout(f"no response within {self._timeout:g}s"))
                 return
+            if 0.0 < call < deadline:
+                deadline = call
         elif self.in_pool:
             deadline = self.idle_since + self.pool.idle_timeout
             if now >= deadline:
@@ -601,10 +622,13 @@ def encode_request_head(method: str, target: str, headers: Iterable[tuple[str, s
 class _BufferedSink(ResponseSink):
     """Collects one whole response for ``HttpClient.request``."""
 
-    def __init__(self, future: asyncio.Future[ClientResponse], conn: Connection, max_body: int) -> None:
+    def __init__(self, future: asyncio.Future[ClientResponse], conn: Connection, max_body: int, target: _Target,
+                 timeout: float) -> None:
         self.future = future
         self.conn = conn
         self.max_body = max_body
+        self.target = target  # for the message of a call that outlives its deadline (only then built)
+        self.timeout = timeout
         self.status = 0
         self.headers: list[tuple[str, str]] = []
         self.body: list[bytes] = []
@@ -612,7 +636,13 @@ class _BufferedSink(ResponseSink):
 
     def upstream_head(self, status: int, head: bytes, has_body: bool) -> None:
         self.status = status
-        self.headers = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in head_fields(head)]
+        # head_fields' rules on the head decoded once (not each name and value: a cache miss reads one such head)
+        headers = []
+        for line in head.decode("latin-1").split("\r\n")[1:]:
+            if line:
+                name, _, value = line.partition(":")
+                headers.append((name, value.strip(" \t")))
+        self.headers = headers
 
     def upstream_body(self, data: bytes) -> None:
         self.size += len(data)
@@ -631,11 +661,13 @@ class _BufferedSink(ResponseSink):
         if not self.future.done():
             self.future.set_exception(exc)
 
-    def expire(self, message: str) -> None:
+    def upstream_deadline(self) -> None:
         """The call's deadline passed without a whole answer: a ``RequestTimeout``, the connection dropped."""
         if not self.future.done():
             self.conn.abort()
-            self.future.set_exception(RequestTimeout(message))
+            target = self.target
+            self.future.set_exception(
+                RequestTimeout(f"{target.scheme}://{target.authority} did not answer within {self.timeout:g}s"))
 
     # upstream_flush, upstream_write_paused/resumed: the base class's nothing (the body is collected in memory)
 
@@ -728,8 +760,9 @@ class HttpClient:
                         timeout: float,  # noqa: ASYNC109 -- one timer for the whole call (below)
                         max_body: int, target: _Target) -> ClientResponse:
         """``message``: the whole request, head and body, written at once. ``timeout`` bounds the whole call: the
-        connect (when no pooled connection is free) and the answer share one deadline, kept by one timer on the
-        loop rather than an ``asyncio.timeout`` block (a Python object, its coroutine and its timer per call)."""
+        connect (when no pooled connection is free) and the answer share one deadline, kept by the connection's own
+        timer (``begin``'s ``deadline``) rather than an ``asyncio.timeout`` block (a Python object, its coroutine and
+        its timer per call) or a timer of the call's own."""
         loop = pool.loop
         deadline = loop.time() + timeout
         retried = False
@@ -744,25 +777,22 @@ class HttpClient:
                     raise RequestTimeout(f"{target.scheme}://{target.authority} did not answer within {timeout:g}s")
                 conn = await pool.connect(key, left)
             future: asyncio.Future[ClientResponse] = loop.create_future()
-            sink = _BufferedSink(future, conn, max_body)
+            sink = _BufferedSink(future, conn, max_body, target, timeout)
             try:
-                conn.begin(sink, message, head_request=head_request, timeout=timeout, chunked=False)
+                conn.begin(sink, message, head_request=head_request, timeout=timeout, chunked=False,
+                           deadline=deadline)
             except StaleConnection as exc:
                 if retried:
                     raise ProtocolError("the connection closed before the request could be sent") from exc
                 retried = True  # nothing was written: one more try is safe even for POST
                 continue
             conn.end_body()
-            timer = loop.call_at(deadline, sink.expire, f"{target.scheme}://{target.authority} did not answer "
-                                                        f"within {timeout:g}s")
             try:
                 return await future
             except BaseException:
                 if not future.done():
                     conn.abort()  # cancelled with the request in flight: the connection is unusable
                 raise
-            finally:
-                timer.cancel()
 
     async def aclose(self) -> None:
         if self._pool is not None:
