@@ -47,7 +47,8 @@ from typing import Any
 
 import uvloop
 import yaml
-from run import CLAIMS_TO_HEADERS, SERVE_YML
+from run import CLAIMS_TO_HEADERS, SERVE_YML  # run puts the repository on sys.path: tests.memory_transport
+from tests.memory_transport import MemoryTransport
 
 from phantom_token.config.loader import parse_settings
 from phantom_token.core.keys import cache_key
@@ -90,41 +91,6 @@ REQUEST = request(TOKEN)
 AUTHZ_REQUEST = authz_request(TOKEN)
 RESPONSE = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 29 Nov 2026 03:00:00 GMT\r\n"
             b"Content-Type: text/plain\r\nContent-Length: 2\r\nConnection: keep-alive\r\n\r\nok")
-
-
-class MemoryTransport(asyncio.Transport):
-    def __init__(self, peer: tuple[str, int]) -> None:
-        super().__init__()
-        self.peer = peer
-        self.out: list[bytes] = []
-        self.closing = False
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self.out.append(bytes(data))
-
-    def writelines(self, data: Any) -> None:
-        self.out.append(b"".join(data))
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.peer if name == "peername" else default
 
 
 def _check(ok: bool, what: object) -> None:

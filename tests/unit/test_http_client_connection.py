@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any
 
 from phantom_token.http.client import ClientResponse, Connection, ConnectionPool, _BufferedSink, _target
+from tests.memory_transport import MemoryTransport
 
 KEY = ("http", "127.0.0.1", 9, None)
 OK = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: Sun, 29 Nov 2026 03:00:00 GMT\r\nContent-Length: 2\r\n\r\nok"
@@ -40,33 +40,9 @@ RESPONSES: list[tuple[str, list[bytes], bool]] = [  # (name, reads, a response t
 ]
 
 
-class Transport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.closing = False
-
-    def write(self, data: Any) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
 def connection(pool: ConnectionPool) -> Connection:
     conn = Connection(pool, KEY)
-    conn.connection_made(Transport())
+    conn.connection_made(MemoryTransport())
     return conn
 
 

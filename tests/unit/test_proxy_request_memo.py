@@ -7,9 +7,7 @@ bytes."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from typing import Any
 
 import yaml
 
@@ -20,6 +18,7 @@ from phantom_token.frontends.proxy import ProxyHandler, _Shared
 from phantom_token.gateway import Gateway
 from phantom_token.http.client import Connection
 from phantom_token.http.server import ServerLimits, ServerProtocol, ServerState
+from tests.memory_transport import MemoryTransport
 
 CONFIG = """_format_version: '2.1'
 services:
@@ -103,44 +102,6 @@ REQUESTS = [
 ]
 
 
-class MemoryTransport(asyncio.Transport):
-    def __init__(self, peer: tuple[str, int]) -> None:
-        super().__init__()
-        self.peer = peer
-        self.out: list[bytes] = []
-        self.closing = False
-
-    def write(self, data: Any) -> None:
-        self.out.append(bytes(data))
-
-    def writelines(self, data: Any) -> None:
-        self.out.append(b"".join(data))
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def close(self) -> None:
-        self.closing = True
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def can_write_eof(self) -> bool:
-        return False
-
-    def get_write_buffer_size(self) -> int:
-        return 0
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.peer if name == "peername" else default
-
-
 class Side:
     """One client connection to its own proxy listener, with one pooled upstream connection per upstream."""
 
@@ -148,7 +109,7 @@ class Side:
         settings = app.settings
         shared = _Shared(app.engine, settings, None, None)
         self.client = ServerProtocol(ServerState(ServerLimits()), lambda conn: ProxyHandler(conn, shared))
-        self.client_out = MemoryTransport(("127.0.0.1", 50000))
+        self.client_out = MemoryTransport(("127.0.0.1", 50000), can_write_eof=False)
         self.client.connection_made(self.client_out)
         self.upstreams: list[tuple[Connection, MemoryTransport]] = []
         for route in settings.routes:
@@ -156,7 +117,7 @@ class Side:
             origin = shared.origin(route.upstream)
             if not origin.idle:
                 conn = Connection(shared.pool, origin.key)
-                out = MemoryTransport(("127.0.0.1", route.upstream.port))
+                out = MemoryTransport(("127.0.0.1", route.upstream.port), can_write_eof=False)
                 conn.connection_made(out)
                 shared.pool.release(conn)
                 self.upstreams.append((conn, out))
