@@ -481,8 +481,7 @@ class ProxyHandler(RequestHandler, ResponseSink):
                 and _same_but_authorization(head.raw_headers, head.lnames, memo.head_raw, memo.head_lnames)):
             # Only the token changed (a load balancer's or a BFF's connection): the client's part as before (it never
             # includes the client's Authorization on a route with the plugin), this entry's line, the same lines after
-            request_head = b"".join((memo.head_client, b"Authorization: ", authorization.encode("latin-1"), b"\r\n",
-                                     memo.head_forwarding))
+            request_head = b"".join((memo.head_client, authorization_line(authorization), memo.head_forwarding))
         else:
             request_head = self._build_request_head(head, allow, origin)
         memo.request_head, memo.head_auth, memo.head_route = request_head, authorization, route
