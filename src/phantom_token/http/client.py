@@ -61,6 +61,17 @@ def head_fields(head: bytes) -> RawHeaders:
     return fields
 
 
+def head_fields_text(head: bytes) -> list[tuple[str, str]]:
+    """``head_fields`` as text (ISO-8859-1): the same split, on the head decoded once rather than each name and
+    value (a cache miss reads one such head)."""
+    fields = []
+    for line in head.decode("latin-1").split("\r\n")[1:]:
+        if line:
+            name, _, value = line.partition(":")
+            fields.append((name, value.strip(" \t")))
+    return fields
+
+
 def framing(headers: RawHeaders) -> int:
     """How the body of a response that has one is delimited, from its headers."""
     for name, _ in headers:
@@ -187,10 +198,7 @@ class Connection(asyncio.Protocol):
         self._send: Callable[[bytes], None] = drop_before_connected
         self._is_closing: Callable[[], bool] = not_connected
         self._time: Callable[[], float] = pool.loop.time
-        self._parser = httptools.HttpResponseParser(self)
-        self._feed: Callable[[bytes], None] = self._parser.feed_data
-        self._status_code: Callable[[], int] = self._parser.get_status_code
-        self._parsed_keep_alive: Callable[[], bool] = self._parser.should_keep_alive
+        self._new_parser()
         # The head of the last response on this connection, when small: a response that begins with the same
         # bytes has its head end at the same place (see ``on_headers_complete``).
         self._last_head = b""
@@ -237,6 +245,14 @@ class Connection(asyncio.Protocol):
         except (OSError, ValueError):
             return True
         return bool(readable) or not self.usable
+
+    def _new_parser(self) -> None:
+        """A fresh llhttp parser for the next response, with the three methods the hot path calls bound once (the
+        bound methods keep the parser alive)."""
+        parser = httptools.HttpResponseParser(self)
+        self._feed: Callable[[bytes], None] = parser.feed_data
+        self._status_code: Callable[[], int] = parser.get_status_code
+        self._parsed_keep_alive: Callable[[], bool] = parser.should_keep_alive
 
     # -- driving a request ---------------------------------------------------------------------------------------
 
@@ -358,10 +374,7 @@ class Connection(asyncio.Protocol):
             self._feed(data)
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _HeadResponseDone):
-                self._parser = httptools.HttpResponseParser(self)
-                self._feed = self._parser.feed_data
-                self._status_code = self._parser.get_status_code
-                self._parsed_keep_alive = self._parser.should_keep_alive
+                self._new_parser()
                 self._complete()
             elif isinstance(exc.__context__, ProtocolError):
                 self._fail(exc.__context__)
@@ -636,13 +649,7 @@ class _BufferedSink(ResponseSink):
 
     def upstream_head(self, status: int, head: bytes, has_body: bool) -> None:
         self.status = status
-        # head_fields' rules on the head decoded once (not each name and value: a cache miss reads one such head)
-        headers = []
-        for line in head.decode("latin-1").split("\r\n")[1:]:
-            if line:
-                name, _, value = line.partition(":")
-                headers.append((name, value.strip(" \t")))
-        self.headers = headers
+        self.headers = head_fields_text(head)
 
     def upstream_body(self, data: bytes) -> None:
         self.size += len(data)
