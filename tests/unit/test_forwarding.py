@@ -87,6 +87,12 @@ def test_the_authorization_line() -> None:
     assert authorization_line(None) == b""
     assert authorization_line("Bearer h.p.s") == b"Authorization: Bearer h.p.s\r\n"
     assert authorization_line("Bearer \xe9") == b"Authorization: Bearer \xe9\r\n"  # latin-1, as before
+    # between two parts, in one join: the same bytes as concatenating them
+    lines = forwarding_lines(b"api", b"", b"192.0.2.1", None)
+    assert authorization_line("Bearer h.p.s", b"GET / HTTP/1.1\r\n", lines) == (
+        b"GET / HTTP/1.1\r\n" + b"Authorization: Bearer h.p.s\r\n" + lines)
+    assert authorization_line(None, b"GET / HTTP/1.1\r\n", lines) == b"GET / HTTP/1.1\r\n" + lines
+    assert authorization_line("Bearer h.p.s", after=lines) == b"Authorization: Bearer h.p.s\r\n" + lines
 
 
 @pytest.mark.parametrize(("upstream", "host"), [

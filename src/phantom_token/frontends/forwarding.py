@@ -131,12 +131,13 @@ def tunnels(head: RequestHead) -> bool:
     return head.upgrade and values is not None and len(values) == 1 and values[0].strip().lower() == "websocket"
 
 
-def authorization_line(authorization: str | None) -> bytes:
+def authorization_line(authorization: str | None, before: bytes = b"", after: bytes = b"") -> bytes:
     """The ``Authorization`` line of the verdict's value ("" when it carries none), the first of the gateway's own
-    lines. The caller has refused a value with CR or LF."""
+    lines, between ``before`` and ``after`` in one join (the proxy puts it after the client's lines and before the
+    rest of its own: one copy of a head that holds a JWT, not two). The caller has refused a value with CR or LF."""
     if authorization is None:
-        return b""
-    return b"".join((b"Authorization: ", authorization.encode("latin-1"), b"\r\n"))
+        return before + after
+    return b"".join((before, b"Authorization: ", authorization.encode("latin-1"), b"\r\n", after))
 
 
 def forwarding_lines(host: bytes, raw_host: bytes, client_ip: bytes, forwarded_for: bytes | None) -> bytes:

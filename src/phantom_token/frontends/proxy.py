@@ -481,7 +481,7 @@ class ProxyHandler(RequestHandler, ResponseSink):
                 and _same_but_authorization(head.raw_headers, head.lnames, memo.head_raw, memo.head_lnames)):
             # Only the token changed (a load balancer's or a BFF's connection): the client's part as before (it never
             # includes the client's Authorization on a route with the plugin), this entry's line, the same lines after
-            request_head = b"".join((memo.head_client, authorization_line(authorization), memo.head_forwarding))
+            request_head = authorization_line(authorization, memo.head_client, memo.head_forwarding)
         else:
             request_head = self._build_request_head(head, allow, origin)
         memo.request_head, memo.head_auth, memo.head_route = request_head, authorization, route
@@ -506,13 +506,13 @@ class ProxyHandler(RequestHandler, ResponseSink):
         raw_host = head.raw_host
         if forwarded_for is None and route is memo.lines_route and raw_host == memo.lines_host and memo.lines:
             if authorization is not memo.lines_auth:  # another token's entry: its line, then the same forwarding
-                memo.lines, memo.lines_auth = authorization_line(authorization) + memo.forwarding, authorization
+                memo.lines, memo.lines_auth = authorization_line(authorization, after=memo.forwarding), authorization
             lines, forwarding = memo.lines, memo.forwarding
         else:
             raw = raw_host.encode("latin-1")
             host = raw if route.preserve_host and raw else origin.host_header
             forwarding = forwarding_lines(host, raw, self._ip, forwarded_for)
-            lines = authorization_line(authorization) + forwarding
+            lines = authorization_line(authorization, after=forwarding)
             if forwarded_for is None:  # a client's own X-Forwarded-For makes the lines its own: not remembered
                 memo.lines, memo.lines_auth, memo.lines_route, memo.lines_host = lines, authorization, route, raw_host
                 memo.forwarding = forwarding
