@@ -191,7 +191,7 @@ def workers_rows(setup: WorkersSetup, *, token: str, token_file: Path, seconds: 
     of both serve processes first. nginx is sent the same ``Authorization`` header as serve's cache-hit rows (it
     forwards it), as in the main table: both sides parse and forward the same request bytes."""
     rows: list[tuple[WorkersRow, str, dict[str, object]]] = []
-    same = {"token": token}
+    same: dict[str, object] = {"token": token}
     rows.append((WorkersRow("nginx proxy_pass, 1 worker", "nginx", 1, 0, reference=True), "nginx_w1", same))
     rows.append((WorkersRow("nginx proxy_pass, 2 workers, reuseport", "nginx", 2, 0, reference=True), "nginx_w2",
                  same))
