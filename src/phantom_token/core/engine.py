@@ -218,8 +218,11 @@ class Engine:
         values = request.headers.get("authorization")
         memo = request.memo
         if memo is not None and memo.plugin is plugin and values is not None and len(values) == 1 \
-                and values[0] == memo.value:
-            return _Pending(route, plugin, memo.token, memo.key, None)  # the connection's token again: checked, hashed
+                and values[0] == memo.value:  # the connection's token again: checked, hashed
+            pending: _Pending | None = memo.pending  # the step made for it before (never changed once made)
+            if pending is None or pending.route is not route or pending.key is not memo.key:
+                pending = memo.pending = _Pending(route, plugin, memo.token, memo.key, None)
+            return pending
         token = extract(values, plugin.max_token_length)
         if isinstance(token, BearerToken):
             if plugin.dpop == "required":
@@ -232,9 +235,11 @@ class Engine:
                     known = self._namespaces[id(plugin)] = (plugin, prefixed_state(key_prefix(plugin.cache_namespace)))
                 state = known[1]
             key = key_from(state, ascii_digest(token.data))
+            step = _Pending(route, plugin, token.value, key, None)
             if memo is not None and values is not None:
                 memo.plugin, memo.value, memo.token, memo.key, memo.state = plugin, values[0], token.value, key, state
-            return _Pending(route, plugin, token.value, key, None)
+                memo.pending = step
+            return step
         if isinstance(token, DPoPToken):
             return self._prepare_dpop(request, route, plugin, token.value)
         if token is Problem.DUPLICATE:
