@@ -2,9 +2,11 @@
 ``--workers 2``, at cache hit (one token) and with 10 000 distinct tokens (round robin, so consecutive requests on a
 connection differ).
 
-Per row: req/s, the ratio to nginx with the same worker count, CPU µs per request of every process of the gateway
-under test (nginx's master and workers; serve's supervisor and workers), that CPU against the same gateway's with one
-worker (flat = linear), and the balance between workers: each worker's share of the wrk connections (``ss``, sampled
+Per row: req/s, the ratio to nginx with the same worker count (nginx is sent the serve hit rows' ``Authorization``
+header, as in the main table; until issue 18's fourth round it was sent none, a few bytes less to parse and
+forward), CPU µs per request of every process of the gateway under test (nginx's master and workers; serve's
+supervisor and workers), that CPU against the same gateway's with one worker (flat = linear), and the balance
+between workers: each worker's share of the wrk connections (``ss``, sampled
 halfway through the run) and of the CPU the workers used (at equal work per request, its share of the requests).
 
 On a machine with few cores (2 vCPUs here, shared with wrk and the upstream nginx) req/s cannot double with a second
@@ -186,12 +188,14 @@ def start_workers(procs: Processes, tmp: Path, upstream: int, serve_command: Cal
 def workers_rows(setup: WorkersSetup, *, token: str, token_file: Path, seconds: float, warm_seconds: float,
                  connections: int, repeat: int, introspections: Callable[[], int]) -> list[WorkersRow]:
     """Every row, ``repeat`` rounds (all rows, then all rows again); the 10 000 tokens are warmed into every worker
-    of both serve processes first."""
+    of both serve processes first. nginx is sent the same ``Authorization`` header as serve's cache-hit rows (it
+    forwards it), as in the main table: both sides parse and forward the same request bytes."""
     rows: list[tuple[WorkersRow, str, dict[str, object]]] = []
-    rows.append((WorkersRow("nginx proxy_pass, 1 worker", "nginx", 1, 0, reference=True), "nginx_w1", {}))
+    same: dict[str, object] = {"token": token}
+    rows.append((WorkersRow("nginx proxy_pass, 1 worker", "nginx", 1, 0, reference=True), "nginx_w1", same))
     rows.append((WorkersRow("nginx proxy_pass, 2 workers, reuseport", "nginx", 2, 0, reference=True), "nginx_w2",
-                 {}))
-    rows.append((WorkersRow(NGINX_SHARED_ROW, "nginx", 2, 0), "nginx_w2_shared", {}))
+                 same))
+    rows.append((WorkersRow(NGINX_SHARED_ROW, "nginx", 2, 0), "nginx_w2_shared", same))
     for workers in WORKER_COUNTS:
         rows.append((WorkersRow(f"serve --workers {workers}, cache hit", "serve", workers, 1), f"serve_w{workers}",
                      {"token": token}))

@@ -11,7 +11,15 @@ from collections.abc import Sequence
 
 import pytest
 
-from phantom_token.core.bearer import BearerToken, DPoPToken, Problem, extract, fingerprint, is_b64token
+from phantom_token.core.bearer import (
+    BearerToken,
+    DPoPToken,
+    Problem,
+    b64token_bytes,
+    extract,
+    fingerprint,
+    is_b64token,
+)
 
 # The implementation before the hand-written check, verbatim (the oracle).
 _HEADER = re.compile(r"[ \t]*([A-Za-z][A-Za-z0-9!#$%&'*+.^_`|~-]*)(?:[ \t]+(.*?))?[ \t]*", re.DOTALL)
@@ -65,6 +73,8 @@ def test_b64token_matches_the_regex_on_every_short_string_of_tricky_characters()
         for chars in itertools.product(TRICKY, repeat=length):
             value = "".join(chars)
             assert is_b64token(value) == bool(_B64TOKEN.fullmatch(value)), repr(value)
+            # the bytes the engine hashes: the whole value's (padding included), exactly when it is a b64token
+            assert b64token_bytes(value) == (value.encode("ascii") if is_b64token(value) else None), repr(value)
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -100,7 +110,7 @@ def test_extract_matches_the_regex_implementation_on_built_headers() -> None:
     for lead, scheme, sep, token, trail in itertools.product(("", " ", "\t", "  "), SCHEMES, SEPARATORS, tokens,
                                                              ("", " ", "\t", " \t", "\r")):
         value = lead + scheme + sep + token + trail
-        assert new_extract([value], max_length) == reference_extract([value], max_length), repr(value)
+        assert _extract_checked([value], max_length) == reference_extract([value], max_length), repr(value)
         checked += 1
     assert checked > 10000
 
@@ -113,7 +123,27 @@ def test_extract_matches_the_regex_implementation_on_random_headers(seed: int) -
         value = (rng.choice(("", " ", "\t")) + rng.choice(SCHEMES) + rng.choice(SEPARATORS)
                  + "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 30))))
         max_length = rng.choice((1, 5, 20, 4096))
-        assert new_extract([value], max_length) == reference_extract([value], max_length), repr(value)
+        assert _extract_checked([value], max_length) == reference_extract([value], max_length), repr(value)
+
+
+def _extract_checked(values: list[str], max_length: int) -> object:
+    """``extract``, checking that a Bearer token carries its own ASCII bytes (which the engine hashes for the cache
+    key: bytes of anything else, such as the token without its padding, would key another token's entry)."""
+    result = new_extract(values, max_length)
+    if isinstance(result, BearerToken):
+        assert result.data == result.value.encode("ascii"), repr(values)
+    return result
+
+
+@pytest.mark.parametrize("header", ["Bearer abc", "Bearer abc==", "Bearer a-b.c_d~e+f/g==", "bearer  abc=", "Bearer ="])
+def test_the_usual_and_the_general_path_give_the_token_its_own_bytes(header: str) -> None:
+    result = extract([header], 100)
+    if header == "Bearer =":
+        assert result is Problem.INVALID
+        return
+    assert isinstance(result, BearerToken)
+    assert result.data == result.value.encode("ascii")
+    assert BearerToken(result.value).data == result.data  # made without them: encoded by the class
 
 
 def test_extract_missing_and_duplicate_as_before() -> None:

@@ -299,3 +299,48 @@ async def test_a_connection_memo_follows_the_token_the_client_sends() -> None:
     assert isinstance(elsewhere, Allow)
     assert memo.key == cache_key(other, "tok-b")
     assert introspector.calls == ["tok-a", "tok-b", "tok-b"]
+
+
+async def test_tokens_changing_on_a_connection_are_keyed_under_the_plugin_of_their_route() -> None:
+    """A connection alternating routes of two plugins and tokens (padded ones too): every request's key is the one
+    ``cache_key`` derives for its route's plugin, whether the plugin's hash state came from the connection's memo
+    (same plugin as the request before) or from the engine's table (another plugin)."""
+    other = PluginConfig("http://as.test/other", "gw2", "s2", token_cache_seconds=300)
+    routes = (Route("api", "svc", UPSTREAM, paths=("/api",), plugin=PLUGIN),
+              Route("other", "svc", UPSTREAM, paths=("/other",), plugin=other))
+    clock, introspector, cache = FakeClock(), FakeIntrospector(), MemoryCache(100)
+    engine = Engine(Router(routes), cache, introspector, clock=clock)
+    tokens = ("tok-1", "tok-2==", "tok-3=", "tok-4")
+    jwts = {token: introspector.activate(token, claims(clock)) for token in tokens}
+    memo = TokenMemo()
+    sequence = (("/api/x", PLUGIN, "tok-1"), ("/api/x", PLUGIN, "tok-2=="), ("/other/x", other, "tok-2=="),
+                ("/other/x", other, "tok-3="), ("/other/x", other, "tok-1"), ("/api/x", PLUGIN, "tok-4"),
+                ("/api/x", PLUGIN, "tok-3="), ("/other/x", other, "tok-4"), ("/api/x", PLUGIN, "tok-1"),
+                ("/other/x", other, "tok-1"))
+    for path, plugin, token in sequence:
+        request = RequestInfo("GET", "localhost", path, {"authorization": [f"Bearer {token}"]}, memo)
+        verdict = engine.try_authorize(request) or await engine.authorize(request)
+        assert isinstance(verdict, Allow), (path, token)
+        assert verdict.authorization == "Bearer " + jwts[token]
+        assert memo.key == cache_key(plugin, token), (path, token)
+    assert len(cache) == len({(path, token) for path, _, token in sequence})  # one entry per pair: none shared
+
+
+async def test_a_repeated_token_is_decided_for_the_route_it_is_sent_to() -> None:
+    """The step the engine keeps for a connection's repeated token is reused only on the route it was made for: two
+    routes with the same plugin, a token repeated across them, each verdict is for its own route (and after another
+    token, for that token's entry)."""
+    routes = (Route("first", "svc", UPSTREAM, paths=("/first",), plugin=PLUGIN),
+              Route("second", "svc", UPSTREAM, paths=("/second",), plugin=PLUGIN))
+    clock, introspector, cache = FakeClock(), FakeIntrospector(), MemoryCache(100)
+    engine = Engine(Router(routes), cache, introspector, clock=clock)
+    jwts = {token: introspector.activate(token, claims(clock)) for token in ("tok-a", "tok-b")}
+    memo = TokenMemo()
+    for path, token in (("/first/x", "tok-a"), ("/first/x", "tok-a"), ("/second/x", "tok-a"), ("/second/x", "tok-a"),
+                        ("/first/x", "tok-a"), ("/first/x", "tok-b"), ("/second/x", "tok-b"), ("/second/x", "tok-a")):
+        request = RequestInfo("GET", "localhost", path, {"authorization": [f"Bearer {token}"]}, memo)
+        verdict = engine.try_authorize(request) or await engine.authorize(request)
+        assert isinstance(verdict, Allow), (path, token)
+        assert verdict.route.name == path.split("/")[1], (path, token)
+        assert verdict.authorization == "Bearer " + jwts[token], (path, token)
+    assert introspector.calls == ["tok-a", "tok-b"]  # one plugin: one entry per token, whatever the route

@@ -14,6 +14,8 @@ import yaml
 from phantom_token.config.loader import parse_settings
 from phantom_token.core.keys import cache_key
 from phantom_token.core.ports import CacheEntry
+from phantom_token.core.request import RequestInfo
+from phantom_token.core.verdict import Verdict
 from phantom_token.frontends.proxy import ProxyHandler, _Shared
 from phantom_token.gateway import Gateway
 from phantom_token.http.client import Connection
@@ -108,6 +110,15 @@ class Side:
     def __init__(self, app: Gateway) -> None:
         settings = app.settings
         shared = _Shared(app.engine, settings, None, None)
+        # what the engine is asked, as it is when asked (the handler fills one RequestInfo in again per request)
+        self.asked: list[tuple[object, ...]] = []
+        decide = shared.try_authorize
+
+        def spy(info: RequestInfo) -> Verdict | None:
+            self.asked.append((info.method, info.host, info.path, dict(info.headers), info.origin, info.memo))
+            return decide(info)
+
+        shared.try_authorize = spy
         self.client = ServerProtocol(ServerState(ServerLimits()), lambda conn: ProxyHandler(conn, shared))
         self.client_out = MemoryTransport(("127.0.0.1", 50000), can_write_eof=False)
         self.client.connection_made(self.client_out)
@@ -145,9 +156,15 @@ async def test_a_kept_connection_sends_upstream_what_a_new_one_sends() -> None:
     kept = Side(app)
     for round_ in range(2):
         for i, request in enumerate(REQUESTS):
-            expected = Side(app).send(request)
+            fresh = Side(app)
+            expected = fresh.send(request)
+            asked = len(kept.asked)
             got = kept.send(request)
             assert got == expected, (round_, i, request)
+            # the engine saw the same request (origin included: one set for a DPoP header is not left for the next)
+            assert [entry[:5] for entry in kept.asked[asked:]] == [entry[:5] for entry in fresh.asked], (round_, i)
+            assert all(entry[5] is kept.client.conn.handler._memo.tokens  # type: ignore[attr-defined]
+                       for entry in kept.asked[asked:])
             if not kept.client_out.closing and kept.client.conn.closed:
                 kept = Side(app)
             if kept.client_out.closing:  # an HTTP/1.0 request or an upgrade ends the connection

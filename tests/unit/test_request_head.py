@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from phantom_token.http.messages import RawHeaders
-from phantom_token.http.request_head import HeaderMemo, Reject, RequestHead, index_headers
+from phantom_token.http.request_head import METHODS, HeaderMemo, Reject, RequestHead, index_headers, method_name
 
 H = b"Host"
 A = (b"Authorization", b"Bearer tok")
@@ -58,3 +58,17 @@ def test_every_pair_of_heads_in_sequence_indexes_as_without_a_memo() -> None:
         memo = HeaderMemo()
         indexed(first, first10, memo)
         assert indexed(second, second10, memo) == indexed(second, second10, None), (first, second)
+
+
+def test_method_names_through_the_memo_are_the_ones_without_it() -> None:
+    """Every ordered pair of methods (the shared names of METHODS and others llhttp accepts) over one connection's
+    memo: the same name as without a memo, the very METHODS string for those, and never the previous method's."""
+    methods = [*METHODS, b"PROPFIND", b"MKCOL", b"PURGE", b"SEARCH", b"GET"]
+    for first in methods:
+        for second in methods:
+            memo = HeaderMemo()
+            for method in (first, second, second, first):
+                name = method_name(method, memo)
+                assert name == method_name(method) == method.decode("ascii"), (first, second)
+                if method in METHODS:
+                    assert name is METHODS[method]

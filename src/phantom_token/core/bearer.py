@@ -7,7 +7,8 @@ shows the fingerprint, never the token).
 
 Hot path (compiled with the engine, ``phantom_token/compiled.py``; every request whose token the connection's memo
 does not know comes here): the usual ``Bearer <token>`` is checked by ``is_b64token``, a table look-up per byte in
-C, not by a regex (a regex ``fullmatch`` cost about 3 900 instructions on a 36-byte token, this about 400); the
+C, not by a regex (a regex ``fullmatch`` cost about 3 900 instructions on a 36-byte token, this about 400), and
+the ASCII bytes it checked go on to the engine's SHA-256 (``BearerToken.data``: one encode per request); the
 result is a plain ``__slots__`` class (a frozen dataclass's ``__init__`` runs interpreted even when compiled: about
 2 100 instructions). Any other form (another case, tabs, several spaces, surrounding blanks, ``DPoP``) goes through
 the general header grammar, ``_HEADER``, and then the same ``is_b64token``: one definition of the syntax.
@@ -35,14 +36,22 @@ _B64_TABLE: Final = bytes(c if c in _B64_CHARS else c ^ 0x80 for c in range(256)
 def is_b64token(value: str) -> bool:
     """Whether ``value`` is one RFC 6750 ``b64token``: the regex ``[A-Za-z0-9\\-._~+/]+=*``, exactly (the unit
     tests compare the two over many inputs), without a regex."""
+    return b64token_bytes(value) is not None
+
+
+def b64token_bytes(value: str) -> bytes | None:
+    """``value``'s ASCII bytes when it is one RFC 6750 ``b64token`` (``is_b64token``), else None. The engine hashes
+    these bytes (``keys.ascii_digest``): the token is encoded once per request, here, not again for its SHA-256."""
     body = value.rstrip("=")  # the padding may only end the token: what is left must be non-empty, without "="
     if not body:
-        return False
+        return None
     try:
         data = body.encode("ascii")
     except UnicodeEncodeError:
-        return False
-    return data.translate(_B64_TABLE) == data
+        return None
+    if data.translate(_B64_TABLE) != data:
+        return None
+    return data if body is value else value.encode("ascii")  # rstrip gives the same str when there is no padding
 
 
 class Problem(Enum):
@@ -56,12 +65,14 @@ class Problem(Enum):
 
 class BearerToken:
     """A token sent with the ``Bearer`` scheme. (A plain class, not a dataclass: one is made per request whose
-    token the connection's memo does not know. Compared by value; shown by fingerprint.)"""
+    token the connection's memo does not know. Compared by value; shown by fingerprint.) ``data``: the token's
+    ASCII bytes (``extract`` has them from the syntax check; made here when not given), which the engine hashes."""
 
-    __slots__ = ("value",)
+    __slots__ = ("data", "value")
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str, data: bytes | None = None) -> None:
         self.value = value
+        self.data = value.encode("ascii") if data is None else data
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, BearerToken) and other.value == self.value
@@ -100,8 +111,10 @@ def extract(values: Sequence[str] | None, max_length: int) -> BearerToken | DPoP
     value = values[0]
     if value.startswith("Bearer "):  # the usual form: the token checked as it is, no header grammar
         usual = value[7:]
-        if len(usual) <= max_length and is_b64token(usual):
-            return BearerToken(usual)
+        if len(usual) <= max_length:
+            data = b64token_bytes(usual)
+            if data is not None:
+                return BearerToken(usual, data)
     match = _HEADER.fullmatch(value)
     if match is None:
         return Problem.INVALID if values[0].lstrip(" \t")[:6].lower() == "bearer" else Problem.MISSING

@@ -48,7 +48,7 @@ from phantom_token.core import verdict as v
 from phantom_token.core.bearer import BearerToken, DPoPToken, Problem, extract, fingerprint
 from phantom_token.core.claims import numeric_claim
 from phantom_token.core.errors import IntrospectionUnavailable, TokenExchangeFailed
-from phantom_token.core.keys import key_from, key_prefix, prefixed_state, token_digest
+from phantom_token.core.keys import ascii_digest, key_from, key_prefix, prefixed_state, token_digest
 from phantom_token.core.ports import (
     Active,
     Cached,
@@ -218,19 +218,28 @@ class Engine:
         values = request.headers.get("authorization")
         memo = request.memo
         if memo is not None and memo.plugin is plugin and values is not None and len(values) == 1 \
-                and values[0] == memo.value:
-            return _Pending(route, plugin, memo.token, memo.key, None)  # the connection's token again: checked, hashed
+                and values[0] == memo.value:  # the connection's token again: checked, hashed
+            pending: _Pending | None = memo.pending  # the step made for it before (never changed once made)
+            if pending is None or pending.route is not route or pending.key is not memo.key:
+                pending = memo.pending = _Pending(route, plugin, memo.token, memo.key, None)
+            return pending
         token = extract(values, plugin.max_token_length)
         if isinstance(token, BearerToken):
             if plugin.dpop == "required":
                 return self._unauthorized(plugin, route, token_sent=True, dpop_scheme=True)
-            known = self._namespaces.get(id(plugin))
-            if known is None or known[0] is not plugin:
-                known = self._namespaces[id(plugin)] = (plugin, prefixed_state(key_prefix(plugin.cache_namespace)))
-            key = key_from(known[1], token_digest(token.value))
+            if memo is not None and memo.plugin is plugin:
+                state = memo.state  # the connection's plugin: its hash state, without the look-up by id
+            else:
+                known = self._namespaces.get(id(plugin))
+                if known is None or known[0] is not plugin:
+                    known = self._namespaces[id(plugin)] = (plugin, prefixed_state(key_prefix(plugin.cache_namespace)))
+                state = known[1]
+            key = key_from(state, ascii_digest(token.data))
+            step = _Pending(route, plugin, token.value, key, None)
             if memo is not None and values is not None:
-                memo.plugin, memo.value, memo.token, memo.key = plugin, values[0], token.value, key
-            return _Pending(route, plugin, token.value, key, None)
+                memo.plugin, memo.value, memo.token, memo.key, memo.state = plugin, values[0], token.value, key, state
+                memo.pending = step
+            return step
         if isinstance(token, DPoPToken):
             return self._prepare_dpop(request, route, plugin, token.value)
         if token is Problem.DUPLICATE:

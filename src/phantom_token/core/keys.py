@@ -47,6 +47,12 @@ def token_digest(token: str) -> bytes:
     return _SHA256(token.encode("ascii")).digest()
 
 
+def ascii_digest(data: bytes) -> bytes:
+    """``token_digest`` of the token whose ASCII bytes are ``data`` (``BearerToken.data``: already encoded by the
+    syntax check, so not encoded a second time)."""
+    return _SHA256(data).digest()
+
+
 def key_prefix(namespace: bytes) -> bytes:
     """The 32 bytes that stand for a namespace (and the format version) in its keys; computed once per plugin."""
     return hashlib.sha256(VERSION + namespace).digest()
@@ -87,5 +93,5 @@ def cache_key(plugin: PluginConfig, token: str) -> bytes:
     return namespaced_key(plugin.cache_namespace, token_digest(token))
 
 
-__all__ = ["VERSION", "cache_key", "key_from", "key_prefix", "legacy_key", "namespaced_key", "prefixed_key",
-           "prefixed_state", "token_digest"]
+__all__ = ["VERSION", "ascii_digest", "cache_key", "key_from", "key_prefix", "legacy_key", "namespaced_key",
+           "prefixed_key", "prefixed_state", "token_digest"]

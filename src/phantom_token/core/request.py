@@ -20,11 +20,15 @@ class TokenMemo:
     believed). The engine reads them (as ``RequestInfo``'s) only for a token bound to a certificate.
     """
 
-    __slots__ = ("client_cert_sha256", "fingerprint", "fingerprinted", "key", "plugin", "token", "trusted_peer",
-                 "value")
+    __slots__ = ("client_cert_sha256", "fingerprint", "fingerprinted", "key", "pending", "plugin", "state", "token",
+                 "trusted_peer", "value")
 
     def __init__(self) -> None:
         self.plugin: Any = None  # the PluginConfig the key was derived under (compared by identity)
+        self.state: Any = None  # that plugin's key hash state (``keys.prefixed_state``), for the next token's key
+        # The engine's step for ``token`` on its route (an immutable ``engine._Pending``), reused while the client
+        # repeats the token on that route: set with the four above, by the engine only.
+        self.pending: Any = None
         self.value = ""  # the whole Authorization header value
         self.token = ""
         self.key = b""

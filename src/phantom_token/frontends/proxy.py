@@ -210,11 +210,17 @@ class _Memo:
 
     __slots__ = ("claims_lines", "claims_names", "claims_plugin", "claims_source", "forwarding", "head_auth",
                  "head_client", "head_forwarding", "head_lnames", "head_method", "head_raw", "head_route",
-                 "head_target", "lines", "lines_auth", "lines_host", "lines_route", "path", "path_route", "query",
-                 "raw_head", "request_head", "rewritten_head", "strip", "target", "tokens")
+                 "head_target", "info", "lines", "lines_auth", "lines_host", "lines_route", "origin", "path",
+                 "path_route", "query", "raw_head", "request_head", "rewritten_head", "strip", "target", "tokens")
 
     def __init__(self) -> None:
         self.tokens = TokenMemo()  # the engine's: the token this connection last sent and its cache key
+        # The engine's view of the request (``RequestInfo``), filled in again for each request rather than made
+        # anew; None while an async verdict (``_authorize``) holds the last one, so the next request makes its own.
+        self.info: RequestInfo | None = None
+        # The upstream's ``_Origin`` the last request went to (its pool key and Host line), compared by the upstream's
+        # identity before the shared table is asked by ``id(upstream)``.
+        self.origin: _Origin | None = None
         # The last response head from upstream and its rewrite (a hit of the shared memo): comparing bytes is
         # cheaper than hashing them.
         self.raw_head = b""
@@ -320,11 +326,18 @@ class ProxyHandler(RequestHandler, ResponseSink):
         self._route = None
         if self._access:
             self._begin_log(head)
-        info = RequestInfo(head.method, head.host, head.path, head.headers, self._memo.tokens)
+        memo = self._memo
+        info = memo.info
+        if info is None:
+            info = memo.info = RequestInfo(head.method, head.host, head.path, head.headers, memo.tokens)
+        else:  # the last request's, decided without waiting: nothing else holds it
+            info.method, info.host, info.path, info.headers, info.origin = (head.method, head.host, head.path,
+                                                                            head.headers, "")
         if "dpop" in head.headers:
             info.origin = self._origin(head)
         verdict = self._try_authorize(info)
         if verdict is None:
+            memo.info = None  # the verdict's task keeps this one
             self._pending = []
             self.conn.pause_reading(PAUSE_VERDICT)
             self._task = self._shared.loop.create_task(self._authorize(head, info))
@@ -399,9 +412,13 @@ class ProxyHandler(RequestHandler, ResponseSink):
         if upstream is None or (authorization is not None and ("\r" in authorization or "\n" in authorization)):
             self._deny(head, server_error(route))
             return
-        origin = self._origins.get(id(upstream))
+        memo = self._memo
+        origin = memo.origin  # the last request's: the same upstream, unless the route changed
         if origin is None or origin.upstream is not upstream:
-            origin = self._shared.origin(upstream)
+            origin = self._origins.get(id(upstream))
+            if origin is None or origin.upstream is not upstream:
+                origin = self._shared.origin(upstream)
+            memo.origin = origin
         request_head = self._request_head(head, verdict, origin)
         claims = verdict.headers
         if claims is not None:  # the route sets claims_to_headers

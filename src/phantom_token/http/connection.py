@@ -56,11 +56,11 @@ import httptools
 from phantom_token._trait import mypyc_attr
 from phantom_token.http.messages import RawHeaders
 from phantom_token.http.request_head import (
-    METHODS,
     HeaderMemo,
     Reject,
     RequestHead,
     index_headers,
+    method_name,
     split_target,
     version_at,
 )
@@ -473,8 +473,8 @@ class ServerConnection:
             version = 11 if text == "1.1" else 10 if text == "1.0" else 0
             if not version:
                 raise Reject(505, "unsupported HTTP version")
-        head = RequestHead(METHODS.get(method) or method.decode("ascii"), self._url, self._raw,
-                           self._parsed_keep_alive(), version == 10)
+        head = RequestHead(method_name(method, self._header_memo), self._url, self._raw, self._parsed_keep_alive(),
+                           version == 10)
         self.state = BODY
         self._receiving = head
         try:

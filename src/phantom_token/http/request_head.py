@@ -136,15 +136,30 @@ class HeaderMemo:
     next head repeats it (a keep-alive client sends the same names, in the same order, and the same Host): its raw
     headers and their lower-case names (the previous head's own lists, not copies), and its Host header value and
     what ``normalise_host`` made of it. Only ever that connection's own data, for the connection's life (the same
-    bytes its ``TokenMemo`` and last ``RequestHead`` hold)."""
+    bytes its ``TokenMemo`` and last ``RequestHead`` hold). Also the previous request's method as parsed and its
+    name (``method_name``), which the connection compares before hashing fresh bytes for ``METHODS``."""
 
-    __slots__ = ("host", "host_value", "lnames", "raw")
+    __slots__ = ("host", "host_value", "lnames", "method", "method_str", "raw")
 
     def __init__(self) -> None:
         self.raw: RawHeaders = []
         self.lnames: list[str] = []
         self.host_value: str | None = None  # None: no valid Host seen yet (never equal to a value)
         self.host = ""
+        self.method = b""  # never a method llhttp parses
+        self.method_str = ""
+
+
+def method_name(method: bytes, memo: HeaderMemo | None = None) -> str:
+    """The method's name as ``RequestHead.method`` holds it (the shared string of ``METHODS``, or decoded); with the
+    connection's ``memo``, bytes equal to the previous request's method take its name without hashing them (a
+    comparison of a few bytes instead of SipHash and a dict probe)."""
+    if memo is not None and method == memo.method:
+        return memo.method_str
+    name = METHODS.get(method) or method.decode("ascii")
+    if memo is not None:
+        memo.method, memo.method_str = method, name
+    return name
 
 
 def index_headers(head: RequestHead, memo: HeaderMemo | None = None) -> None:
@@ -217,4 +232,5 @@ def index_headers(head: RequestHead, memo: HeaderMemo | None = None) -> None:
 _HOSTS: Final[dict[str, str]] = {}
 
 
-__all__ = ["METHODS", "HeaderMemo", "Reject", "RequestHead", "index_headers", "split_target", "version_at"]
+__all__ = ["METHODS", "HeaderMemo", "Reject", "RequestHead", "index_headers", "method_name", "split_target",
+           "version_at"]
