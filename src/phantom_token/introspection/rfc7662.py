@@ -55,7 +55,9 @@ def build_authenticated_request(
 
 
 def header_values(headers: list[tuple[str, str]], name: str) -> list[str]:
-    return [value for key, value in headers if key.lower() == name]
+    """The values of header ``name`` (lower case); names of another length are not lowered (per miss)."""
+    size = len(name)
+    return [value for key, value in headers if len(key) == size and key.lower() == name]
 
 
 def read_jwt_response(status: int, headers: list[tuple[str, str]], body: bytes) -> IntrospectionResult:
