@@ -122,6 +122,7 @@ async def test_client_secret_basic_is_the_default() -> None:
     authorization = dict(server.sent[0].headers)["Authorization"]
     assert base64.b64decode(authorization.removeprefix("Basic ")) == b"gw:s3cret"
     assert form(server.sent[0].body) == {"token": ["tok"]}
+    assert server.sent[0].repeatable  # a query that changes nothing: HttpClient may send it again on a new connection
 
 
 async def test_client_secret_post_sends_the_credentials_in_the_body() -> None:

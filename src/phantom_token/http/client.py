@@ -15,6 +15,7 @@ Invariants:
     ├── ConnectError      could not open the connection (refused, DNS, TLS, connect timeout)
     ├── RequestTimeout    no answer in time
     ├── ProtocolError     the peer broke HTTP or closed the connection before the response was complete
+    │   └── NoAnswer      ... closed (or reset) it before any byte of the response
     └── BodyTooLarge      the response body is larger than the caller accepts
 """
 
@@ -102,6 +103,12 @@ class RequestTimeout(ClientError):
 
 class ProtocolError(ClientError):
     """The peer sent something that is not HTTP/1.1, or closed the connection too early."""
+
+
+class NoAnswer(ProtocolError):
+    """The connection closed (or was reset) after the request was written and before any byte of the answer: on a
+    reused connection, the peer had most likely closed it as idle just then (``HttpClient`` retries a repeatable
+    request once, on a new connection)."""
 
 
 class BodyTooLarge(ClientError):
@@ -351,8 +358,10 @@ class Connection(asyncio.Protocol):
             sink.upstream_end()  # a body delimited by the close is complete now
         elif self._head_seen:
             sink.upstream_failed(ProtocolError("the connection closed in the middle of the response body"))
-        else:
+        elif self._buf or self._informational:
             sink.upstream_failed(ProtocolError("the connection closed before a response arrived"))
+        else:  # not one byte of an answer
+            sink.upstream_failed(NoAnswer("the connection closed before a response arrived"))
 
     def data_received(self, data: bytes) -> None:
         # Checked through a local, so that ``self._sink`` is not taken as non-None below: the parser's callbacks
@@ -693,6 +702,10 @@ class _Target:
         self.target = target
 
 
+# A pooled connection idle at least this long is polled (``Connection.looks_closed``, a syscall) before a request is
+# written on it: long enough idle for the peer's keep-alive timeout to have closed it. One idle less is taken as it
+# is (the common case under load, a poll saved per call): a repeatable request it fails unanswered is sent again.
+POLL_AFTER_IDLE: Final = 1.0
 _MAX_TARGETS: Final = 256  # distinct URLs remembered (the AS's endpoints: a handful); a full memo starts over
 _MAX_HEADS: Final = 1024  # distinct (method, URL, header list) request heads remembered, likewise
 
@@ -738,8 +751,16 @@ class HttpClient:
 
     async def request(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes = b"", *,
                       timeout: float,  # noqa: ASYNC109 -- the callers' contract: one bound for the whole call
-                      ssl: ssl_module.SSLContext | None = None, max_body: int = MiB) -> ClientResponse:
-        """Send one request and read the whole response; raises a ``ClientError`` subclass on failure."""
+                      ssl: ssl_module.SSLContext | None = None, max_body: int = MiB,
+                      repeatable: bool = False) -> ClientResponse:
+        """Send one request and read the whole response; raises a ``ClientError`` subclass on failure.
+
+        ``repeatable``: the request may be sent twice (a query without side effects: RFC 7662 introspection; GET and
+        HEAD always are). Such a request that a reused connection fails before any byte of the answer (``NoAnswer``:
+        the peer closed it as idle while the request was on its way) is sent once more, on a new connection, and a
+        pooled connection idle less than ``POLL_AFTER_IDLE`` is used without a poll. Any other request is written
+        only on a connection that a poll found open, and never sent twice (docs/design.md, "Connections to the
+        authorization server")."""
         pool = self._pool if self._pool is not None else self.pool()
         target = self._targets.get(url)
         if target is None:
@@ -761,21 +782,26 @@ class HttpClient:
             message = b"%bContent-Length: %d\r\n\r\n%b" % (start, len(body), body)
         else:
             message = start + b"\r\n"
-        return await self._exchange(pool, key, message, method == "HEAD", timeout, max_body, target)
+        return await self._exchange(pool, key, message, method == "HEAD", timeout, max_body, target,
+                                    repeatable or method == "GET" or method == "HEAD")
 
     async def _exchange(self, pool: ConnectionPool, key: PoolKey, message: bytes, head_request: bool,
                         timeout: float,  # noqa: ASYNC109 -- one timer for the whole call (below)
-                        max_body: int, target: _Target) -> ClientResponse:
+                        max_body: int, target: _Target, repeatable: bool) -> ClientResponse:
         """``message``: the whole request, head and body, written at once. ``timeout`` bounds the whole call: the
         connect (when no pooled connection is free) and the answer share one deadline, kept by the connection's own
         timer (``begin``'s ``deadline``) rather than an ``asyncio.timeout`` block (a Python object, its coroutine and
         its timer per call) or a timer of the call's own."""
         loop = pool.loop
-        deadline = loop.time() + timeout
+        now = loop.time()
+        deadline = now + timeout
         retried = False
+        fresh = False  # a reused connection failed unanswered: the one repetition goes on a new connection
         while True:
-            conn = pool.acquire(key)
-            if conn is not None and conn.looks_closed():
+            conn = None if fresh else pool.acquire(key)
+            reused = conn is not None
+            if conn is not None and (not repeatable or now - conn.idle_since >= POLL_AFTER_IDLE) \
+                    and conn.looks_closed():
                 conn.close()  # nothing sent on it: take another (bounded by the pool's size)
                 continue
             if conn is None:
@@ -796,6 +822,10 @@ class HttpClient:
             conn.end_body()
             try:
                 return await future
+            except NoAnswer:
+                if fresh or not reused or not repeatable:
+                    raise
+                fresh = True  # the peer closed the idle connection as the request went out: once more, anew
             except BaseException:
                 if not future.done():
                     conn.abort()  # cancelled with the request in flight: the connection is unusable
@@ -808,5 +838,5 @@ class HttpClient:
 
 
 __all__ = ["BODY_CHUNKED", "BODY_CLOSE", "BODY_LENGTH", "BODY_NONE", "BodyTooLarge", "ClientError",
-           "ClientResponse", "ConnectError", "Connection", "ConnectionPool", "HttpClient", "PoolKey",
+           "ClientResponse", "ConnectError", "Connection", "ConnectionPool", "HttpClient", "NoAnswer", "PoolKey",
            "ProtocolError", "RequestTimeout", "ResponseSink", "StaleConnection", "encode_request_head"]

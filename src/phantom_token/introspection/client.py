@@ -113,7 +113,7 @@ class Requester(Protocol):
 
     async def request(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes = b"", *,
                       timeout: float, ssl: ssl.SSLContext | None = None,  # noqa: ASYNC109
-                      max_body: int = MiB) -> ClientResponse: ...
+                      max_body: int = MiB, repeatable: bool = False) -> ClientResponse: ...
 
 
 class HttpIntrospector:
@@ -161,7 +161,9 @@ class HttpIntrospector:
             headers, body = self._prepared(plugin, endpoint).request(token)
         if extra_headers:
             headers = headers + extra_headers
-        response = await self._request("POST", endpoint, headers, body, plugin)
+        # repeatable: introspection asks, it changes nothing at the AS (RFC 7662 section 2), so a request that a
+        # reused connection failed unanswered may go again (HttpClient.request)
+        response = await self._request("POST", endpoint, headers, body, plugin, repeatable=True)
         if plugin.introspection_response == "json":
             return read_json_response(response.status, response.headers, response.body)
         if plugin.introspection_response == "signed":
@@ -323,12 +325,13 @@ class HttpIntrospector:
         return response.body
 
     async def _request(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes,
-                       plugin: PluginConfig) -> ClientResponse:
+                       plugin: PluginConfig, *, repeatable: bool = False) -> ClientResponse:
         context = self._context(plugin) if url.startswith("https:") else None
         try:
             return await self._client.request(
                 method, url, headers, body,
                 timeout=plugin.introspection_timeout_seconds, ssl=context, max_body=MAX_RESPONSE_BYTES,
+                repeatable=repeatable,
             )
         except ClientError as exc:
             kind = "timeout" if isinstance(exc, RequestTimeout) else "down"
