@@ -73,6 +73,25 @@ def head_fields_text(head: bytes) -> list[tuple[str, str]]:
     return fields
 
 
+def head_values(head: bytes, lname: str) -> list[str]:
+    """``[value for name, value in head_fields_text(head) if name.lower() == lname]`` without splitting the head: the
+    lines ``lname:`` starts are found in its lower-case copy (a line begins after CRLF; llhttp let no CR or LF
+    inside a field, nor a space before the colon), their values read from the head itself. As text: ``str.lower``
+    maps ISO-8859-1 one character to one (the offsets hold), and compiled, ``str``'s methods are direct C calls
+    where ``bytes.find`` is a call by name."""
+    found: list[str] = []
+    text = head.decode("latin-1")
+    lowered = text.lower()
+    needle = "\r\n" + lname + ":"
+    at = lowered.find(needle)
+    while at >= 0:
+        start = at + len(needle)
+        end = text.find("\r\n", start)
+        found.append(text[start:end].strip(" \t"))
+        at = lowered.find(needle, end)
+    return found
+
+
 def framing(headers: RawHeaders) -> int:
     """How the body of a response that has one is delimited, from its headers."""
     for name, _ in headers:
@@ -125,14 +144,26 @@ class _HeadResponseDone(Exception):
 
 class ClientResponse:
     """A whole response. (A plain class: one is made per call, and a dataclass's generated ``__init__`` runs
-    interpreted even in the compiled build.)"""
+    interpreted even in the compiled build.)
 
-    __slots__ = ("body", "headers", "status")
+    Made from a head as received (``HttpClient``), its ``headers`` are split out of it on first use only: a cache
+    miss reads one header of the AS's answer (``values("cache-control")``), found in the head itself."""
 
-    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+    __slots__ = ("_head", "_headers", "body", "status")
+
+    def __init__(self, status: int, headers: list[tuple[str, str]] | None, body: bytes, head: bytes = b"") -> None:
         self.status = status
-        self.headers = headers  # names as received
+        self._headers = headers  # names as received; None: not split out of ``head`` yet
+        self._head = head  # the head as llhttp accepted it (status line, header lines, the empty line)
         self.body = body
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """``(name, value)`` in order, names as received, values without surrounding blanks (ISO-8859-1)."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = head_fields_text(self._head)
+        return headers
 
     def __repr__(self) -> str:
         return f"ClientResponse(status={self.status}, {len(self.headers)} headers, {len(self.body)} bytes)"
@@ -144,6 +175,13 @@ class ClientResponse:
             if key.lower() == lname:
                 return value
         return None
+
+    def values(self, lname: str) -> list[str]:
+        """Every value of header ``lname`` (given in lower case), in order: what ``headers`` would list for it."""
+        if self._headers is not None:
+            size = len(lname)
+            return [value for key, value in self._headers if len(key) == size and key.lower() == lname]
+        return head_values(self._head, lname)
 
 
 @trait
@@ -652,13 +690,13 @@ class _BufferedSink(ResponseSink):
         self.target = target  # for the message of a call that outlives its deadline (only then built)
         self.timeout = timeout
         self.status = 0
-        self.headers: list[tuple[str, str]] = []
+        self.head = b""
         self.body: list[bytes] = []
         self.size = 0
 
     def upstream_head(self, status: int, head: bytes, has_body: bool) -> None:
         self.status = status
-        self.headers = head_fields_text(head)
+        self.head = head  # split (head_fields_text) only if the caller reads the headers
 
     def upstream_body(self, data: bytes) -> None:
         self.size += len(data)
@@ -671,7 +709,7 @@ class _BufferedSink(ResponseSink):
 
     def upstream_end(self) -> None:
         if not self.future.done():
-            self.future.set_result(ClientResponse(self.status, self.headers, b"".join(self.body)))
+            self.future.set_result(ClientResponse(self.status, None, b"".join(self.body), self.head))
 
     def upstream_failed(self, exc: ClientError) -> None:
         if not self.future.done():
