@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final
 
+from phantom_token.core.claims import claim
 from phantom_token.memo import remember
 
 # The sets of ``scope`` strings read before: most tokens carry one of a few scope strings, so a cache miss need not
@@ -20,7 +21,7 @@ _MAX_SCOPE_TEXT: Final = 1024  # longer strings are split every time, not kept
 
 def granted_scopes(claims: Mapping[str, object]) -> frozenset[str]:
     """Every scope a token's claims grant; an absent or malformed claim grants nothing."""
-    scope = claims.get("scope")
+    scope = claim(claims, "scope")  # compiled, on a dict a direct lookup, not Mapping.get's call by name
     if isinstance(scope, str) and "scp" not in claims and len(scope) <= _MAX_SCOPE_TEXT:  # the usual claims
         known = _SCOPE_TEXTS.get(scope)
         if known is None:
