@@ -73,6 +73,9 @@ def head_fields_text(head: bytes) -> list[tuple[str, str]]:
     return fields
 
 
+_NEEDLES: dict[str, str] = {}  # "\r\n<name>:" by name, for head_values (a few names: bounded all the same)
+
+
 def head_values(head: bytes, lname: str) -> list[str]:
     """``[value for name, value in head_fields_text(head) if name.lower() == lname]`` without splitting the head: the
     lines ``lname:`` starts are found in its lower-case copy (a line begins after CRLF; llhttp let no CR or LF
@@ -82,7 +85,9 @@ def head_values(head: bytes, lname: str) -> list[str]:
     found: list[str] = []
     text = head.decode("latin-1")
     lowered = text.lower()
-    needle = "\r\n" + lname + ":"
+    needle = _NEEDLES.get(lname)
+    if needle is None:
+        needle = remember(_NEEDLES, lname, "\r\n" + lname + ":", 64)
     at = lowered.find(needle)
     while at >= 0:
         start = at + len(needle)
