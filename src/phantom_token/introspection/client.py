@@ -155,10 +155,34 @@ class HttpIntrospector:
         active = tracing.ACTIVE
         if active is not None:  # in a span, its traceparent on the request (phantom_token.tracing)
             return await active.introspection(endpoint, lambda extra: self._introspect(token, plugin, endpoint, extra))
-        return await self._introspect(token, plugin, endpoint, [])
+        # ``_introspect`` without extra headers, written out: its coroutine and ``_request``'s are two generators
+        # made, resumed and freed per miss (compiled, each await level costs on every resumption)
+        headers, body = self._introspection_request(token, plugin, endpoint, [])
+        context = self._context(plugin) if endpoint.startswith("https:") else None
+        try:
+            # repeatable: introspection asks, it changes nothing at the AS (RFC 7662 section 2), so a request that a
+            # reused connection failed unanswered may go again (HttpClient.request)
+            response = await self._client.request(
+                "POST", endpoint, headers, body,
+                timeout=plugin.introspection_timeout_seconds, ssl=context, max_body=MAX_RESPONSE_BYTES,
+                repeatable=True,
+            )
+        except (ClientError, OSError, ssl.SSLError) as exc:
+            raise unavailable(exc) from exc
+        if plugin.introspection_response == "signed":
+            return await self._read_signed(response, plugin)
+        return read_answer(response, plugin)
 
     async def _introspect(self, token: str, plugin: PluginConfig, endpoint: str,
                           extra_headers: list[tuple[str, str]]) -> IntrospectionResult:
+        headers, body = self._introspection_request(token, plugin, endpoint, extra_headers)
+        response = await self._request("POST", endpoint, headers, body, plugin, repeatable=True)
+        if plugin.introspection_response == "signed":
+            return await self._read_signed(response, plugin)
+        return read_answer(response, plugin)
+
+    def _introspection_request(self, token: str, plugin: PluginConfig, endpoint: str,
+                               extra_headers: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], bytes]:
         if plugin.client_auth_method == "private_key_jwt":  # a fresh assertion (its own jti) on every call
             auth = client_authentication(plugin, endpoint=endpoint, key=self._assertion_key(plugin),
                                          now=self._clock(), jti=secrets.token_urlsafe(18))
@@ -169,14 +193,7 @@ class HttpIntrospector:
             headers, body = self._prepared(plugin, endpoint).request(token)
         if extra_headers:
             headers = headers + extra_headers
-        # repeatable: introspection asks, it changes nothing at the AS (RFC 7662 section 2), so a request that a
-        # reused connection failed unanswered may go again (HttpClient.request)
-        response = await self._request("POST", endpoint, headers, body, plugin, repeatable=True)
-        if plugin.introspection_response == "json":
-            return read_json_response(response.status, response.headers, response.body)
-        if plugin.introspection_response == "signed":
-            return await self._read_signed(response, plugin)
-        return read_jwt_answer(response.status, response.values("cache-control"), response.body)
+        return headers, body
 
     def _prepared(self, plugin: PluginConfig, endpoint: str) -> _Prepared:
         known = self._prepared_requests.get(id(plugin))
@@ -341,8 +358,19 @@ class HttpIntrospector:
                 timeout=plugin.introspection_timeout_seconds, ssl=context, max_body=MAX_RESPONSE_BYTES,
                 repeatable=repeatable,
             )
-        except ClientError as exc:
-            kind = "timeout" if isinstance(exc, RequestTimeout) else "down"
-            raise IntrospectionUnavailable(f"{type(exc).__name__}: {exc}", kind) from exc
-        except (OSError, ssl.SSLError) as exc:
-            raise IntrospectionUnavailable(f"{type(exc).__name__}: {exc}", "down") from exc
+        except (ClientError, OSError, ssl.SSLError) as exc:
+            raise unavailable(exc) from exc
+
+
+def unavailable(exc: Exception) -> IntrospectionUnavailable:
+    """What a failed call to the AS is to the engine: a connection or protocol failure is "down", no answer in time
+    "timeout"; the reason names the failure, never a header value."""
+    kind = "timeout" if isinstance(exc, RequestTimeout) else "down"
+    return IntrospectionUnavailable(f"{type(exc).__name__}: {exc}", kind)
+
+
+def read_answer(response: ClientResponse, plugin: PluginConfig) -> IntrospectionResult:
+    """The answer to an introspection in ``json`` or ``jwt`` mode (``signed`` needs the JWKS: ``_read_signed``)."""
+    if plugin.introspection_response == "json":
+        return read_json_response(response.status, response.headers, response.body)
+    return read_jwt_answer(response.status, response.values("cache-control"), response.body)
