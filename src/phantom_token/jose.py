@@ -36,7 +36,7 @@ import json
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
 import joserfc.errors
 from cryptography.hazmat.primitives import serialization
@@ -87,8 +87,29 @@ def b64url_encode(data: bytes) -> str:
 # The URL-safe alphabet onto the standard one, and the standard alphabet's own "+" and "/" (and "=") onto "!", which
 # a2b_base64's strict mode refuses like any character outside the alphabet: one translate does what three find()
 # calls did, and the padding is ours only (added after the translation).
-_FROM_URLSAFE = bytes.maketrans(b"-_+/=", b"+/!!!")
-_CANONICAL_LAST = (b"AEIMQUYcgkosw048", b"AQgw")  # the last character when 1 or 2 "=" would pad: no stray bits
+_FROM_URLSAFE: Final = bytes.maketrans(b"-_+/=", b"+/!!!")
+_CANONICAL_LAST: Final = (b"AEIMQUYcgkosw048", b"AQgw")  # the last character when 1 or 2 "=" would pad: no stray bits
+
+
+# The same check without the decoding, for a part whose bytes nobody reads (the signature, when the signature is not
+# verified): the URL-safe alphabet onto itself and every other byte onto "!", so one translate and one search for
+# "!" refuse what ``b64url_decode`` refuses (tests/unit/test_jose.py compares the two on its random and edge inputs).
+# The search is for the int: ``bytes in bytes`` first tries the operand as an int and clears the TypeError.
+_ALPHABET: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_OUTSIDE: Final = 0x21  # "!"
+_ONLY_ALPHABET: Final = bytes(c if c in _ALPHABET else _OUTSIDE for c in range(256))
+
+
+def check_b64url(text: str) -> None:
+    """Raise ``MalformedToken`` exactly when ``b64url_decode(text)`` would, without decoding: only the URL-safe
+    alphabet (ASCII), a length that is not 1 mod 4, no stray bits in the last character."""
+    try:
+        raw = text.encode("ascii")
+    except UnicodeEncodeError as exc:
+        raise MalformedToken("not canonical base64url without padding") from exc
+    pad = -len(raw) % 4
+    if pad == 3 or (pad and raw[-1] not in _CANONICAL_LAST[pad - 1]) or _OUTSIDE in raw.translate(_ONLY_ALPHABET):
+        raise MalformedToken("not canonical base64url without padding")
 
 
 def b64url_decode(text: str) -> bytes:
@@ -396,12 +417,18 @@ def _header(part: str) -> JsonObject:
     return header
 
 
-def _split(token: str) -> tuple[JsonObject, JsonObject, bytes, bytes]:
+def _parts(token: str) -> list[str]:
     if not isinstance(token, str):
         raise MalformedToken("a token is text")
     parts = token.split(".")
     if len(parts) != 3:
         raise MalformedToken("a compact JWS has exactly three parts")
+    return parts
+
+
+def _split(token: str) -> tuple[JsonObject, JsonObject, bytes, bytes]:
+    """Header, claims, signing input and signature: what ``verify`` needs."""
+    parts = _parts(token)
     header = _header(parts[0])
     claims = _json_object(parts[1], "payload")
     signature = b64url_decode(parts[2])
@@ -409,8 +436,14 @@ def _split(token: str) -> tuple[JsonObject, JsonObject, bytes, bytes]:
 
 
 def decode_unverified(token: str) -> tuple[JsonObject, JsonObject]:
-    """(header, claims) of a compact JWS, checking its shape but NOT its signature; raises ``MalformedToken``."""
-    header, claims, _, _ = _split(token)
+    """(header, claims) of a compact JWS, checking its shape but NOT its signature; raises ``MalformedToken``.
+
+    The same checks as ``verify``'s reading (``_split``), but the signature part is only checked (``check_b64url``),
+    not decoded, and no signing input is built: nothing here would read them (an introspected JWT, per cache miss)."""
+    parts = _parts(token)
+    header = _header(parts[0])
+    claims = _json_object(parts[1], "payload")
+    check_b64url(parts[2])
     return header, claims
 
 

@@ -262,3 +262,129 @@ async def test_the_timeout_bounds_the_whole_call_even_when_the_as_drips() -> Non
         srv.close()
     assert raised.value.kind == "timeout"
     assert "did not answer within 0.3s" in str(raised.value)
+
+
+class ScriptedAS:
+    """A raw AS whose every request (counted over all connections) gets what ``script`` says, by its number from 0:
+    ``answer`` (a JWT, the connection kept), ``close`` (the request read, the connection closed unanswered: an idle
+    close racing the request), ``reset`` (the same with an RST), ``partial`` (a few bytes of a head, then closed);
+    past the end of the script, ``answer``. ``idle_close``: after an answer, close the connection if no request
+    follows within that many seconds (a keep-alive timeout; 0: close at once, no ``Connection: close`` sent)."""
+
+    def __init__(self, script: list[str], idle_close: float | None = None) -> None:
+        self.script = script
+        self.idle_close = idle_close
+        self.requests = 0
+        self.connections = 0
+        self.key = DemoAuthorizationServer("http://127.0.0.1").signing_key
+
+    async def __call__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        answered = False  # on this connection: the idle time counts from its last answer
+        try:
+            while True:
+                try:
+                    if self.idle_close is not None and answered:
+                        async with asyncio.timeout(self.idle_close):
+                            await read_request(reader)
+                    else:
+                        await read_request(reader)
+                except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+                    return
+                action = self.script[self.requests] if self.requests < len(self.script) else "answer"
+                self.requests += 1
+                if action == "reset":
+                    writer.transport.abort()
+                    return
+                if action == "close":
+                    return
+                if action == "partial":
+                    writer.write(b"HTTP/1.1 20")
+                    await writer.drain()
+                    return
+                jwt = self.key.sign({"sub": "demo-client", "scope": "read", "exp": 4102444800}).encode()
+                writer.write(JWT_ANSWER % (len(jwt), jwt))
+                await writer.drain()
+                answered = True
+                if self.idle_close == 0:
+                    return
+        finally:
+            writer.close()
+
+
+async def run_script(app: ScriptedAS, calls: int, *, gap: Callable[[int], float] = lambda _: 0.0,
+                     exchange: bool = False) -> list[object]:
+    """``calls`` introspections one after the other (``gap(i)`` seconds apart: an idle period, the scenario itself);
+    each result, or the ``IntrospectionUnavailable`` it raised. ``exchange``: the second call is a token exchange's
+    POST (``HttpIntrospector.post``) instead, which must never be sent twice."""
+    srv = await asyncio.start_server(app, "127.0.0.1", 0)
+    port = int(srv.sockets[0].getsockname()[1])
+    client = HttpClient()
+    introspector = HttpIntrospector(client)
+    plugin = plugin_for(port)
+    results: list[object] = []
+    try:
+        for i in range(calls):
+            if i and gap(i):
+                await asyncio.sleep(gap(i))
+            try:
+                if exchange and i == 1:
+                    response = await introspector.post(f"http://127.0.0.1:{port}/token", [], b"x=1", plugin)
+                    results.append(response.status)
+                else:
+                    results.append(await introspector.introspect("a-token", plugin))
+            except IntrospectionUnavailable as exc:
+                results.append(exc)
+    finally:
+        await client.aclose()
+        srv.close()
+    return results
+
+
+@pytest.mark.parametrize("drop", ["close", "reset"])
+async def test_a_reused_connection_the_as_drops_unanswered_is_retried_once_on_a_new_one(drop: str) -> None:
+    """The AS closes (or resets) the idle connection just as the next introspection is written on it (taken from the
+    pool without a poll: it was idle less than POLL_AFTER_IDLE): the call goes again on a new connection, and the
+    client sees an answer, never a 502."""
+    app = ScriptedAS(["answer", drop])
+    results = await run_script(app, 3)
+    assert all(isinstance(result, Active) for result in results), results
+    assert app.requests == 4  # the dropped one was sent again
+    assert app.connections == 2  # the new connection is kept for the third call
+
+
+@pytest.mark.parametrize("idle_close", [0.0, 0.005, 0.02])
+async def test_an_as_that_closes_idle_connections_never_fails_a_miss(idle_close: float) -> None:
+    """An AS closing its keep-alive connections at once after each answer or after a short idle time, while the
+    calls come at gaps around that time: the close races the next request on the connection, and no call fails."""
+    app = ScriptedAS([], idle_close=idle_close)
+    results = await run_script(app, 30, gap=lambda i: (i % 5) * idle_close / 2)
+    assert all(isinstance(result, Active) for result in results), results
+    assert app.requests >= 30
+
+
+async def test_the_repetition_is_once_and_only_for_a_request_nothing_of_whose_answer_arrived() -> None:
+    """Dropped again on the new connection: a 502 ("down"), after exactly one repetition. A partial answer on the
+    reused connection: a 502 without any repetition (the AS may have done the work)."""
+    app = ScriptedAS(["answer", "close", "close"])
+    results = await run_script(app, 2)
+    assert isinstance(results[0], Active)
+    assert isinstance(results[1], IntrospectionUnavailable)
+    assert results[1].kind == "down"
+    assert app.requests == 3
+    app = ScriptedAS(["answer", "partial"])
+    results = await run_script(app, 2)
+    assert isinstance(results[1], IntrospectionUnavailable)
+    assert results[1].kind == "down"
+    assert app.requests == 2
+
+
+async def test_a_request_that_is_not_repeatable_is_never_sent_twice() -> None:
+    """A token exchange's POST on a reused connection the AS drops unanswered: a failure, one request (the
+    introspection before it had used the connection)."""
+    app = ScriptedAS(["answer", "close"])
+    results = await run_script(app, 2, exchange=True)
+    assert isinstance(results[0], Active)
+    assert isinstance(results[1], IntrospectionUnavailable)
+    assert results[1].kind == "down"
+    assert app.requests == 2

@@ -29,6 +29,7 @@ class Sent:
     headers: list[tuple[str, str]]
     body: bytes
     ssl: ssl.SSLContext | None
+    repeatable: bool = False  # the caller let HttpClient send it twice (only what changes nothing at the AS)
 
 
 @dataclass
@@ -40,8 +41,8 @@ class FakeServer:
 
     async def request(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes = b"", *,
                       timeout: float, ssl: ssl.SSLContext | None = None,  # noqa: ASYNC109
-                      max_body: int = 1 << 20) -> ClientResponse:
-        self.sent.append(Sent(method, url, headers, body, ssl))
+                      max_body: int = 1 << 20, repeatable: bool = False) -> ClientResponse:
+        self.sent.append(Sent(method, url, headers, body, ssl, repeatable))
         answer = self.answers.get(url, ClientResponse(404, [], b""))
         if isinstance(answer, ClientError):
             raise answer

@@ -54,6 +54,15 @@ def test_fingerprint_is_short_and_stable() -> None:
         (["no-cache, max-age=60"], CacheDirectives(60, True)),
         (["max-age=abc"], CacheDirectives(0, False)),
         (["max-age=-5"], CacheDirectives(0, False)),
+        (["max-age=7199"], CacheDirectives(7199, False)),  # the one-value shortcut, and what it leaves to the rest
+        (["max-age=07"], CacheDirectives(7, False)),
+        (["max-age="], CacheDirectives(0, False)),
+        (["max-age=1e3"], CacheDirectives(0, False)),
+        (['max-age="60"'], CacheDirectives(60, False)),
+        (["max-age=60, no-store"], CacheDirectives(60, True)),
+        (["max-age=60 "], CacheDirectives(60, False)),
+        (["max-age=\u00b2"], CacheDirectives(0, False)),  # a digit to isdigit(), not to float(): malformed, not a crash
+        (["max-age=\u00b2, no-store"], CacheDirectives(0, True)),
     ],
 )
 def test_parse_cache_control(values: list[str], expected: CacheDirectives) -> None:

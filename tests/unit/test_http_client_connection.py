@@ -7,7 +7,14 @@ from __future__ import annotations
 import asyncio
 import itertools
 
-from phantom_token.http.client import ClientResponse, Connection, ConnectionPool, _BufferedSink, _target
+from phantom_token.http.client import (
+    ClientResponse,
+    Connection,
+    ConnectionPool,
+    _BufferedSink,
+    _target,
+    head_fields_text,
+)
 from tests.memory_transport import MemoryTransport
 
 KEY = ("http", "127.0.0.1", 9, None)
@@ -58,7 +65,7 @@ def exchange(conn: Connection, reads: list[bytes], head_request: bool) -> tuple[
         conn.data_received(data)
     outcome: object
     if not future.done():
-        outcome = ("pending", sink.status, sink.headers, b"".join(sink.body))
+        outcome = ("pending", sink.status, head_fields_text(sink.head), b"".join(sink.body))
     elif future.exception() is not None:
         exc = future.exception()
         outcome = ("failed", type(exc).__name__, str(exc))

@@ -122,6 +122,7 @@ async def test_client_secret_basic_is_the_default() -> None:
     authorization = dict(server.sent[0].headers)["Authorization"]
     assert base64.b64decode(authorization.removeprefix("Basic ")) == b"gw:s3cret"
     assert form(server.sent[0].body) == {"token": ["tok"]}
+    assert server.sent[0].repeatable  # a query that changes nothing: HttpClient may send it again on a new connection
 
 
 async def test_client_secret_post_sends_the_credentials_in_the_body() -> None:
@@ -143,7 +144,8 @@ async def test_a_prepared_request_is_the_one_built_for_each_token(method: str) -
     options = plugin(introspection_response="json", client_auth_method=method)
     introspector = HttpIntrospector(server)
     # all unreserved (sent as it is, without quote()), and tokens with characters quote() must encode
-    tokens = ["first-token", "a+b/c=", "second", "A-z_0.9~", "", "a b", "t\u00e9", "a\nb", "x%41", "a&b=c"]
+    tokens = ["first-token", "a+b/c=", "second", "A-z_0.9~", "", "a b", "t\u00e9", "a\nb", "x%41", "a&b=c",
+              "a!b", "a*b", "a'b", "a(b)", "\x7f", "\x00", "~", "\u20ac", "".join(map(chr, range(128)))]
     for token in tokens:
         await introspector.introspect(token, options)
     auth = client_authentication(options, endpoint=INTROSPECT, key=None, now=0.0, jti="")

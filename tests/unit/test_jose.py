@@ -25,6 +25,7 @@ from phantom_token.jose import (
     UnknownKey,
     b64url_decode,
     b64url_encode,
+    check_b64url,
     decode_unverified,
     jwks,
     verify,
@@ -355,12 +356,13 @@ def test_b64url_decode_accepts_and_refuses_what_joserfcs_strict_decoder_does() -
 
     rng = random.Random(7)
     alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    every_ascii = "".join(map(chr, range(128)))
     samples = ["", "A", "AA", "AB", "AAA", "AAB", "AAAA", "QQ", "QR", "QUI", "QUJ", "Zm9v", "Zm9vYg", "Zm9vYmE",
                "Zm9v\n", " Zm9v", "Zm9v ", "Zm9v=", "Zm9vYg==", "ab+c", "ab/c", "Zm9vYmE=", "Zé9v", "-_-_", "____",
-               "Zm9\x00v"]
+               "Zm9\x00v", "Zm9v!", "Zm9v.", "Zm9v\x7f", "Zm9v\x80", "AA==", "QR==", "Zm9vY", "ab*c", "ab~c"]
     for _ in range(3000):
         size = rng.randrange(0, 12)
-        chars = alphabet + ("+/= \t.é" if rng.random() < 0.3 else "")
+        chars = alphabet + ("+/= \t.é" if rng.random() < 0.3 else "") + (every_ascii if rng.random() < 0.1 else "")
         samples.append("".join(rng.choice(chars) for _ in range(size)))
     samples += [b64url_encode(bytes(rng.randrange(256) for _ in range(n))) for n in range(40)]
     for text in samples:
@@ -371,8 +373,14 @@ def test_b64url_decode_accepts_and_refuses_what_joserfcs_strict_decoder_does() -
         if expected is None:
             with pytest.raises(MalformedToken):
                 b64url_decode(text)
+            with pytest.raises(MalformedToken):  # the check without decoding refuses the same
+                check_b64url(text)
+            with pytest.raises(MalformedToken):  # and so does the reader, in the signature part it only checks
+                decode_unverified(f"{HEADER}.{PAYLOAD}.{text}")
         else:
             assert b64url_decode(text) == expected, text
+            check_b64url(text)
+            assert decode_unverified(f"{HEADER}.{PAYLOAD}.{text}") == ({"alg": "ES256"}, CLAIMS), text
 
 
 def test_scan_json_accepts_and_refuses_what_json_decode_does() -> None:

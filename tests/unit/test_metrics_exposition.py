@@ -218,6 +218,19 @@ async def test_reconfigure_swaps_the_routes_and_keeps_the_cache() -> None:
     assert isinstance(engine.try_authorize(request), Allow)
 
 
+async def test_after_reconfigure_a_miss_asks_the_new_introspector() -> None:
+    """The engine keeps its introspector's ``introspect`` bound (one look-up less per miss): a reload must rebind it."""
+    clock, introspector, cache = FakeClock(), FakeIntrospector(), MemoryCache(10)
+    plugin = PluginConfig("http://as.test/introspect", "gateway", "secret")
+    router = Router((Route("api", "svc", UPSTREAM, paths=("/api",), plugin=plugin),))
+    engine = Engine(router, cache, introspector, clock=clock)
+    other = FakeIntrospector()
+    other.activate("t2", {"sub": "a", "scope": "read", "exp": clock.now + 3600})
+    engine.reconfigure(router, other)
+    assert isinstance(await engine.authorize(RequestInfo("GET", "h", "/api", {"authorization": ["Bearer t2"]})), Allow)
+    assert (introspector.calls, other.calls) == ([], ["t2"])
+
+
 def test_memory_cache_counts_evictions() -> None:
     from phantom_token.core.ports import CacheEntry, NegativeEntry
 

@@ -42,6 +42,19 @@ def test_inactive_answers(status: int, body: bytes) -> None:
     assert isinstance(read_jwt_response(status, [], body), Inactive)
 
 
+@pytest.mark.parametrize("blank", [" ", "\t", "\n", "\r", "\x0b", "\x0c", "\r\n  "])
+def test_blanks_around_the_answer_are_what_bytes_strip_removes(blank: str) -> None:
+    """The body is stripped only when it begins or ends with a blank (bytes.strip's set): each on either side."""
+    jwt = make_jwt({"sub": "a", "exp": 10})
+    for body in (blank + jwt, jwt + blank, blank + jwt + blank):
+        result = read_jwt_response(200, [], body.encode())
+        assert isinstance(result, Active)
+        assert result.jwt == jwt
+    assert isinstance(read_jwt_response(200, [], (blank + '{"active": false}').encode()), Inactive)
+    with pytest.raises(IntrospectionUnavailable, match="not a JWT"):  # a blank inside is no blank around
+        read_jwt_response(200, [], (jwt[:10] + blank + jwt[10:]).encode())
+
+
 @pytest.mark.parametrize(
     ("status", "body", "reason"),
     [

@@ -281,6 +281,7 @@ async def test_the_adapter_posts_to_the_discovered_endpoint_with_the_client_auth
     assert issued == Exchanged("eyJ.exchanged.jwt", TOKEN_TYPE_JWT, 60.0)
     sent = server.sent[-1]
     assert (sent.method, sent.url) == ("POST", f"{ISSUER}/token")
+    assert not sent.repeatable  # an exchange issues a token: never sent twice (HttpClient.request's retry)
     form = parse_qs(sent.body.decode())
     assert (form["client_id"], form["client_secret"], form["audience"]) == (["gateway"], ["secret"], ["orders"])
 

@@ -36,9 +36,17 @@ MAX_RESPONSE_AGE_SECONDS = 300
 """How old a signed introspection answer (its ``iat``) may be."""
 
 
+def claim(claims: Mapping[str, object], name: str) -> object:
+    """``claims.get(name)``. A claim set read from JSON is a dict: compiled, its ``get`` is then a direct lookup,
+    where ``Mapping.get`` is a method call by name (about 900 instructions; several per cache miss)."""
+    if isinstance(claims, dict):
+        return claims.get(name)
+    return claims.get(name)
+
+
 def numeric_claim(claims: Mapping[str, object], name: str) -> float | None:
     """A NumericDate claim (``exp``, ``nbf``, ``iat``) as a number, or None when absent or not a number."""
-    value = claims.get(name)
+    value = claim(claims, name)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value)
@@ -61,7 +69,7 @@ def cnf_member(claims: Mapping[str, object], member: str) -> str | None:
     unusable (``cnf`` not an object, the member not a non-empty string) is ``""``, which no certificate or key
     thumbprint equals: the caller then refuses the token rather than treat it as unbound (fail closed).
     """
-    cnf = claims.get("cnf")
+    cnf = claim(claims, "cnf")
     if cnf is None:
         return None
     if not isinstance(cnf, Mapping):

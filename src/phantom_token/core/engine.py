@@ -37,7 +37,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Final
 
@@ -54,6 +54,7 @@ from phantom_token.core.ports import (
     Cached,
     CacheEntry,
     IntrospectionCoordinator,
+    IntrospectionResult,
     Introspector,
     IssuerKeys,
     NegativeEntry,
@@ -118,7 +119,10 @@ class Engine:
         self._cache = cache
         # Bound once: the port is a protocol, so compiled code would otherwise look the method up by name per hit.
         self._get_local: Callable[[bytes, float], Cached | None] = cache.get_local
+        self._get: Callable[[bytes, float], Awaitable[Cached | None]] = cache.get  # likewise, per miss
+        self._put: Callable[[bytes, Cached], Awaitable[None]] = cache.put
         self._introspector = introspector
+        self._introspect_call: Callable[[str, PluginConfig], Awaitable[IntrospectionResult]] = introspector.introspect
         self._clock = clock
         self._metrics = metrics if metrics is not None else Metrics()
         self._flights: IntrospectionCoordinator = (
@@ -152,6 +156,7 @@ class Engine:
         ``jwt_issuers``) and ``exchanger`` are replaced when given."""
         self._router = router
         self._introspector = introspector
+        self._introspect_call = introspector.introspect
         if issuer_keys is not None:
             self._issuer_keys = issuer_keys
         if exchanger is not None:
@@ -182,7 +187,7 @@ class Engine:
         if not isinstance(step, _Pending):
             return step
         now = self._clock()
-        cached = await self._cache.get(step.key, now)
+        cached = await self._get(step.key, now)
         if cached is not None:
             self._metrics.cache_hits += 1
             if step.proof is not None:
@@ -377,7 +382,7 @@ class Engine:
 
     async def _resolve(self, step: _Pending) -> CacheEntry | None:
         """A miss, once per key: look again (a peer may have answered while we waited), else introspect."""
-        cached = await self._cache.get(step.key, self._clock())
+        cached = await self._get(step.key, self._clock())
         if isinstance(cached, CacheEntry):
             return cached
         if isinstance(cached, NegativeEntry):
@@ -389,7 +394,7 @@ class Engine:
         started = time.perf_counter()
         self._metrics.introspections += 1
         try:
-            result = await self._introspector.introspect(step.token, step.plugin)
+            result = await self._introspect_call(step.token, step.plugin)
         except IntrospectionUnavailable as exc:
             self._metrics.introspection_failed(exc.kind)
             log.error("introspection failed: endpoint=%s token=%s reason=%s",
@@ -399,7 +404,7 @@ class Engine:
             self._metrics.observe_introspection(time.perf_counter() - started)
         if not isinstance(result, Active):
             if step.plugin.negative_cache_seconds > 0:
-                await self._cache.put(step.key, NegativeEntry(self._clock() + step.plugin.negative_cache_seconds))
+                await self._put(step.key, NegativeEntry(self._clock() + step.plugin.negative_cache_seconds))
             return None
         now = self._clock()
         refused = token_claims.refusal(result.claims, step.plugin, now)
@@ -417,7 +422,7 @@ class Engine:
         if step.plugin.token_exchange is not None:
             entry = await self._exchange(step, entry, now)
         if entry.expires_at > now:
-            await self._cache.put(step.key, entry)
+            await self._put(step.key, entry)
         return entry
 
     # --- several authorization servers, JWT issuers (docs/authorization-servers/several.md) -------------------
@@ -449,7 +454,7 @@ class Engine:
                 continue
             if entry is not None:
                 if entry.expires_at > self._clock():
-                    await self._cache.put(step.key, entry)
+                    await self._put(step.key, entry)
                 return entry
         if failure is not None:
             raise failure
@@ -477,7 +482,7 @@ class Engine:
         if step.plugin.claims_to_headers:  # from the verified claims (token_exchange is refused with jwt_issuers)
             entry = self._with_claim_headers(step, entry, result)
         if entry.expires_at > now:
-            await self._cache.put(step.key, entry)
+            await self._put(step.key, entry)
         return entry
 
     def _entry_for(self, result: Active, plugin: PluginConfig, now: float) -> CacheEntry:

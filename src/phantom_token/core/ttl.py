@@ -35,7 +35,15 @@ def parse_cache_control(values: list[str]) -> CacheDirectives:
     """The directives that matter to us from every ``Cache-Control`` header value (RFC 9111 section 5.2).
 
     A malformed ``max-age`` is treated as 0 (RFC 9111 section 4.2.1: treat as stale), so it disables caching.
+    ``delta-seconds`` are ASCII digits (RFC 9111 section 1.2.2): ``str.isdigit`` alone would let ``"²"`` through to
+    ``float``, which refuses it.
     """
+    if len(values) == 1:  # what an authorization server sends with a token, read without splitting (per miss)
+        value = values[0]
+        if value.startswith("max-age="):
+            digits = value[8:]
+            if digits.isascii() and digits.isdigit():
+                return CacheDirectives(float(digits), False)
     max_age: float | None = None
     no_store = False
     for value in values:
@@ -46,7 +54,7 @@ def parse_cache_control(values: list[str]) -> CacheDirectives:
                 no_store = True
             elif name == "max-age":
                 argument = argument.strip().strip('"')
-                seconds = float(argument) if argument.isdigit() else 0.0
+                seconds = float(argument) if argument.isascii() and argument.isdigit() else 0.0
                 max_age = seconds if max_age is None else min(max_age, seconds)
     return CacheDirectives(max_age, no_store)
 

@@ -15,6 +15,7 @@ Invariants:
     ├── ConnectError      could not open the connection (refused, DNS, TLS, connect timeout)
     ├── RequestTimeout    no answer in time
     ├── ProtocolError     the peer broke HTTP or closed the connection before the response was complete
+    │   └── NoAnswer      ... closed (or reset) it before any byte of the response
     └── BodyTooLarge      the response body is larger than the caller accepts
 """
 
@@ -72,6 +73,30 @@ def head_fields_text(head: bytes) -> list[tuple[str, str]]:
     return fields
 
 
+_NEEDLES: dict[str, str] = {}  # "\r\n<name>:" by name, for head_values (a few names: bounded all the same)
+
+
+def head_values(head: bytes, lname: str) -> list[str]:
+    """``[value for name, value in head_fields_text(head) if name.lower() == lname]`` without splitting the head: the
+    lines ``lname:`` starts are found in its lower-case copy (a line begins after CRLF; llhttp let no CR or LF
+    inside a field, nor a space before the colon), their values read from the head itself. As text: ``str.lower``
+    maps ISO-8859-1 one character to one (the offsets hold), and compiled, ``str``'s methods are direct C calls
+    where ``bytes.find`` is a call by name."""
+    found: list[str] = []
+    text = head.decode("latin-1")
+    lowered = text.lower()
+    needle = _NEEDLES.get(lname)
+    if needle is None:
+        needle = remember(_NEEDLES, lname, "\r\n" + lname + ":", 64)
+    at = lowered.find(needle)
+    while at >= 0:
+        start = at + len(needle)
+        end = text.find("\r\n", start)
+        found.append(text[start:end].strip(" \t"))
+        at = lowered.find(needle, end)
+    return found
+
+
 def framing(headers: RawHeaders) -> int:
     """How the body of a response that has one is delimited, from its headers."""
     for name, _ in headers:
@@ -104,6 +129,12 @@ class ProtocolError(ClientError):
     """The peer sent something that is not HTTP/1.1, or closed the connection too early."""
 
 
+class NoAnswer(ProtocolError):
+    """The connection closed (or was reset) after the request was written and before any byte of the answer: on a
+    reused connection, the peer had most likely closed it as idle just then (``HttpClient`` retries a repeatable
+    request once, on a new connection)."""
+
+
 class BodyTooLarge(ClientError):
     """The response body exceeds the limit the caller set."""
 
@@ -118,14 +149,26 @@ class _HeadResponseDone(Exception):
 
 class ClientResponse:
     """A whole response. (A plain class: one is made per call, and a dataclass's generated ``__init__`` runs
-    interpreted even in the compiled build.)"""
+    interpreted even in the compiled build.)
 
-    __slots__ = ("body", "headers", "status")
+    Made from a head as received (``HttpClient``), its ``headers`` are split out of it on first use only: a cache
+    miss reads one header of the AS's answer (``values("cache-control")``), found in the head itself."""
 
-    def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
+    __slots__ = ("_head", "_headers", "body", "status")
+
+    def __init__(self, status: int, headers: list[tuple[str, str]] | None, body: bytes, head: bytes = b"") -> None:
         self.status = status
-        self.headers = headers  # names as received
+        self._headers = headers  # names as received; None: not split out of ``head`` yet
+        self._head = head  # the head as llhttp accepted it (status line, header lines, the empty line)
         self.body = body
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        """``(name, value)`` in order, names as received, values without surrounding blanks (ISO-8859-1)."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = head_fields_text(self._head)
+        return headers
 
     def __repr__(self) -> str:
         return f"ClientResponse(status={self.status}, {len(self.headers)} headers, {len(self.body)} bytes)"
@@ -137,6 +180,13 @@ class ClientResponse:
             if key.lower() == lname:
                 return value
         return None
+
+    def values(self, lname: str) -> list[str]:
+        """Every value of header ``lname`` (given in lower case), in order: what ``headers`` would list for it."""
+        if self._headers is not None:
+            size = len(lname)
+            return [value for key, value in self._headers if len(key) == size and key.lower() == lname]
+        return head_values(self._head, lname)
 
 
 @trait
@@ -351,8 +401,10 @@ class Connection(asyncio.Protocol):
             sink.upstream_end()  # a body delimited by the close is complete now
         elif self._head_seen:
             sink.upstream_failed(ProtocolError("the connection closed in the middle of the response body"))
-        else:
+        elif self._buf or self._informational:
             sink.upstream_failed(ProtocolError("the connection closed before a response arrived"))
+        else:  # not one byte of an answer
+            sink.upstream_failed(NoAnswer("the connection closed before a response arrived"))
 
     def data_received(self, data: bytes) -> None:
         # Checked through a local, so that ``self._sink`` is not taken as non-None below: the parser's callbacks
@@ -551,6 +603,10 @@ class ConnectionPool:
 
     def __init__(self, *, max_idle_per_origin: int = 128, idle_timeout: float = 30.0) -> None:
         self.loop = asyncio.get_running_loop()
+        # the loop's methods ``HttpClient`` calls per request, bound once (compiled, a call by name costs ~900
+        # instructions)
+        self.time: Callable[[], float] = self.loop.time
+        self.create_future: Callable[[], asyncio.Future[ClientResponse]] = self.loop.create_future
         self.max_idle = max_idle_per_origin
         self.idle_timeout = idle_timeout
         self._idle: dict[PoolKey, list[Connection]] = {}
@@ -643,13 +699,13 @@ class _BufferedSink(ResponseSink):
         self.target = target  # for the message of a call that outlives its deadline (only then built)
         self.timeout = timeout
         self.status = 0
-        self.headers: list[tuple[str, str]] = []
+        self.head = b""
         self.body: list[bytes] = []
         self.size = 0
 
     def upstream_head(self, status: int, head: bytes, has_body: bool) -> None:
         self.status = status
-        self.headers = head_fields_text(head)
+        self.head = head  # split (head_fields_text) only if the caller reads the headers
 
     def upstream_body(self, data: bytes) -> None:
         self.size += len(data)
@@ -662,7 +718,7 @@ class _BufferedSink(ResponseSink):
 
     def upstream_end(self) -> None:
         if not self.future.done():
-            self.future.set_result(ClientResponse(self.status, self.headers, b"".join(self.body)))
+            self.future.set_result(ClientResponse(self.status, None, b"".join(self.body), self.head))
 
     def upstream_failed(self, exc: ClientError) -> None:
         if not self.future.done():
@@ -693,6 +749,10 @@ class _Target:
         self.target = target
 
 
+# A pooled connection idle at least this long is polled (``Connection.looks_closed``, a syscall) before a request is
+# written on it: long enough idle for the peer's keep-alive timeout to have closed it. One idle less is taken as it
+# is (the common case under load, a poll saved per call): a repeatable request it fails unanswered is sent again.
+POLL_AFTER_IDLE: Final = 1.0
 _MAX_TARGETS: Final = 256  # distinct URLs remembered (the AS's endpoints: a handful); a full memo starts over
 _MAX_HEADS: Final = 1024  # distinct (method, URL, header list) request heads remembered, likewise
 
@@ -738,8 +798,16 @@ class HttpClient:
 
     async def request(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes = b"", *,
                       timeout: float,  # noqa: ASYNC109 -- the callers' contract: one bound for the whole call
-                      ssl: ssl_module.SSLContext | None = None, max_body: int = MiB) -> ClientResponse:
-        """Send one request and read the whole response; raises a ``ClientError`` subclass on failure."""
+                      ssl: ssl_module.SSLContext | None = None, max_body: int = MiB,
+                      repeatable: bool = False) -> ClientResponse:
+        """Send one request and read the whole response; raises a ``ClientError`` subclass on failure.
+
+        ``repeatable``: the request may be sent twice (a query without side effects: RFC 7662 introspection; GET and
+        HEAD always are). Such a request that a reused connection fails before any byte of the answer (``NoAnswer``:
+        the peer closed it as idle while the request was on its way) is sent once more, on a new connection, and a
+        pooled connection idle less than ``POLL_AFTER_IDLE`` is used without a poll. Any other request is written
+        only on a connection that a poll found open, and never sent twice (docs/design.md, "Connections to the
+        authorization server")."""
         pool = self._pool if self._pool is not None else self.pool()
         target = self._targets.get(url)
         if target is None:
@@ -761,29 +829,33 @@ class HttpClient:
             message = b"%bContent-Length: %d\r\n\r\n%b" % (start, len(body), body)
         else:
             message = start + b"\r\n"
-        return await self._exchange(pool, key, message, method == "HEAD", timeout, max_body, target)
+        return await self._exchange(pool, key, message, method == "HEAD", timeout, max_body, target,
+                                    repeatable or method == "GET" or method == "HEAD")
 
     async def _exchange(self, pool: ConnectionPool, key: PoolKey, message: bytes, head_request: bool,
                         timeout: float,  # noqa: ASYNC109 -- one timer for the whole call (below)
-                        max_body: int, target: _Target) -> ClientResponse:
+                        max_body: int, target: _Target, repeatable: bool) -> ClientResponse:
         """``message``: the whole request, head and body, written at once. ``timeout`` bounds the whole call: the
         connect (when no pooled connection is free) and the answer share one deadline, kept by the connection's own
         timer (``begin``'s ``deadline``) rather than an ``asyncio.timeout`` block (a Python object, its coroutine and
         its timer per call) or a timer of the call's own."""
-        loop = pool.loop
-        deadline = loop.time() + timeout
+        now = pool.time()
+        deadline = now + timeout
         retried = False
+        fresh = False  # a reused connection failed unanswered: the one repetition goes on a new connection
         while True:
-            conn = pool.acquire(key)
-            if conn is not None and conn.looks_closed():
+            conn = None if fresh else pool.acquire(key)
+            reused = conn is not None
+            if conn is not None and (not repeatable or now - conn.idle_since >= POLL_AFTER_IDLE) \
+                    and conn.looks_closed():
                 conn.close()  # nothing sent on it: take another (bounded by the pool's size)
                 continue
             if conn is None:
-                left = deadline - loop.time()
+                left = deadline - pool.time()
                 if left <= 0.0:
                     raise RequestTimeout(f"{target.scheme}://{target.authority} did not answer within {timeout:g}s")
                 conn = await pool.connect(key, left)
-            future: asyncio.Future[ClientResponse] = loop.create_future()
+            future = pool.create_future()
             sink = _BufferedSink(future, conn, max_body, target, timeout)
             try:
                 conn.begin(sink, message, head_request=head_request, timeout=timeout, chunked=False,
@@ -796,6 +868,10 @@ class HttpClient:
             conn.end_body()
             try:
                 return await future
+            except NoAnswer:
+                if fresh or not reused or not repeatable:
+                    raise
+                fresh = True  # the peer closed the idle connection as the request went out: once more, anew
             except BaseException:
                 if not future.done():
                     conn.abort()  # cancelled with the request in flight: the connection is unusable
@@ -808,5 +884,5 @@ class HttpClient:
 
 
 __all__ = ["BODY_CHUNKED", "BODY_CLOSE", "BODY_LENGTH", "BODY_NONE", "BodyTooLarge", "ClientError",
-           "ClientResponse", "ConnectError", "Connection", "ConnectionPool", "HttpClient", "PoolKey",
+           "ClientResponse", "ConnectError", "Connection", "ConnectionPool", "HttpClient", "NoAnswer", "PoolKey",
            "ProtocolError", "RequestTimeout", "ResponseSink", "StaleConnection", "encode_request_head"]

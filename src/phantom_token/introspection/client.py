@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import secrets
 import ssl
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 from urllib.parse import quote
 
 from phantom_token import tracing
@@ -53,7 +52,7 @@ from phantom_token.introspection.rfc7662 import (
     build_authenticated_request,
     check_status,
     read_json_response,
-    read_jwt_response,
+    read_jwt_answer,
     status_kind,
 )
 from phantom_token.introspection.rfc9701 import ACCEPT_SIGNED, UnknownSigningKey, read_signed_response
@@ -63,7 +62,11 @@ log = logging.getLogger("phantom_token.introspection")
 
 MAX_RESPONSE_BYTES = 1 << 20
 # What ``quote(value, safe="")`` leaves as it is (RFC 3986 unreserved): a token of only these is its own encoding.
-_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]*")
+# Told by one translate that maps every other byte to "!" (itself not unreserved) and one search for it, rather
+# than a regular expression (a call by name and its matcher, per miss).
+_UNRESERVED: Final = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.~-"
+_RESERVED: Final = 0x21  # "!"
+_ONLY_UNRESERVED: Final = bytes(c if c in _UNRESERVED else _RESERVED for c in range(256))
 ACCEPT = {"jwt": ACCEPT_JWT, "json": ACCEPT_JSON, "signed": ACCEPT_SIGNED}
 
 
@@ -103,7 +106,12 @@ class _Prepared:
         """The headers (shared: not to be changed) and the body of the request for ``token``."""
         # quote() (interpreted, a few thousand instructions) only when the token has a character it would encode:
         # an opaque token is usually all unreserved characters (base64url), which quote() leaves as they are.
-        encoded = token.encode("ascii") if _UNRESERVED.fullmatch(token) else quote(token, safe="").encode("ascii")
+        try:
+            encoded = token.encode("ascii")
+        except UnicodeEncodeError:
+            encoded = b"!"  # not ASCII: quote() below
+        if _RESERVED in encoded.translate(_ONLY_UNRESERVED):
+            encoded = quote(token, safe="").encode("ascii")
         return self.headers, b"token=" + encoded + self.body_tail
 
 
@@ -113,7 +121,7 @@ class Requester(Protocol):
 
     async def request(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes = b"", *,
                       timeout: float, ssl: ssl.SSLContext | None = None,  # noqa: ASYNC109
-                      max_body: int = MiB) -> ClientResponse: ...
+                      max_body: int = MiB, repeatable: bool = False) -> ClientResponse: ...
 
 
 class HttpIntrospector:
@@ -147,10 +155,34 @@ class HttpIntrospector:
         active = tracing.ACTIVE
         if active is not None:  # in a span, its traceparent on the request (phantom_token.tracing)
             return await active.introspection(endpoint, lambda extra: self._introspect(token, plugin, endpoint, extra))
-        return await self._introspect(token, plugin, endpoint, [])
+        # ``_introspect`` without extra headers, written out: its coroutine and ``_request``'s are two generators
+        # made, resumed and freed per miss (compiled, each await level costs on every resumption)
+        headers, body = self._introspection_request(token, plugin, endpoint, [])
+        context = self._context(plugin) if endpoint.startswith("https:") else None
+        try:
+            # repeatable: introspection asks, it changes nothing at the AS (RFC 7662 section 2), so a request that a
+            # reused connection failed unanswered may go again (HttpClient.request)
+            response = await self._client.request(
+                "POST", endpoint, headers, body,
+                timeout=plugin.introspection_timeout_seconds, ssl=context, max_body=MAX_RESPONSE_BYTES,
+                repeatable=True,
+            )
+        except (ClientError, OSError, ssl.SSLError) as exc:
+            raise unavailable(exc) from exc
+        if plugin.introspection_response == "signed":
+            return await self._read_signed(response, plugin)
+        return read_answer(response, plugin)
 
     async def _introspect(self, token: str, plugin: PluginConfig, endpoint: str,
                           extra_headers: list[tuple[str, str]]) -> IntrospectionResult:
+        headers, body = self._introspection_request(token, plugin, endpoint, extra_headers)
+        response = await self._request("POST", endpoint, headers, body, plugin, repeatable=True)
+        if plugin.introspection_response == "signed":
+            return await self._read_signed(response, plugin)
+        return read_answer(response, plugin)
+
+    def _introspection_request(self, token: str, plugin: PluginConfig, endpoint: str,
+                               extra_headers: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], bytes]:
         if plugin.client_auth_method == "private_key_jwt":  # a fresh assertion (its own jti) on every call
             auth = client_authentication(plugin, endpoint=endpoint, key=self._assertion_key(plugin),
                                          now=self._clock(), jti=secrets.token_urlsafe(18))
@@ -161,12 +193,7 @@ class HttpIntrospector:
             headers, body = self._prepared(plugin, endpoint).request(token)
         if extra_headers:
             headers = headers + extra_headers
-        response = await self._request("POST", endpoint, headers, body, plugin)
-        if plugin.introspection_response == "json":
-            return read_json_response(response.status, response.headers, response.body)
-        if plugin.introspection_response == "signed":
-            return await self._read_signed(response, plugin)
-        return read_jwt_response(response.status, response.headers, response.body)
+        return headers, body
 
     def _prepared(self, plugin: PluginConfig, endpoint: str) -> _Prepared:
         known = self._prepared_requests.get(id(plugin))
@@ -323,15 +350,27 @@ class HttpIntrospector:
         return response.body
 
     async def _request(self, method: str, url: str, headers: list[tuple[str, str]], body: bytes,
-                       plugin: PluginConfig) -> ClientResponse:
+                       plugin: PluginConfig, *, repeatable: bool = False) -> ClientResponse:
         context = self._context(plugin) if url.startswith("https:") else None
         try:
             return await self._client.request(
                 method, url, headers, body,
                 timeout=plugin.introspection_timeout_seconds, ssl=context, max_body=MAX_RESPONSE_BYTES,
+                repeatable=repeatable,
             )
-        except ClientError as exc:
-            kind = "timeout" if isinstance(exc, RequestTimeout) else "down"
-            raise IntrospectionUnavailable(f"{type(exc).__name__}: {exc}", kind) from exc
-        except (OSError, ssl.SSLError) as exc:
-            raise IntrospectionUnavailable(f"{type(exc).__name__}: {exc}", "down") from exc
+        except (ClientError, OSError, ssl.SSLError) as exc:
+            raise unavailable(exc) from exc
+
+
+def unavailable(exc: Exception) -> IntrospectionUnavailable:
+    """What a failed call to the AS is to the engine: a connection or protocol failure is "down", no answer in time
+    "timeout"; the reason names the failure, never a header value."""
+    kind = "timeout" if isinstance(exc, RequestTimeout) else "down"
+    return IntrospectionUnavailable(f"{type(exc).__name__}: {exc}", kind)
+
+
+def read_answer(response: ClientResponse, plugin: PluginConfig) -> IntrospectionResult:
+    """The answer to an introspection in ``json`` or ``jwt`` mode (``signed`` needs the JWKS: ``_read_signed``)."""
+    if plugin.introspection_response == "json":
+        return read_json_response(response.status, response.headers, response.body)
+    return read_jwt_answer(response.status, response.values("cache-control"), response.body)

@@ -55,11 +55,19 @@ def build_authenticated_request(
 
 
 def header_values(headers: list[tuple[str, str]], name: str) -> list[str]:
-    return [value for key, value in headers if key.lower() == name]
+    """The values of header ``name`` (lower case); names of another length are not lowered (per miss)."""
+    size = len(name)
+    return [value for key, value in headers if len(key) == size and key.lower() == name]
 
 
 def read_jwt_response(status: int, headers: list[tuple[str, str]], body: bytes) -> IntrospectionResult:
     """Interpret the answer to an ``Accept: application/jwt`` introspection request."""
+    return read_jwt_answer(status, header_values(headers, "cache-control"), body)
+
+
+def read_jwt_answer(status: int, cache_control: list[str], body: bytes) -> IntrospectionResult:
+    """``read_jwt_response`` given the answer's ``Cache-Control`` values only (``ClientResponse.values``: the
+    introspection client reads them from the head, which it then never splits)."""
     if status == 204:
         return Inactive()
     if status in (401, 403):
@@ -79,7 +87,7 @@ def read_jwt_response(status: int, headers: list[tuple[str, str]], body: bytes) 
         raise IntrospectionUnavailable("the 200 body is not a JWT (not ASCII)") from None
     except MalformedToken as exc:
         raise IntrospectionUnavailable(f"the 200 body is not a JWT ({exc})") from None
-    return Active(jwt, claims, parse_cache_control(header_values(headers, "cache-control")))
+    return Active(jwt, claims, parse_cache_control(cache_control))
 
 
 def _read_json_in_jwt_mode(text: bytes) -> IntrospectionResult:
