@@ -73,6 +73,13 @@ def head_fields_text(head: bytes) -> list[tuple[str, str]]:
     return fields
 
 
+def field_values(fields: list[tuple[str, str]], lname: str) -> list[str]:
+    """The values of header ``lname`` (given in lower case) in ``fields`` (``head_fields_text``'s), in order; names
+    of another length are not lowered (read per cache miss)."""
+    size = len(lname)
+    return [value for name, value in fields if len(name) == size and name.lower() == lname]
+
+
 _NEEDLES: dict[str, str] = {}  # "\r\n<name>:" by name, for head_values (a few names: bounded all the same)
 
 
@@ -184,8 +191,7 @@ class ClientResponse:
     def values(self, lname: str) -> list[str]:
         """Every value of header ``lname`` (given in lower case), in order: what ``headers`` would list for it."""
         if self._headers is not None:
-            size = len(lname)
-            return [value for key, value in self._headers if len(key) == size and key.lower() == lname]
+            return field_values(self._headers, lname)
         return head_values(self._head, lname)
 
 
@@ -885,4 +891,5 @@ class HttpClient:
 
 __all__ = ["BODY_CHUNKED", "BODY_CLOSE", "BODY_LENGTH", "BODY_NONE", "BodyTooLarge", "ClientError",
            "ClientResponse", "ConnectError", "Connection", "ConnectionPool", "HttpClient", "NoAnswer", "PoolKey",
-           "ProtocolError", "RequestTimeout", "ResponseSink", "StaleConnection", "encode_request_head"]
+           "ProtocolError", "RequestTimeout", "ResponseSink", "StaleConnection", "encode_request_head",
+           "field_values"]

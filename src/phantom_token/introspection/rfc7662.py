@@ -17,6 +17,7 @@ from urllib.parse import quote, quote_plus
 from phantom_token.core.errors import IntrospectionUnavailable
 from phantom_token.core.ports import Active, Inactive, IntrospectionResult
 from phantom_token.core.ttl import parse_cache_control
+from phantom_token.http.client import field_values
 from phantom_token.jose import MalformedToken, decode_unverified, scan_json, scanner_of
 
 FORM = "application/x-www-form-urlencoded"
@@ -54,15 +55,9 @@ def build_authenticated_request(
     return IntrospectionRequest(headers, body)
 
 
-def header_values(headers: list[tuple[str, str]], name: str) -> list[str]:
-    """The values of header ``name`` (lower case); names of another length are not lowered (per miss)."""
-    size = len(name)
-    return [value for key, value in headers if len(key) == size and key.lower() == name]
-
-
 def read_jwt_response(status: int, headers: list[tuple[str, str]], body: bytes) -> IntrospectionResult:
     """Interpret the answer to an ``Accept: application/jwt`` introspection request."""
-    return read_jwt_answer(status, header_values(headers, "cache-control"), body)
+    return read_jwt_answer(status, field_values(headers, "cache-control"), body)
 
 
 def read_jwt_answer(status: int, cache_control: list[str], body: bytes) -> IntrospectionResult:
@@ -125,7 +120,7 @@ def read_introspection_object(document: object, headers: list[tuple[str, str]], 
     if active is not True:
         why = "has no 'active' member" if "active" not in document else "has an 'active' that is not a JSON boolean"
         raise IntrospectionUnavailable(f"{what} {why}")
-    return Active(None, dict(document), parse_cache_control(header_values(headers, "cache-control")))
+    return Active(None, dict(document), parse_cache_control(field_values(headers, "cache-control")))
 
 
 def check_status(status: int) -> None:
