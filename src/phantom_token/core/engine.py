@@ -232,13 +232,8 @@ class Engine:
         if isinstance(token, BearerToken):
             if plugin.dpop == "required":
                 return self._unauthorized(plugin, route, token_sent=True, dpop_scheme=True)
-            if memo is not None and memo.plugin is plugin:
-                state = memo.state  # the connection's plugin: its hash state, without the look-up by id
-            else:
-                known = self._namespaces.get(id(plugin))
-                if known is None or known[0] is not plugin:
-                    known = self._namespaces[id(plugin)] = (plugin, prefixed_state(key_prefix(plugin.cache_namespace)))
-                state = known[1]
+            # the connection's plugin: its hash state from the memo, without the look-up by id
+            state = memo.state if memo is not None and memo.plugin is plugin else self._namespace(plugin)
             key = key_from(state, ascii_digest(token.data))
             step = _Pending(route, plugin, token.value, key, None)
             if memo is not None and values is not None:
