@@ -100,15 +100,24 @@ _OUTSIDE: Final = 0x21  # "!"
 _ONLY_ALPHABET: Final = bytes(c if c in _ALPHABET else _OUTSIDE for c in range(256))
 
 
-def check_b64url(text: str) -> None:
-    """Raise ``MalformedToken`` exactly when ``b64url_decode(text)`` would, without decoding: only the URL-safe
-    alphabet (ASCII), a length that is not 1 mod 4, no stray bits in the last character."""
+def _ascii_and_padding(text: str) -> tuple[bytes, int]:
+    """``text``'s ASCII bytes and the "=" count that would pad them, when its length and last character can end
+    canonical base64url (a length not 1 mod 4, no stray bits in the last character); else ``MalformedToken``."""
     try:
         raw = text.encode("ascii")
     except UnicodeEncodeError as exc:
         raise MalformedToken("not canonical base64url without padding") from exc
     pad = -len(raw) % 4
-    if pad == 3 or (pad and raw[-1] not in _CANONICAL_LAST[pad - 1]) or _OUTSIDE in raw.translate(_ONLY_ALPHABET):
+    if pad == 3 or (pad and raw[-1] not in _CANONICAL_LAST[pad - 1]):
+        raise MalformedToken("not canonical base64url without padding")
+    return raw, pad
+
+
+def check_b64url(text: str) -> None:
+    """Raise ``MalformedToken`` exactly when ``b64url_decode(text)`` would, without decoding: only the URL-safe
+    alphabet (ASCII), a length that is not 1 mod 4, no stray bits in the last character."""
+    raw, _ = _ascii_and_padding(text)
+    if _OUTSIDE in raw.translate(_ONLY_ALPHABET):
         raise MalformedToken("not canonical base64url without padding")
 
 
@@ -118,13 +127,7 @@ def b64url_decode(text: str) -> bytes:
     joserfc's ``urlsafe_b64decode`` rules, done with ``binascii.a2b_base64(strict_mode=True)`` instead of
     ``base64.b64decode(validate=True)`` (a regular expression per call): every introspected JWT's three parts come
     through here on a cache miss (tests/unit/test_jose.py checks both accept and refuse the same inputs)."""
-    try:
-        raw = text.encode("ascii")
-    except UnicodeEncodeError as exc:
-        raise MalformedToken("not canonical base64url without padding") from exc
-    pad = -len(raw) % 4
-    if pad == 3 or (pad and raw[-1] not in _CANONICAL_LAST[pad - 1]):
-        raise MalformedToken("not canonical base64url without padding")
+    raw, pad = _ascii_and_padding(text)
     try:
         return binascii.a2b_base64(raw.translate(_FROM_URLSAFE) + b"=" * pad, strict_mode=True)
     except binascii.Error as exc:
