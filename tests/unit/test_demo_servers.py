@@ -244,7 +244,33 @@ async def test_register_and_revoke(server: DemoAuthorizationServer) -> None:
     assert (await introspect(server, "x&y=z")).status == 204
 
 
-@pytest.mark.parametrize("changes", [{"nope": 1}, {"failure": "explode"}, {"register": {"scope": "read"}}])
+async def test_presign_signs_a_token_once_at_issue(server: DemoAuthorizationServer, clock: Clock) -> None:
+    before = await get_token(server, "read")
+    assert body(await control(server, presign=True))["presign"] is True
+    token = await get_token(server, "read")
+    clock.now += 100
+    first, second = await introspect(server, token), await introspect(server, token)
+    assert first.body == second.body  # the JWT signed when the token was issued, not one per answer
+    assert header(second, "Cache-Control") == "max-age=200"  # still counted down per answer
+    jwks = body(await server(Request("GET", "/.well-known/jwks.json", "", {})))
+    _, claims = verify(first.body.decode(), jwks, algorithms=["ES256"])
+    assert (claims["sub"], claims["scope"], claims["exp"]) == ("demo-client", "read", int(clock.now) + 200)
+    assert body(await introspect(server, token, "application/json"))["jti"] != claims["jti"]  # JSON: per answer
+    # a token issued before, and every token after the control is off (or reset), is signed per answer
+    assert (await introspect(server, before)).body != (await introspect(server, before)).body
+    await control(server, presign=False)
+    after = await get_token(server, "read")
+    assert (await introspect(server, after)).body != (await introspect(server, after)).body
+    await control(server, presign=True)
+    await control(server, reset=True)
+    reset = await get_token(server, "read")
+    assert (await introspect(server, reset)).body != (await introspect(server, reset)).body
+    clock.now += 200
+    assert (await introspect(server, token)).status == 204  # expired: inactive, presigned or not
+
+
+@pytest.mark.parametrize("changes", [{"nope": 1}, {"failure": "explode"}, {"register": {"scope": "read"}},
+                                     {"presign": "yes"}])
 async def test_bad_controls(server: DemoAuthorizationServer, changes: dict[str, Any]) -> None:
     assert (await control(server, **changes)).status == 400
 

@@ -34,6 +34,11 @@ Test controls, only when built with ``test_controls=True`` (``--test-controls``)
   ``"garbage"`` (200 with a body that is not JSON) or ``"hang"``: how token exchanges are answered),
   ``failure_every`` (int N: only every Nth introspection call fails that way, e.g. 10 for 10 % of them; 0 or 1:
   every call),
+  ``presign`` (bool: while true, a token issued (or registered) gets its JWT signed once, when it is issued, and
+  every ``application/jwt`` answer for it is that JWT, with a fresh ``Cache-Control``; so an introspection costs
+  this server no signature. bench/run.py turns it on for the tokens of its 0 ms cache-miss row, so that this
+  server, which shares the machine's cores with the gateway, stays out of the gateway's way; JSON answers and
+  tokens issued while it is off are signed per answer, as before),
   ``revoke`` (a token value), ``register`` (``{"token": value, "scope": "...", "expires_in": s, "client_id": ...,
   "sub": ..., "jkt": ..., "x5t#S256": ...}``: makes exactly that value a valid token, for tests of odd characters;
   ``jkt`` binds it to a DPoP key (RFC 9449) and ``x5t#S256`` to a client certificate thumbprint (RFC 8705): its
@@ -58,7 +63,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote_plus
@@ -114,6 +119,7 @@ class IssuedToken:
     expires_at: int
     jkt: str | None = None  # DPoP binding (cnf.jkt)
     x5t_s256: str | None = None  # the client certificate the token is bound to (RFC 8705 cnf), if any
+    jwt: str | None = None  # signed when issued (the ``presign`` control): every JWT answer is this one
 
 
 @dataclass(slots=True)
@@ -126,10 +132,12 @@ class Controls:
     exchange_failure: str = "none"  # none | invalid_target | status | garbage | hang
     failure_every: int = 0  # N > 1: only every Nth introspection call fails
     calls: int = 0  # introspection calls that reached the controls (counts for failure_every)
+    presign: bool = False  # tokens issued now get their JWT signed once, at issue (IssuedToken.jwt)
 
     def as_json(self) -> dict[str, Any]:
         return {"delay_ms": self.delay_ms, "failure": self.failure, "failure_status": self.failure_status,
-                "exchange_failure": self.exchange_failure, "failure_every": self.failure_every}
+                "exchange_failure": self.exchange_failure, "failure_every": self.failure_every,
+                "presign": self.presign}
 
     def fails_now(self) -> bool:
         self.calls += 1
@@ -284,8 +292,10 @@ class DemoAuthorizationServer:
         token = value if value is not None else secrets.token_urlsafe(32)
         ttl = self.token_lifetime if lifetime is None else lifetime
         scope_list = tuple(dict.fromkeys(scopes))
-        self._tokens[fingerprint(token)] = IssuedToken(client_id, subject or client_id, scope_list, now, now + ttl,
-                                                       jkt, x5t_s256)
+        issued = IssuedToken(client_id, subject or client_id, scope_list, now, now + ttl, jkt, x5t_s256)
+        if self.controls.presign:
+            issued = replace(issued, jwt=self.signing_key.sign(self._claims(issued)))
+        self._tokens[fingerprint(token)] = issued
         log.info("issued token %s to %s, scope %r, %ds", short_fingerprint(token), client_id, scope_list, ttl)
         return token
 
@@ -457,7 +467,7 @@ class DemoAuthorizationServer:
     def _jwt_answer(self, issued: IssuedToken | None) -> Response:
         if issued is None:
             return Response(204, [("Cache-Control", "no-store")])
-        jwt = self.signing_key.sign(self._claims(issued))
+        jwt = issued.jwt if issued.jwt is not None else self.signing_key.sign(self._claims(issued))
         headers = [("Content-Type", "application/jwt"), ("Cache-Control", self._max_age(issued))]
         return Response(200, headers, jwt.encode("ascii"))
 
@@ -517,8 +527,8 @@ class DemoAuthorizationServer:
         return _json(200, {**self.controls.as_json(), **result})
 
     def _apply_changes(self, changes: Mapping[str, Any], result: dict[str, Any]) -> None:
-        known = {"reset", "delay_ms", "failure", "failure_status", "exchange_failure", "failure_every", "revoke",
-                 "register"}
+        known = {"reset", "delay_ms", "failure", "failure_status", "exchange_failure", "failure_every", "presign",
+                 "revoke", "register"}
         if unknown := set(changes) - known:
             raise ValueError(f"unknown controls {sorted(unknown)}")
         if changes.get("reset"):
@@ -543,6 +553,10 @@ class DemoAuthorizationServer:
         if "failure_every" in changes:
             self.controls.failure_every = max(0, int(changes["failure_every"]))
             self.controls.calls = 0
+        if "presign" in changes:
+            if not isinstance(changes["presign"], bool):
+                raise ValueError("presign must be true or false")
+            self.controls.presign = changes["presign"]
         if "revoke" in changes:
             result["revoked"] = self.revoke(str(changes["revoke"]))
         if "register" in changes:
