@@ -23,6 +23,8 @@ ROWS = (
     "serve, cache hit, claims_to_headers (3)",
     "serve, cache hit, DPoP (fresh proofs)",
     "serve, cache miss (20 ms AS)",
+    "serve, cache miss (0 ms AS)",
+    "serve, cache miss (0 ms AS signing)",
     "nginx + authz (auth_request)",
     "nginx + authz + decision cache",
     "  the same, cache key by njs",
@@ -61,6 +63,18 @@ def test_every_row_has_a_positive_rate(output: str, row: str) -> None:
     line = found.group(0) + output[found.end():].split("\n", 1)[0]
     assert "non-2xx" not in line  # every request was answered 200, else the row measured something else
     assert "socket errors" not in line
+
+
+@pytest.mark.parametrize("row", ["serve, cache miss (20 ms AS)", "serve, cache miss (0 ms AS)",
+                                 "serve, cache miss (0 ms AS signing)"])
+def test_every_miss_row_request_was_introspected(output: str, row: str) -> None:
+    """A miss row measures misses only: the AS's /stats counted one introspection per request (a token sent twice
+    would be a hit; a presigned token the AS did not know would be a 401)."""
+    line = re.search(rf"^{re.escape(row)}\s.*$", output, re.MULTILINE)
+    assert line is not None, output
+    share = re.search(r"(\d+)% introspected", line.group(0))
+    assert share is not None, line.group(0)
+    assert int(share.group(1)) >= 99, line.group(0)
 
 
 def test_the_table_and_the_memory_and_scaling_lines_are_printed(output: str) -> None:
