@@ -19,7 +19,7 @@ from phantom_token.cache.redis import SharedStoreUnavailable, resolved
 from phantom_token.cache.stack import CacheStack, build_cache
 from phantom_token.config.settings import CacheSettings, PluginConfig, Route, Settings, Upstream
 from phantom_token.core.engine import Engine
-from phantom_token.core.keys import cache_key, legacy_key
+from phantom_token.core.keys import cache_key, legacy_key, v2_key
 from phantom_token.core.ports import CacheEntry
 from phantom_token.core.request import RequestInfo
 from phantom_token.core.routes import Router
@@ -253,21 +253,24 @@ async def test_a_hung_redis_only_delays_requests_by_the_short_timeout(
 async def test_a_rolling_upgrade_misses_the_old_format_once_and_a_purge_reaches_both(
     cluster: Cluster, redis_server: RedisServer
 ) -> None:
-    """A replica of key format v1 (simulated: it writes under ``legacy_key``) and an upgraded one share Redis: the
-    upgraded one never reads the v1 entry (it introspects once), and its purge removes both formats, in Redis and in
-    the old replica's memory (docs/scaling.md "Upgrading: the cache-key format")."""
+    """Replicas of key formats v2 and v1 (simulated: one writes under ``v2_key`` and ``legacy_key``) and an upgraded
+    one share Redis: the upgraded one never reads the old entries (it introspects once), and its purge removes every
+    format, in Redis and in the old replica's memory (docs/scaling.md "Upgrading: the cache-key format")."""
     introspector = FakeIntrospector()
     introspector.activate("tok", claims())
     old, new = await cluster(2, introspector)
+    v2 = v2_key(PLUGIN.cache_namespace, key_digest("tok"))
     v1 = legacy_key(PLUGIN.cache_namespace, key_digest("tok"))
+    await old.stack.cache.put(v2, CacheEntry("Bearer from-v2", frozenset(), time.time() + 600))
     await old.stack.cache.put(v1, CacheEntry("Bearer from-v1", frozenset(), time.time() + 600))
     verdict = await new.ask("tok")
     assert isinstance(verdict, Allow)
-    assert verdict.authorization != "Bearer from-v1"
+    assert verdict.authorization not in ("Bearer from-v2", "Bearer from-v1")
     assert introspector.calls == ["tok"]
     report = await Purger(new.stack.cache, namespaces(ROUTES)).purge(key_digest("tok"))
-    assert (report.shared, report.complete) == (2, True)  # the v2 entry and the v1 one
-    await eventually(lambda: old.stack.memory.get_local(v1, time.time()) is None)
+    assert (report.shared, report.complete) == (3, True)  # the v3 entry, the v2 one and the v1 one
+    await eventually(lambda: old.stack.memory.get_local(v2, time.time()) is None
+                     and old.stack.memory.get_local(v1, time.time()) is None)
     client = Redis.from_url(redis_server.url)
     try:
         assert await client.keys("phantom-token:*") == []

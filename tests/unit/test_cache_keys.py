@@ -1,12 +1,14 @@
-"""Cache-key format v2 (``core.keys``): namespaces and versions never share a key, the purge removes exactly what the
-real engine cached (every server of a route, DPoP, claims_to_headers, token exchange), and a known answer pins the
-format so an accidental change fails here rather than as a silent miss (or a shared entry) in production."""
+"""Cache-key format v3 (``core.keys``): namespaces and versions never share a key or a memory identity, the purge
+removes exactly what the real engine cached (every server of a route, DPoP, claims_to_headers, token exchange), and a
+known answer pins the format so an accidental change fails here rather than as a silent miss (or a shared entry) in
+production."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import itertools
+import random
 
 import pytest
 
@@ -15,15 +17,16 @@ from phantom_token.cache.purge import Purger, namespaces, purge_keys
 from phantom_token.config.settings import TOKEN_TYPE_JWT, PluginConfig, Route, TokenExchange, Upstream
 from phantom_token.core.engine import Engine
 from phantom_token.core.keys import (
+    KEY_BYTES,
     VERSION,
     cache_key,
-    key_from,
+    identity,
     key_prefix,
     legacy_key,
     namespaced_key,
     prefixed_key,
-    prefixed_state,
     token_digest,
+    v2_key,
 )
 from phantom_token.core.ports import CacheEntry, Exchanged, Inactive, IntrospectionResult
 from phantom_token.core.request import RequestInfo, TokenMemo
@@ -49,55 +52,69 @@ NAMESPACES = (b"", b"a", b"a\x00", b"ab", PLAIN.cache_namespace, CLAIMS.cache_na
 TOKENS = ("tok", "tok2", "a1b2c3d4-e5f6-4711-8899-aabbccddeeff")
 
 
-def test_the_v2_key_of_a_fixed_namespace_and_token_is_pinned() -> None:
-    """Known answer (cross-checked with `openssl dgst -sha256` and `-blake2s256`): changing it is a change of
-    format, which needs a new VERSION and the migration of docs/scaling.md."""
-    assert VERSION == b"phantom-token cache key v2\x00"
+def test_the_v3_key_of_a_fixed_namespace_and_token_is_pinned() -> None:
+    """Known answer (cross-checked with `openssl dgst -sha256`): changing it is a change of format, which needs a new
+    VERSION and the migration of docs/scaling.md."""
+    assert VERSION == b"phantom-token cache key v3\x00"
     namespace = b"http://as.test/introspect\x00gw\x00"
     assert PLAIN.cache_namespace == namespace
     digest = token_digest("a1b2c3d4-e5f6-4711-8899-aabbccddeeff")
     assert digest.hex() == "2b6a404cd90075c007d8f89688989f0470ead0166e476b75ccf3309f05af09ce"
-    assert key_prefix(namespace).hex() == "6af2a007b826c495a443b6d5595fad3259939df78634f58a719a7e07aff8ac0c"
-    assert namespaced_key(namespace, digest).hex() == "6142e618ae6e96b367ccef5fa456e9a278f91a67fb8009d0234383a9f02ff273"
-    assert cache_key(PLAIN, "a1b2c3d4-e5f6-4711-8899-aabbccddeeff") == namespaced_key(namespace, digest)
+    assert key_prefix(namespace).hex() == "fc31620a864f64ae307e56133c578182"
+    key = namespaced_key(namespace, digest)
+    assert key.hex() == digest.hex() + "fc31620a864f64ae307e56133c578182"
+    assert len(key) == KEY_BYTES == 48
+    assert cache_key(PLAIN, "a1b2c3d4-e5f6-4711-8899-aabbccddeeff") == key
     # the construction spelled out with hashlib, independently of core/keys.py
-    prefix = hashlib.sha256(b"phantom-token cache key v2\x00" + namespace).digest()
-    assert namespaced_key(namespace, digest) == hashlib.blake2s(prefix + digest).digest()
+    assert key == digest + hashlib.sha256(b"phantom-token cache key v3\x00" + namespace).digest()[:16]
+    # the earlier formats, which the purge still removes: v2 pinned as it shipped, v1 spelled out
+    assert v2_key(namespace, digest).hex() == "6142e618ae6e96b367ccef5fa456e9a278f91a67fb8009d0234383a9f02ff273"
+    v2_prefix = hashlib.sha256(b"phantom-token cache key v2\x00" + namespace).digest()
+    assert v2_key(namespace, digest) == hashlib.blake2s(v2_prefix + digest).digest()
     assert legacy_key(namespace, digest) == hashlib.sha256(namespace + digest).digest()
 
 
-def test_the_engine_s_per_request_derivation_gives_the_same_bytes() -> None:
-    """``key_from(prefixed_state(prefix), digest)`` (a copy of a BLAKE2s that absorbed the prefix once) is byte for
-    byte ``prefixed_key(prefix, digest)``, for every namespace and many digests, and never alters its state."""
+def test_the_memory_identity_is_the_digest_xor_the_tag() -> None:
+    """``identity`` (the memory table's 128 bits of a v3 key) is the digest's first 128 bits XOR the tag, read as
+    two little-endian signed 64-bit integers, for every namespace and many digests."""
+    def signed(value: int) -> int:
+        return value - (1 << 64) if value >= 1 << 63 else value
+
     digests = [token_digest(token) for token in TOKENS] + [bytes(32), b"\xff" * 32] + [
         hashlib.sha256(bytes([i])).digest() for i in range(64)]
     for namespace in NAMESPACES:
-        prefix = key_prefix(namespace)
-        state = prefixed_state(prefix)
+        tag = key_prefix(namespace)
         for digest in digests:
-            assert key_from(state, digest) == prefixed_key(prefix, digest) == namespaced_key(namespace, digest)
-        assert state.digest() == hashlib.blake2s(prefix).digest()  # still the prefix alone
-    state = prefixed_state(key_prefix(PLAIN.cache_namespace))
-    assert key_from(state, token_digest("a1b2c3d4-e5f6-4711-8899-aabbccddeeff")).hex() == (
-        "6142e618ae6e96b367ccef5fa456e9a278f91a67fb8009d0234383a9f02ff273")
+            key = prefixed_key(tag, digest)
+            assert key == namespaced_key(namespace, digest)
+            mixed = bytes(a ^ b for a, b in zip(digest[:16], tag, strict=True))
+            assert identity(key) == (signed(int.from_bytes(mixed[:8], "little")),
+                                     signed(int.from_bytes(mixed[8:], "little")))
 
 
-def test_two_namespaces_never_give_the_same_key_for_a_token() -> None:
+def test_two_namespaces_never_give_the_same_key_or_identity_for_a_token() -> None:
     assert len(set(NAMESPACES)) == len(NAMESPACES)
+    assert len({key_prefix(namespace) for namespace in NAMESPACES}) == len(NAMESPACES)
     for token in TOKENS:
         keys = {namespaced_key(namespace, token_digest(token)) for namespace in NAMESPACES}
         assert len(keys) == len(NAMESPACES)
-        assert len({key[:16] for key in keys}) == len(NAMESPACES)  # the memory cache's identity: 128 bits
+        assert len({identity(key) for key in keys}) == len(NAMESPACES)  # the memory cache's identity: 128 bits
     plugins = (PLAIN, CLAIMS, EXCHANGE, A, B, SEVERAL)
     assert len({cache_key(plugin, "tok") for plugin in plugins}) == len(plugins)
-    assert len({cache_key(plugin, "tok")[:16] for plugin in plugins}) == len(plugins)
+    assert len({identity(cache_key(plugin, "tok")) for plugin in plugins}) == len(plugins)
+    # many tokens under many namespaces: every (namespace, token) pair its own identity
+    rng = random.Random(18)
+    tokens = [rng.randbytes(24).hex() for _ in range(2000)]
+    pairs = {identity(namespaced_key(namespace, token_digest(token))) for namespace in NAMESPACES for token in tokens}
+    assert len(pairs) == len(NAMESPACES) * len(tokens)
 
 
 def test_the_memory_cache_keeps_namespaces_and_versions_apart() -> None:
-    """The memory cache identifies an entry by the key's first 128 bits (cache/memory.py): the entries of one token
-    under every namespace and both key formats stay separate entries there too."""
+    """The memory cache identifies an entry by 128 bits of the key (cache/memory.py): the entries of one token under
+    every namespace and all three key formats stay separate entries there too, and each is found by its own key."""
     digest = token_digest("tok")
     keys = [namespaced_key(namespace, digest) for namespace in NAMESPACES]
+    keys += [v2_key(namespace, digest) for namespace in NAMESPACES]
     keys += [legacy_key(namespace, digest) for namespace in NAMESPACES]
     cache = MemoryCache(len(keys))
     for n, key in enumerate(keys):
@@ -110,24 +127,30 @@ def test_the_memory_cache_keeps_namespaces_and_versions_apart() -> None:
 
 
 def test_two_versions_never_give_the_same_key() -> None:
-    """No v2 key (any namespace, any token) equals a v1 key (any namespace, any token), and another VERSION string
-    gives other prefixes: replicas of two versions sharing a store never read each other's entries."""
+    """No v3 key (any namespace, any token) equals a v2 or v1 key (any namespace, any token): they are 48 bytes
+    against 32, and another VERSION string gives other tags. Replicas of two versions sharing a store never read each
+    other's entries."""
     pairs = list(itertools.product(NAMESPACES, (token_digest(token) for token in TOKENS)))
     current = {namespaced_key(namespace, digest) for namespace, digest in pairs}
-    legacy = {legacy_key(namespace, digest) for namespace, digest in pairs}
-    assert len(current) == len(legacy) == len(pairs)
-    assert not current & legacy
+    older = {v2_key(namespace, digest) for namespace, digest in pairs} | {
+        legacy_key(namespace, digest) for namespace, digest in pairs}
+    assert len(current) == len(pairs)
+    assert len(older) == 2 * len(pairs)
+    assert not current & older
+    assert {len(key) for key in current} == {48}
+    assert {len(key) for key in older} == {32}
     for namespace, digest in pairs:
-        other_version = hashlib.sha256(b"phantom-token cache key v3\x00" + namespace).digest()
-        assert prefixed_key(other_version, digest)[:16] != namespaced_key(namespace, digest)[:16]
-    assert not {key[:16] for key in current} & {key[:16] for key in legacy}  # apart in the memory cache too
+        other_version = hashlib.sha256(b"phantom-token cache key v4\x00" + namespace).digest()[:16]
+        assert identity(prefixed_key(other_version, digest)) != identity(namespaced_key(namespace, digest))
 
 
-def test_a_purge_removes_both_formats_of_every_namespace() -> None:
+def test_a_purge_removes_every_format_of_every_namespace() -> None:
     digest = token_digest("tok")
     keys = purge_keys((PLAIN.cache_namespace, A.cache_namespace), digest)
-    assert keys == (namespaced_key(PLAIN.cache_namespace, digest), legacy_key(PLAIN.cache_namespace, digest),
-                    namespaced_key(A.cache_namespace, digest), legacy_key(A.cache_namespace, digest))
+    assert keys == (namespaced_key(PLAIN.cache_namespace, digest), v2_key(PLAIN.cache_namespace, digest),
+                    legacy_key(PLAIN.cache_namespace, digest),
+                    namespaced_key(A.cache_namespace, digest), v2_key(A.cache_namespace, digest),
+                    legacy_key(A.cache_namespace, digest))
 
 
 class ByServer(FakeIntrospector):

@@ -252,7 +252,7 @@ async def test_an_uncancelled_caller_runs_the_call_in_its_task_and_shares_it() -
 
 def test_cache_key_is_a_namespaced_hash_not_the_token() -> None:
     key = cache_key(PLUGIN, "tok")
-    assert len(key) == 32
+    assert len(key) == 48  # the token's SHA-256 and the namespace's tag (format v3)
     assert b"tok" not in key
     other = PluginConfig(PLUGIN.introspection_endpoint, "another-client", "s")
     assert cache_key(other, "tok") != key
@@ -303,7 +303,7 @@ async def test_a_connection_memo_follows_the_token_the_client_sends() -> None:
 
 async def test_tokens_changing_on_a_connection_are_keyed_under_the_plugin_of_their_route() -> None:
     """A connection alternating routes of two plugins and tokens (padded ones too): every request's key is the one
-    ``cache_key`` derives for its route's plugin, whether the plugin's hash state came from the connection's memo
+    ``cache_key`` derives for its route's plugin, whether the plugin's namespace tag came from the connection's memo
     (same plugin as the request before) or from the engine's table (another plugin)."""
     other = PluginConfig("http://as.test/other", "gw2", "s2", token_cache_seconds=300)
     routes = (Route("api", "svc", UPSTREAM, paths=("/api",), plugin=PLUGIN),

@@ -95,8 +95,8 @@ def test_key_is_derivable_from_the_token_sha256() -> None:
     digest = hashlib.sha256(b"tok").digest()
     assert token_digest("tok") == digest
     assert cache_key(plugin, "tok") == namespaced_key(plugin.cache_namespace, digest)
-    prefix = hashlib.sha256(b"phantom-token cache key v2\x00" + plugin.cache_namespace).digest()
-    assert cache_key(plugin, "tok") == hashlib.blake2s(prefix + digest).digest()  # format v2 (core/keys.py)
+    tag = hashlib.sha256(b"phantom-token cache key v3\x00" + plugin.cache_namespace).digest()[:16]
+    assert cache_key(plugin, "tok") == digest + tag  # format v3 (core/keys.py)
 
 
 class RecordingCoordinator:

@@ -12,10 +12,11 @@ alive, compiled, at 100 000 entries (docs/performance.md, "Memory per cached ent
 There is no key object and no dict or linked-list node per entry (an ``OrderedDict`` LRU with the 32-byte key
 ``bytes`` cost 80 + about 105 bytes more).
 
-- Identity: the first 128 bits of the key (``_split``), read as two native 64-bit integers; keys are uniformly
-  random digests (BLAKE2s/SHA-256 output), so 128 bits keep collisions negligible (about n^2 / 2^129) while
-  namespaces and key-format versions stay apart exactly as in the full key (they are hashed into it). A key shorter
-  than 16 bytes (only tests use such keys) is hashed to 16 bytes first. Redis keeps the full key (format v2).
+- Identity: 128 bits of the key (``_split``), read as two native 64-bit integers: for a v3 key (``core.keys``:
+  the token's SHA-256, then its namespace's 16-byte tag) the SHA-256's first 128 bits XOR the tag
+  (``keys.identity``), so tokens and namespaces both stay apart (about n^2 / 2^129 for an accidental collision; the
+  argument is in core/keys.py). Any other key (a v1 or v2 key a purge names) is its first 128 bits, a key shorter
+  than 16 bytes (only tests use such keys) hashed to 16 bytes first. Redis keeps the full key.
 - Slot: the key's low 32 bits hashed by multiply-shift with a random odd multiplier drawn per table
   (``_Table.seed``; Dietzfelbinger's universal family: ``((x * seed) mod 2^32) >> (32 - log2(slots))``), so someone
   who chooses tokens cannot aim them at one run of slots without knowing it (what SipHash's per-process secret does
@@ -39,6 +40,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Final
 
 from phantom_token._native import read_i64_le
+from phantom_token.core.keys import KEY_BYTES, identity
 from phantom_token.core.ports import Cached, CacheEntry, NegativeEntry, Purged
 
 if TYPE_CHECKING:
@@ -65,7 +67,11 @@ class _Held(CacheEntry):
 
 
 def _split(key: bytes) -> tuple[i64, i64]:
-    """A key's identity in the table: its first 128 bits (keys shorter than 16 bytes hashed to 16 bytes)."""
+    """A key's identity in the table: a v3 key's ``keys.identity`` (the digest's first 128 bits XOR the namespace's
+    tag); for any other key (a v1 or v2 key a purge names, test keys) its first 128 bits, keys shorter than 16 bytes
+    hashed to 16 bytes first."""
+    if len(key) == KEY_BYTES:
+        return identity(key)
     if len(key) < 16:
         key = hashlib.blake2b(key, digest_size=16).digest()
     return read_i64_le(key, 0), read_i64_le(key, 8)
@@ -86,11 +92,10 @@ class _Table:
         self.evictions = 0  # entries dropped to stay within ``max`` (metrics)
 
     def get(self, key: bytes, now: float) -> CacheEntry | None:
-        if len(key) < 16:
-            k0, k1 = _split(key)
+        if len(key) == KEY_BYTES:  # a v3 key, as the engine asks: no call to _split (a direct native call instead)
+            k0, k1 = identity(key)
         else:
-            k0 = read_i64_le(key, 0)
-            k1 = read_i64_le(key, 8)
+            k0, k1 = _split(key)
         slots = self.slots
         mask = self.mask
         index = (((k0 & 0xFFFFFFFF) * self.seed) & 0xFFFFFFFF) >> self.shift  # _home(k0), inline

@@ -3,8 +3,9 @@
 A token has one entry per introspection namespace (endpoint + client_id) it was seen under (on a route with several
 servers or JWT issuers: one per server, and the route's outcome); the key of each is
 ``namespaced_key(namespace, sha256(token))``, so the token's SHA-256 is enough and the raw token is not needed.
-The key of format v1 (``legacy_key``) is purged too: during a rolling upgrade replicas of the previous version still
-write entries under it to the shared store (docs/scaling.md "Upgrading: the cache-key format"); one more DEL each.
+The keys of formats v2 (``v2_key``) and v1 (``legacy_key``) are purged too: during a rolling upgrade replicas of a
+previous version still write entries under them to the shared store, and a v2 replica drops its memory copy when it
+is told the v2 key (docs/scaling.md "Upgrading: the cache-key format"); two more DELs each.
 
 Invariants: the raw token is hashed on arrival and never kept, logged or echoed (reports carry its fingerprint,
 the first 8 hex digits of its SHA-256); a purge tries every namespace of the configuration.
@@ -17,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from phantom_token.config.settings import Route
-from phantom_token.core.keys import legacy_key, namespaced_key
+from phantom_token.core.keys import legacy_key, namespaced_key, v2_key
 from phantom_token.core.ports import TokenCache
 
 log = logging.getLogger("phantom_token.cache")
@@ -48,9 +49,10 @@ def namespaces(routes: Iterable[Route]) -> tuple[bytes, ...]:
 
 def purge_keys(cache_namespaces: Iterable[bytes], digest: bytes) -> tuple[bytes, ...]:
     """The keys a purge removes for the token whose SHA-256 is ``digest``: in every namespace, the key the engine
-    derives (format v2) and the one format v1 derived."""
+    derives (format v3) and the ones formats v2 and v1 derived."""
     return tuple(key for namespace in cache_namespaces
-                 for key in (namespaced_key(namespace, digest), legacy_key(namespace, digest)))
+                 for key in (namespaced_key(namespace, digest), v2_key(namespace, digest),
+                             legacy_key(namespace, digest)))
 
 
 class Purger:

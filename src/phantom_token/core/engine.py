@@ -16,7 +16,7 @@ Invariants: no I/O but through the ports; the raw token never leaves this module
 the authorization server's faults are 502, never 401 and never 200; errors are never cached; an inactive
 answer is remembered for ``negative_cache_seconds`` only (0: not at all).
 
-Cache keys: ``core.keys`` (format v2: ``blake2s(key_prefix(namespace) + sha256(token))``), shared with the purge.
+Cache keys: ``core.keys`` (format v3: ``sha256(token) + key_prefix(namespace)``), shared with the purge.
 
 Several authorization servers or JWT issuers on a route (``_resolve_several``, only on a miss): the hit path is the
 same lookup under the route's own namespace; a miss verifies a listed issuer's JWT (``core.jwt_access``) or walks the
@@ -33,7 +33,6 @@ and only when the route's ``dpop`` is ``allowed``. Last, the proof's ``jti`` mus
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import secrets
 import time
@@ -48,7 +47,7 @@ from phantom_token.core import verdict as v
 from phantom_token.core.bearer import BearerToken, DPoPToken, Problem, extract, fingerprint
 from phantom_token.core.claims import numeric_claim
 from phantom_token.core.errors import IntrospectionUnavailable, TokenExchangeFailed
-from phantom_token.core.keys import ascii_digest, key_from, key_prefix, prefixed_state, token_digest
+from phantom_token.core.keys import ascii_digest, key_prefix, prefixed_key, token_digest
 from phantom_token.core.ports import (
     Active,
     Cached,
@@ -134,9 +133,8 @@ class Engine:
             self._flights if isinstance(self._flights, SingleFlight) else None
         )
         self._pass: dict[str, v.Allow] = {}  # one reusable Allow per unauthenticated route
-        # The cache namespace's ``keys.key_prefix``, absorbed in a BLAKE2s (``keys.prefixed_state``), by plugin
-        # identity (plugins are built once).
-        self._namespaces: dict[int, tuple[PluginConfig, hashlib.blake2s]] = {}
+        # The cache namespace's ``keys.key_prefix`` (its 16-byte tag), by plugin identity (plugins are built once).
+        self._namespaces: dict[int, tuple[PluginConfig, bytes]] = {}
         # One shared frozenset per distinct set of granted scopes: most tokens carry one of a few scope sets, and
         # a private frozenset (plus its strings) per cache entry would cost about 300 bytes each.
         self._scope_sets: dict[frozenset[str], frozenset[str]] = {}
@@ -232,12 +230,12 @@ class Engine:
         if isinstance(token, BearerToken):
             if plugin.dpop == "required":
                 return self._unauthorized(plugin, route, token_sent=True, dpop_scheme=True)
-            # the connection's plugin: its hash state from the memo, without the look-up by id
-            state = memo.state if memo is not None and memo.plugin is plugin else self._namespace(plugin)
-            key = key_from(state, ascii_digest(token.data))
+            # the connection's plugin: its namespace's tag from the memo, without the look-up by id
+            tag = memo.tag if memo is not None and memo.plugin is plugin else self._namespace(plugin)
+            key = prefixed_key(tag, ascii_digest(token.data))
             step = _Pending(route, plugin, token.value, key, None)
             if memo is not None and values is not None:
-                memo.plugin, memo.value, memo.token, memo.key, memo.state = plugin, values[0], token.value, key, state
+                memo.plugin, memo.value, memo.token, memo.key, memo.tag = plugin, values[0], token.value, key, tag
                 memo.pending = step
             return step
         if isinstance(token, DPoPToken):
@@ -274,7 +272,7 @@ class Engine:
         if isinstance(proof, dpop.Refusal):
             log.info("dpop proof refused: route=%s token=%s reason=%s", route.name, fingerprint(token), proof.reason)
             return v.invalid_dpop_proof(plugin.realm, plugin.dpop_signing_alg_values, route, nonce=proof.nonce)
-        return _Pending(route, plugin, token, key_from(self._namespace(plugin), token_digest(token)), proof)
+        return _Pending(route, plugin, token, prefixed_key(self._namespace(plugin), token_digest(token)), proof)
 
     def _bound(self, step: _Pending, entry: CacheEntry) -> v.Deny | None:
         """The binding rules (see the module docstring): a denial, or None when scheme, binding and proof agree.
@@ -440,7 +438,7 @@ class Engine:
         digest = token_digest(step.token)
         failure: IntrospectionUnavailable | None = None
         for server in candidates(plugin.authorization_servers, step.token):
-            server_step = _Pending(step.route, server, step.token, key_from(self._namespace(server), digest),
+            server_step = _Pending(step.route, server, step.token, prefixed_key(self._namespace(server), digest),
                                    step.proof)
             try:
                 entry = await self._flights.do(server_step.key, partial(self._resolve, server_step))
@@ -455,11 +453,11 @@ class Engine:
             raise failure
         return None
 
-    def _namespace(self, plugin: PluginConfig) -> hashlib.blake2s:
-        """The plugin's ``keys.prefixed_state``, derived once per plugin."""
+    def _namespace(self, plugin: PluginConfig) -> bytes:
+        """The plugin's ``keys.key_prefix`` (its namespace's tag), derived once per plugin."""
         known = self._namespaces.get(id(plugin))
         if known is None or known[0] is not plugin:
-            known = self._namespaces[id(plugin)] = (plugin, prefixed_state(key_prefix(plugin.cache_namespace)))
+            known = self._namespaces[id(plugin)] = (plugin, key_prefix(plugin.cache_namespace))
         return known[1]
 
     async def _verified_jwt(self, step: _Pending, issuer: JwtIssuer) -> CacheEntry | None:

@@ -1,28 +1,31 @@
-"""Cache keys, format v2: ``blake2s(prefix + sha256(token))``, ``prefix = sha256(VERSION + namespace)``; never the
-token itself.
+"""Cache keys, format v3: ``sha256(token) + tag``, ``tag`` = the first 16 bytes of ``sha256(VERSION + namespace)``;
+never the token itself.
 
-Hashing the token with SHA-256 first makes a key derivable from the token's SHA-256 alone, so an operator can purge a
+Hashing the token with SHA-256 makes a key derivable from the token's SHA-256 alone, so an operator can purge a
 token knowing only its hash (``POST /cache/purge``, ``phantom-token purge``). The namespace
 (``PluginConfig.cache_namespace``) is the introspection endpoint, the client and the claim checks, so two routes share
 an entry only when they would get the same answer.
 
-The namespace is folded into a 32-byte ``prefix`` once per plugin (``key_prefix``, which the engine remembers), with
-the key-format version in front (``VERSION``), so the per-request step hashes exactly 64 bytes: one BLAKE2s
-compression, cheaper than SHA-256 of ``namespace + digest`` (the v1 format: two or more SHA-256 blocks for a usual
-namespace, and OpenSSL's per-call set-up; docs/performance.md "Cheaper cache keys" has the instruction counts). The
-input is fixed-length (32 + 32 bytes), so ``prefix + digest`` is an unambiguous encoding of the pair. BLAKE2's own
-key and personalisation parameters were measured too and cost more (a second compression for the key block, the
-keyword arguments' parsing) without adding anything here: the prefix is not a secret, it separates namespaces and
-versions.
+The namespace is folded into a 16-byte ``tag`` once per plugin (``key_prefix``, which the engine remembers), with the
+key-format version in front (``VERSION``), so the per-request step is one concatenation: no second hash (v2 hashed
+``prefix + digest`` with BLAKE2s, about 2 600 instructions compiled per token change; docs/performance.md "A cheaper
+key"). The key holds the token's whole SHA-256 and the whole tag, 48 bytes, so:
 
-Per request, the engine derives keys with ``prefixed_state``/``key_from`` rather than ``prefixed_key``: the same bytes
-(a hash is a function of the whole input, however it is fed), but the prefix is absorbed once per plugin into a
-BLAKE2s object, and each key is a ``copy()`` of it, ``update(digest)``, ``digest()``: that skips the constructor's
-argument parsing and parameter-block set-up (about 3 400 -> 2 600 instructions compiled, 380 -> 220 ns).
+- two tokens of one namespace share a key only if their SHA-256 collide, and two namespaces never share a key (their
+  tags differ: they are distinct inputs to SHA-256 truncated to 128 bits; a collision there is a 2^64 search over
+  namespaces an operator writes, not anything a client sends);
+- a v3 key (48 bytes) never equals a v1 or v2 key (32 bytes): replicas of two versions sharing a Redis never read
+  each other's entries (they miss and introspect once);
+- the memory table's identity of an entry is the key's first 128 bits XOR the tag (``identity``): within a namespace
+  two tokens share it only on a 128-bit collision of SHA-256; across namespaces the tags' difference is public, so
+  matching a *given* token of another namespace is a 128-bit preimage and any two tokens of two namespaces a 2^64
+  birthday search, the same margins as v2's 128-bit identity (docs/security.md, "Cache keys").
 
-Versions: a change of format changes ``VERSION``; replicas of two versions sharing a Redis then never read each
-other's entries (they miss and introspect once). ``legacy_key`` derives the v1 key (``sha256(namespace + digest)``)
-so that a purge during a rolling upgrade reaches entries written by v1 replicas too (``cache/purge.py``;
+Compared with v2, a key in Redis now shows the token's SHA-256 (v2 showed a hash of it). That is the value the purge
+takes and DPoP's ``ath`` carries: not a secret, and the token cannot be found from it.
+
+Versions: a change of format changes ``VERSION``. ``v2_key`` and ``legacy_key`` derive the v2 and v1 keys of a token
+so that a purge during a rolling upgrade reaches entries written by older replicas too (``cache/purge.py``;
 docs/scaling.md "Upgrading: the cache-key format").
 
 Invariants: the engine (on every request) and the purge derive keys here and nowhere else, so they always agree;
@@ -32,11 +35,18 @@ pure functions, no I/O. Compiled with the engine (``phantom_token/compiled.py``)
 from __future__ import annotations
 
 import hashlib
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
+from phantom_token._native import read_i64_le
 from phantom_token.config.settings import PluginConfig
 
-VERSION = b"phantom-token cache key v2\x00"  # folded into every prefix: a new format, new keys
+if TYPE_CHECKING:
+    from mypy_extensions import i64
+
+VERSION = b"phantom-token cache key v3\x00"  # folded into every tag: a new format, new keys
+V2_VERSION = b"phantom-token cache key v2\x00"
+TAG_BYTES: Final = 16
+KEY_BYTES: Final = 32 + TAG_BYTES  # a v3 key: the token's SHA-256, then the namespace's tag
 
 
 _SHA256: Final = hashlib.sha256  # read as a C static when compiled, not looked up in hashlib per request
@@ -54,27 +64,20 @@ def ascii_digest(data: bytes) -> bytes:
 
 
 def key_prefix(namespace: bytes) -> bytes:
-    """The 32 bytes that stand for a namespace (and the format version) in its keys; computed once per plugin."""
-    return hashlib.sha256(VERSION + namespace).digest()
+    """The 16-byte tag that stands for a namespace (and the format version) in its keys; computed once per plugin."""
+    return hashlib.sha256(VERSION + namespace).digest()[:TAG_BYTES]
 
 
 def prefixed_key(prefix: bytes, digest: bytes) -> bytes:
     """The cache key of a token whose SHA-256 is ``digest``, under the namespace whose ``key_prefix`` is ``prefix``
-    (the per-request step: 64 bytes, one BLAKE2s block)."""
-    return hashlib.blake2s(prefix + digest).digest()
+    (the per-request step: one concatenation)."""
+    return digest + prefix
 
 
-def prefixed_state(prefix: bytes) -> hashlib.blake2s:
-    """A BLAKE2s that has absorbed ``prefix`` (a ``key_prefix``), for ``key_from``; made once per plugin, never
-    updated after (``key_from`` works on copies)."""
-    return hashlib.blake2s(prefix)
-
-
-def key_from(state: hashlib.blake2s, digest: bytes) -> bytes:
-    """``prefixed_key(prefix, digest)`` for the ``prefixed_state(prefix)`` ``state``: byte for byte the same key."""
-    hasher = state.copy()
-    hasher.update(digest)
-    return hasher.digest()
+def identity(key: bytes) -> tuple[i64, i64]:
+    """A v3 key's 128 bits for the memory table (``cache/memory.py``): the digest's first 128 bits XOR the tag, so
+    both the token and the namespace are in them. Only for ``KEY_BYTES``-long keys."""
+    return read_i64_le(key, 0) ^ read_i64_le(key, 32), read_i64_le(key, 8) ^ read_i64_le(key, 40)
 
 
 def namespaced_key(namespace: bytes, digest: bytes) -> bytes:
@@ -82,9 +85,14 @@ def namespaced_key(namespace: bytes, digest: bytes) -> bytes:
     return prefixed_key(key_prefix(namespace), digest)
 
 
+def v2_key(namespace: bytes, digest: bytes) -> bytes:
+    """The key format v2 gave the same token: ``blake2s(sha256(V2_VERSION + namespace) + digest)``. Only the purge
+    uses it, so entries written by replicas not yet upgraded are removed too."""
+    return hashlib.blake2s(hashlib.sha256(V2_VERSION + namespace).digest() + digest).digest()
+
+
 def legacy_key(namespace: bytes, digest: bytes) -> bytes:
-    """The key format v1 gave the same token: ``sha256(namespace + digest)``. Only the purge uses it, so entries
-    written by replicas not yet upgraded are removed too."""
+    """The key format v1 gave the same token: ``sha256(namespace + digest)``. Only the purge uses it."""
     return hashlib.sha256(namespace + digest).digest()
 
 
@@ -93,5 +101,5 @@ def cache_key(plugin: PluginConfig, token: str) -> bytes:
     return namespaced_key(plugin.cache_namespace, token_digest(token))
 
 
-__all__ = ["VERSION", "ascii_digest", "cache_key", "key_from", "key_prefix", "legacy_key", "namespaced_key",
-           "prefixed_key", "prefixed_state", "token_digest"]
+__all__ = ["KEY_BYTES", "TAG_BYTES", "V2_VERSION", "VERSION", "ascii_digest", "cache_key", "identity", "key_prefix",
+           "legacy_key", "namespaced_key", "prefixed_key", "token_digest", "v2_key"]

@@ -20,12 +20,12 @@ class TokenMemo:
     believed). The engine reads them (as ``RequestInfo``'s) only for a token bound to a certificate.
     """
 
-    __slots__ = ("client_cert_sha256", "fingerprint", "fingerprinted", "key", "pending", "plugin", "state", "token",
+    __slots__ = ("client_cert_sha256", "fingerprint", "fingerprinted", "key", "pending", "plugin", "tag", "token",
                  "trusted_peer", "value")
 
     def __init__(self) -> None:
         self.plugin: Any = None  # the PluginConfig the key was derived under (compared by identity)
-        self.state: Any = None  # that plugin's key hash state (``keys.prefixed_state``), for the next token's key
+        self.tag = b""  # that plugin's namespace tag (``keys.key_prefix``), for the next token's key
         # The engine's step for ``token`` on its route (an immutable ``engine._Pending``), reused while the client
         # repeats the token on that route: set with the four above, by the engine only.
         self.pending: Any = None
