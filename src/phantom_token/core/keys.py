@@ -9,7 +9,7 @@ an entry only when they would get the same answer.
 The namespace is folded into a 16-byte ``tag`` once per plugin (``key_prefix``, which the engine remembers), with the
 key-format version in front (``VERSION``), so the per-request step is one concatenation: no second hash (v2 hashed
 ``prefix + digest`` with BLAKE2s, about 2 600 instructions compiled per token change; docs/performance.md "A cheaper
-key"). The key holds the token's whole SHA-256 and the whole tag, 48 bytes, so:
+key: format v3"). The key holds the token's whole SHA-256 and the whole tag, 48 bytes, so:
 
 - two tokens of one namespace share a key only if their SHA-256 collide, and two namespaces never share a key (their
   tags differ: they are distinct inputs to SHA-256 truncated to 128 bits; a collision there is a 2^64 search over
