@@ -158,10 +158,12 @@ class KeepAliveLoad:
     def __init__(self, gw: Gateway, token: str, clients: int = 3) -> None:
         self.gw, self.token = gw, token
         self.statuses: list[int] = []
+        self.answers: list[tuple[int, int]] = []  # (client, status), in the order they were recorded
         self.failures: list[str] = []
         self.connections: set[int] = set()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(clients)]
+        self.clients = clients
+        self._threads = [threading.Thread(target=self._run, args=(n,), daemon=True) for n in range(clients)]
 
     def __enter__(self) -> KeepAliveLoad:
         for thread in self._threads:
@@ -173,7 +175,7 @@ class KeepAliveLoad:
         for thread in self._threads:
             thread.join(15)
 
-    def _run(self) -> None:
+    def _run(self, client: int) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.gw.port, timeout=10)
         try:
             while not self._stop.is_set():
@@ -182,6 +184,7 @@ class KeepAliveLoad:
                     response = conn.getresponse()
                     response.read()
                     self.statuses.append(response.status)
+                    self.answers.append((client, response.status))
                     if response.getheader("Connection", "").lower() == "close":
                         self.failures.append("the gateway closed a keep-alive connection")
                         return
@@ -194,6 +197,11 @@ class KeepAliveLoad:
 
     def count(self) -> int:
         return len(self.statuses)
+
+    def each_client_after(self, seen: int) -> list[list[int]]:
+        """Every client's statuses recorded after the first ``seen`` ones, in its own order."""
+        answers = self.answers[seen:]
+        return [[status for who, status in answers if who == client] for client in range(self.clients)]
 
 
 def test_sighup_applies_a_good_file_under_load_and_refuses_a_bad_one(
@@ -212,10 +220,13 @@ def test_sighup_applies_a_good_file_under_load_and_refuses_a_bad_one(
         wait_for(lambda: gw.stderr().count("configuration reloaded") == 2, what="both workers to reload")
         seen = load.count()
         wait_for(lambda: load.count() >= seen + 30, what="more load after the reload")
-        # Keep-alive connections opened before the reload get the new rule (past the 3 answers that may have
-        # been decided before it, one per client).
-        after = load.statuses[seen + 3:]
-        assert set(after) == {403}, after
+        # Keep-alive connections opened before the reload get the new rule, past each client's first answer after
+        # it (which may have been decided before it). Per client: the three clients' answers interleave, so a
+        # late one decided before the reload can be recorded after other clients' newer ones.
+        per_client = load.each_client_after(seen)
+        after = [status for statuses in per_client for status in statuses[1:]]
+        assert len(after) >= 30 - load.clients, per_client
+        assert set(after) == {403}, per_client
     assert load.failures == []
     assert set(load.statuses) == {200, 403}
     assert gw.get_with_token(token).status == 403
