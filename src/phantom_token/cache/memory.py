@@ -92,10 +92,7 @@ class _Table:
         self.evictions = 0  # entries dropped to stay within ``max`` (metrics)
 
     def get(self, key: bytes, now: float) -> CacheEntry | None:
-        if len(key) == KEY_BYTES:  # a v3 key, as the engine asks: no call to _split (a direct native call instead)
-            k0, k1 = identity(key)
-        else:
-            k0, k1 = _split(key)
+        k0, k1 = _split(key)
         slots = self.slots
         mask = self.mask
         index = (((k0 & 0xFFFFFFFF) * self.seed) & 0xFFFFFFFF) >> self.shift  # _home(k0), inline
