@@ -14,6 +14,9 @@ from phantom_token.http.client import (
     HttpClient,
     ProtocolError,
     RequestTimeout,
+    StaleConnection,
+    _BufferedSink,
+    _target,
     head_fields,
 )
 from phantom_token.http.messages import Request, Response
@@ -197,6 +200,56 @@ async def test_the_pool_keeps_one_idle_list_per_origin_bounded_and_empties_it_on
         await pool.aclose()
         assert held == []
         assert not first.usable
+    finally:
+        await pool.aclose()
+        srv.close()
+        await srv.wait_closed()
+
+
+async def test_a_pooled_connection_whose_transport_is_closing_is_never_written_to() -> None:
+    """A pooled connection whose transport is closing before its ``connection_lost`` ran (the peer's FIN read in
+    this loop turn, a failed write): ``acquire`` (the whole-body client) passes over it; ``take`` (the proxy, which
+    calls ``begin`` next) may hand it out, and ``begin`` then refuses it with ``StaleConnection`` before writing a
+    byte; ``release`` may put it back, and its ``connection_lost`` takes it out again."""
+    seen: list[bytes] = []
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.read(65536))
+        writer.close()
+
+    srv = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    pool = ConnectionPool()
+    key = ("http", "127.0.0.1", port, None)
+    try:
+        held = pool.idle_list(key)
+        first, second = await pool.connect(key, TIMEOUT), await pool.connect(key, TIMEOUT)
+        pool.release(first)
+        pool.release(second)
+        assert first.transport is not None
+        assert second.transport is not None
+        second.transport.close()  # the last released, the first one taken
+        assert pool.acquire(key) is first  # passed over the closing one
+        assert held == []
+        pool.release(first)
+        first.transport.close()
+        assert pool.take(held) is first  # the proxy's way: begin decides
+        sink = _BufferedSink(asyncio.get_running_loop().create_future(), first, 1 << 20, _target("http://x/"), TIMEOUT)
+        with pytest.raises(StaleConnection):
+            first.begin(sink, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", head_request=False, timeout=TIMEOUT,
+                        chunked=False)
+        third = await pool.connect(key, TIMEOUT)
+        assert third.transport is not None
+        third.transport.close()
+        pool.release(third)  # closing, not closed: back in the list until connection_lost
+        assert held == [third]
+        for _ in range(50):
+            if not held:
+                break
+            await asyncio.sleep(0.01)
+        assert held == []
+        await asyncio.sleep(0.05)
+        assert seen in ([], [b""], [b"", b""], [b"", b"", b""])  # not one byte of a request was written
     finally:
         await pool.aclose()
         srv.close()

@@ -70,12 +70,14 @@ class Handler(RequestHandler):
         self.conn = conn
         self.hold = hold
         self.heads: list[RequestHead] = []
+        self.turn_times: list[float] = []  # the connection's ``turn_time`` as each request began
         self.bodies: list[bytes] = []
         self.ends = 0
         self.aborted = 0
 
     def handle_request(self, head: RequestHead) -> None:
         self.heads.append(head)
+        self.turn_times.append(self.conn.turn_time)
         if not self.hold:
             self.answer()
 
@@ -145,6 +147,25 @@ def test_pipelined_requests_wait_their_turn_and_are_answered_in_order() -> None:
     assert out.text.count(b"HTTP/1.1 200 OK") == 2
     assert out.text.index(b"/1") < out.text.index(b"/2")
     assert out.calls == ["pause", "resume"]
+
+
+def test_turn_time_is_the_reads_time_only_while_the_read_is_handled() -> None:
+    """A request begun while ``receive`` runs sees that read's time (a handler may use it for the clock); one begun
+    later, once the request before it was answered, sees 0 (the read's time would be stale: it must read the
+    clock). A read that ends in a parse error leaves 0 behind too."""
+    conn, handler, _ = connect()
+    conn.receive(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n", 101.0)
+    assert handler.turn_times == [101.0, 101.0]  # both answered at once, within the read
+    assert conn.turn_time == 0.0
+    conn, handler, _ = connect(hold=True)
+    conn.receive(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n", 102.0)
+    assert conn.turn_time == 0.0
+    handler.answer()  # later, outside any read: the pipelined request begins now
+    assert handler.turn_times == [102.0, 0.0]
+    conn, handler, _ = connect()
+    conn.receive(b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/9.9\r\n\r\n", 103.0)
+    assert handler.turn_times == [103.0]
+    assert conn.turn_time == 0.0
 
 
 def test_connection_close_closes_after_the_response() -> None:

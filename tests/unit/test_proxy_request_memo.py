@@ -191,3 +191,33 @@ async def test_a_new_cache_entry_for_the_same_request_sends_its_own_jwt() -> Non
     upstream = side.send(REQUESTS[0])[0][0]
     assert b"Authorization: Bearer h.a2.s\r\n" in upstream
     assert b"h.a.s" not in upstream
+
+
+async def test_an_entry_whose_authorization_would_split_the_head_is_refused_on_a_kept_connection_too() -> None:
+    """A cache entry's Authorization value goes into the upstream head as it is; one with a line break (a shared
+    cache another writer filled) would add lines of its own. It is refused (``server_error``, 502) and nothing goes
+    upstream: on a new connection, and on one whose last request forwarded a good value (the check is skipped only
+    for that very string, by identity, never for an equal-looking or new one)."""
+
+    def refused(upstream: list[bytes], answer: list[bytes]) -> bool:
+        return upstream == [] and answer[0].startswith(b"HTTP/1.1 502 ") and b'"code":"server_error"' in answer[0]
+
+    settings = parse_settings(yaml.safe_load(CONFIG), source="test")
+    app = Gateway(settings)
+    plugin = settings.routes[0].plugin
+    assert plugin is not None
+    key = cache_key(plugin, "tok-a")
+    good = CacheEntry("Bearer h.a.s", frozenset(), time.time() + 1e6, None)
+    for bad in ("Bearer h.a.s\r\nX-Injected: 1", "Bearer h.a.s\nX-Injected: 1", "Bearer h.a.s\rX-Injected: 1"):
+        side = Side(app)
+        await app.cache.put(key, CacheEntry(bad, frozenset(), time.time() + 1e6, None))
+        upstream, answer = side.send(REQUESTS[0])
+        assert refused(upstream, answer), (bad, answer)
+        side = Side(app)
+        await app.cache.put(key, good)
+        upstream, answer = side.send(REQUESTS[0])
+        assert len(upstream) == 1
+        assert answer[0].startswith(b"HTTP/1.1 200 OK\r\n")
+        await app.cache.put(key, CacheEntry(bad, frozenset(), time.time() + 1e6, None))
+        upstream, answer = side.send(REQUESTS[0])  # the same request bytes, the entry replaced by a bad one
+        assert refused(upstream, answer), (bad, answer)

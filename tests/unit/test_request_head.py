@@ -72,3 +72,31 @@ def test_method_names_through_the_memo_are_the_ones_without_it() -> None:
                 assert name == method_name(method) == method.decode("ascii"), (first, second)
                 if method in METHODS:
                     assert name is METHODS[method]
+
+
+@pytest.mark.parametrize("spelling", [bytes.title, bytes.lower, bytes.upper])
+def test_each_framing_header_alone_is_read(spelling: object) -> None:
+    """Content-Length, Transfer-Encoding, Expect and Connection are each read when they are the only one of the four
+    (``index_headers`` skips their look-ups when no name has one of their lengths), among names of other lengths and
+    after a name of the same length that is none of them."""
+    def spelt(name: bytes) -> bytes:
+        assert callable(spelling)
+        return bytes(spelling(name))
+
+    def head_of(*raw: tuple[bytes, bytes]) -> RequestHead:
+        head = RequestHead("POST", b"/", [(H, b"api.test"), A, *raw], True, False)
+        index_headers(head, HeaderMemo())
+        return head
+
+    assert head_of((spelt(b"content-length"), b"5")).content_length == 5
+    assert head_of((b"X-Content-Lengt", b"1"), (spelt(b"content-length"), b"7")).content_length == 7
+    assert head_of((spelt(b"transfer-encoding"), b"chunked")).chunked
+    assert head_of((spelt(b"expect"), b"100-continue")).expect_continue
+    assert head_of((spelt(b"connection"), b"close")).connection_tokens == frozenset({"close"})
+    upgrade = head_of((spelt(b"connection"), b"Upgrade"), (b"Upgrade", b"websocket"))
+    assert upgrade.upgrade
+    plain = head_of((b"X-Abcdefghijklm", b"1"), (b"Accept", b"*/*"), (b"X-Abcdefgh", b"2"))  # the lengths, no name
+    assert (plain.content_length, plain.chunked, plain.expect_continue, plain.connection_tokens, plain.upgrade) == \
+        (None, False, False, frozenset(), False)
+    with pytest.raises(Reject):  # an upgrade with a body is still refused
+        head_of((spelt(b"content-length"), b"3"), (spelt(b"connection"), b"upgrade"), (b"Upgrade", b"websocket"))

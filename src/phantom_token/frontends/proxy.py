@@ -342,7 +342,7 @@ class ProxyHandler(RequestHandler, ResponseSink):
             self.conn.pause_reading(PAUSE_VERDICT)
             self._task = self._shared.loop.create_task(self._authorize(head, info))
             return
-        self._apply(head, verdict)
+        self._apply(head, verdict, self.conn.turn_time)  # 0 unless decided in the loop turn that read it
 
     def _origin(self, head: RequestHead) -> str:
         """``scheme://authority`` the client used (``core.dpop.request_origin``): for a DPoP proof's ``htu``."""
@@ -402,17 +402,22 @@ class ProxyHandler(RequestHandler, ResponseSink):
         if conn.active is head and not conn.responded and not conn.closed:
             self._apply(head, verdict)
 
-    def _apply(self, head: RequestHead, verdict: Verdict) -> None:
+    def _apply(self, head: RequestHead, verdict: Verdict, now: float = 0.0) -> None:
+        """Forward the request as ``verdict`` allows, or answer its denial. ``now``: the loop's time when it was
+        read in this loop turn (0: not known, ``Connection.begin`` reads the clock)."""
         if isinstance(verdict, Deny):
             self._deny(head, verdict)
             return
         route = self._route = verdict.route
         upstream = route.upstream
         authorization = verdict.authorization
-        if upstream is None or (authorization is not None and ("\r" in authorization or "\n" in authorization)):
+        memo = self._memo
+        # The value goes into the head as it is: a line break in it would split the head. The last head's value
+        # (``memo.head_auth``, the cache entry's own string, compared by identity) passed this test already.
+        if upstream is None or (authorization is not None and authorization is not memo.head_auth
+                                and ("\r" in authorization or "\n" in authorization)):
             self._deny(head, server_error(route))
             return
-        memo = self._memo
         origin = memo.origin  # the last request's: the same upstream, unless the route changed
         if origin is None or origin.upstream is not upstream:
             origin = self._origins.get(id(upstream))
@@ -429,7 +434,7 @@ class ProxyHandler(RequestHandler, ResponseSink):
         if conn is None:
             self._connect_later(head, origin, request_head)
         else:
-            self._forward(head, conn, request_head, origin, fresh=False)
+            self._forward(head, conn, request_head, origin, fresh=False, now=now)
 
     def _connect_later(self, head: RequestHead, origin: _Origin, request_head: bytes) -> None:
         if self._pending is None:
@@ -453,10 +458,10 @@ class ProxyHandler(RequestHandler, ResponseSink):
         self._forward(head, conn, request_head, origin, fresh=True)
 
     def _forward(self, head: RequestHead, conn: Connection, request_head: bytes, origin: _Origin, *,
-                 fresh: bool) -> None:
+                 fresh: bool, now: float = 0.0) -> None:
         try:
             conn.begin(self, request_head, head_request=head.method == "HEAD", timeout=self._shared.timeout,
-                       chunked=head.chunked, upgrade=head.upgrade and tunnels(head))
+                       chunked=head.chunked, upgrade=head.upgrade and tunnels(head), now=now)
         except StaleConnection:
             if fresh:
                 self.upstream_failed(ClientError("the new connection closed at once"))

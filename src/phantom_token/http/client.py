@@ -313,13 +313,15 @@ class Connection(asyncio.Protocol):
     # -- driving a request ---------------------------------------------------------------------------------------
 
     def begin(self, sink: ResponseSink, head: bytes, *, head_request: bool, timeout: float, chunked: bool,
-              upgrade: bool = False, deadline: float = 0.0) -> None:
+              upgrade: bool = False, deadline: float = 0.0, now: float = 0.0) -> None:
         """Send a request head; the body follows with ``send_body``/``end_body``. Raises ``StaleConnection``
         (nothing written) when the connection is already closed. ``upgrade``: the request asks to switch protocols;
         a 101 answer then makes the connection a tunnel (``send_body`` one way, ``upstream_tunnel`` the other).
         ``deadline`` (loop time; 0: none): the whole response must have arrived by then, however steadily it drips
         (``timeout`` bounds each wait for bytes); past it the sink's ``upstream_deadline`` ends the call. The
-        connection's one timer keeps both (``HttpClient.request`` needs no timer of its own per call)."""
+        connection's one timer keeps both (``HttpClient.request`` needs no timer of its own per call). ``now``: the
+        loop's time when the caller has just read it (the proxy, in the same loop turn as the request's bytes); 0:
+        read here."""
         if self._closed or self._is_closing():
             raise StaleConnection
         self._sink = sink
@@ -333,7 +335,9 @@ class Connection(asyncio.Protocol):
         self._informational = False
         self._timeout = timeout
         self._deadline = deadline
-        now = self._t_last = self._t_begin = self._time()
+        if now == 0.0:
+            now = self._time()
+        self._t_last = self._t_begin = now
         due = now + timeout
         if 0.0 < deadline < due:
             due = deadline
@@ -628,14 +632,21 @@ class ConnectionPool:
 
     def acquire(self, key: PoolKey) -> Connection | None:
         """An idle open connection for ``key``, or None (then ``connect``)."""
-        return self.take(self.idle_list(key))
+        idle = self.idle_list(key)
+        while True:
+            conn = self.take(idle)
+            if conn is None or not conn._is_closing():
+                return conn
 
     def take(self, idle: list[Connection]) -> Connection | None:
-        """An open connection from ``idle`` (a list from ``idle_list``), or None."""
+        """A connection from ``idle`` (a list from ``idle_list``) that was not closed, or None. Its transport may be
+        closing, its ``connection_lost`` not run yet (the peer's FIN in this loop turn, a failed write): ``begin``
+        then raises ``StaleConnection`` before it writes anything. Not asked here: the proxy calls ``begin`` next,
+        which asks the transport anyway (one call per request instead of two)."""
         while idle:
             conn = idle.pop()
             conn.in_pool = False
-            if conn.usable:
+            if not conn._closed:
                 return conn
         return None
 
@@ -655,8 +666,10 @@ class ConnectionPool:
         return protocol
 
     def release(self, conn: Connection, now: float | None = None) -> None:
-        """Put ``conn`` back for reuse; ``now``: the loop's time, when the caller has just read it."""
-        if self._closed or conn._is_closing():
+        """Put ``conn`` back for reuse; ``now``: the loop's time, when the caller has just read it. A connection
+        whose transport is closing may go back (``take`` explains why that is safe); its ``connection_lost`` takes
+        it out."""
+        if self._closed or conn._closed:
             conn.close()
             return
         idle = conn.idle

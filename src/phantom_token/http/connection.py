@@ -212,6 +212,10 @@ class ServerConnection:
         # version is then read off that line (``version_at``). None for a message that began inside a read.
         self._line: bytes | None = None
         self._t_rx = self._t_idle = now
+        # The loop's time while ``receive`` runs (the bytes' arrival), else 0: a handler deciding a request within
+        # that call may use it instead of reading the clock again (a request started later, e.g. a pipelined one
+        # after the previous response, sees 0 and reads it).
+        self.turn_time = 0.0
         self._t_begin = 0.0
         self._t_blocked = 0.0  # when the client last stopped reading (write_paused)
         self._upgrade: RequestHead | None = None  # the upgrade request llhttp stopped at, until it is decided
@@ -236,7 +240,7 @@ class ServerConnection:
             elif self._upgrade is not None:  # a read already under way when reading paused: the tunnel's too
                 self._held += data
             return  # no more requests are read (after a parse error the parser must not be fed again)
-        self._t_rx = now
+        self._t_rx = self.turn_time = now
         if state != HEAD:  # a head under way keeps the read it began in
             self._line = data if state == IDLE else None
         try:
@@ -263,6 +267,8 @@ class ServerConnection:
         except httptools.HttpParserError as exc:
             # llhttp's reasons are fixed strings from its source, never bytes of the request.
             self._reject(400, f"malformed request ({exc})")
+        finally:
+            self.turn_time = 0.0
 
     def receive_eof(self) -> bool:
         """The client sent FIN; True to keep the connection half-open (it may still read the responses owed)."""

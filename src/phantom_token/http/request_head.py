@@ -173,6 +173,10 @@ def index_headers(head: RequestHead, memo: HeaderMemo | None = None) -> None:
     prev_raw: RawHeaders = memo.raw if memo is not None else []
     prev_lnames: list[str] = memo.lnames if memo is not None else []
     known_names = min(len(prev_raw), len(prev_lnames))
+    # Whether some name has the length of content-length (14), transfer-encoding (17), expect (6) or connection
+    # (10): the four look-ups below are skipped when none has (a length test per name is cheaper than four
+    # look-ups per request; a name of such a length that is none of them only costs the look-ups).
+    framing = False
     for i in range(len(raw_headers)):  # indexes: the compiled loop makes no iterator, and compares by position
         name, value = raw_headers[i]
         lname = prev_lnames[i] if i < known_names and prev_raw[i][0] == name else _LNAMES.get(name)
@@ -181,6 +185,9 @@ def index_headers(head: RequestHead, memo: HeaderMemo | None = None) -> None:
         lnames.append(lname)
         if not lname:
             continue
+        size = len(lname)
+        if size == 14 or size == 17 or size == 6 or size == 10:
+            framing = True
         values = headers.get(lname)
         if values is None:
             headers[lname] = [value.decode("latin-1")]
@@ -207,6 +214,8 @@ def index_headers(head: RequestHead, memo: HeaderMemo | None = None) -> None:
                 memo.host_value, memo.host = host, known
     elif not head.http10:
         raise Reject(400, "missing Host header")
+    if not framing:
+        return
     length = headers.get("content-length")
     if length is not None:
         head.content_length = int(length[0])  # llhttp already checked digits-only and no duplicates
