@@ -52,35 +52,42 @@ def bucket(seconds: float) -> int:
     return index
 
 
-class Histogram:
-    """Counts per ``LATENCY_BUCKETS`` bucket (not cumulative; ``samples`` makes them so) and the sum."""
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bucket(seconds)] += 1
-        self.sum += seconds
-
-    def samples(self, name: str, into: Samples) -> None:
-        cumulative = 0
-        for bound, count in zip(LATENCY_BUCKETS, self.counts, strict=False):
-            cumulative += count
-            into[f'{name}_bucket{{le="{bound}"}}'] = cumulative
-        cumulative += self.counts[-1]
-        into[f'{name}_bucket{{le="+Inf"}}'] = cumulative
-        into[f"{name}_sum"] = self.sum
-        into[f"{name}_count"] = cumulative
-
-
 class _Cell:
-    """One counter of ``requests``: found once per series, then incremented in place."""
+    """One counter (a series of ``requests``, a histogram's bucket): found once, then incremented in place."""
 
     __slots__ = ("n",)
 
     def __init__(self) -> None:
         self.n = 0
+
+
+class Histogram:
+    """Counts per ``LATENCY_BUCKETS`` bucket (not cumulative; ``samples`` makes them so) and the sum. A count is a
+    ``_Cell`` each: compiled, ``cells[i].n += 1`` adds to a native int in place, where a list of ints takes the item
+    out, adds generically and puts a new int object back (about 120 instructions more per observation)."""
+
+    def __init__(self) -> None:
+        self.cells = [_Cell() for _ in range(len(LATENCY_BUCKETS) + 1)]
+        self.sum = 0.0
+
+    @property
+    def counts(self) -> list[int]:
+        return [cell.n for cell in self.cells]
+
+    def observe(self, seconds: float) -> None:
+        self.cells[bucket(seconds)].n += 1
+        self.sum += seconds
+
+    def samples(self, name: str, into: Samples) -> None:
+        cumulative = 0
+        counts = self.counts
+        for bound, count in zip(LATENCY_BUCKETS, counts, strict=False):
+            cumulative += count
+            into[f'{name}_bucket{{le="{bound}"}}'] = cumulative
+        cumulative += counts[-1]
+        into[f'{name}_bucket{{le="+Inf"}}'] = cumulative
+        into[f"{name}_sum"] = self.sum
+        into[f"{name}_count"] = cumulative
 
 
 class Metrics:
@@ -130,7 +137,7 @@ class Metrics:
         else:
             self.observe_request(status, ALLOWED, route)
         histogram = self.upstream_latency
-        histogram.counts[bucket(seconds)] += 1
+        histogram.cells[bucket(seconds)].n += 1
         histogram.sum += seconds
 
     # -- failures (never on the hit path) -------------------------------------------------------------------------

@@ -188,6 +188,20 @@ class _Shared:
         return origin
 
 
+def _same_raw(raw: RawHeaders, last_raw: RawHeaders) -> bool:
+    """``raw == last_raw``, field by field: compiled, the two byte strings of each field are compared in place (a
+    list comparison goes through the generic tuple and bytes comparisons: about 450 instructions per field)."""
+    size = len(raw)
+    if size != len(last_raw):
+        return False
+    for i in range(size):
+        name, value = raw[i]
+        last_name, last_value = last_raw[i]
+        if value != last_value or name != last_name:
+            return False
+    return True
+
+
 def _same_but_authorization(raw: RawHeaders, lnames: list[str], last_raw: RawHeaders, last_lnames: list[str]) -> bool:
     """Whether two heads' raw headers are the same bytes except the values of ``Authorization`` headers at the same
     places (which ``request_lines`` never forwards on a route with the plugin)."""
@@ -197,7 +211,9 @@ def _same_but_authorization(raw: RawHeaders, lnames: list[str], last_raw: RawHea
     for i in range(size):
         if lnames[i] == "authorization" and last_lnames[i] == "authorization":
             continue
-        if raw[i] != last_raw[i]:
+        name, value = raw[i]
+        last_name, last_value = last_raw[i]
+        if value != last_value or name != last_name:
             return False
     return True
 
@@ -496,7 +512,7 @@ class ProxyHandler(RequestHandler, ResponseSink):
         authorization = allow.authorization
         if (authorization is memo.head_auth and route is memo.head_route and memo.request_head
                 and head.target == memo.head_target and head.method == memo.head_method
-                and head.raw_headers == memo.head_raw):
+                and _same_raw(head.raw_headers, memo.head_raw)):
             return memo.request_head
         if (authorization is not None and memo.head_client and memo.head_auth is not None
                 and route is memo.head_route and head.target == memo.head_target and head.method == memo.head_method
