@@ -139,11 +139,15 @@ class HeaderMemo:
     bytes its ``TokenMemo`` and last ``RequestHead`` hold). Also the previous request's method as parsed and its
     name (``method_name``), which the connection compares before hashing fresh bytes for ``METHODS``."""
 
-    __slots__ = ("host", "host_value", "lnames", "method", "method_str", "raw")
+    __slots__ = ("host", "host_value", "lnames", "method", "method_str", "raw", "texts")
 
     def __init__(self) -> None:
         self.raw: RawHeaders = []
         self.lnames: list[str] = []
+        # The previous head's values as decoded, by position (None: an ignored name's, never decoded): a value equal
+        # to the previous one at its place takes its string (a comparison of bytes instead of a decode and a new
+        # string). The memo's own list, updated in place.
+        self.texts: list[str | None] = []
         self.host_value: str | None = None  # None: no valid Host seen yet (never equal to a value)
         self.host = ""
         self.method = b""  # never a method llhttp parses
@@ -172,27 +176,47 @@ def index_headers(head: RequestHead, memo: HeaderMemo | None = None) -> None:
     raw_headers = head.raw_headers
     prev_raw: RawHeaders = memo.raw if memo is not None else []
     prev_lnames: list[str] = memo.lnames if memo is not None else []
+    texts: list[str | None] = memo.texts if memo is not None else []
     known_names = min(len(prev_raw), len(prev_lnames))
+    if len(texts) < known_names:  # (min of three is a generic call when compiled; of two, a comparison)
+        known_names = len(texts)
     # Whether some name has the length of content-length (14), transfer-encoding (17), expect (6) or connection
     # (10): the four look-ups below are skipped when none has (a length test per name is cheaper than four
     # look-ups per request; a name of such a length that is none of them only costs the look-ups).
     framing = False
     for i in range(len(raw_headers)):  # indexes: the compiled loop makes no iterator, and compares by position
         name, value = raw_headers[i]
-        lname = prev_lnames[i] if i < known_names and prev_raw[i][0] == name else _LNAMES.get(name)
+        text: str | None = None
+        if i < known_names:
+            prev_name, prev_value = prev_raw[i]
+            lname = prev_lnames[i] if prev_name == name else _LNAMES.get(name)
+            if prev_value == value:
+                text = texts[i]
+        else:
+            lname = _LNAMES.get(name)
         if lname is None:
             lname = _lname(name)
         lnames.append(lname)
         if not lname:
+            if i < len(texts):
+                texts[i] = None
+            else:
+                texts.append(None)
             continue
         size = len(lname)
         if size == 14 or size == 17 or size == 6 or size == 10:
             framing = True
+        if text is None:
+            text = value.decode("latin-1")
+            if i < len(texts):
+                texts[i] = text
+            else:
+                texts.append(text)
         values = headers.get(lname)
         if values is None:
-            headers[lname] = [value.decode("latin-1")]
+            headers[lname] = [text]
         else:
-            values.append(value.decode("latin-1"))
+            values.append(text)
     if memo is not None:
         memo.raw, memo.lnames = raw_headers, lnames
     hosts = headers.get("host")
