@@ -79,8 +79,10 @@ def exchange(conn: Connection, reads: list[bytes], head_request: bool) -> tuple[
 
 
 def exchange_without_memo(conn: Connection, reads: list[bytes], head_request: bool) -> tuple[object, ...]:
-    """As before the head memo: the head's end always searched for."""
+    """As before the head memo: the head's end always searched for, its status and keep-alive asked of llhttp."""
     conn._last_head = b""
+    conn._last_status = 0
+    conn._last_keep_alive = -1
     return exchange(conn, reads, head_request)
 
 
@@ -118,6 +120,7 @@ async def test_only_small_heads_are_remembered() -> None:
         assert conn._last_head == OK[:-2]
         exchange(conn, [OK], False)
         assert conn._head is conn._last_head  # the repeated head is the remembered object itself
+        assert (conn._last_status, conn._last_keep_alive) == (200, 1)  # and what llhttp said of it
         exchange(conn, RESPONSES[20][1], False)  # over 2 KiB
         assert conn._last_head == b""
     finally:

@@ -258,6 +258,11 @@ class Connection(asyncio.Protocol):
         # The head of the last response on this connection, when small: a response that begins with the same
         # bytes has its head end at the same place (see ``on_headers_complete``).
         self._last_head = b""
+        # What llhttp said of that head: its status, and whether the connection stays open after it (-1: not asked
+        # yet). Both are functions of the head's bytes alone (the status line, Connection, Content-Length,
+        # Transfer-Encoding), so a response that repeats the head repeats them.
+        self._last_status = 0
+        self._last_keep_alive = -1
         self._sink: ResponseSink | None = None
         self._buf = b""  # bytes of the response head received so far
         self._head = b""  # the head of the current response, once complete
@@ -496,6 +501,7 @@ class Connection(asyncio.Protocol):
         if (end and len(buf) >= end and buf[end - 1] == 10 and buf[end - 2] == 13 and buf[end - 3] == 10
                 and buf[end - 4] == 13 and buf[:end] == last):
             head = last
+            status = self._last_status
         else:
             end = buf.find(b"\r\n\r\n") + 4
             if end < 4:  # cannot happen after llhttp accepted a head; refuse rather than guess
@@ -506,7 +512,8 @@ class Connection(asyncio.Protocol):
             # Remembered when small. It is only ever compared with the next response's bytes on this connection
             # (never sent anywhere: a match means the new response carries those very bytes), and replaced by it.
             self._last_head = head if end <= 2048 else b""
-        status = self._status_code()
+            status = self._last_status = self._status_code()
+            self._last_keep_alive = -1
         if status < 200:
             self._buf = buf[end:]  # only here is the rest of the read kept (it starts the real response)
             if status == 101 and self._upgrade:
@@ -519,7 +526,10 @@ class Connection(asyncio.Protocol):
         self._head = head
         self._head_seen = True
         # llhttp already answers False for a body delimited by the close (no Content-Length, not chunked).
-        self._keep_alive = self._parsed_keep_alive()
+        keep_alive = self._last_keep_alive  # -1 unless this head is the last one again
+        if keep_alive < 0:
+            keep_alive = self._last_keep_alive = 1 if self._parsed_keep_alive() else 0
+        self._keep_alive = keep_alive == 1
         self._has_body = not (self._head_request or status == 204 or status == 304)
         sink = self._sink
         if sink is not None:
