@@ -85,6 +85,11 @@ def test_the_table_and_the_memory_and_scaling_lines_are_printed(output: str) -> 
     scaled = re.findall(rf"^\s+(\d+)\s+{NUMBER}\s+{NUMBER}", output, re.MULTILINE)
     assert [int(tokens) for tokens, _, _ in scaled] == [1, 100, 10_000], output
     assert all(float(rate) > 0 for _, rate, _ in scaled), output
+    # each size against the nginx run just before it: its own req/s and CPU ratios (the last column)
+    assert re.search(r"^distinct tokens .* x nginx CPU$", output, re.MULTILINE), output
+    cpu_ratios = re.findall(rf"^\s+(?:1|100|10000)\s+.*\s{NUMBER}$", output, re.MULTILINE)
+    assert len(cpu_ratios) == 3, output
+    assert all(float(ratio) > 0 for ratio in cpu_ratios), output
     assert "x nginx, each round against nginx's run of the same round (median of 1 rounds" in output, output
     per_round = re.search(rf"^  serve, cache hit\s+{NUMBER}\s+{NUMBER}$", output, re.MULTILINE)
     assert per_round is not None, output
