@@ -136,9 +136,7 @@ class Metrics:
             self._last_cell.n += 1
         else:
             self.observe_request(status, ALLOWED, route)
-        histogram = self.upstream_latency
-        histogram.cells[bucket(seconds)].n += 1
-        histogram.sum += seconds
+        self.upstream_latency.observe(seconds)
 
     # -- failures (never on the hit path) -------------------------------------------------------------------------
 
