@@ -344,3 +344,88 @@ async def test_a_repeated_token_is_decided_for_the_route_it_is_sent_to() -> None
         assert verdict.route.name == path.split("/")[1], (path, token)
         assert verdict.authorization == "Bearer " + jwts[token], (path, token)
     assert introspector.calls == ["tok-a", "tok-b"]  # one plugin: one entry per token, whatever the route
+
+
+async def test_a_connection_repeating_a_hit_gets_its_verdict_again_counting_down() -> None:
+    """``TokenMemo.allow``: the connection's last Allow is given again while its token, route and cache entry repeat,
+    with ``expires_in`` for this request; another route, a new entry for the token (purged and introspected again)
+    or an expired one each get their own answer."""
+    routes = (Route("first", "svc", UPSTREAM, paths=("/first",), plugin=PLUGIN),
+              Route("second", "svc", UPSTREAM, paths=("/second",), plugin=PLUGIN))
+    clock, introspector, cache = FakeClock(), FakeIntrospector(), MemoryCache(100)
+    engine = Engine(Router(routes), cache, introspector, clock=clock)
+    first_jwt = introspector.activate("tok", claims(clock))
+    memo = TokenMemo()
+
+    def ask(path: str) -> Allow:
+        verdict = engine.try_authorize(RequestInfo("GET", "localhost", path, {"authorization": ["Bearer tok"]}, memo))
+        assert isinstance(verdict, Allow), path
+        return verdict
+
+    assert engine.try_authorize(RequestInfo("GET", "localhost", "/first/x", {"authorization": ["Bearer tok"]},
+                                            memo)) is None
+    assert isinstance(await engine.authorize(RequestInfo("GET", "localhost", "/first/x",
+                                                         {"authorization": ["Bearer tok"]}, memo)), Allow)
+    hit = ask("/first/x")
+    assert (hit.route.name, hit.authorization, hit.expires_in) == ("first", "Bearer " + first_jwt, 300.0)
+    clock.now += 7.5
+    again = ask("/first/x")
+    assert again is hit
+    assert again.expires_in == 292.5  # the seconds left now, not the first hit's
+    other = ask("/second/x")
+    assert other is not hit
+    assert (other.route.name, other.authorization, other.expires_in) == ("second", "Bearer " + first_jwt, 292.5)
+    back = ask("/first/x")
+    assert back.route.name == "first"
+
+    # the token's entry replaced (purged, then introspected again with another JWT): the new entry's verdict
+    assert cache.purge_local(memo.key)
+    second_jwt = introspector.activate("tok", claims(clock, sub="bob"))
+    assert second_jwt != first_jwt
+    assert engine.try_authorize(RequestInfo("GET", "localhost", "/first/x", {"authorization": ["Bearer tok"]},
+                                            memo)) is None
+    await engine.authorize(RequestInfo("GET", "localhost", "/first/x", {"authorization": ["Bearer tok"]}, memo))
+    renewed = ask("/first/x")
+    assert renewed is not back
+    assert renewed.authorization == "Bearer " + second_jwt
+    assert ask("/first/x") is renewed
+
+    clock.now += 300.0  # past the entry's cache lifetime: no verdict from the memo
+    assert engine.try_authorize(RequestInfo("GET", "localhost", "/first/x", {"authorization": ["Bearer tok"]},
+                                            memo)) is None
+
+
+async def test_a_connection_repeating_a_hit_still_gets_each_requests_own_refusal() -> None:
+    """Only the plain Allow is given again: a route whose scope the entry lacks is refused on every request, and a
+    token bound to a client certificate forwarded per request by a trusted proxy is judged on each request's
+    certificate (its entry has ``extra``: never answered from the memo)."""
+    import base64
+
+    from phantom_token.core.client_cert import der_thumbprint
+
+    scoped = PluginConfig("http://as.test/introspect", "gateway", "secret", scope=("admin",))
+    behind = PluginConfig("http://as.test/other", "gw", "s", client_cert_header="Client-Cert")
+    routes = (Route("scoped", "svc", UPSTREAM, paths=("/scoped",), plugin=scoped),
+              Route("bound", "svc", UPSTREAM, paths=("/bound",), plugin=behind))
+    clock, introspector = FakeClock(), FakeIntrospector()
+    engine = Engine(Router(routes), MemoryCache(100), introspector, clock=clock)
+    der, other_der = b"\x30\x82\x01\x0a" + bytes(range(256)), b"\x30\x03\x02\x01\x07"
+    introspector.activate("plain", claims(clock))
+    introspector.activate("bound", claims(clock, cnf={"x5t#S256": der_thumbprint(der)}))
+    memo = TokenMemo()
+    memo.trusted_peer = True
+
+    def request(path: str, token: str, certificate: bytes) -> RequestInfo:
+        headers = {"authorization": [f"Bearer {token}"],
+                   "client-cert": [f":{base64.b64encode(certificate).decode()}:"]}
+        return RequestInfo("GET", "localhost", path, headers, memo)
+
+    assert isinstance(await engine.authorize(request("/scoped/x", "plain", der)), Deny)
+    for _ in range(3):
+        refused = engine.try_authorize(request("/scoped/x", "plain", der))
+        assert isinstance(refused, Deny)
+        assert refused.status == 403
+    assert isinstance(await engine.authorize(request("/bound/x", "bound", der)), Allow)
+    for certificate, allowed in ((der, True), (der, True), (other_der, False), (der, True), (other_der, False)):
+        verdict = engine.try_authorize(request("/bound/x", "bound", certificate))
+        assert isinstance(verdict, Allow if allowed else Deny), certificate

@@ -172,7 +172,23 @@ class Engine:
         if entry is None:
             return None
         self._metrics.cache_hits += 1
-        return self._decide(step, entry, now, request)
+        memo = request.memo
+        if memo is None:
+            return self._decide(step, entry, now, request)
+        allow: v.Allow | None = memo.allow
+        if allow is not None and memo.allowed is entry and allow.route is step.route and isinstance(entry, CacheEntry):
+            # The connection's last hit again: the very cache entry (so the same token and plugin) on the same route,
+            # so the same verdict but for the seconds left (see ``TokenMemo.allow``). (The isinstance test narrows
+            # the type: compiled code then reads and subtracts native floats, not objects.)
+            expires_in = entry.expires_at - now
+            allow.expires_in = expires_in if expires_in > 0.0 else 0.0
+            return allow
+        verdict = self._decide(step, entry, now, request)
+        if isinstance(verdict, v.Allow) and isinstance(entry, CacheEntry) and entry.extra is None \
+                and step.proof is None:
+            # ``_decide``'s plain path: a function of the route (and its plugin) and the entry only
+            memo.allow, memo.allowed = verdict, entry
+        return verdict
 
     async def authorize(self, request: RequestInfo, *, uncancelled: bool = False) -> v.Verdict:
         """The verdict for a request, introspecting the token when no cache has an answer.

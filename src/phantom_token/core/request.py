@@ -20,8 +20,8 @@ class TokenMemo:
     believed). The engine reads them (as ``RequestInfo``'s) only for a token bound to a certificate.
     """
 
-    __slots__ = ("client_cert_sha256", "fingerprint", "fingerprinted", "key", "pending", "plugin", "tag", "token",
-                 "trusted_peer", "value")
+    __slots__ = ("allow", "allowed", "client_cert_sha256", "fingerprint", "fingerprinted", "key", "pending", "plugin",
+                 "tag", "token", "trusted_peer", "value")
 
     def __init__(self) -> None:
         self.plugin: Any = None  # the PluginConfig the key was derived under (compared by identity)
@@ -29,6 +29,13 @@ class TokenMemo:
         # The engine's step for ``token`` on its route (an immutable ``engine._Pending``), reused while the client
         # repeats the token on that route: set with the four above, by the engine only.
         self.pending: Any = None
+        # The engine's ``Allow`` for ``pending`` and the cache entry ``allowed`` (compared by identity), made by
+        # ``Engine.try_authorize`` for a request without a proof whose entry has no ``extra`` (no binding, no claim
+        # headers): while the client repeats the token and the cache returns that very entry, the verdict is the
+        # same object with ``expires_in`` set again for this request (a hit makes no new Allow). The entry is
+        # taken only once the cache has returned it (unexpired, not purged): the memo never answers for it.
+        self.allow: Any = None
+        self.allowed: Any = None
         self.value = ""  # the whole Authorization header value
         self.token = ""
         self.key = b""

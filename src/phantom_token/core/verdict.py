@@ -18,7 +18,10 @@ class Allow:
     removed from it. ``expires_in`` is how many seconds the decision stays valid.
 
     A plain class, not a dataclass: one is made per allowed request, and a dataclass's generated ``__init__``
-    would run interpreted even in the compiled build (phantom_token/compiled.py)."""
+    would run interpreted even in the compiled build (phantom_token/compiled.py). A cache hit on a connection that
+    repeats its token gets its previous hit's object again (``TokenMemo.allow``) with ``expires_in`` set anew:
+    front doors read a verdict when they get it and keep none past the request (``expires_in`` is the only
+    attribute that ever changes, and only ever to the seconds left at a later request)."""
 
     __slots__ = ("authorization", "claims", "expires_in", "headers", "route")
 

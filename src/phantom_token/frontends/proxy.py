@@ -188,36 +188,6 @@ class _Shared:
         return origin
 
 
-def _same_raw(raw: RawHeaders, last_raw: RawHeaders) -> bool:
-    """``raw == last_raw``, field by field: compiled, the two byte strings of each field are compared in place (a
-    list comparison goes through the generic tuple and bytes comparisons: about 450 instructions per field)."""
-    size = len(raw)
-    if size != len(last_raw):
-        return False
-    for i in range(size):
-        name, value = raw[i]
-        last_name, last_value = last_raw[i]
-        if value != last_value or name != last_name:
-            return False
-    return True
-
-
-def _same_but_authorization(raw: RawHeaders, lnames: list[str], last_raw: RawHeaders, last_lnames: list[str]) -> bool:
-    """Whether two heads' raw headers are the same bytes except the values of ``Authorization`` headers at the same
-    places (which ``request_lines`` never forwards on a route with the plugin)."""
-    size = len(raw)
-    if size != len(last_raw) or size != len(lnames) or size != len(last_lnames):
-        return False
-    for i in range(size):
-        if lnames[i] == "authorization" and last_lnames[i] == "authorization":
-            continue
-        name, value = raw[i]
-        last_name, last_value = last_raw[i]
-        if value != last_value or name != last_name:
-            return False
-    return True
-
-
 class _Memo:
     """What one client connection last sent and received, compared with the next request and response before the
     shared, hashed memos are asked (a keep-alive client repeats itself). It holds only that connection's own data
@@ -225,7 +195,7 @@ class _Memo:
     connection's life."""
 
     __slots__ = ("claims_lines", "claims_names", "claims_plugin", "claims_source", "forwarding", "head_auth",
-                 "head_client", "head_forwarding", "head_lnames", "head_method", "head_raw", "head_route",
+                 "head_client", "head_forwarding", "head_method", "head_raw", "head_route",
                  "head_target", "info", "lines", "lines_auth", "lines_host", "lines_route", "origin", "path",
                  "path_route", "query", "raw_head", "request_head", "rewritten_head", "strip", "target", "tokens")
 
@@ -267,10 +237,9 @@ class _Memo:
         self.request_head = b""
         self.head_method = ""
         self.head_target = b""
-        self.head_raw: RawHeaders = []
+        self.head_raw: RawHeaders = []  # the head's own list: compared by identity (``RequestHead.previous_raw``)
         self.head_route: Route | None = None
         self.head_auth: str | None = None  # compared by identity: the cache entry's own string
-        self.head_lnames: list[str] = []
         # The two parts of the last head built in full around its Authorization line: the request line with the
         # client's lines, and the gateway's lines after it ("" when the connection strips certificate headers).
         self.head_client = b""
@@ -510,13 +479,15 @@ class ProxyHandler(RequestHandler, ResponseSink):
         memo = self._memo
         route = allow.route
         authorization = allow.authorization
-        if (authorization is memo.head_auth and route is memo.head_route and memo.request_head
-                and head.target == memo.head_target and head.method == memo.head_method
-                and _same_raw(head.raw_headers, memo.head_raw)):
+        # ``index_headers`` compared this head's raw headers with the connection's previous head's
+        # (``RequestHead.previous_raw``); that head is the one this memo was made from when the list is the memo's.
+        previous = head.previous_raw
+        repeats = previous is not None and previous is memo.head_raw and route is memo.head_route \
+            and head.target == memo.head_target and head.method == memo.head_method
+        if repeats and authorization is memo.head_auth and memo.request_head and head.raw_repeated:
+            memo.head_raw = head.raw_headers  # the same bytes: this list is the one the next head is compared with
             return memo.request_head
-        if (authorization is not None and memo.head_client and memo.head_auth is not None
-                and route is memo.head_route and head.target == memo.head_target and head.method == memo.head_method
-                and _same_but_authorization(head.raw_headers, head.lnames, memo.head_raw, memo.head_lnames)):
+        if repeats and authorization is not None and memo.head_client and memo.head_auth is not None:
             # Only the token changed (a load balancer's or a BFF's connection): the client's part as before (it never
             # includes the client's Authorization on a route with the plugin), this entry's line, the same lines after
             request_head = authorization_line(authorization, memo.head_client, memo.head_forwarding)
@@ -524,7 +495,6 @@ class ProxyHandler(RequestHandler, ResponseSink):
             request_head = self._build_request_head(head, allow, origin)
         memo.request_head, memo.head_auth, memo.head_route = request_head, authorization, route
         memo.head_target, memo.head_method, memo.head_raw = head.target, head.method, head.raw_headers
-        memo.head_lnames = head.lnames
         return request_head
 
     def _build_request_head(self, head: RequestHead, allow: Allow, origin: _Origin) -> bytes:

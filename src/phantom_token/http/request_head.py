@@ -39,8 +39,8 @@ class RequestHead:
     ``lnames`` holds the lower-case name of each entry of ``raw_headers`` at the same index."""
 
     __slots__ = ("body_received", "chunked", "complete", "connection_tokens", "content_length", "early_body",
-                 "expect_continue", "headers", "host", "http10", "keep_alive", "lnames", "method", "path", "query",
-                 "raw_headers", "raw_host", "target", "upgrade")
+                 "expect_continue", "headers", "host", "http10", "keep_alive", "lnames", "method", "path",
+                 "previous_raw", "query", "raw_headers", "raw_host", "raw_repeated", "target", "upgrade")
 
     def __init__(self, method: str, target: bytes, raw_headers: RawHeaders, keep_alive: bool, http10: bool) -> None:
         self.method = method
@@ -62,6 +62,13 @@ class RequestHead:
         self.early_body: list[bytes] | None = None  # body parsed while the request waited in the pipeline
         self.complete = False  # the whole request (head and body) has been received
         self.body_received = 0
+        # Set by ``index_headers`` with the connection's memo: the previous head's own ``raw_headers`` list when
+        # this head's raw headers are the same bytes, field by field, except perhaps the values of Authorization
+        # fields at the same places (None otherwise), and whether they are all the same bytes. The proxy's request
+        # memo takes these, after checking by identity that the list is the one its memo holds, instead of
+        # comparing the fields a second time.
+        self.previous_raw: RawHeaders | None = None
+        self.raw_repeated = False
 
     @property
     def has_body(self) -> bool:
@@ -170,7 +177,8 @@ def index_headers(head: RequestHead, memo: HeaderMemo | None = None) -> None:
     """One pass over the raw headers for the lower-case mapping, then what framing and routing need from it.
     ``memo``: the connection's (``HeaderMemo``); a name equal to the previous head's at the same index takes its
     lower-case name, and a Host value equal to the previous one its normalised host: the same results as the
-    process-wide memos give (pure functions of the bytes), without hashing the bytes."""
+    process-wide memos give (pure functions of the bytes), without hashing the bytes. With the memo it also sets
+    ``head.previous_raw`` and ``head.raw_repeated`` from the same comparisons."""
     headers = head.headers
     lnames = head.lnames
     raw_headers = head.raw_headers
@@ -184,16 +192,28 @@ def index_headers(head: RequestHead, memo: HeaderMemo | None = None) -> None:
     # (10): the four look-ups below are skipped when none has (a length test per name is cheaper than four
     # look-ups per request; a name of such a length that is none of them only costs the look-ups).
     framing = False
+    # Whether every field is the previous head's bytes (``same``), or all but Authorization values (``auth_only``).
+    same = auth_only = memo is not None and len(raw_headers) == len(prev_raw)
     for i in range(len(raw_headers)):  # indexes: the compiled loop makes no iterator, and compares by position
         name, value = raw_headers[i]
         text: str | None = None
+        lname: str | None
         if i < known_names:
             prev_name, prev_value = prev_raw[i]
-            lname = prev_lnames[i] if prev_name == name else _LNAMES.get(name)
+            if prev_name == name:
+                lname = prev_lnames[i]
+            else:
+                lname = _LNAMES.get(name)
+                same = auth_only = False
             if prev_value == value:
                 text = texts[i]
+            else:
+                same = False
+                if lname != "authorization":
+                    auth_only = False
         else:
             lname = _LNAMES.get(name)
+            same = auth_only = False
         if lname is None:
             lname = _lname(name)
         lnames.append(lname)
@@ -218,6 +238,8 @@ def index_headers(head: RequestHead, memo: HeaderMemo | None = None) -> None:
         else:
             values.append(text)
     if memo is not None:
+        if auth_only:
+            head.previous_raw, head.raw_repeated = prev_raw, same
         memo.raw, memo.lnames = raw_headers, lnames
     hosts = headers.get("host")
     if hosts is not None:
