@@ -100,3 +100,40 @@ def test_each_framing_header_alone_is_read(spelling: object) -> None:
         (None, False, False, frozenset(), False)
     with pytest.raises(Reject):  # an upgrade with a body is still refused
         head_of((spelt(b"content-length"), b"3"), (spelt(b"connection"), b"upgrade"), (b"Upgrade", b"websocket"))
+
+
+def test_a_head_repeating_the_last_ones_bytes_shares_its_mapping_and_no_other_does() -> None:
+    """Raw headers that are the previous head's bytes, field by field, get the previous head's ``headers`` and
+    ``lnames`` (the very objects) and ``previous_raw``/``raw_repeated``; a head differing in one name's spelling,
+    one value or the number of fields gets mappings of its own, equal to what it indexes to without a memo, and
+    the previous head's are left as they were."""
+    memo = HeaderMemo()
+    base = [(H, b"api.test"), A, (b"Accept", b"*/*")]
+    first = RequestHead("GET", b"/", list(base), True, False)
+    index_headers(first, memo)
+    before = (dict(first.headers), list(first.lnames))
+    second = RequestHead("GET", b"/other", list(base), True, False)
+    index_headers(second, memo)
+    assert second.headers is first.headers
+    assert second.lnames is first.lnames
+    assert second.previous_raw is first.raw_headers
+    assert second.raw_repeated
+    for variant in ([(b"host", b"api.test"), A, (b"Accept", b"*/*")], [(H, b"api.test"), A, (b"Accept", b"*/+")],
+                    [(H, b"api.test"), (b"Authorization", b"Bearer tok2"), (b"Accept", b"*/*")], base[:2],
+                    [*base, (b"X-A", b"1")]):
+        last = RequestHead("GET", b"/", list(base), True, False)
+        index_headers(last, memo)  # the base again: then the variant
+        head = RequestHead("GET", b"/", list(variant), True, False)
+        index_headers(head, memo)
+        assert head.headers is not last.headers, variant
+        assert head.lnames is not last.lnames, variant
+        assert not head.raw_repeated, variant
+        assert indexed(variant, False, memo) == indexed(variant, False, None), variant
+        assert (dict(last.headers), list(last.lnames)) == before, variant
+    # only an Authorization value differs: the previous head's raw headers are named for the proxy's memo
+    last = RequestHead("GET", b"/", list(base), True, False)
+    index_headers(last, memo)
+    other_token = RequestHead("GET", b"/", [(H, b"api.test"), (b"Authorization", b"Bearer tok2"), base[2]], True, False)
+    index_headers(other_token, memo)
+    assert other_token.previous_raw is last.raw_headers
+    assert not other_token.raw_repeated

@@ -34,6 +34,10 @@ class Reject(Exception):
 _NO_TOKENS: Final[frozenset[str]] = frozenset()  # one shared empty set: a head without Connection makes none
 
 
+_NOT_INDEXED: Final[dict[str, list[str]]] = {}
+_NOT_INDEXED_NAMES: Final[list[str]] = []
+
+
 class RequestHead:
     """The parsed head of one request. ``headers`` maps lower-case names to every value (ISO-8859-1);
     ``lnames`` holds the lower-case name of each entry of ``raw_headers`` at the same index."""
@@ -48,8 +52,10 @@ class RequestHead:
         self.raw_headers = raw_headers
         self.keep_alive = keep_alive
         self.http10 = http10
-        self.lnames: list[str] = []
-        self.headers: dict[str, list[str]] = {}
+        # Until ``index_headers`` gives the head its own (or the previous head's, shared: see there): empty, and
+        # never changed (nothing but ``index_headers`` fills these in, and only containers it has just made).
+        self.lnames: list[str] = _NOT_INDEXED_NAMES
+        self.headers: dict[str, list[str]] = _NOT_INDEXED
         self.path = "/"
         self.query = ""
         self.host = ""
@@ -146,11 +152,15 @@ class HeaderMemo:
     bytes its ``TokenMemo`` and last ``RequestHead`` hold). Also the previous request's method as parsed and its
     name (``method_name``), which the connection compares before hashing fresh bytes for ``METHODS``."""
 
-    __slots__ = ("host", "host_value", "lnames", "method", "method_str", "raw", "texts")
+    __slots__ = ("framing", "headers", "host", "host_value", "lnames", "method", "method_str", "raw", "texts")
 
     def __init__(self) -> None:
         self.raw: RawHeaders = []
         self.lnames: list[str] = []
+        # The previous head's mapping (None: none indexed yet) and whether a name had a framing header's length: a
+        # head with the same raw headers takes both (``RequestHead.headers`` is never changed once indexed).
+        self.headers: dict[str, list[str]] | None = None
+        self.framing = False
         # The previous head's values as decoded, by position (None: an ignored name's, never decoded): a value equal
         # to the previous one at its place takes its string (a comparison of bytes instead of a decode and a new
         # string). The memo's own list, updated in place.
@@ -177,20 +187,90 @@ def index_headers(head: RequestHead, memo: HeaderMemo | None = None) -> None:
     """One pass over the raw headers for the lower-case mapping, then what framing and routing need from it.
     ``memo``: the connection's (``HeaderMemo``); a name equal to the previous head's at the same index takes its
     lower-case name, and a Host value equal to the previous one its normalised host: the same results as the
-    process-wide memos give (pure functions of the bytes), without hashing the bytes. With the memo it also sets
+    process-wide memos give (pure functions of the bytes), without hashing the bytes. Raw headers that are the
+    previous head's bytes, field by field, get the previous head's mapping and names (``headers`` and ``lnames``,
+    shared: nothing changes them once indexed) instead of new ones built equal. With the memo it also sets
     ``head.previous_raw`` and ``head.raw_repeated`` from the same comparisons."""
-    headers = head.headers
-    lnames = head.lnames
     raw_headers = head.raw_headers
-    prev_raw: RawHeaders = memo.raw if memo is not None else []
-    prev_lnames: list[str] = memo.lnames if memo is not None else []
-    texts: list[str | None] = memo.texts if memo is not None else []
-    known_names = min(len(prev_raw), len(prev_lnames))
-    if len(texts) < known_names:  # (min of three is a generic call when compiled; of two, a comparison)
-        known_names = len(texts)
-    # Whether some name has the length of content-length (14), transfer-encoding (17), expect (6) or connection
-    # (10): the four look-ups below are skipped when none has (a length test per name is cheaper than four
-    # look-ups per request; a name of such a length that is none of them only costs the look-ups).
+    size = len(raw_headers)
+    if memo is None:
+        framing = _index(head, [], [], [], 0, 0, None)
+    else:
+        prev_raw = memo.raw
+        prev_lnames = memo.lnames
+        texts = memo.texts
+        known_names = min(len(prev_raw), len(prev_lnames))
+        if len(texts) < known_names:  # (min of three is a generic call when compiled; of two, a comparison)
+            known_names = len(texts)
+        start = 0  # the fields from the first that are the previous head's bytes
+        if size == len(prev_raw):
+            while start < known_names:
+                name, value = raw_headers[start]
+                prev_name, prev_value = prev_raw[start]
+                if value != prev_value or name != prev_name:
+                    break
+                start += 1
+        shared = memo.headers
+        if start == size and size == len(prev_raw) and shared is not None:
+            head.headers, head.lnames = shared, prev_lnames
+            head.previous_raw, head.raw_repeated = prev_raw, True
+            memo.raw = raw_headers
+            framing = memo.framing
+        else:
+            framing = _index(head, prev_raw, prev_lnames, texts, known_names, start, memo)
+    headers = head.headers
+    hosts = headers.get("host")
+    if hosts is not None:
+        if len(hosts) > 1:
+            raise Reject(400, "more than one Host header")
+        host = head.raw_host = hosts[0]
+        if memo is not None and host == memo.host_value:
+            head.host = memo.host
+        else:
+            known = _HOSTS.get(host)
+            if known is None:
+                try:
+                    known = remember(_HOSTS, host, normalise_host(host), 1024)
+                except InvalidTarget as exc:
+                    raise Reject(400, exc.reason) from exc
+            head.host = known
+            if memo is not None:
+                memo.host_value, memo.host = host, known
+    elif not head.http10:
+        raise Reject(400, "missing Host header")
+    if not framing:
+        return
+    length = headers.get("content-length")
+    if length is not None:
+        head.content_length = int(length[0])  # llhttp already checked digits-only and no duplicates
+    if "transfer-encoding" in headers:
+        head.chunked = True  # llhttp only accepts a request TE whose last coding is chunked
+    expect = headers.get("expect")
+    if expect is not None:
+        # Other expectations are ignored (RFC 9110 10.1.1 allows it).
+        head.expect_continue = expect[-1].strip().lower() == "100-continue" and not head.http10
+    connection = headers.get("connection")
+    if connection is not None:
+        tokens = head.connection_tokens = frozenset(t.strip().lower() for value in connection for t in value.split(","))
+        if "upgrade" in tokens and "upgrade" in headers:
+            if head.chunked or head.content_length:
+                # llhttp stops at the head of an upgrade and never parses its body: what follows would be taken
+                # for the body by the upstream but not by us (and the request would wait for it forever)
+                raise Reject(400, "upgrade request with a body")
+            head.upgrade = True
+
+
+def _index(head: RequestHead, prev_raw: RawHeaders, prev_lnames: list[str], texts: list[str | None], known_names: int,
+           start: int, memo: HeaderMemo | None) -> bool:
+    """``index_headers``' loop: ``head.headers`` and ``head.lnames`` filled in from the raw headers, the previous
+    head's names and decoded values taken where the bytes repeat (``start``: the fields before it were found equal
+    already). Whether some name has the length of content-length (14), transfer-encoding (17), expect (6) or
+    connection (10): the framing look-ups are skipped when none has (a length test per name is cheaper than four
+    look-ups per request; a name of such a length that is none of them only costs the look-ups)."""
+    headers: dict[str, list[str]] = {}
+    lnames: list[str] = []
+    head.headers, head.lnames = headers, lnames
+    raw_headers = head.raw_headers
     framing = False
     # Whether every field is the previous head's bytes (``same``), or all but Authorization values (``auth_only``).
     same = auth_only = memo is not None and len(raw_headers) == len(prev_raw)
@@ -198,7 +278,10 @@ def index_headers(head: RequestHead, memo: HeaderMemo | None = None) -> None:
         name, value = raw_headers[i]
         text: str | None = None
         lname: str | None
-        if i < known_names:
+        if i < start:  # compared by the caller: the same bytes
+            lname = prev_lnames[i]
+            text = texts[i]
+        elif i < known_names:
             prev_name, prev_value = prev_raw[i]
             if prev_name == name:
                 lname = prev_lnames[i]
@@ -240,46 +323,8 @@ def index_headers(head: RequestHead, memo: HeaderMemo | None = None) -> None:
     if memo is not None:
         if auth_only:
             head.previous_raw, head.raw_repeated = prev_raw, same
-        memo.raw, memo.lnames = raw_headers, lnames
-    hosts = headers.get("host")
-    if hosts is not None:
-        if len(hosts) > 1:
-            raise Reject(400, "more than one Host header")
-        host = head.raw_host = hosts[0]
-        if memo is not None and host == memo.host_value:
-            head.host = memo.host
-        else:
-            known = _HOSTS.get(host)
-            if known is None:
-                try:
-                    known = remember(_HOSTS, host, normalise_host(host), 1024)
-                except InvalidTarget as exc:
-                    raise Reject(400, exc.reason) from exc
-            head.host = known
-            if memo is not None:
-                memo.host_value, memo.host = host, known
-    elif not head.http10:
-        raise Reject(400, "missing Host header")
-    if not framing:
-        return
-    length = headers.get("content-length")
-    if length is not None:
-        head.content_length = int(length[0])  # llhttp already checked digits-only and no duplicates
-    if "transfer-encoding" in headers:
-        head.chunked = True  # llhttp only accepts a request TE whose last coding is chunked
-    expect = headers.get("expect")
-    if expect is not None:
-        # Other expectations are ignored (RFC 9110 10.1.1 allows it).
-        head.expect_continue = expect[-1].strip().lower() == "100-continue" and not head.http10
-    connection = headers.get("connection")
-    if connection is not None:
-        tokens = head.connection_tokens = frozenset(t.strip().lower() for value in connection for t in value.split(","))
-        if "upgrade" in tokens and "upgrade" in headers:
-            if head.chunked or head.content_length:
-                # llhttp stops at the head of an upgrade and never parses its body: what follows would be taken
-                # for the body by the upstream but not by us (and the request would wait for it forever)
-                raise Reject(400, "upgrade request with a body")
-            head.upgrade = True
+        memo.raw, memo.lnames, memo.headers, memo.framing = raw_headers, lnames, headers, framing
+    return framing
 
 
 # Valid Host header values -> the host as routes compare it (``normalise_host``: lower case, no trailing dot, no
