@@ -272,8 +272,9 @@ def _index(head: RequestHead, prev_raw: RawHeaders, prev_lnames: list[str], text
     head.headers, head.lnames = headers, lnames
     raw_headers = head.raw_headers
     framing = False
-    # Whether every field is the previous head's bytes (``same``), or all but Authorization values (``auth_only``).
-    same = auth_only = memo is not None and len(raw_headers) == len(prev_raw)
+    # Whether every field but Authorization values is the previous head's bytes (all of them: the caller's shared
+    # path, so ``raw_repeated`` stays False here).
+    auth_only = memo is not None and len(raw_headers) == len(prev_raw)
     for i in range(len(raw_headers)):  # indexes: the compiled loop makes no iterator, and compares by position
         name, value = raw_headers[i]
         text: str | None = None
@@ -287,16 +288,14 @@ def _index(head: RequestHead, prev_raw: RawHeaders, prev_lnames: list[str], text
                 lname = prev_lnames[i]
             else:
                 lname = _LNAMES.get(name)
-                same = auth_only = False
+                auth_only = False
             if prev_value == value:
                 text = texts[i]
-            else:
-                same = False
-                if lname != "authorization":
-                    auth_only = False
+            elif lname != "authorization":
+                auth_only = False
         else:
             lname = _LNAMES.get(name)
-            same = auth_only = False
+            auth_only = False
         if lname is None:
             lname = _lname(name)
         lnames.append(lname)
@@ -322,7 +321,7 @@ def _index(head: RequestHead, prev_raw: RawHeaders, prev_lnames: list[str], text
             values.append(text)
     if memo is not None:
         if auth_only:
-            head.previous_raw, head.raw_repeated = prev_raw, same
+            head.previous_raw = prev_raw
         memo.raw, memo.lnames, memo.headers, memo.framing = raw_headers, lnames, headers, framing
     return framing
 
