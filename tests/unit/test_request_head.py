@@ -119,7 +119,8 @@ def test_a_head_repeating_the_last_ones_bytes_shares_its_mapping_and_no_other_do
     assert second.previous_raw is first.raw_headers
     assert second.raw_repeated
     for variant in ([(b"host", b"api.test"), A, (b"Accept", b"*/*")], [(H, b"api.test"), A, (b"Accept", b"*/+")],
-                    [(H, b"api.test"), (b"Authorization", b"Bearer tok2"), (b"Accept", b"*/*")], base[:2],
+                    [(H, b"api.test"), (b"authorization", b"Bearer tok2"), (b"Accept", b"*/*")], base[:2],
+                    [(H, b"api.test"), (b"Authorization", b"Bearer tok2"), (b"Accept", b"*/+")],
                     [*base, (b"X-A", b"1")]):
         last = RequestHead("GET", b"/", list(base), True, False)
         index_headers(last, memo)  # the base again: then the variant
@@ -130,10 +131,26 @@ def test_a_head_repeating_the_last_ones_bytes_shares_its_mapping_and_no_other_do
         assert not head.raw_repeated, variant
         assert indexed(variant, False, memo) == indexed(variant, False, None), variant
         assert (dict(last.headers), list(last.lnames)) == before, variant
-    # only an Authorization value differs: the previous head's raw headers are named for the proxy's memo
-    last = RequestHead("GET", b"/", list(base), True, False)
-    index_headers(last, memo)
-    other_token = RequestHead("GET", b"/", [(H, b"api.test"), (b"Authorization", b"Bearer tok2"), base[2]], True, False)
-    index_headers(other_token, memo)
-    assert other_token.previous_raw is last.raw_headers
-    assert not other_token.raw_repeated
+    # only Authorization values differ (one of two, both, the first field or a later one): the same names, a copy of
+    # the mapping with an authorization list of its own, the previous head's raw headers named for the proxy's memo
+    two = [(H, b"api.test"), A, (b"Accept", b"*/*"), (b"Authorization", b"Bearer second")]
+    for previous, raw in ((base, [(H, b"api.test"), (b"Authorization", b"Bearer tok2"), base[2]]),
+                          (two, [(H, b"api.test"), A, base[2], (b"Authorization", b"Bearer other")]),
+                          (two, [(H, b"api.test"), (b"Authorization", b"Bearer x"), base[2], (b"Authorization", b"y")]),
+                          ([A, (H, b"api.test")], [(b"Authorization", b"Bearer \xe9"), (H, b"api.test")])):
+        last = RequestHead("GET", b"/", list(previous), True, False)
+        index_headers(last, memo)
+        before = (dict(last.headers), list(last.lnames))
+        other_token = RequestHead("GET", b"/", list(raw), True, False)
+        index_headers(other_token, memo)
+        assert other_token.previous_raw is last.raw_headers
+        assert not other_token.raw_repeated
+        assert other_token.lnames is last.lnames
+        assert other_token.headers is not last.headers
+        assert other_token.headers["host"] is last.headers["host"]
+        assert (dict(last.headers), list(last.lnames)) == before
+        assert indexed(raw, False, memo) == indexed(raw, False, None), raw
+        again = RequestHead("GET", b"/", list(raw), True, False)  # and the same bytes once more: shared
+        index_headers(again, memo)
+        assert again.headers is memo.headers
+        assert again.raw_repeated

@@ -189,7 +189,8 @@ def index_headers(head: RequestHead, memo: HeaderMemo | None = None) -> None:
     lower-case name, and a Host value equal to the previous one its normalised host: the same results as the
     process-wide memos give (pure functions of the bytes), without hashing the bytes. Raw headers that are the
     previous head's bytes, field by field, get the previous head's mapping and names (``headers`` and ``lnames``,
-    shared: nothing changes them once indexed) instead of new ones built equal. With the memo it also sets
+    shared: nothing changes them once indexed) instead of new ones built equal; when only Authorization values
+    differ, the names and a copy of the mapping with its own ``authorization`` list. With the memo it also sets
     ``head.previous_raw`` and ``head.raw_repeated`` from the same comparisons."""
     raw_headers = head.raw_headers
     size = len(raw_headers)
@@ -203,6 +204,7 @@ def index_headers(head: RequestHead, memo: HeaderMemo | None = None) -> None:
         if len(texts) < known_names:  # (min of three is a generic call when compiled; of two, a comparison)
             known_names = len(texts)
         start = 0  # the fields from the first that are the previous head's bytes
+        rest = 0  # from ``start``, the fields whose names are the previous head's, and values too but Authorization's
         if size == len(prev_raw):
             while start < known_names:
                 name, value = raw_headers[start]
@@ -210,10 +212,23 @@ def index_headers(head: RequestHead, memo: HeaderMemo | None = None) -> None:
                 if value != prev_value or name != prev_name:
                     break
                 start += 1
+            rest = start
+            while rest < known_names:
+                name, value = raw_headers[rest]
+                prev_name, prev_value = prev_raw[rest]
+                if name != prev_name or (value != prev_value and prev_lnames[rest] != "authorization"):
+                    break
+                rest += 1
         shared = memo.headers
-        if start == size and size == len(prev_raw) and shared is not None:
-            head.headers, head.lnames = shared, prev_lnames
-            head.previous_raw, head.raw_repeated = prev_raw, True
+        if rest == size and size == len(prev_raw) and shared is not None:
+            if start == size:  # the same bytes: the same mapping
+                head.headers = shared
+                head.raw_repeated = True
+            else:  # only Authorization values differ (a load balancer's connection): that list anew
+                head.headers = _with_authorization(shared, raw_headers, prev_raw, prev_lnames, texts, start)
+                memo.headers = head.headers
+            head.lnames = prev_lnames
+            head.previous_raw = prev_raw
             memo.raw = raw_headers
             framing = memo.framing
         else:
@@ -258,6 +273,28 @@ def index_headers(head: RequestHead, memo: HeaderMemo | None = None) -> None:
                 # for the body by the upstream but not by us (and the request would wait for it forever)
                 raise Reject(400, "upgrade request with a body")
             head.upgrade = True
+
+
+def _with_authorization(shared: dict[str, list[str]], raw_headers: RawHeaders, prev_raw: RawHeaders,
+                        prev_lnames: list[str], texts: list[str | None], start: int) -> dict[str, list[str]]:
+    """The previous head's mapping for a head that differs from it only in Authorization values (from ``start``,
+    the first field that differs): a copy with its own ``authorization`` list (the other lists are shared, as
+    nothing changes them once indexed), each value taken from ``texts`` where its bytes repeat, else decoded."""
+    headers = shared.copy()
+    values: list[str] = []
+    for i in range(len(raw_headers)):
+        if prev_lnames[i] != "authorization":
+            continue
+        text = texts[i]
+        if i >= start:
+            value = raw_headers[i][1]
+            if value != prev_raw[i][1] or text is None:
+                text = value.decode("latin-1")
+                texts[i] = text
+        assert text is not None  # an Authorization field's text is always kept (its name is never ignored)
+        values.append(text)
+    headers["authorization"] = values
+    return headers
 
 
 def _index(head: RequestHead, prev_raw: RawHeaders, prev_lnames: list[str], texts: list[str | None], known_names: int,
