@@ -102,6 +102,18 @@ def test_each_framing_header_alone_is_read(spelling: object) -> None:
         head_of((spelt(b"content-length"), b"3"), (spelt(b"connection"), b"upgrade"), (b"Upgrade", b"websocket"))
 
 
+def _in_turn(memo: HeaderMemo, previous: RawHeaders, raw: RawHeaders
+             ) -> tuple[RequestHead, RequestHead, tuple[dict[str, list[str]], list[str]]]:
+    """``previous`` and then ``raw`` indexed through ``memo``: both heads, and the first's mapping and names as they
+    were before the second was indexed (copies)."""
+    last = RequestHead("GET", b"/", list(previous), True, False)
+    index_headers(last, memo)
+    before = (dict(last.headers), list(last.lnames))
+    head = RequestHead("GET", b"/other", list(raw), True, False)
+    index_headers(head, memo)
+    return last, head, before
+
+
 def test_a_head_repeating_the_last_ones_bytes_shares_its_mapping_and_no_other_does() -> None:
     """Raw headers that are the previous head's bytes, field by field, get the previous head's ``headers`` and
     ``lnames`` (the very objects) and ``previous_raw``/``raw_repeated``; a head differing in one name's spelling,
@@ -109,11 +121,7 @@ def test_a_head_repeating_the_last_ones_bytes_shares_its_mapping_and_no_other_do
     the previous head's are left as they were."""
     memo = HeaderMemo()
     base = [(H, b"api.test"), A, (b"Accept", b"*/*")]
-    first = RequestHead("GET", b"/", list(base), True, False)
-    index_headers(first, memo)
-    before = (dict(first.headers), list(first.lnames))
-    second = RequestHead("GET", b"/other", list(base), True, False)
-    index_headers(second, memo)
+    first, second, before = _in_turn(memo, base, base)
     assert second.headers is first.headers
     assert second.lnames is first.lnames
     assert second.previous_raw is first.raw_headers
@@ -122,10 +130,7 @@ def test_a_head_repeating_the_last_ones_bytes_shares_its_mapping_and_no_other_do
                     [(H, b"api.test"), (b"authorization", b"Bearer tok2"), (b"Accept", b"*/*")], base[:2],
                     [(H, b"api.test"), (b"Authorization", b"Bearer tok2"), (b"Accept", b"*/+")],
                     [*base, (b"X-A", b"1")]):
-        last = RequestHead("GET", b"/", list(base), True, False)
-        index_headers(last, memo)  # the base again: then the variant
-        head = RequestHead("GET", b"/", list(variant), True, False)
-        index_headers(head, memo)
+        last, head, _ = _in_turn(memo, base, variant)  # the base again: then the variant
         assert head.headers is not last.headers, variant
         assert head.lnames is not last.lnames, variant
         assert not head.raw_repeated, variant
@@ -138,11 +143,7 @@ def test_a_head_repeating_the_last_ones_bytes_shares_its_mapping_and_no_other_do
                           (two, [(H, b"api.test"), A, base[2], (b"Authorization", b"Bearer other")]),
                           (two, [(H, b"api.test"), (b"Authorization", b"Bearer x"), base[2], (b"Authorization", b"y")]),
                           ([A, (H, b"api.test")], [(b"Authorization", b"Bearer \xe9"), (H, b"api.test")])):
-        last = RequestHead("GET", b"/", list(previous), True, False)
-        index_headers(last, memo)
-        before = (dict(last.headers), list(last.lnames))
-        other_token = RequestHead("GET", b"/", list(raw), True, False)
-        index_headers(other_token, memo)
+        last, other_token, before = _in_turn(memo, previous, raw)
         assert other_token.previous_raw is last.raw_headers
         assert not other_token.raw_repeated
         assert other_token.lnames is last.lnames
