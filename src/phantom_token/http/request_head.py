@@ -203,22 +203,22 @@ def index_headers(head: RequestHead, memo: HeaderMemo | None = None) -> None:
         known_names = min(len(prev_raw), len(prev_lnames))
         if len(texts) < known_names:  # (min of three is a generic call when compiled; of two, a comparison)
             known_names = len(texts)
-        start = 0  # the fields from the first that are the previous head's bytes
-        rest = 0  # from ``start``, the fields whose names are the previous head's, and values too but Authorization's
+        start = -1  # the first field that is not the previous head's bytes (-1: none found yet)
+        rest = 0  # the fields from the first whose names are the previous head's, and values too but Authorization's
         if size == len(prev_raw):
-            while start < known_names:
-                name, value = raw_headers[start]
-                prev_name, prev_value = prev_raw[start]
-                if value != prev_value or name != prev_name:
-                    break
-                start += 1
-            rest = start
             while rest < known_names:
                 name, value = raw_headers[rest]
                 prev_name, prev_value = prev_raw[rest]
-                if name != prev_name or (value != prev_value and prev_lnames[rest] != "authorization"):
+                if name != prev_name:
                     break
+                if value != prev_value:
+                    if prev_lnames[rest] != "authorization":
+                        break
+                    if start < 0:
+                        start = rest
                 rest += 1
+        if start < 0:
+            start = rest  # every field before it is the same bytes
         shared = memo.headers
         if rest == size and size == len(prev_raw) and shared is not None:
             if start == size:  # the same bytes: the same mapping
@@ -309,9 +309,6 @@ def _index(head: RequestHead, prev_raw: RawHeaders, prev_lnames: list[str], text
     head.headers, head.lnames = headers, lnames
     raw_headers = head.raw_headers
     framing = False
-    # Whether every field but Authorization values is the previous head's bytes (all of them: the caller's shared
-    # path, so ``raw_repeated`` stays False here).
-    auth_only = memo is not None and len(raw_headers) == len(prev_raw)
     for i in range(len(raw_headers)):  # indexes: the compiled loop makes no iterator, and compares by position
         name, value = raw_headers[i]
         text: str | None = None
@@ -321,18 +318,11 @@ def _index(head: RequestHead, prev_raw: RawHeaders, prev_lnames: list[str], text
             text = texts[i]
         elif i < known_names:
             prev_name, prev_value = prev_raw[i]
-            if prev_name == name:
-                lname = prev_lnames[i]
-            else:
-                lname = _LNAMES.get(name)
-                auth_only = False
+            lname = prev_lnames[i] if prev_name == name else _LNAMES.get(name)
             if prev_value == value:
                 text = texts[i]
-            elif lname != "authorization":
-                auth_only = False
         else:
             lname = _LNAMES.get(name)
-            auth_only = False
         if lname is None:
             lname = _lname(name)
         lnames.append(lname)
@@ -357,8 +347,6 @@ def _index(head: RequestHead, prev_raw: RawHeaders, prev_lnames: list[str], text
         else:
             values.append(text)
     if memo is not None:
-        if auth_only:
-            head.previous_raw = prev_raw
         memo.raw, memo.lnames, memo.headers, memo.framing = raw_headers, lnames, headers, framing
     return framing
 
