@@ -16,7 +16,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -94,9 +94,8 @@ class Child:
         if code is not None:
             raise ChildDied(f"{self.name} exited with {code}:\n{self.tail()}")
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of every process in the child's process group (nginx workers included)."""
-        total = 0
+    def _group(self) -> Iterator[tuple[int, list[str]]]:
+        """(pid, /proc/<pid>/stat fields from the state on) of every process in the child's process group."""
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
                 text = stat.read_text()
@@ -104,8 +103,15 @@ class Child:
                 continue  # exited meanwhile
             fields = text[text.rindex(")") + 2:].split()
             if int(fields[2]) == self.process.pid:  # field 5 of stat: the process group id
-                total += int(fields[11]) + int(fields[12])  # fields 14, 15: utime, stime in clock ticks
-        return total / _TICKS
+                yield int(stat.parent.name), fields
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of every process in the child's process group (nginx workers included)."""
+        return sum(int(fields[11]) + int(fields[12]) for _, fields in self._group()) / _TICKS  # utime, stime
+
+    def pids(self) -> set[int]:
+        """Every process in the child's process group (an nginx master and its workers)."""
+        return {pid for pid, _ in self._group()}
 
     def rss_bytes(self) -> int:
         """Resident set size of the process (Linux /proc), in bytes."""

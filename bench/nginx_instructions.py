@@ -149,6 +149,24 @@ def annotate(path: Path, top: int = 25) -> str:
     return "\n".join(lines[:top])
 
 
+def start_bed(procs: Processes, tmp: Path) -> tuple[int, int, str]:
+    """The upstream (nginx ``return 200``), the demo AS and ``phantom-token authz`` (examples/phantom-token-authz.yml),
+    started and listening: (upstream port, authz port, a token the AS issued)."""
+    env = {"INTROSPECTION_SECRET": INTROSPECTION_SECRET, "PYTHONPATH": str(REPO / "src")}
+    upstream_port, auth_port, authz_port = free_port(), free_port(), free_port()
+    upstream = procs.nginx("upstream", UPSTREAM_CONF.format(dir=tmp, name="upstream", port=upstream_port))
+    auth = procs.start("auth", auth_command(auth_port), env=env)
+    authz_yml = tmp / "authz.yml"
+    authz_yml.write_text((REPO / "examples" / "phantom-token-authz.yml").read_text()
+                         .replace("${AUTH_SERVER_PORT}", str(auth_port)))
+    authz = procs.start("authz", [sys.executable, "-m", "phantom_token", "authz", "-c", str(authz_yml),
+                                  "--listen", f"127.0.0.1:{authz_port}", "--workers", "1",
+                                  "--log-level", "warning"], env=env)
+    for child, port in ((upstream, upstream_port), (auth, auth_port), (authz, authz_port)):
+        wait_listening(child, port)
+    return upstream_port, authz_port, asyncio.run(_issue(auth_port, 1))[0]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000)
@@ -167,20 +185,8 @@ def main() -> int:
     if args.only is not None:
         variants = {k: v for k, v in variants.items() if any(o in k for o in args.only)}
     secret = secrets.token_hex(32)
-    env = {"INTROSPECTION_SECRET": INTROSPECTION_SECRET, "PYTHONPATH": str(REPO / "src")}
     with _work_dir(args.keep) as tmp, Processes(tmp) as procs:
-        upstream_port, auth_port, authz_port = free_port(), free_port(), free_port()
-        upstream = procs.nginx("upstream", UPSTREAM_CONF.format(dir=tmp, name="upstream", port=upstream_port))
-        auth = procs.start("auth", auth_command(auth_port), env=env)
-        authz_yml = tmp / "authz.yml"
-        authz_yml.write_text((REPO / "examples" / "phantom-token-authz.yml").read_text()
-                             .replace("${AUTH_SERVER_PORT}", str(auth_port)))
-        authz = procs.start("authz", [sys.executable, "-m", "phantom_token", "authz", "-c", str(authz_yml),
-                                      "--listen", f"127.0.0.1:{authz_port}", "--workers", "1",
-                                      "--log-level", "warning"], env=env)
-        for child, port in ((upstream, upstream_port), (auth, auth_port), (authz, authz_port)):
-            wait_listening(child, port)
-        token = asyncio.run(_issue(auth_port, 1))[0]
+        upstream_port, authz_port, token = start_bed(procs, tmp)
         print(f"{'variant':32} {'instr/req':>10} {'CPU us/req':>10}")
         for name, template in variants.items():
             port = free_port()

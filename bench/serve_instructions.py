@@ -22,11 +22,12 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness import REPO, UPSTREAM_CONF, Processes, WrkResult, free_port, wait_listening, wrk
+from harness import REPO, UPSTREAM_CONF, Child, Processes, WrkResult, free_port, wait_listening, wrk
 from run import INTROSPECTION_SECRET, _issue, _send_each, _work_dir, auth_command, serve_command, serve_config
 
 _COST = re.compile(r"\s*([\d,]+)\s+(?:\([^)]*\)\s+)?(\S.*)$")
@@ -81,6 +82,43 @@ def _dump(directory: Path, pid: str, number: int, poke: Callable[[], object], ti
     raise RuntimeError(f"callgrind wrote no dump {number} in {directory}: {names}")
 
 
+@dataclass
+class ServeBed:
+    """A running ``serve`` (the nginx upstream and the demo AS behind it) with every one of ``tokens`` cached."""
+
+    serve: Child
+    tokens: list[str]
+    token_file: Path
+    url: str
+
+    def loads(self) -> list[tuple[str, Callable[[float], WrkResult]]]:
+        """``wrk -t1 -c50`` with one token, then round robin over every token (bench/run.py's scale rows)."""
+        return [
+            ("1 token", lambda seconds: wrk(self.url, seconds, token=self.tokens[0])),
+            (f"{len(self.tokens)} tokens", lambda seconds: wrk(self.url, seconds, token_file=self.token_file,
+                                                               token_count=len(self.tokens))),
+        ]
+
+
+def start_bed(procs: Processes, tmp: Path, tokens: int, wrapper: Sequence[str] = ()) -> ServeBed:
+    """Starts the upstream, the demo AS and ``serve`` (under ``wrapper``, e.g. valgrind), issues ``tokens`` tokens
+    and sends each once, so that both loads are cache hits."""
+    env = {"INTROSPECTION_SECRET": INTROSPECTION_SECRET, "PYTHONPATH": str(REPO / "src"), "PYTHONHASHSEED": "0"}
+    upstream, auth, port = free_port(), free_port(), free_port()
+    up = procs.nginx("upstream", UPSTREAM_CONF.format(dir=tmp, name="upstream", port=upstream))
+    server = procs.start("auth", auth_command(auth), env=env)
+    wait_listening(up, upstream)
+    wait_listening(server, auth)
+    serve = procs.start("serve", [*wrapper, *serve_command(serve_config(tmp, upstream, auth), port)], env=env)
+    wait_listening(serve, port, timeout=180)
+    issued = asyncio.run(_issue(auth, tokens))
+    token_file = tmp / "tokens.txt"
+    token_file.write_text("\n".join(issued) + "\n")
+    url = f"http://127.0.0.1:{port}/api/bench"
+    asyncio.run(_send_each(url, issued))
+    return ServeBed(serve, issued, token_file, url)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tokens", type=int, default=10_000, help="distinct tokens of the second load")
@@ -88,38 +126,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top", type=int, default=30, help="functions listed")
     parser.add_argument("--keep", type=Path, help="work in DIR and keep its configs, logs and callgrind files")
     args = parser.parse_args(argv)
-    env = {"INTROSPECTION_SECRET": INTROSPECTION_SECRET, "PYTHONPATH": str(REPO / "src"), "PYTHONHASHSEED": "0"}
     with _work_dir(args.keep) as tmp, Processes(tmp) as procs:
-        upstream, auth, port = free_port(), free_port(), free_port()
-        up = procs.nginx("upstream", UPSTREAM_CONF.format(dir=tmp, name="upstream", port=upstream))
-        server = procs.start("auth", auth_command(auth), env=env)
-        wait_listening(up, upstream)
-        wait_listening(server, auth)
         out = tmp / "callgrind"
         out.mkdir(exist_ok=True)
-        command = serve_command(serve_config(tmp, upstream, auth), port)
-        serve = procs.start("serve", ["valgrind", "--tool=callgrind", "--instr-atstart=no",
-                                      f"--callgrind-out-file={out}/cg.%p", *command], env=env)
-        wait_listening(serve, port, timeout=180)
+        bed = start_bed(procs, tmp, args.tokens, ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                                                 f"--callgrind-out-file={out}/cg.%p"])
+        serve, tokens, url = bed.serve, bed.tokens, bed.url
         pid = str(serve.process.pid)
-        tokens = asyncio.run(_issue(auth, args.tokens))
-        token_file = tmp / "tokens.txt"
-        token_file.write_text("\n".join(tokens) + "\n")
-        url = f"http://127.0.0.1:{port}/api/bench"
-        asyncio.run(_send_each(url, tokens))  # every token cached: both loads are cache hits
         results: list[tuple[str, int, int, dict[str, int]]] = []
 
         def poke() -> object:
-            request = urllib.request.Request(url, headers={"Authorization": f"Bearer {tokens[0]}"})
+            request = urllib.request.Request(url, headers={"Authorization": f"Bearer {tokens[0]}"})  # noqa: S310
             with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 -- our own serve on 127.0.0.1
                 return answer.read()
 
-        loads: list[tuple[str, Callable[[float], WrkResult]]] = [
-            ("1 token", lambda seconds: wrk(url, seconds, token=tokens[0])),
-            (f"{args.tokens} tokens", lambda seconds: wrk(url, seconds, token_file=token_file,
-                                                          token_count=args.tokens)),
-        ]
-        for name, load in loads:
+        for name, load in bed.loads():
             load(3)  # warm-up, not counted
             subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True)
             subprocess.run(["callgrind_control", "-i", "on", pid], check=True, capture_output=True)
