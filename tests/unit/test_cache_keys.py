@@ -21,10 +21,10 @@ from phantom_token.core.keys import (
     VERSION,
     cache_key,
     identity,
-    key_prefix,
     legacy_key,
+    namespace_tag,
     namespaced_key,
-    prefixed_key,
+    tagged_key,
     token_digest,
     v2_key,
 )
@@ -60,7 +60,7 @@ def test_the_v3_key_of_a_fixed_namespace_and_token_is_pinned() -> None:
     assert PLAIN.cache_namespace == namespace
     digest = token_digest("a1b2c3d4-e5f6-4711-8899-aabbccddeeff")
     assert digest.hex() == "2b6a404cd90075c007d8f89688989f0470ead0166e476b75ccf3309f05af09ce"
-    assert key_prefix(namespace).hex() == "fc31620a864f64ae307e56133c578182"
+    assert namespace_tag(namespace).hex() == "fc31620a864f64ae307e56133c578182"
     key = namespaced_key(namespace, digest)
     assert key.hex() == digest.hex() + "fc31620a864f64ae307e56133c578182"
     assert len(key) == KEY_BYTES == 48
@@ -83,9 +83,9 @@ def test_the_memory_identity_is_the_digest_xor_the_tag() -> None:
     digests = [token_digest(token) for token in TOKENS] + [bytes(32), b"\xff" * 32] + [
         hashlib.sha256(bytes([i])).digest() for i in range(64)]
     for namespace in NAMESPACES:
-        tag = key_prefix(namespace)
+        tag = namespace_tag(namespace)
         for digest in digests:
-            key = prefixed_key(tag, digest)
+            key = tagged_key(tag, digest)
             assert key == namespaced_key(namespace, digest)
             mixed = bytes(a ^ b for a, b in zip(digest[:16], tag, strict=True))
             assert identity(key) == (signed(int.from_bytes(mixed[:8], "little")),
@@ -94,7 +94,7 @@ def test_the_memory_identity_is_the_digest_xor_the_tag() -> None:
 
 def test_two_namespaces_never_give_the_same_key_or_identity_for_a_token() -> None:
     assert len(set(NAMESPACES)) == len(NAMESPACES)
-    assert len({key_prefix(namespace) for namespace in NAMESPACES}) == len(NAMESPACES)
+    assert len({namespace_tag(namespace) for namespace in NAMESPACES}) == len(NAMESPACES)
     for token in TOKENS:
         keys = {namespaced_key(namespace, token_digest(token)) for namespace in NAMESPACES}
         assert len(keys) == len(NAMESPACES)
@@ -141,7 +141,7 @@ def test_two_versions_never_give_the_same_key() -> None:
     assert {len(key) for key in older} == {32}
     for namespace, digest in pairs:
         other_version = hashlib.sha256(b"phantom-token cache key v4\x00" + namespace).digest()[:16]
-        assert identity(prefixed_key(other_version, digest)) != identity(namespaced_key(namespace, digest))
+        assert identity(tagged_key(other_version, digest)) != identity(namespaced_key(namespace, digest))
 
 
 def test_a_purge_removes_every_format_of_every_namespace() -> None:

@@ -16,7 +16,7 @@ Invariants: no I/O but through the ports; the raw token never leaves this module
 the authorization server's faults are 502, never 401 and never 200; errors are never cached; an inactive
 answer is remembered for ``negative_cache_seconds`` only (0: not at all).
 
-Cache keys: ``core.keys`` (format v3: ``sha256(token) + key_prefix(namespace)``), shared with the purge.
+Cache keys: ``core.keys`` (format v3: ``sha256(token) + namespace_tag(namespace)``), shared with the purge.
 
 Several authorization servers or JWT issuers on a route (``_resolve_several``, only on a miss): the hit path is the
 same lookup under the route's own namespace; a miss verifies a listed issuer's JWT (``core.jwt_access``) or walks the
@@ -47,7 +47,7 @@ from phantom_token.core import verdict as v
 from phantom_token.core.bearer import BearerToken, DPoPToken, Problem, extract, fingerprint
 from phantom_token.core.claims import numeric_claim
 from phantom_token.core.errors import IntrospectionUnavailable, TokenExchangeFailed
-from phantom_token.core.keys import ascii_digest, key_prefix, prefixed_key, token_digest
+from phantom_token.core.keys import ascii_digest, namespace_tag, tagged_key, token_digest
 from phantom_token.core.ports import (
     Active,
     Cached,
@@ -133,7 +133,7 @@ class Engine:
             self._flights if isinstance(self._flights, SingleFlight) else None
         )
         self._pass: dict[str, v.Allow] = {}  # one reusable Allow per unauthenticated route
-        # The cache namespace's ``keys.key_prefix`` (its 16-byte tag), by plugin identity (plugins are built once).
+        # The cache namespace's ``keys.namespace_tag`` (its 16-byte tag), by plugin identity (plugins are built once).
         self._namespaces: dict[int, tuple[PluginConfig, bytes]] = {}
         # One shared frozenset per distinct set of granted scopes: most tokens carry one of a few scope sets, and
         # a private frozenset (plus its strings) per cache entry would cost about 300 bytes each.
@@ -248,7 +248,7 @@ class Engine:
                 return self._unauthorized(plugin, route, token_sent=True, dpop_scheme=True)
             # the connection's plugin: its namespace's tag from the memo, without the look-up by id
             tag = memo.tag if memo is not None and memo.plugin is plugin else self._namespace(plugin)
-            key = prefixed_key(tag, ascii_digest(token.data))
+            key = tagged_key(tag, ascii_digest(token.data))
             step = _Pending(route, plugin, token.value, key, None)
             if memo is not None and values is not None:
                 memo.plugin, memo.value, memo.token, memo.key, memo.tag = plugin, values[0], token.value, key, tag
@@ -288,7 +288,7 @@ class Engine:
         if isinstance(proof, dpop.Refusal):
             log.info("dpop proof refused: route=%s token=%s reason=%s", route.name, fingerprint(token), proof.reason)
             return v.invalid_dpop_proof(plugin.realm, plugin.dpop_signing_alg_values, route, nonce=proof.nonce)
-        return _Pending(route, plugin, token, prefixed_key(self._namespace(plugin), token_digest(token)), proof)
+        return _Pending(route, plugin, token, tagged_key(self._namespace(plugin), token_digest(token)), proof)
 
     def _bound(self, step: _Pending, entry: CacheEntry) -> v.Deny | None:
         """The binding rules (see the module docstring): a denial, or None when scheme, binding and proof agree.
@@ -454,7 +454,7 @@ class Engine:
         digest = token_digest(step.token)
         failure: IntrospectionUnavailable | None = None
         for server in candidates(plugin.authorization_servers, step.token):
-            server_step = _Pending(step.route, server, step.token, prefixed_key(self._namespace(server), digest),
+            server_step = _Pending(step.route, server, step.token, tagged_key(self._namespace(server), digest),
                                    step.proof)
             try:
                 entry = await self._flights.do(server_step.key, partial(self._resolve, server_step))
@@ -470,10 +470,10 @@ class Engine:
         return None
 
     def _namespace(self, plugin: PluginConfig) -> bytes:
-        """The plugin's ``keys.key_prefix`` (its namespace's tag), derived once per plugin."""
+        """The plugin's ``keys.namespace_tag`` (its namespace's tag), derived once per plugin."""
         known = self._namespaces.get(id(plugin))
         if known is None or known[0] is not plugin:
-            known = self._namespaces[id(plugin)] = (plugin, key_prefix(plugin.cache_namespace))
+            known = self._namespaces[id(plugin)] = (plugin, namespace_tag(plugin.cache_namespace))
         return known[1]
 
     async def _verified_jwt(self, step: _Pending, issuer: JwtIssuer) -> CacheEntry | None:

@@ -6,7 +6,7 @@ token knowing only its hash (``POST /cache/purge``, ``phantom-token purge``). Th
 (``PluginConfig.cache_namespace``) is the introspection endpoint, the client and the claim checks, so two routes share
 an entry only when they would get the same answer.
 
-The namespace is folded into a 16-byte ``tag`` once per plugin (``key_prefix``, which the engine remembers), with the
+The namespace is folded into a 16-byte ``tag`` once per plugin (``namespace_tag``, which the engine remembers), with the
 key-format version in front (``VERSION``), so the per-request step is one concatenation: no second hash (v2 hashed
 ``prefix + digest`` with BLAKE2s, about 2 600 instructions compiled per token change; docs/performance.md "A cheaper
 key: format v3"). The key holds the token's whole SHA-256 and the whole tag, 48 bytes, so:
@@ -63,15 +63,15 @@ def ascii_digest(data: bytes) -> bytes:
     return _SHA256(data).digest()
 
 
-def key_prefix(namespace: bytes) -> bytes:
+def namespace_tag(namespace: bytes) -> bytes:
     """The 16-byte tag that stands for a namespace (and the format version) in its keys; computed once per plugin."""
     return hashlib.sha256(VERSION + namespace).digest()[:TAG_BYTES]
 
 
-def prefixed_key(prefix: bytes, digest: bytes) -> bytes:
-    """The cache key of a token whose SHA-256 is ``digest``, under the namespace whose ``key_prefix`` is ``prefix``
-    (the per-request step: one concatenation)."""
-    return digest + prefix
+def tagged_key(tag: bytes, digest: bytes) -> bytes:
+    """The cache key of a token whose SHA-256 is ``digest``, under the namespace whose ``namespace_tag`` is ``tag``
+    (the per-request step: one concatenation; the tag goes last)."""
+    return digest + tag
 
 
 def identity(key: bytes) -> tuple[i64, i64]:
@@ -82,7 +82,7 @@ def identity(key: bytes) -> tuple[i64, i64]:
 
 def namespaced_key(namespace: bytes, digest: bytes) -> bytes:
     """The cache key of a token whose SHA-256 is ``digest``, under one endpoint/client namespace."""
-    return prefixed_key(key_prefix(namespace), digest)
+    return tagged_key(namespace_tag(namespace), digest)
 
 
 def v2_key(namespace: bytes, digest: bytes) -> bytes:
@@ -101,5 +101,5 @@ def cache_key(plugin: PluginConfig, token: str) -> bytes:
     return namespaced_key(plugin.cache_namespace, token_digest(token))
 
 
-__all__ = ["KEY_BYTES", "TAG_BYTES", "V2_VERSION", "VERSION", "ascii_digest", "cache_key", "identity", "key_prefix",
-           "legacy_key", "namespaced_key", "prefixed_key", "token_digest", "v2_key"]
+__all__ = ["KEY_BYTES", "TAG_BYTES", "V2_VERSION", "VERSION", "ascii_digest", "cache_key", "identity", "legacy_key",
+           "namespace_tag", "namespaced_key", "tagged_key", "token_digest", "v2_key"]

@@ -25,7 +25,7 @@ class TokenMemo:
 
     def __init__(self) -> None:
         self.plugin: Any = None  # the PluginConfig the key was derived under (compared by identity)
-        self.tag = b""  # that plugin's namespace tag (``keys.key_prefix``), for the next token's key
+        self.tag = b""  # that plugin's namespace tag (``keys.namespace_tag``), for the next token's key
         # The engine's step for ``token`` on its route (an immutable ``engine._Pending``), reused while the client
         # repeats the token on that route: set with the four above, by the engine only.
         self.pending: Any = None
