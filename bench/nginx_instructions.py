@@ -38,9 +38,9 @@ EXAMPLES = REPO / "examples" / "nginx"
 VARIANTS = {
     "plain proxy_pass": None,
     "auth_request, no cache": EXAMPLES / "nginx.conf",
-    "decision cache (set-misc)": EXAMPLES / "nginx-decision-cache.conf",
+    "decision cache (lua)": EXAMPLES / "nginx-decision-cache.conf",
+    "decision cache (set-misc)": EXAMPLES / "nginx-decision-cache-set-misc.conf",
     "decision cache (njs)": EXAMPLES / "nginx-decision-cache-njs.conf",
-    "decision cache (lua)": EXAMPLES / "nginx-decision-cache-lua.conf",
 }
 CONNECTIONS = 10
 

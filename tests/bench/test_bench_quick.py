@@ -26,9 +26,9 @@ ROWS = (
     "serve, cache miss (0 ms AS)",
     "serve, cache miss (0 ms AS signing)",
     "nginx + authz (auth_request)",
-    "nginx + authz + decision cache",
-    "  the same, cache key by njs",
-    "  the same, in memory (lua)",
+    "nginx + authz + decision cache (lua)",
+    "  the same, set-misc file cache",
+    "  the same, njs file cache",
     "serve, JWT issuer (no introspection)",
     "nginx over TLS (reference)",
     "serve over TLS, cache hit",
@@ -134,7 +134,7 @@ def test_the_hot_path_alone_is_timed_for_both_front_doors() -> None:
 
 GOAL_ROWS = ("nginx proxy_pass (the limit)", "serve, cache hit", "serve, cache miss (20 ms AS)",
              "serve, cache miss (0 ms AS)", "serve, cache miss (0 ms AS signing)",
-             "nginx + authz + decision cache", "  the same, in memory (lua)")
+             "nginx + authz + decision cache (lua)", "  the same, set-misc file cache")
 
 
 def test_goals_only_measures_the_goal_rows_and_nothing_else() -> None:

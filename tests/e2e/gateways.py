@@ -24,15 +24,15 @@ import pytest
 from .conftest import READY_TIMEOUT, REPO, STOP_TIMEOUT, http_request
 
 EXAMPLES = REPO / "examples"
-# The modules each decision-cache example loads (Debian's paths), by variant: a cache file keyed by set-misc or by njs,
-# or (lua) a shared-memory dictionary.
+# The modules each decision-cache example loads (Debian's paths), by variant: (lua, the default example) a shared-memory
+# dictionary, or a cache file keyed by set-misc or by njs.
 DECISION_CACHE = {
-    "set-misc": ("nginx-decision-cache.conf", ("/usr/lib/nginx/modules/ndk_http_module.so",
-                                               "/usr/lib/nginx/modules/ngx_http_set_misc_module.so"),
+    "set-misc": ("nginx-decision-cache-set-misc.conf", ("/usr/lib/nginx/modules/ndk_http_module.so",
+                                                        "/usr/lib/nginx/modules/ngx_http_set_misc_module.so"),
                  "libnginx-mod-http-ndk libnginx-mod-http-set-misc"),
     "njs": ("nginx-decision-cache-njs.conf", ("/usr/lib/nginx/modules/ngx_http_js_module.so",), "libnginx-mod-http-js"),
-    "lua": ("nginx-decision-cache-lua.conf", ("/usr/lib/nginx/modules/ndk_http_module.so",
-                                              "/usr/lib/nginx/modules/ngx_http_lua_module.so"),
+    "lua": ("nginx-decision-cache.conf", ("/usr/lib/nginx/modules/ndk_http_module.so",
+                                          "/usr/lib/nginx/modules/ngx_http_lua_module.so"),
             "libnginx-mod-http-ndk libnginx-mod-http-lua"),
 }
 _PLACEHOLDER = re.compile(r"\$\{([A-Z][A-Z0-9_]*)\}")
