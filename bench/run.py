@@ -614,11 +614,11 @@ def main_rows(plan: Plan, ports: Ports, kids: dict[str, Child], token: str, miss
 
 
 ACCESS_LOG_ROW = "serve, cache hit, access log on"
-# --goals-only: the main rows issue 18's goals are about (with the two miss rows, N distinct tokens and memory)
 # nginx's decision caches: the shipped default (examples/nginx/nginx-decision-cache.conf: lua, in shared memory), then
 # the file-cache variants for an nginx without the lua module
 DECISION_CACHE_ROW = "nginx + authz + decision cache (lua)"
 SET_MISC_ROW = "  the same, set-misc file cache"
+# --goals-only: the main rows issue 18's goals are about (with the two miss rows, N distinct tokens and memory)
 GOAL_ROWS = frozenset({"upstream nginx direct (reference)", "nginx proxy_pass (the limit)", "serve, cache hit",
                        DECISION_CACHE_ROW, SET_MISC_ROW})
 DPOP_ROW = "serve, cache hit, DPoP (fresh proofs)"
