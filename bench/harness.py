@@ -72,6 +72,11 @@ def free_port(count: int = 1) -> int:
 _GIVEN: set[int] = set()
 
 
+def cpu_seconds(stat_fields: Sequence[str]) -> float:
+    """User + system CPU time of one process, from its ``/proc/<pid>/stat`` fields after the command name."""
+    return (int(stat_fields[11]) + int(stat_fields[12])) / _TICKS  # fields 14 and 15 of stat: utime, stime in ticks
+
+
 class ChildDied(RuntimeError):
     """A process the benchmark started exited before it was told to."""
 
@@ -94,7 +99,7 @@ class Child:
         if code is not None:
             raise ChildDied(f"{self.name} exited with {code}:\n{self.tail()}")
 
-    def _group(self) -> Iterator[tuple[int, list[str]]]:
+    def processes(self) -> Iterator[tuple[int, list[str]]]:
         """(pid, /proc/<pid>/stat fields from the state on) of every process in the child's process group."""
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
@@ -107,11 +112,11 @@ class Child:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of every process in the child's process group (nginx workers included)."""
-        return sum(int(fields[11]) + int(fields[12]) for _, fields in self._group()) / _TICKS  # utime, stime
+        return sum(cpu_seconds(fields) for _, fields in self.processes())
 
     def pids(self) -> set[int]:
         """Every process in the child's process group (an nginx master and its workers)."""
-        return {pid for pid, _ in self._group()}
+        return {pid for pid, _ in self.processes()}
 
     def rss_bytes(self) -> int:
         """Resident set size of the process (Linux /proc), in bytes."""
