@@ -38,8 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness import Child, Processes, WrkResult, free_port, wait_listening, wrk
-from nginx_instructions import CONNECTIONS, VARIANTS, render, send
+from harness import Child, Processes, WrkResult, free_port, wrk
+from nginx_instructions import VARIANTS, start_variant
 from nginx_instructions import start_bed as start_nginx_bed
 from run import _work_dir
 from serve_instructions import start_bed as start_serve_bed
@@ -142,18 +142,13 @@ def profile_nginx(tmp: Path, procs: Processes, only: list[str] | None, seconds: 
     for name, template in VARIANTS.items():
         if template is not None and only is not None and not any(o in name for o in only):
             continue
-        port = free_port()
-        ports = {"LISTEN_PORT": port, "AUTHZ_PORT": authz_port, "API_PORT": upstream_port}
+        ports = {"LISTEN_PORT": free_port(), "AUTHZ_PORT": authz_port, "API_PORT": upstream_port}
         slug = re.sub(r"\W+", "_", name).strip("_")
-        child = procs.nginx(slug, render(template, tmp / slug, ports, secret))
-        wait_listening(child, port)
-        url = f"http://127.0.0.1:{port}/api/bench"
-        send(port, token, CONNECTIONS)  # the decision asked once, not by 50 connections at once
+        child, url = start_variant(procs, slug, tmp / slug, template, ports, secret, token)
 
         def load(duration: float, url: str = url) -> WrkResult:
             return wrk(url, duration, connections=50, token=token)
 
-        load(1)
         profiles[name] = record(child, load, seconds, tmp / f"perf-{slug}.data")
         procs.stop(child)
     plain = profiles.pop("plain proxy_pass")

@@ -31,7 +31,7 @@ import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness import NGINX, PLAIN_PROXY_CONF, REPO, UPSTREAM_CONF, Processes, free_port, wait_listening, wrk
+from harness import NGINX, PLAIN_PROXY_CONF, REPO, UPSTREAM_CONF, Child, Processes, free_port, wait_listening, wrk
 from run import INTROSPECTION_SECRET, _issue, _work_dir, auth_command
 
 EXAMPLES = REPO / "examples" / "nginx"
@@ -169,6 +169,19 @@ def start_bed(procs: Processes, tmp: Path) -> tuple[int, int, str]:
     return upstream_port, authz_port, asyncio.run(_issue(auth_port, 1))[0]
 
 
+def start_variant(procs: Processes, name: str, directory: Path, template: Path | None, ports: dict[str, int],
+                  secret: str, token: str) -> tuple[Child, str]:
+    """nginx (a normal process) with one variant's configuration, listening, its decision asked once and warmed up
+    by a second of ``wrk -t1 -c50``: (the child, the URL to load)."""
+    port = ports["LISTEN_PORT"]
+    child = procs.nginx(name, render(template, directory, ports, secret))
+    wait_listening(child, port)
+    url = f"http://127.0.0.1:{port}/api/bench"
+    send(port, token, CONNECTIONS)  # the decision asked once, not by 50 connections at once
+    wrk(url, 1, connections=50, token=token)
+    return child, url
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000)
@@ -202,12 +215,7 @@ def main() -> int:
                 instructions = f"{(high - low) / args.requests:,.0f}"
             cpu = "-"
             if args.cpu_seconds > 0:
-                conf = render(template, tmp / slug / "cpu", ports, secret)
-                child = procs.nginx(f"{slug}-cpu", conf)
-                wait_listening(child, port)
-                url = f"http://127.0.0.1:{port}/api/bench"
-                send(port, token, CONNECTIONS)  # the decision asked once, not by 50 connections at once
-                wrk(url, 1, connections=50, token=token)
+                child, url = start_variant(procs, f"{slug}-cpu", tmp / slug / "cpu", template, ports, secret, token)
                 before = child.cpu_seconds()
                 result = wrk(url, args.cpu_seconds, connections=50, token=token)
                 used = child.cpu_seconds() - before
