@@ -72,7 +72,7 @@ def free_port(count: int = 1) -> int:
 _GIVEN: set[int] = set()
 
 
-def cpu_seconds(stat_fields: Sequence[str]) -> float:
+def stat_cpu_seconds(stat_fields: Sequence[str]) -> float:
     """User + system CPU time of one process, from its ``/proc/<pid>/stat`` fields after the command name."""
     return (int(stat_fields[11]) + int(stat_fields[12])) / _TICKS  # fields 14 and 15 of stat: utime, stime in ticks
 
@@ -112,7 +112,7 @@ class Child:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time of every process in the child's process group (nginx workers included)."""
-        return sum(cpu_seconds(fields) for _, fields in self.processes())
+        return sum(stat_cpu_seconds(fields) for _, fields in self.processes())
 
     def pids(self) -> set[int]:
         """Every process in the child's process group (an nginx master and its workers)."""

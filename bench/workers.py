@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import PLAIN_PROXY_CONF, Child, Processes, WrkResult, cpu_seconds, free_port, wait_listening, wrk
+from harness import PLAIN_PROXY_CONF, Child, Processes, WrkResult, free_port, stat_cpu_seconds, wait_listening, wrk
 
 WORKER_COUNTS = (1, 2)
 DISTINCT_TOKENS = 10_000
@@ -57,7 +57,7 @@ def nginx_conf(directory: Path, name: str, port: int, upstream: int, workers: in
 
 def group_cpu(child: Child) -> dict[int, float]:
     """CPU seconds (user + system) of each process in the child's process group, by pid."""
-    return {pid: cpu_seconds(fields) for pid, fields in child.processes()}
+    return {pid: stat_cpu_seconds(fields) for pid, fields in child.processes()}
 
 
 def connections_by_pid(port: int) -> dict[int, int]:
